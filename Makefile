@@ -1,0 +1,40 @@
+# xaitf: `make demo` sets up .venv and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Offline data directory (real MNIST/CIFAR-10 .npz copies); override with DATA_DIR=... or XAITF_DATA_DIR.
+DATA_DIR ?= $(or $(XAITF_DATA_DIR),$(wildcard ../shared/data))
+export XAITF_DATA_DIR := $(DATA_DIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup demo test test-all bench bench-quick clean
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) create_model.py $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(PY) heatmap_script.py -mp models/mnist_cnn.h5 -hm grad gb deconvnet sg inpgrad ig lrp deeplift gradcam occlusion \
+	  $(if $(wildcard models/mnist_cnn.h5),,|| $(PY) heatmap_script.py -hm grad inpgrad ig lrp deeplift)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+bench: setup
+	$(PY) -m bench.run
+
+bench-quick: setup
+	$(PY) -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

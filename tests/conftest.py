@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny deterministic models with known answers, and the offline data directory."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
+import tensorflow as tf
+
+from xaitf.keras_bridge import tfk
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+if "XAITF_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["XAITF_DATA_DIR"] = str(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    d = os.environ.get("XAITF_DATA_DIR")
+    if not d or not Path(d, "mnist_test10k.npz").exists():
+        pytest.skip("no offline data directory (set XAITF_DATA_DIR to a folder with mnist_test10k.npz)")
+    return Path(d)
+
+
+def make_cnn(shape=(8, 8, 1), classes=5, seed=0, softmax=True):
+    """A small conv -> pool -> dense classifier with fixed random weights (tf-keras)."""
+    tf.keras.utils.set_random_seed(seed)
+    inp = tfk.Input(shape, name="image")
+    h = tfk.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = tfk.layers.MaxPooling2D(2, name="pool1")(h)
+    h = tfk.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(h)
+    h = tfk.layers.Flatten(name="flatten")(h)
+    h = tfk.layers.Dense(16, activation="relu", name="fc1")(h)
+    out = tfk.layers.Dense(classes, activation="softmax" if softmax else None, name="fc2")(h)
+    return tfk.Model(inp, out, name="tiny_cnn")
+
+
+def make_linear(shape=(6, 6, 1), classes=3, seed=0):
+    """logits = W . flatten(x) + b: every attribution method has an analytic answer here."""
+    rs = np.random.RandomState(seed)
+    inp = tfk.Input(shape, name="image")
+    h = tfk.layers.Flatten()(inp)
+    dense = tfk.layers.Dense(classes, name="logits")
+    out = dense(h)
+    model = tfk.Model(inp, out, name="linear")
+    n = int(np.prod(shape))
+    dense.set_weights([rs.randn(n, classes).astype(np.float32), rs.randn(classes).astype(np.float32)])
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn():
+    return make_cnn()
+
+
+@pytest.fixture(scope="session")
+def tiny_rgb_cnn():
+    return make_cnn(shape=(8, 8, 3), seed=1)
+
+
+@pytest.fixture(scope="session")
+def linear_model():
+    return make_linear()
+
+
+@pytest.fixture(scope="session")
+def center_pixel_small():
+    """The study-1 construction at 15x15 (same formula, fast)."""
+    from xaitf.zoo import build_center_pixel
+
+    return build_center_pixel(image_size=15)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,43 @@
+"""xaitf: explainability methods for Keras/TensorFlow image classifiers.
+
+Importing this package sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported, so that
+``tf.keras`` is tf-keras (the Keras 2 API that iNNvestigate, tf-explain and tfp.layers need).
+Keras 3 models (``import keras``) are still accepted everywhere a model is: see
+:mod:`xaitf.keras_bridge`.
+"""
+import os
+import sys
+
+if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+    import warnings
+
+    warnings.warn(
+        "tensorflow was imported before xaitf without TF_USE_LEGACY_KERAS=1; tf.keras may be "
+        "Keras 3 and the tf-keras backends (LRP, tf-explain, Bayesian layers) may fail. "
+        "Import xaitf first.",
+        stacklevel=2,
+    )
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy public API: keeps `import xaitf` cheap
+    if name in ("create_explainer", "list_methods", "get_method"):
+        from . import registry
+
+        return getattr(registry, name)
+    if name in ("load_model", "model_kind"):
+        from . import keras_bridge
+
+        return getattr(keras_bridge, name)
+    if name == "Explainer":
+        from .explainer import Explainer
+
+        return Explainer
+    raise AttributeError(f"module 'xaitf' has no attribute {name!r}")
+
+
+__all__ = ["create_explainer", "list_methods", "get_method", "load_model", "model_kind",
+           "Explainer", "__version__"]

@@ -1,0 +1,187 @@
+"""The Explainer base class: settings, inputs, targets, chunking, channel reduction, seeding.
+
+A method subclasses :class:`Explainer`, names its settings section (``key``) and implements
+``explain_batch(x, targets)`` for one chunk. Everything users touch is here::
+
+    explainer = xaitf.create_explainer("ig", model, steps=64, batch_size=256)
+    maps = explainer(x, targets)   # x (N,H,W,C) float32; targets ints (N,), one-hot (N,K) or None
+"""
+import numpy as np
+
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from . import settings as S
+from .errors import InputError, MethodError
+from .keras_bridge import input_shape, logits_model, model_kind
+
+REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
+
+
+def chunks(n, size):
+    """Slices covering ``range(n)`` in pieces of at most ``size``."""
+    size = max(1, int(size))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def progress(iterable, enabled=True, **kw):
+    """tqdm when enabled and the work has more than one piece, else the iterable itself."""
+    items = list(iterable)
+    if not enabled or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, leave=False, **kw)
+
+
+def as_batch(x, model=None):
+    """Validate and convert images to a float32 (N,H,W,C) array matching the model's input."""
+    x = np.asarray(x)
+    if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"expected numeric images, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    shape = input_shape(model) if model is not None else None
+    if shape is not None and len(shape) == 3:
+        if x.ndim == 2 and shape[-1] == 1:
+            x = x[None, ..., None]
+        elif x.ndim == 3 and tuple(x.shape) == tuple(d or s for d, s in zip(shape, x.shape)):
+            x = x[None]
+        elif x.ndim == 3 and shape[-1] == 1 and x.shape[1:] == tuple(shape[:2]):
+            x = x[..., None]
+    if x.ndim != 4:
+        raise InputError(f"expected images shaped (N,H,W,C), got {x.shape}")
+    if shape is not None:
+        want = tuple(shape)
+        if len(want) != 3 or any(w is not None and w != g for w, g in zip(want, x.shape[1:])):
+            raise InputError(f"model expects images shaped {want}, got {tuple(x.shape[1:])}; "
+                             "resize with xaitf.data.images.fit_to_model")
+    if x.shape[0] == 0:
+        raise InputError("got an empty batch (N=0)")
+    if not np.all(np.isfinite(x)):
+        raise InputError("images contain NaN or infinite values")
+    return x
+
+
+def as_targets(targets, n, num_classes, predict=None):
+    """Integer class indices (N,) from ints, a scalar, one-hot (N,K) or None (= argmax of predict)."""
+    if targets is None:
+        if predict is None:
+            raise InputError("targets=None needs a model to predict the class")
+        return predict().astype(np.int64)
+    t = np.asarray(targets)
+    if t.ndim == 0:
+        t = np.full(n, int(t))
+    elif t.ndim == 2:
+        if t.shape != (n, num_classes):
+            raise InputError(f"one-hot targets must be ({n},{num_classes}), got {t.shape}")
+        t = t.argmax(axis=1)
+    if t.shape != (n,):
+        raise InputError(f"expected {n} targets (ints or one-hot), got shape {t.shape}")
+    if not np.issubdtype(t.dtype, np.integer):
+        if not np.all(np.mod(t, 1) == 0):
+            raise InputError("targets must be integer class indices")
+        t = t.astype(np.int64)
+    if t.min() < 0 or t.max() >= num_classes:
+        raise InputError(f"targets must lie in [0, {num_classes - 1}], got {t.min()}..{t.max()}")
+    return t.astype(np.int64)
+
+
+def reduce_channels(maps, how):
+    """(N,H,W,C) per-channel attributions -> (N,H,W) by ``how`` (``"none"`` keeps the channels)."""
+    if maps.ndim == 3 or how == "none":
+        return maps
+    if how == "sum":
+        return maps.sum(-1)
+    if how == "mean":
+        return maps.mean(-1)
+    if how == "abs_sum":
+        return np.abs(maps).sum(-1)
+    if how == "max_abs":
+        return np.abs(maps).max(-1)
+    raise MethodError(f"unknown channel_reduce {how!r}; valid: {', '.join(REDUCTIONS)}")
+
+
+class Explainer:
+    """Base class of every method.
+
+    Args:
+        model: a tf-keras or Keras 3 image classifier (N,H,W,C) -> (N,K).
+        batch_size: model evaluations per chunk (defaults to settings.GLOBAL).
+        channel_reduce: how per-channel maps become one map per pixel (see ``REDUCTIONS``).
+        seed: seed of stochastic methods; the same seed gives the same maps.
+        progress: show tqdm bars on long work.
+        **params: the method's own hyperparameters (its section of ``xaitf.settings``).
+    """
+
+    key = None            # settings section
+    name = None           # registry name, set by the registry
+    title = None          # figure title
+    uses_logits = True    # explain the pre-softmax output
+    stochastic = False
+
+    def __init__(self, model, *, batch_size=None, channel_reduce=None, seed=None, progress=None,
+                 **params):
+        g = S.section("global")
+        defaults = S.section(self.key) if self.key else {}
+        defaults.update(self.fixed_params())
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            valid = ", ".join(sorted(defaults)) or "none"
+            raise MethodError(f"{type(self).__name__} got unknown parameter(s) {', '.join(unknown)}; "
+                              f"valid: {valid} (plus batch_size, channel_reduce, seed, progress)")
+        self.params = {**defaults, **params}
+        self.model = model
+        self.kind = model_kind(model)
+        self.batch_size = int(batch_size or g["batch_size"])
+        self.channel_reduce = channel_reduce or g["channel_reduce"]
+        if self.channel_reduce not in REDUCTIONS:
+            raise MethodError(f"unknown channel_reduce {self.channel_reduce!r}; valid: {', '.join(REDUCTIONS)}")
+        self.seed = g["seed"] if seed is None else int(seed)
+        self.progress = g["progress"] if progress is None else bool(progress)
+        self.shape = input_shape(model)
+        self.num_classes = int(model.outputs[0].shape[-1])
+        if self.uses_logits:
+            self.forward, self.output_note = logits_model(model)
+        else:
+            self.forward, self.output_note = model, "model output (probabilities if softmax)"
+        self.setup()
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+    def fixed_params(self):
+        """Extra accepted parameters beyond the settings section (name -> default)."""
+        return {}
+
+    def setup(self):
+        """Validate parameters and build anything reusable (tf.functions) once per model."""
+
+    def explain_batch(self, x, targets):
+        """Maps for one chunk: (n,H,W,C) per-channel or (n,H,W)."""
+        raise NotImplementedError
+
+    def chunk_size(self):
+        """Inputs per ``explain_batch`` call (methods with steps/samples divide batch_size)."""
+        return self.batch_size
+
+    # -- public --------------------------------------------------------------------------------
+    def predict(self, x, probabilities=False):
+        """The explained output (logits or model output) for x, in chunks."""
+        f = self.model if probabilities else self.forward
+        outs = [np.asarray(f(tf.constant(x[s]), training=False)) for s in chunks(len(x), self.batch_size)]
+        return np.concatenate(outs)
+
+    def __call__(self, x, targets=None):
+        x = as_batch(x, self.model)
+        t = as_targets(targets, len(x), self.num_classes,
+                       predict=lambda: self.predict(x, probabilities=True).argmax(-1))
+        pieces = chunks(len(x), self.chunk_size())
+        out = [np.asarray(self.explain_batch(x[s], t[s]), dtype=np.float32)
+               for s in progress(pieces, self.progress and len(x) > 1, desc=self.name or self.key)]
+        maps = reduce_channels(np.concatenate(out), self.channel_reduce)
+        return maps.astype(np.float32, copy=False)
+
+    def rng(self):
+        """A fresh numpy Generator from the seed: every call starts from the same state."""
+        return np.random.default_rng(self.seed)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
