@@ -141,7 +141,8 @@ def find_last_conv(model, methods="this method"):
 
 def submodel(model, outputs):
     """A model from the original inputs to ``outputs`` (tensors of the same graph)."""
-    return kmodule(model).Model(model.inputs, outputs)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return kmodule(model).Model(inputs, outputs)
 
 
 _LOGIT_CACHE = {}
