@@ -1,0 +1,184 @@
+"""The tf-keras twin (xaitf.twin) and the tf-explain wrappers that run on it."""
+import numpy as np
+import pytest
+
+import xaitf
+from xaitf import twin as T
+from xaitf.errors import InputError, ModelError
+from xaitf.keras_bridge import model_kind, tfk
+
+from conftest import make_cnn, make_linear
+
+keras = pytest.importorskip("keras")
+L = keras.layers
+
+
+def keras3_cnn():
+    """Keras 3: zero padding, conv, batch norm (non-trivial statistics), pooling, a residual Add,
+    global pools, concatenate, dropout, dense, reshape, a separate softmax layer."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 1), name="image")
+    h = L.ZeroPadding2D(1, name="pad")(inp)
+    h = L.Conv2D(6, 3, activation="relu", name="c1")(h)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.MaxPooling2D(2, name="mp")(h)
+    a = L.ReLU(name="relu")(L.Conv2D(6, 3, padding="same", name="c2")(h))
+    h = L.Add(name="add")([h, a])
+    h = L.AveragePooling2D(2, name="ap")(h)
+    h = L.Concatenate(name="cat")([L.Flatten(name="flat")(h), L.GlobalAveragePooling2D(name="gap")(h),
+                                   L.GlobalMaxPooling2D(name="gmp")(h)])
+    h = L.Dropout(0.5, name="drop")(h)
+    h = L.Activation("relu", name="act")(L.Dense(16, name="fc1")(h))
+    h = L.Flatten(name="flat2")(L.Reshape((4, 4), name="reshape")(h))
+    out = L.Softmax(name="softmax")(L.Dense(5, name="fc2")(h))
+    model = keras.Model(inp, out, name="k3_cnn")
+    rs = np.random.RandomState(1)
+    model.get_layer("bn1").set_weights([rs.uniform(0.5, 1.5, 6), rs.randn(6), rs.randn(6) * 0.3,
+                                        rs.uniform(0.5, 2.0, 6)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def k3_cnn():
+    return keras3_cnn()
+
+
+@pytest.fixture(scope="module")
+def x12():
+    return np.random.default_rng(7).uniform(0, 1, (6, 12, 12, 1)).astype(np.float32)
+
+
+def test_keras3_twin_agrees_and_is_cached(k3_cnn, x12):
+    tw = T.tf_keras_twin(k3_cnn)
+    assert model_kind(tw) == "tf-keras" and tw is not k3_cnn
+    assert {l.name for l in tw.layers} == {l.name for l in k3_cnn.layers}
+    ref = np.asarray(k3_cnn(x12, training=False))
+    got = tw(x12, training=False).numpy()
+    assert np.max(np.abs(ref - got)) <= 1e-5 * np.max(np.abs(ref))
+    assert T.tf_keras_twin(k3_cnn) is tw  # cached: a second method costs nothing
+
+    gt = T.graph_twin(k3_cnn)
+    assert gt.note == "final softmax stripped" and T.graph_twin(k3_cnn) is gt
+    np.testing.assert_allclose(gt.predict(x12, logits=False), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    logits = np.asarray(keras.Model(k3_cnn.inputs[0], k3_cnn.get_layer("fc2").output)(x12))
+    np.testing.assert_allclose(gt.predict(x12, logits=True), logits, rtol=0, atol=1e-5 * np.abs(logits).max())
+
+
+def test_float32_tf_keras_model_is_its_own_twin():
+    m = make_cnn()
+    assert T.tf_keras_twin(m) is m
+
+
+def test_nested_keras3_sequential_and_dense_softmax():
+    keras.utils.set_random_seed(3)
+    inner = keras.Sequential([keras.Input((8, 8, 2)), L.Conv2D(3, 3, activation="relu"), L.Flatten()],
+                             name="inner")
+    i = keras.Input((8, 8, 2))
+    model = keras.Model(i, L.Dense(4, activation="softmax", name="head")(inner(i)))
+    x = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 2)).astype(np.float32)
+    gt = T.graph_twin(model)
+    assert gt.note == "final softmax stripped"
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(gt.predict(x, logits=False), ref, atol=1e-6)
+    z = gt.predict(x, logits=True)  # the split-off pre-softmax output
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), ref, atol=1e-6)
+
+
+def test_center_pixel_twin_is_float32(center_pixel_small):
+    tw = T.tf_keras_twin(center_pixel_small)
+    assert {l.dtype for l in tw.layers} == {"float32"}
+    x = T.probe_batch(center_pixel_small, n=2, seed=3)
+    ref = np.asarray(center_pixel_small.get_layer("logits")(tfk.layers.Flatten()(x)))
+    got = tw.get_layer("logits")(tfk.layers.Flatten()(x)).numpy()
+    assert np.max(np.abs(ref - got)) <= 1e-5 * np.max(np.abs(ref))
+
+
+def test_custom_layer_gives_one_clear_error():
+    @keras.saving.register_keras_serializable(package="xaitf_tests")
+    class Doubler(L.Layer):
+        def call(self, x):
+            return 2 * x
+
+    i = keras.Input((6, 6, 1))
+    model = keras.Model(i, L.Dense(3)(L.Flatten()(Doubler(name="doubler")(i))))
+    for build in (T.tf_keras_twin, T.graph_twin, T.check_layers):
+        with pytest.raises(ModelError, match=r"layer 'doubler' \(type Doubler\).*native methods still work: grad"):
+            build(model)
+    assert id(model) not in T._GRAPH and id(model) not in T._EAGER
+
+
+def test_config_that_does_not_carry_over_is_caught():
+    # Keras 3's hard_sigmoid is relu6(x + 3)/6, tf-keras's is clip(0.2 x + 0.5): same name, other function
+    i = keras.Input((4, 4, 1))
+    h = L.Activation("hard_sigmoid")(L.Dense(3)(L.Flatten()(i)))
+    model = keras.Model(i, L.Dense(2)(h))
+    model.layers[2].set_weights([np.full((16, 3), 0.4, np.float32), np.zeros(3, np.float32)])
+    with pytest.raises(ModelError, match="does not reproduce"):
+        T.tf_keras_twin(model)
+
+
+def test_eager_models_survive_graph_twins(x12):
+    """tf-keras rewrites layer classes' bases for graph mode; the scope must switch them back."""
+    m = make_cnn(shape=(12, 12, 1), classes=4)
+    before = m(x12).numpy()
+    gt = T.graph_twin(m)
+    np.testing.assert_allclose(m(x12).numpy(), before, atol=1e-6)       # source still callable
+    fresh = make_cnn(shape=(12, 12, 1), classes=4)                        # new eager layers
+    np.testing.assert_allclose(fresh(x12).numpy(), before, atol=1e-6)
+    np.testing.assert_allclose(gt.predict(x12, logits=False), before, atol=1e-6)  # graph still runs
+
+
+# -- tf-explain wrappers --------------------------------------------------------------------------
+def _linear_zero_bias(shape=(6, 6, 1), classes=3):
+    m = make_linear(shape, classes)
+    w, _ = m.layers[-1].get_weights()
+    m.layers[-1].set_weights([w, np.zeros(classes, np.float32)])
+    return m, w
+
+
+def test_tfx_ig_is_path_averaged_gradient_without_input_factor():
+    m, w = _linear_zero_bias()
+    x = np.random.default_rng(1).uniform(0, 1, (4, 6, 6, 1)).astype(np.float32)
+    t = np.array([0, 2, 1, 2])
+    maps = xaitf.create_explainer("tfx.ig", m, steps=8, progress=False)(x, t)
+    # linear model: the gradient is W[:, c] everywhere on the path, and tf-explain omits (x - 0)
+    np.testing.assert_allclose(maps, np.abs(w[:, t].T).reshape(4, 6, 6), rtol=1e-5)
+
+
+def test_tfx_occlusion_analytic_on_linear_logits():
+    m, w = _linear_zero_bias()
+    x = np.random.default_rng(2).uniform(0, 1, (3, 6, 6, 1)).astype(np.float32)
+    t = np.array([1, 0, 1])
+    maps = xaitf.create_explainer("tfx.occlusion", m, patch_size=1, output="logits", progress=False)(x, t)
+    wt = w[:, t].T.reshape(3, 6, 6)
+    z = (x[..., 0] * wt).sum((1, 2))
+    want = 1 - (z[:, None, None] - x[..., 0] * wt + 127.5 * wt)  # pixel set to tf-explain's 127.5
+    np.testing.assert_allclose(maps, want, rtol=1e-4, atol=1e-3)
+
+
+def test_tfx_methods_on_keras3_match_tf_keras():
+    src = make_cnn(shape=(12, 12, 1), classes=4, seed=2)
+    keras.utils.set_random_seed(0)
+    i = keras.Input((12, 12, 1), name="image")
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(i)
+    h = L.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(L.MaxPooling2D(2, name="pool1")(h))
+    h = L.Dense(16, activation="relu", name="fc1")(L.Flatten(name="flatten")(h))
+    k3 = keras.Model(i, L.Dense(4, activation="softmax", name="fc2")(h))
+    k3.set_weights(src.get_weights())
+    x = np.random.default_rng(3).uniform(0, 1, (5, 12, 12, 1)).astype(np.float32)
+    t = np.array([0, 1, 2, 3, 1])
+    for name, kw in [("tfx.gradcam", {}), ("tfx.smoothgrad", {"samples": 4}), ("tfx.ig", {"steps": 8}),
+                     ("tfx.occlusion", {"patch_size": 3})]:
+        a = xaitf.create_explainer(name, src, progress=False, **kw)(x, t)
+        b = xaitf.create_explainer(name, k3, progress=False, **kw)(x, t)
+        assert a.shape == (5, 12, 12) and np.all(np.isfinite(a)) and np.abs(a).max() > 0, name
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max(), err_msg=name)
+
+
+def test_tfx_gradcam_layer_and_square_checks():
+    m = make_cnn(shape=(12, 12, 1), classes=4)
+    with pytest.raises(ModelError, match="no layer 'nope'"):
+        xaitf.create_explainer("tfx.gradcam", m, layer="nope")
+    assert xaitf.create_explainer("tfx.gradcam", m).layer_name == "conv2"
+    with pytest.raises(InputError, match="square"):
+        xaitf.create_explainer("tfx.occlusion", make_cnn(shape=(8, 10, 1)))

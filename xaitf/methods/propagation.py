@@ -1,0 +1,236 @@
+"""iNNvestigate backend: LRP, Deep Taylor and iNNvestigate's gradient family, on any Keras model.
+
+iNNvestigate 2.1.2 (Alber et al. 2019, JMLR 20(93)) runs only on tf-keras models in graph mode.
+:class:`InnvestigateExplainer` rebuilds the model as a float32 tf-keras twin inside a private
+``tf.Graph`` (:func:`xaitf.twin.graph_twin`; eager execution stays on everywhere else), strips the
+final softmax there, builds the analyzer once per (model, analyzer, parameters) with
+``neuron_selection_mode="index"`` and reuses it for every later call and batch.
+
+Analyzers (the ``analyzer`` fixed parameter; registry names in brackets):
+
+* ``lrp.z`` [lrp.z] LRP-0 (Bach et al. 2015): ``R_i = sum_j x_i w_ij / z_j R_j``, ``z_j = sum_i x_i
+  w_ij + b_j``; the bias is a constant input, so relevance is conserved up to the bias share.
+* ``lrp.epsilon`` [lrp.epsilon]: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j`` (sign(0) = 1);
+  parameter ``epsilon`` (settings LRP, study 1: 1.0).
+* ``lrp.alpha_1_beta_0``, ``lrp.alpha_2_beta_1``: ``R_i = sum_j (alpha (x_i w_ij)^+ / z_j^+ - beta
+  (x_i w_ij)^- / z_j^-) R_j`` with alpha - beta = 1 (biases counted in z^+ and z^-).
+* ``deep_taylor`` (Montavon et al. 2017, Pattern Recognition 65): z+ rule on ReLU layers, w^2 rule on
+  the others, applied to relu(output); ``deep_taylor.bounded`` uses the z^B rule with the input
+  bounds ``low``/``high`` (settings DEEP_TAYLOR) at the first layer.
+* ``gradient``, ``input_t_gradient``, ``guided_backprop``, ``deconvnet`` [inn.*]: iNNvestigate's
+  own versions of the native ``grad``, ``inpgrad``, ``gb`` and ``deconvnet``.
+* ``integrated_gradients`` [inn.integrated_gradients] (Sundararajan et al. 2017): ``(x - x0) *
+  mean_k grad f(x0 + k/m (x - x0))``, k = 0..m-1 (always the left Riemann sum: the native ``ig``
+  with ``rule="left"`` computes the same); ``steps`` m and ``baseline`` x0 (a scalar or one image)
+  default to settings IG.
+* ``smoothgrad`` [inn.smoothgrad] (Smilkov et al. 2017): ``mean_k grad f(x + n_k)``. iNNvestigate
+  2.1.2 stores ``noise_scale`` but never uses it: the noise is always N(0, 1). It is exposed for
+  comparison at its real noise 1.0 only (``noise_scale`` must be 1.0); use the native ``sg`` for
+  study 1's noise 0.1. ``samples`` (default settings SG) noisy copies per input; ``postprocess``
+  none|abs|square is applied to each gradient before averaging. The noise comes from a TF1 op in
+  the private graph, seeded through the graph seed: maps repeat for a fresh process and seed, not
+  from one call to the next.
+
+Every analyzer explains the pre-softmax output ``f_c`` of the target class and returns
+per-channel (N,H,W,C) maps (channel reduction by the Explainer base). Like LRP and Deep Taylor,
+iNNvestigate's ``guided_backprop`` and ``deconvnet`` start their backward pass from the value
+``f_c`` rather than from 1: where ``f_c > 0`` their maps are ``f_c`` times the native ``gb`` and
+``deconvnet`` maps; where ``f_c <= 0`` they differ (the flipped starting signal passes through the
+ReLU rules) or vanish. ``gradient``, ``input_t_gradient`` and ``integrated_gradients`` start from 1
+and equal the native methods.
+"""
+import time
+import warnings
+
+import numpy as np
+
+from ..errors import MethodError, ModelError
+from ..explainer import Explainer
+from ..keras_bridge import activation_name, is_softmax_layer, layer_type
+from .. import settings as S
+from .. import twin as T
+
+RELU_ONLY = ("deep_taylor", "deep_taylor.bounded", "guided_backprop", "deconvnet")
+# analyzer -> settings section its parameters come from (None: no parameters)
+SECTIONS = {
+    "lrp.z": None, "lrp.epsilon": "lrp", "lrp.alpha_1_beta_0": None, "lrp.alpha_2_beta_1": None,
+    "deep_taylor": None, "deep_taylor.bounded": "deep_taylor",
+    "gradient": None, "input_t_gradient": None, "guided_backprop": None, "deconvnet": None,
+    "integrated_gradients": None, "smoothgrad": None,
+}
+ANALYZERS = tuple(SECTIONS)
+_LINEAR_ACTS = ("linear", "relu", None)
+
+# module-wide count of analyzers built (tests and benchmarks read it)
+STATS = {"builds": 0, "build_seconds": 0.0}
+
+
+def _relu_only_violation(model):
+    """The first layer whose activation is neither linear nor ReLU (final softmax excepted)."""
+    last = T._history(model.outputs[0])[0]
+    for layer, kind in T.check_layers(model):
+        if layer is last and is_softmax_layer(layer):
+            continue
+        if kind == "Activation" or kind in ("Conv2D", "Dense"):
+            act = activation_name(layer)
+            if act not in _LINEAR_ACTS:
+                return layer, act
+        if kind == "ReLU":
+            cfg = layer.get_config()
+            if cfg.get("negative_slope") or cfg.get("threshold") or cfg.get("max_value") is not None:
+                return layer, "relu with slope/threshold/max_value"
+    return None
+
+
+def _inner_softmax(model):
+    """The first softmax that is not the model's final one (iNNvestigate cannot analyze it)."""
+    out_layer = T._history(model.outputs[0])[0]
+    for layer, kind in T.check_layers(model):
+        if layer is out_layer:
+            continue
+        if kind == "Softmax" or activation_name(layer) == "softmax":
+            return layer
+    return None
+
+
+class InnvestigateExplainer(Explainer):
+    """One iNNvestigate analyzer on the pre-softmax output (see the module docstring).
+
+    Args:
+        model: tf-keras or Keras 3 model of the layers in :data:`xaitf.twin.SUPPORTED`.
+        analyzer: one of :data:`ANALYZERS` (the registry passes it).
+        epsilon: LRP-epsilon stabiliser (``lrp.epsilon``), > 0.
+        low, high: input bounds of ``deep_taylor.bounded``, low < high.
+        steps, baseline: integration steps and baseline of ``integrated_gradients``.
+        samples, noise_scale, postprocess: ``smoothgrad`` (noise_scale must be 1.0, see above).
+        batch_size: inputs x steps/samples per analyzer call.
+
+    Returns (from ``__call__``): maps (N,H,W) after channel reduction, or (N,H,W,C) with
+    ``channel_reduce="none"``.
+    """
+
+    def __init__(self, model, analyzer=None, **params):
+        name = str(analyzer).strip().lower() if analyzer is not None else None
+        if name not in SECTIONS:
+            raise MethodError(f"unknown iNNvestigate analyzer {analyzer!r}; valid: {', '.join(ANALYZERS)}")
+        self.analyzer_name = name
+        self.key = SECTIONS[name]
+        super().__init__(model, analyzer=name, **params)
+
+    def fixed_params(self):
+        extra = {"analyzer": None}
+        if self.analyzer_name == "integrated_gradients":  # settings IG, less its quadrature rule
+            ig = S.section("ig")
+            extra.update(steps=ig.get("steps", 64), baseline=ig.get("baseline", 0.0))
+        elif self.analyzer_name == "smoothgrad":
+            extra.update(samples=S.section("sg").get("samples", 16), noise_scale=1.0, postprocess="none")
+        return extra
+
+    # -- setup: cheap checks first, then the twin and the analyzer ---------------------------
+    def setup(self):
+        p = self.params
+        name = self.analyzer_name
+        kwargs = {}
+        if name == "lrp.epsilon":
+            if not float(p["epsilon"]) > 0:
+                raise MethodError(f"lrp.epsilon needs epsilon > 0, got {p['epsilon']!r}")
+            kwargs["epsilon"] = float(p["epsilon"])
+        elif name == "deep_taylor.bounded":
+            if not float(p["low"]) < float(p["high"]):
+                raise MethodError(f"deep_taylor.bounded needs low < high, got {p['low']!r}, {p['high']!r}")
+            kwargs.update(low=float(p["low"]), high=float(p["high"]))
+        elif name == "integrated_gradients":
+            if int(p["steps"]) < 1:
+                raise MethodError(f"integrated_gradients needs steps >= 1, got {p['steps']!r}")
+            base = np.asarray(p["baseline"], dtype=np.float32)
+            if base.ndim not in (0, len(self.shape)) or (base.ndim and base.shape != tuple(self.shape)):
+                raise MethodError(f"integrated_gradients baseline must be a scalar or an array shaped "
+                                  f"{tuple(self.shape)}, got shape {base.shape}")
+            kwargs.update(steps=int(p["steps"]),
+                          reference_inputs=float(base) if base.ndim == 0 else base[None])
+        elif name == "smoothgrad":
+            if float(p["noise_scale"]) != 1.0:
+                raise MethodError(
+                    f"inn.smoothgrad noise_scale must be 1.0, got {p['noise_scale']!r}: iNNvestigate 2.1.2 "
+                    "ignores noise_scale and always adds N(0, 1) noise; use the native 'sg' method for "
+                    "other noise levels")
+            if p["postprocess"] not in ("none", None, "abs", "square"):
+                raise MethodError(f"inn.smoothgrad postprocess must be none, abs or square, "
+                                  f"got {p['postprocess']!r}")
+            if int(p["samples"]) < 1:
+                raise MethodError(f"inn.smoothgrad needs samples >= 1, got {p['samples']!r}")
+            kwargs.update(augment_by_n=int(p["samples"]), noise_scale=1.0,
+                          postprocess=None if p["postprocess"] in ("none", None) else p["postprocess"])
+        self._kwargs = kwargs
+        self._check_model()                 # cheap: names the offending layer, builds nothing
+        self.twin = T.graph_twin(self.model)
+        self.analyzer = self._get_analyzer()
+
+    def _check_model(self):
+        T.check_layers(self.model)
+        inner = _inner_softmax(self.model)
+        if inner is not None:
+            raise ModelError(
+                f"iNNvestigate cannot analyze softmax layer {inner.name!r} (type {layer_type(inner)}) inside "
+                f"the model (only a final softmax is stripped); use grad, ig, sg, occlusion or another "
+                f"native method")
+        if self.analyzer_name in RELU_ONLY:
+            bad = _relu_only_violation(self.model)
+            if bad is not None:
+                layer, act = bad
+                raise ModelError(
+                    f"{self.analyzer_name} needs ReLU networks, but layer {layer.name!r} (type "
+                    f"{layer_type(layer)}) uses activation {act!r}; use lrp.z, lrp.epsilon, "
+                    f"lrp.alpha_2_beta_1 or a native gradient method instead")
+
+    def _cache_key(self):
+        return (self.analyzer_name, tuple(sorted(
+            (k, np.asarray(v).tobytes() if isinstance(v, np.ndarray) else v) for k, v in self._kwargs.items())),
+            self.seed if self.analyzer_name == "smoothgrad" else None)
+
+    def _get_analyzer(self):
+        key = self._cache_key()
+        hit = self.twin.analyzers.get(key)
+        if hit is not None:
+            self.build_seconds = 0.0
+            return hit
+        import innvestigate
+        from innvestigate.analyzer.base import NotAnalyzeableModelException
+
+        t0 = time.perf_counter()
+        with self.twin.scope(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.analyzer_name == "smoothgrad":
+                import tensorflow as tf
+
+                tf.compat.v1.set_random_seed(self.seed)
+            try:
+                analyzer = innvestigate.create_analyzer(self.analyzer_name, self.twin.logits,
+                                                        neuron_selection_mode="index", **self._kwargs)
+                analyzer.create_analyzer_model()
+            except NotAnalyzeableModelException as e:
+                msg = " ".join(str(e).split())
+                raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model "
+                                 f"{self.model.name!r}: {msg}; the native methods still work: "
+                                 f"{T.NATIVE_METHODS}") from None
+        self.build_seconds = time.perf_counter() - t0
+        STATS["builds"] += 1
+        STATS["build_seconds"] += self.build_seconds
+        self.twin.analyzers[key] = analyzer
+        return analyzer
+
+    # -- running ---------------------------------------------------------------------------------
+    def chunk_size(self):
+        per = 1
+        if self.analyzer_name == "integrated_gradients":
+            per = int(self.params["steps"])
+        elif self.analyzer_name == "smoothgrad":
+            per = int(self.params["samples"])
+        return max(1, self.batch_size // per)
+
+    def explain_batch(self, x, targets):
+        with self.twin.scope(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps = self.analyzer.analyze(np.asarray(x, np.float32),
+                                         neuron_selection=np.asarray(targets, np.int64))
+        return np.asarray(maps, dtype=np.float32).reshape(x.shape)

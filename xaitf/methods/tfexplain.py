@@ -1,0 +1,218 @@
+"""tf-explain 0.3.1's own methods, wrapped as they are and shown under their own names (``tfx.*``).
+
+tf-explain (Meudec, github.com/sicara/tf-explain) handles tf-keras models only; Keras 3 models and
+float64 models go through the eager tf-keras twin (:func:`xaitf.twin.tf_keras_twin`). Its
+``explain()`` methods return coloured display grids, so these wrappers call the numeric core
+functions behind them. tf-explain explains one class per call: inputs are grouped by target class
+and each group goes through one call.
+
+Known deviations of tf-explain 0.3.1 from the papers, kept on purpose so that its maps can be
+compared with xaitf's own methods (say so wherever these maps are shown):
+
+* :class:`TfxIntegratedGradients` returns the path-averaged gradient ``mean_k grad f(k/(m-1) x)``,
+  k = 0..m-1, WITHOUT the ``(x - baseline)`` factor of Integrated Gradients; baseline fixed at 0.
+* :class:`TfxSmoothGrad` differentiates the categorical cross-entropy ``-log p_c`` of the model's
+  output, which assumes softmax outputs (on a logits model the maps are zero or sign-flipped).
+* :class:`TfxOcclusion` fills each patch with the hard-coded value 127.5 (meant for 0..255 images,
+  far outside a [0, 1] input range), moves the patch by its own size (stride = patch_size), scores
+  ``1 - p_c(occluded)`` rather than the drop ``p_c(x) - p_c(occluded)``, and mixes up height and
+  width on non-square images (refused here).
+* :class:`TfxGradCam` needs the conv layer's name (default: the last Conv2D), uses guided
+  gradients by default and does not clip negative values (no ReLU on the map).
+
+Gradient maps are reduced over channels as tf-explain does before its display normalisation:
+``sum_c |g_c|``. All maps come back as (N,H,W).
+"""
+import numpy as np
+
+import tensorflow as tf
+
+from ..errors import InputError, MethodError
+from ..explainer import Explainer
+from ..keras_bridge import find_last_conv, find_layer, logits_model
+from ..twin import tf_keras_twin
+
+OUTPUTS = ("logits", "probabilities")
+
+
+class _TfxBase(Explainer):
+    """Shared plumbing: the tf-keras twin, the explained output, per-class grouping."""
+
+    uses_logits = False   # the explained output is chosen by the ``output`` setting
+
+    def setup(self):
+        out = self.params.get("output", "logits")
+        if out not in OUTPUTS:
+            raise MethodError(f"{type(self).__name__} output must be one of {', '.join(OUTPUTS)}, got {out!r}")
+        self.twin = tf_keras_twin(self.model)
+        if out == "logits":
+            self.tfx_model, self.output_note = logits_model(self.twin)
+        else:
+            self.tfx_model, self.output_note = self.twin, "model output (probabilities if softmax)"
+        self._setup()
+
+    def _setup(self):
+        pass
+
+    def explain_class(self, x, class_index):
+        """Maps (n,H,W) for inputs x that all share the target ``class_index``."""
+        raise NotImplementedError
+
+    def explain_batch(self, x, targets):
+        out = np.zeros(x.shape[:3], dtype=np.float32)
+        for c in np.unique(targets):
+            idx = np.flatnonzero(targets == c)
+            out[idx] = np.asarray(self.explain_class(x[idx], int(c)), dtype=np.float32)
+        return out
+
+
+class TfxGradCam(_TfxBase):
+    """tf-explain's Grad-CAM (Selvaraju et al. 2017, ICCV), per class.
+
+    ``cam = sum_k w_k A_k`` with ``A`` the activations of conv layer ``layer`` and ``w_k`` the
+    spatial mean of ``dy_c/dA_k``; with ``use_guided_grads`` (tf-explain's default) the gradients are
+    first masked by ``A > 0`` and ``grad > 0``. No ReLU is applied. The (h,w) map is resized to the
+    input size bilinearly (as tf-explain's display does).
+
+    Settings (TFX_GRADCAM): ``layer`` conv layer name (None: the last Conv2D; tf-explain itself
+    needs the name), ``use_guided_grads``, ``output`` "logits" (y_c pre-softmax, default) or
+    "probabilities" (tf-explain's own usage, the model as given).
+    """
+
+    key = "tfx_gradcam"
+
+    def _setup(self):
+        from tf_explain.core.grad_cam import GradCAM
+
+        self._core = GradCAM
+        name = self.params["layer"]
+        if name is None:
+            name = find_last_conv(self.twin, "tfx.gradcam").name
+        find_layer(self.twin, name)
+        self.layer_name = name
+
+    def explain_class(self, x, class_index):
+        outputs, grads = self._core.get_gradients_and_filters(
+            self.tfx_model, x, self.layer_name, class_index, bool(self.params["use_guided_grads"]))
+        cams = tf.stack(self._core.generate_ponderated_output(outputs, grads))[..., None]
+        return tf.image.resize(cams, self.shape[:2], method="bilinear")[..., 0].numpy()
+
+
+class TfxOcclusion(_TfxBase):
+    """tf-explain's occlusion sensitivity (Zeiler & Fergus 2014), per image and class.
+
+    Patches of ``patch_size`` x ``patch_size`` pixels, stepped by ``patch_size``, are filled with
+    127.5; the coarse map holds ``1 - y_c(occluded)`` and is resized to the input size (cv2
+    bilinear). Square images only (tf-explain mixes up height and width otherwise).
+
+    Settings (TFX_OCCLUSION): ``patch_size``; ``output`` "probabilities" (default; what
+    tf-explain's 1 - confidence assumes) or "logits". ``batch_size`` = occluded images per
+    forward pass.
+    """
+
+    key = "tfx_occlusion"
+
+    def _setup(self):
+        from tf_explain.core.occlusion_sensitivity import OcclusionSensitivity
+
+        p = int(self.params["patch_size"])
+        if p < 1:
+            raise MethodError(f"tfx.occlusion needs patch_size >= 1, got {self.params['patch_size']!r}")
+        if self.shape[0] != self.shape[1]:
+            raise InputError(f"tfx.occlusion needs square images (tf-explain 0.3.1 swaps height and width), "
+                             f"got {self.shape[:2]}; use the native 'occlusion' method")
+        self._core = OcclusionSensitivity(batch_size=self.batch_size)
+        self._fast = _FastPredict(self.tfx_model, self.batch_size)
+
+    def explain_class(self, x, class_index):
+        p = int(self.params["patch_size"])
+        return np.stack([self._core.get_sensitivity_map(self._fast, image, class_index, p) for image in x])
+
+
+class _FastPredict:
+    """A ``model.predict`` stand-in for tf-explain: one compiled forward pass per chunk.
+
+    tf-keras ``Model.predict`` costs tens of milliseconds of setup per call, and tf-explain calls
+    it once per image.
+    """
+
+    def __init__(self, model, batch_size):
+        self.model = model
+        self.batch_size = batch_size
+        self._fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+
+    def predict(self, x, batch_size=None, **_):
+        bs = int(batch_size or self.batch_size)
+        x = np.asarray(x, np.float32)
+        return np.concatenate([self._fn(tf.constant(x[i:i + bs])).numpy() for i in range(0, len(x), bs)])
+
+
+class TfxSmoothGrad(_TfxBase):
+    """tf-explain's SmoothGrad (Smilkov et al. 2017), per class.
+
+    ``g = mean_k d CE(onehot_c, y(x + n_k)) / dx``, ``n_k ~ N(0, noise^2)`` drawn with numpy's global
+    generator (seeded from ``seed`` for the call, then restored); map = ``sum_c |g_c|``. The
+    cross-entropy assumes ``y`` are softmax probabilities, hence ``output="probabilities"`` by
+    default.
+
+    Settings (TFX_SMOOTHGRAD): ``samples`` noisy copies per input, ``noise`` the absolute noise std
+    (tf-explain's default 1.0, not a fraction of the input range), ``output``. ``batch_size`` =
+    inputs x samples per gradient call.
+    """
+
+    key = "tfx_smoothgrad"
+    stochastic = True
+
+    def _setup(self):
+        from tf_explain.core.smoothgrad import SmoothGrad
+
+        if int(self.params["samples"]) < 1 or float(self.params["noise"]) < 0:
+            raise MethodError(f"tfx.smoothgrad needs samples >= 1 and noise >= 0, got "
+                              f"{self.params['samples']!r}, {self.params['noise']!r}")
+        self._core = SmoothGrad
+
+    def chunk_size(self):
+        return max(1, self.batch_size // int(self.params["samples"]))
+
+    def __call__(self, x, targets=None):
+        state = np.random.get_state()
+        np.random.seed(self.seed)
+        try:
+            return super().__call__(x, targets)
+        finally:
+            np.random.set_state(state)
+
+    def explain_class(self, x, class_index):
+        n = int(self.params["samples"])
+        noisy = self._core.generate_noisy_images(x, n, float(self.params["noise"]))
+        grads = self._core.get_averaged_gradients(tf.constant(noisy), self.tfx_model, class_index, n)
+        return tf.reduce_sum(tf.abs(grads), axis=-1).numpy()
+
+
+class TfxIntegratedGradients(_TfxBase):
+    """tf-explain's "integrated gradients" (Sundararajan et al. 2017), per class.
+
+    ``g = mean_k grad y_c(k/(m-1) x)``, k = 0..m-1 (baseline 0, both ends included), WITHOUT the
+    ``(x - baseline)`` factor of the paper, so completeness does not hold; map = ``sum_c |g_c|``.
+
+    Settings (TFX_IG): ``steps`` m (>= 2), ``output`` "logits" (default) or "probabilities".
+    ``batch_size`` = inputs x steps per gradient call.
+    """
+
+    key = "tfx_ig"
+
+    def _setup(self):
+        from tf_explain.core.integrated_gradients import IntegratedGradients
+
+        if int(self.params["steps"]) < 2:
+            raise MethodError(f"tfx.ig needs steps >= 2, got {self.params['steps']!r}")
+        self._core = IntegratedGradients
+
+    def chunk_size(self):
+        return max(1, self.batch_size // int(self.params["steps"]))
+
+    def explain_class(self, x, class_index):
+        m = int(self.params["steps"])
+        path = self._core.generate_interpolations(np.asarray(x), m).astype(np.float32)
+        grads = self._core.get_integrated_gradients(tf.constant(path), self.tfx_model, class_index, m)
+        return tf.reduce_sum(tf.abs(grads), axis=-1).numpy()

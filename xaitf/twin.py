@@ -1,0 +1,534 @@
+"""A tf-keras "twin" of any Keras model, for the backends that only speak tf-keras.
+
+iNNvestigate 2.1.2 and tf-explain 0.3.1 handle tf-keras (Keras 2 API) models only, and iNNvestigate
+only in graph mode. Users bring Keras 3 models (``import keras``, ``.keras`` files that tf-keras
+cannot read) and models with float64 layers (:func:`xaitf.zoo.build_center_pixel`, on which
+iNNvestigate fails). This module rebuilds such a model layer by layer as a float32 tf-keras model
+with the same weights:
+
+* :func:`tf_keras_twin` gives the eager twin (tf-explain). A float32 tf-keras model is its own twin.
+* :func:`graph_twin` gives the same rebuilt inside a private ``tf.Graph`` with its own session
+  (iNNvestigate), with the final softmax split off (``GraphTwin.logits``); eager execution stays on
+  everywhere else.
+
+The rebuild walks the source's graph of layer calls (functional or Sequential, tf-keras or Keras 3,
+nested models inlined, shared layers kept shared) and supports the common image-classifier layers
+listed in :data:`SUPPORTED`. Every twin is checked once on a seeded probe batch: its pre-softmax
+outputs (and, for all-float32 sources, its outputs) must agree with the source's within 1e-5 of the
+output scale, else :class:`~xaitf.errors.ModelError`. Twins are cached per source model (a second
+method on the same model costs nothing); they copy the weights once, so call :func:`clear_twins`
+after changing a model's weights.
+"""
+import contextlib
+import time
+import warnings
+
+import numpy as np
+
+import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
+import tensorflow as tf
+
+from .errors import ModelError
+from .keras_bridge import input_shape, layer_type, logits_model, model_kind, tfk
+
+# Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
+# initializers, regularizers and constraints are not carried over: the twin is for inference).
+SUPPORTED = {
+    "Conv2D": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
+               "groups", "activation", "use_bias"),
+    "Dense": ("units", "activation", "use_bias"),
+    "MaxPooling2D": ("pool_size", "strides", "padding", "data_format"),
+    "AveragePooling2D": ("pool_size", "strides", "padding", "data_format"),
+    "GlobalAveragePooling2D": ("data_format", "keepdims"),
+    "GlobalMaxPooling2D": ("data_format", "keepdims"),
+    "Flatten": ("data_format",),
+    "Reshape": ("target_shape",),
+    "Dropout": ("rate", "noise_shape", "seed"),
+    "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
+    "Activation": ("activation",),
+    "ReLU": ("max_value", "negative_slope", "threshold"),
+    "Softmax": ("axis",),
+    "Add": (),
+    "Concatenate": ("axis",),
+    "ZeroPadding2D": ("padding", "data_format"),
+}
+_MULTI_INPUT = ("Add", "Concatenate")
+NATIVE_METHODS = ("grad, ig, sg, gb, deconvnet, inpgrad, deeplift, gradcam, gradcampp, occlusion, "
+                  "rise, shapley, pda, mp, lime, shap")
+TOLERANCE = 1e-5
+_GRAPH_SUFFIX = "__xt"  # graph-twin layer names: never equal to names iNNvestigate generates
+
+_EAGER = {}   # id(model) -> (model, twin)
+_GRAPH = {}   # id(model) -> (model, GraphTwin)
+
+
+def clear_twins(model=None):
+    """Forget the cached twins of ``model`` (all models when None), e.g. after new weights."""
+    for cache in (_EAGER, _GRAPH):
+        keys = list(cache) if model is None else [id(model)]
+        for key in keys:
+            hit = cache.pop(key, None)
+            if hit is not None and isinstance(hit[1], GraphTwin):
+                hit[1].close()
+
+
+# -- inspecting the source ---------------------------------------------------------------------
+def _is_model(layer):
+    if isinstance(layer, tfk.Model):
+        return True
+    try:
+        return model_kind(layer) == "keras3"
+    except ModelError:
+        return False
+
+
+def _is_keras_layer(layer):
+    return type(layer).__module__.startswith(("keras.", "tf_keras.", "keras3."))
+
+
+def _unsupported(layer, why=""):
+    extra = f" ({why})" if why else ""
+    return ModelError(
+        f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
+        "so the iNNvestigate (lrp.*, deep_taylor*, inn.*) and tf-explain (tfx.*) backends cannot run "
+        f"on this model; supported layers: {', '.join(SUPPORTED)}; the native methods still work: "
+        f"{NATIVE_METHODS}")
+
+
+def _activation(layer, value):
+    """A built-in activation name usable by tf-keras, else ModelError."""
+    if value is None:
+        return "linear"
+    if isinstance(value, dict):  # Keras 3 serialises custom functions as dicts
+        value = value.get("config", value.get("class_name"))
+        if isinstance(value, dict):
+            raise _unsupported(layer, "custom activation")
+    name = value if isinstance(value, str) else getattr(value, "__name__", None)
+    if not name:
+        raise _unsupported(layer, f"activation {value!r}")
+    try:
+        tfk.activations.get(name)
+    except (ValueError, TypeError):
+        raise _unsupported(layer, f"activation {name!r} unknown to tf-keras") from None
+    return name
+
+
+def _layer_config(layer):
+    """The tf-keras constructor arguments of a supported layer, else ModelError."""
+    kind = layer_type(layer)
+    if kind not in SUPPORTED or not _is_keras_layer(layer):
+        raise _unsupported(layer)
+    cfg = layer.get_config()
+    if cfg.get("lora_rank") or cfg.get("quantization_config") or cfg.get("quantization_mode"):
+        raise _unsupported(layer, "LoRA or quantized weights")
+    if cfg.get("renorm"):
+        raise _unsupported(layer, "batch renormalization")
+    out = {k: cfg[k] for k in SUPPORTED[kind] if k in cfg}
+    if "activation" in out:
+        out["activation"] = _activation(layer, out["activation"])
+    for k in ("kernel_size", "strides", "pool_size", "dilation_rate", "target_shape", "noise_shape"):
+        if isinstance(out.get(k), list):
+            out[k] = tuple(out[k])
+    if isinstance(out.get("padding"), list):  # ZeroPadding2D ((t, b), (l, r))
+        out["padding"] = tuple(tuple(p) if isinstance(p, list) else p for p in out["padding"])
+    return kind, out
+
+
+def _history(tensor):
+    hist = getattr(tensor, "_keras_history", None)
+    if hist is None:
+        raise ModelError(f"cannot trace tensor {tensor!r} back to a layer: is the model built?")
+    return hist[0], int(hist[1]), int(hist[2])
+
+
+def _node_inputs(node):
+    """The flat list of symbolic tensors a layer call consumed (tf-keras or Keras 3 node)."""
+    if hasattr(node, "keras_inputs"):  # tf-keras
+        return list(node.keras_inputs)
+    return list(tf.nest.flatten(node.input_tensors))
+
+
+def _node_outputs(node):
+    return list(tf.nest.flatten(node.output_tensors if hasattr(node, "output_tensors") else node.outputs))
+
+
+def _source_io(model):
+    ins, outs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    if not ins or not outs:
+        raise ModelError(f"model {getattr(model, 'name', '?')!r} is not built: call it on data or give it "
+                         "an Input before explaining it")
+    return list(ins), list(outs)
+
+
+def _walk(model, visit):
+    """Visit every layer call (layer, node, inputs) needed for the model's outputs, inputs first.
+
+    Nested models are entered (their inputs bound to the outer call's inputs). ``visit`` returns
+    the output tensors of the call; the walk returns the model's outputs as visit produced them.
+    """
+    def run(sub, bound):  # bound: id(source tensor) -> value
+        ins, outs = _source_io(sub)
+        done = dict(bound)
+        stack = [(t, False) for t in outs]
+        while stack:
+            t, ready = stack.pop()
+            if id(t) in done:
+                continue
+            layer, node_index, tensor_index = _history(t)
+            node = layer._inbound_nodes[node_index]
+            srcs = _node_inputs(node)
+            if not ready:
+                stack.append((t, True))
+                stack.extend((s, False) for s in srcs if id(s) not in done)
+                continue
+            if layer_type(layer) == "InputLayer" or not srcs:
+                raise ModelError(f"tensor {t!r} comes from input {layer.name!r}, which is not an input of "
+                                 f"model {sub.name!r}")
+            args = [done[id(s)] for s in srcs]
+            if _is_model(layer):
+                inner_ins, _ = _source_io(layer)
+                if len(inner_ins) != len(args):
+                    raise ModelError(f"nested model {layer.name!r} takes {len(inner_ins)} inputs, got {len(args)}")
+                results = run(layer, {id(i): a for i, a in zip(inner_ins, args)})
+            else:
+                results = visit(layer, args)
+            for o, r in zip(_node_outputs(node), results):
+                done[id(o)] = r
+        return [done[id(t)] for t in outs]
+
+    ins, _ = _source_io(model)
+    return run(model, {id(t): ("input", i, t) for i, t in enumerate(ins)})
+
+
+def check_layers(model):
+    """Raise ModelError naming the first layer the twin cannot rebuild (cheap: builds nothing).
+
+    Also returns the list of (layer, type) the model uses, in call order.
+    """
+    model_kind(model)
+    seen = []
+
+    def visit(layer, args):
+        if not any(layer is l for l, _ in seen):
+            kind, _ = _layer_config(layer)
+            seen.append((layer, kind))
+        return [None] * 8
+
+    _walk(model, visit)
+    if len(_source_io(model)[1]) != 1:
+        raise ModelError(f"expected a model with one output, got {len(model.outputs)}")
+    return seen
+
+
+def _all_float32(model):
+    """True when every layer (nested models included) stores and computes in float32."""
+    for l in model.layers:
+        if _is_model(l) and not _all_float32(l):
+            return False
+        if str(getattr(l, "dtype", "float32")) != "float32" or \
+                str(getattr(l, "compute_dtype", "float32")) != "float32":
+            return False
+    return True
+
+
+# -- rebuilding --------------------------------------------------------------------------------
+def _rebuild(model, dtype, *, suffix="", split_softmax=False):
+    """Rebuild ``model`` with tf-keras layers in the current graph/eager context.
+
+    Returns ``(twin, twins, names, logits)``: the tf-keras model, ``id(source layer) -> twin
+    layer``, ``twin layer name -> source layer name`` and, with ``split_softmax``, the pre-softmax
+    tensor (None when the model ends without a softmax). With ``split_softmax`` a final softmax
+    activation inside a Conv2D/Dense layer is rebuilt as a linear layer followed by a separate
+    softmax layer, so that the pre-softmax tensor exists.
+    """
+    ins, outs = _source_io(model)
+    out_layer = _history(outs[0])[0]
+    twins = {}       # id(source layer) -> twin layer
+    names = {}       # twin name -> source name
+    used = set()
+    state = {"logits": None}
+
+    def unique(name):
+        base, k = name + suffix, 1
+        while base in used:
+            base, k = f"{name}_{k}{suffix}", k + 1
+        used.add(base)
+        return base
+
+    twin_inputs = []
+    for i, t in enumerate(ins):
+        shape = tuple(t.shape)[1:]
+        src_name = _history(t)[0].name
+        # graph twins get a fixed, unusual name: iNNvestigate's integrated_gradients adds an
+        # auto-named Input ("input_1") of its own, and two layers of one name break its model
+        name = unique(f"xaitf_input_{i}") if suffix else unique(src_name)
+        names[name] = src_name
+        twin_inputs.append(tfk.Input(shape=shape, dtype=dtype, name=name))
+
+    def visit(layer, args):
+        kind, cfg = _layer_config(layer)
+        key = id(layer)
+        split = (split_softmax and layer is out_layer and kind in ("Conv2D", "Dense")
+                 and cfg.get("activation") == "softmax")
+        if key not in twins:
+            if split:
+                cfg = dict(cfg, activation="linear")
+            name = unique(layer.name)
+            names[name] = layer.name
+            twins[key] = getattr(tfk.layers, kind)(name=name, dtype=dtype, **cfg)
+        tw = twins[key]
+        x = args if kind in _MULTI_INPUT else args[0]
+        if kind not in _MULTI_INPUT and len(args) != 1:
+            raise _unsupported(layer, f"called on {len(args)} tensors")
+        y = tw(x)
+        if split:
+            state["logits"] = y
+            sm = unique(layer.name + "_softmax")
+            names[sm] = layer.name
+            y = tfk.layers.Activation("softmax", name=sm, dtype=dtype)(y)
+        elif layer is out_layer and split_softmax and (kind == "Softmax" or (
+                kind == "Activation" and cfg.get("activation") == "softmax")):
+            state["logits"] = x
+        return [y]
+
+    def visit_bound(layer, args):
+        args = [twin_inputs[a[1]] if isinstance(a, tuple) and a and a[0] == "input" else a for a in args]
+        return visit(layer, args)
+
+    out = _walk(model, visit_bound)
+    if isinstance(out[0], tuple):  # the model is its input (no layer)
+        raise ModelError(f"model {model.name!r} has no layers to explain")
+    twin = tfk.Model(twin_inputs[0] if len(twin_inputs) == 1 else twin_inputs, out[0],
+                     name=f"{model.name}_twin")
+    return twin, twins, names, state["logits"]
+
+
+def _source_weights(model):
+    """id(layer) -> (layer, numpy weights) for every layer, nested models included (read eagerly)."""
+    out = {}
+
+    def collect(m):
+        for l in m.layers:
+            if _is_model(l):
+                collect(l)
+            else:
+                out[id(l)] = (l, [np.asarray(w) for w in l.get_weights()])
+
+    collect(model)
+    return out
+
+
+def _copy_weights(weights, twins):
+    """Copy every source layer's weights (cast to the twin's dtype) into its twin layer."""
+    for key, tw in twins.items():
+        src, ws = weights[key]
+        if ws:
+            want = tw.get_weights()
+            if len(ws) != len(want) or any(a.shape != b.shape for a, b in zip(ws, want)):
+                raise _unsupported(src, f"weights {[w.shape for w in ws]} do not fit the tf-keras layer "
+                                        f"{[w.shape for w in want]}")
+            tw.set_weights([np.asarray(w, dtype=b.dtype) for w, b in zip(ws, want)])
+
+
+def probe_batch(model, n=4, seed=0):
+    """The seeded probe inputs: U(0,1) images of the model's input shape (None dims -> 32)."""
+    shape = tuple(32 if d is None else d for d in input_shape(model))
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (n,) + shape).astype(np.float32)
+
+
+def _agree(ref, got, what, model):
+    ref = np.asarray(ref, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    err = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+    if ref.shape != got.shape or not np.isfinite(err) or err > TOLERANCE * max(scale, 1e-12):
+        raise ModelError(
+            f"the tf-keras twin of model {model.name!r} does not reproduce its {what}: max difference "
+            f"{err:.3g} at output scale {scale:.3g} (tolerance {TOLERANCE:g} relative); a layer's "
+            f"config did not carry over; the native methods still work: {NATIVE_METHODS}")
+
+
+def _source_outputs(model, x):
+    logits_m, _ = logits_model(model)
+    logits = np.asarray(logits_m(tf.constant(x), training=False))
+    full = np.asarray(model(tf.constant(x), training=False)) if _all_float32(model) else None
+    return logits, full
+
+
+def tf_keras_twin(model, *, dtype="float32"):
+    """An equivalent eager tf-keras model of ``model`` (tf-keras or Keras 3), weights copied.
+
+    Args:
+        model: a built functional or Sequential model of the layers in :data:`SUPPORTED`.
+        dtype: dtype of every twin layer; float64 layers of the source become float32.
+
+    Returns:
+        A tf-keras ``Model`` with the source's layer names; the model itself when it is already an
+        all-float32 tf-keras model. Raises ModelError naming an unsupported layer, or when the twin
+        does not reproduce the source (checked once on :func:`probe_batch`). Cached per model.
+    """
+    hit = _EAGER.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    kind = model_kind(model)
+    if kind == "tf-keras" and dtype == "float32" and _all_float32(model):
+        twin = model  # any layer will do: nothing is rebuilt
+    else:
+        check_layers(model)
+        twin, twins, _, _ = _rebuild(model, dtype)
+        _copy_weights(_source_weights(model), twins)
+        x = probe_batch(model)
+        logits, full = _source_outputs(model, x)
+        _agree(logits, logits_model(twin)[0](tf.constant(x), training=False), "pre-softmax output", model)
+        if full is not None:
+            _agree(full, twin(tf.constant(x), training=False), "output", model)
+    _EAGER[id(model)] = (model, twin)
+    return twin
+
+
+class GraphTwin:
+    """A tf-keras twin of a model living in a private ``tf.Graph`` with its own session.
+
+    Attributes:
+        graph, session: the private graph and the session that holds the twin's variables.
+        model: the twin (full output); ``logits``: the twin up to the final softmax (the model
+            itself when there is none); ``note`` says what was stripped.
+        names: twin layer name -> source layer name (for error messages).
+        analyzers: a cache that :mod:`xaitf.methods.propagation` keeps its built analyzers in.
+        build_seconds: time spent rebuilding and checking.
+
+    Run anything touching ``model``/``logits`` inside ``with twin.scope():``.
+    """
+
+    def __init__(self, source, dtype="float32"):
+        t0 = time.perf_counter()
+        self.source_name = source.name
+        weights = _source_weights(source)
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.scope():
+            full, twins, self.names, logits_t = _rebuild(source, dtype, suffix=_GRAPH_SUFFIX,
+                                                         split_softmax=True)
+            self.model = full
+            if logits_t is None:
+                self.logits, self.note = full, "output used as is (no final softmax found)"
+            else:
+                self.logits = tfk.Model(full.inputs, logits_t, name=full.name + "_logits")
+                self.note = "final softmax stripped"
+            _copy_weights(weights, twins)
+        self.analyzers = {}
+        x = probe_batch(source)
+        logits, out = _source_outputs(source, x)
+        _agree(logits, self.predict(x, logits=True), "pre-softmax output", source)
+        if out is not None:
+            _agree(out, self.predict(x, logits=False), "output", source)
+        self.build_seconds = time.perf_counter() - t0
+
+    def scope(self):
+        """Context manager: the private graph and session as defaults."""
+        return _Scope(self)
+
+    def predict(self, x, logits=True):
+        with self.scope(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf-keras v1: "Model.state_updates will be removed"
+            m = self.logits if logits else self.model
+            return np.asarray(m.predict_on_batch(np.asarray(x, np.float32)))
+
+    def close(self):
+        """Free the session (the twin and its analyzers are unusable afterwards)."""
+        self.analyzers.clear()
+        self.session.close()
+
+    def source_layer_name(self, twin_name):
+        return self.names.get(twin_name, twin_name.replace(_GRAPH_SUFFIX, ""))
+
+
+# -- graph mode next to eager mode -------------------------------------------------------------
+# tf-keras picks a layer's base class (v2 eager ``Layer``/``Model`` or v1 graph ones) when a layer is
+# constructed, by rewriting the ``__bases__`` of the layer's class in place
+# (``tf_keras.src.utils.version_utils.swap_class``). Building a twin in a private graph therefore
+# turns Conv2D, Dense, Functional, ... into v1 classes for every existing instance, eager models
+# included ("Your Layer or Model is in an invalid state"), and building an eager layer afterwards
+# breaks the graph models the other way round. Every private-graph scope switches all tf-keras
+# layer classes to v1 on entry and back to v2 on exit (about 10 ms when anything changes), so
+# eager code never sees a v1 class and graph code never sees a v2 one.
+_DEPTH = [0]
+
+
+def _swap_bases(cls, v2, v1, use_v2, memo):
+    """``swap_class`` of tf-keras, writing ``__bases__`` only where it changes."""
+    if cls is object:
+        return cls
+    if cls is v2 or cls is v1:
+        return v2 if use_v2 else v1
+    if cls in memo:
+        return cls
+    memo.add(cls)
+    bases, changed = [], False
+    for b in cls.__bases__:
+        if (use_v2 and issubclass(b, v1)) or (not use_v2 and issubclass(b, v2)):
+            nb = _swap_bases(b, v2, v1, use_v2, memo)
+        else:
+            nb = b
+        bases.append(nb)
+        changed |= nb is not b
+    if changed:
+        cls.__bases__ = tuple(bases)
+    return cls
+
+
+def _keras_classes_mode(use_v2):
+    """Switch every tf-keras Layer/Model subclass to its v2 (eager) or v1 (graph) base classes."""
+    from tf_keras.src.engine import base_layer, base_layer_v1, training, training_v1
+
+    seen, stack, classes = set(), [base_layer.Layer], []
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                classes.append(sub)
+                stack.append(sub)
+    memo_layer, memo_model = set(), set()
+    for c in classes:
+        _swap_bases(c, base_layer.Layer, base_layer_v1.Layer, use_v2, memo_layer)
+        if issubclass(c, training.Model):
+            _swap_bases(c, training.Model, training_v1.Model, use_v2, memo_model)
+
+
+class _Scope:
+    def __init__(self, twin):
+        self.twin = twin
+        self._stack = None
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self.twin.graph.as_default())
+        self._stack.enter_context(self.twin.session.as_default())
+        if _DEPTH[0] == 0:
+            _keras_classes_mode(use_v2=False)
+        _DEPTH[0] += 1
+        return self.twin
+
+    def __exit__(self, *exc):
+        _DEPTH[0] -= 1
+        self._stack.close()
+        if _DEPTH[0] == 0:  # back to whatever the surrounding code runs (eager, normally)
+            from tf_keras.src.utils.version_utils import should_use_v2
+
+            _keras_classes_mode(use_v2=should_use_v2())
+        return False
+
+
+def graph_twin(model, *, dtype="float32"):
+    """The :class:`GraphTwin` of ``model`` (tf-keras or Keras 3), built once per model.
+
+    Raises ModelError naming an unsupported layer before building anything, or when the twin does
+    not reproduce the source's outputs on :func:`probe_batch`.
+    """
+    hit = _GRAPH.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    check_layers(model)
+    twin = GraphTwin(model, dtype=dtype)
+    _GRAPH[id(model)] = (model, twin)
+    return twin
