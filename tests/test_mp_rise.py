@@ -1,0 +1,108 @@
+"""Meaningful Perturbation and RISE: the center-pixel oracle, seeds, batching, an independent RISE sum."""
+import numpy as np
+import pytest
+
+import xaitf
+from xaitf.errors import MethodError
+
+
+@pytest.fixture(scope="module")
+def centre_images():
+    """Two 15x15 images whose centre pixels (class 200 and 60) differ from their median blur."""
+    x = np.random.RandomState(0).randint(256, size=(2, 15, 15, 1)).astype(np.float32) / 255
+    x[:, 7, 7, 0] = [200 / 255, 60 / 255]
+    return x
+
+
+def argmax2d(a):
+    return tuple(int(i) for i in np.unravel_index(np.argmax(a), a.shape))
+
+
+# -- Meaningful Perturbation --------------------------------------------------------------------
+def test_mp_finds_the_centre_pixel(center_pixel_small, centre_images):
+    mp = xaitf.create_explainer("mp", center_pixel_small, max_iterations=300, progress=False)
+    maps = mp(centre_images)
+    assert maps.shape == (2, 15, 15)
+    for m in maps:
+        assert argmax2d(m) == (7, 7)
+        assert m[7, 7] == pytest.approx(1.0)
+    masks = mp.optimise(centre_images, [200, 60])
+    assert masks.min() >= 0 and masks.max() <= 1
+    assert masks[1, 7, 7] < 0.5 and np.median(masks[1]) == pytest.approx(1.0, abs=1e-3)
+    assert np.array_equal(maps, mp(centre_images))                       # same seed, same map
+
+
+def test_mp_batch_of_masks_equals_one_image_at_a_time(center_pixel_small, centre_images):
+    kw = dict(max_iterations=40, normalize="none", progress=False)
+    joint = xaitf.create_explainer("mp", center_pixel_small, **kw)(centre_images)
+    single = xaitf.create_explainer("mp", center_pixel_small, batch_size=1, **kw)(centre_images)
+    np.testing.assert_allclose(joint, single, atol=1e-5)
+
+
+def test_mp_mask_scale_and_normalisations(center_pixel_small, centre_images):
+    kw = dict(max_iterations=150, progress=False)
+    coarse = xaitf.create_explainer("mp", center_pixel_small, mask_scale=5, normalize="minmax", **kw)
+    m = coarse(centre_images[1:])[0]
+    assert m.min() == pytest.approx(0) and m.max() == pytest.approx(1)
+    assert argmax2d(m) == (7, 7)                        # a 3x3 mask upsampled: peak at the middle cell
+    raw = xaitf.create_explainer("mp", center_pixel_small, normalize="none", **kw)(centre_images)
+    st1 = xaitf.create_explainer("mp", center_pixel_small, **kw)(centre_images)
+    keep = 1 - raw
+    lo, hi = keep.min((1, 2), keepdims=True), keep.max((1, 2), keepdims=True)
+    np.testing.assert_allclose(st1, 1 - (keep - lo) / hi, atol=1e-6)
+
+
+def test_mp_errors(center_pixel_small):
+    cases = [(dict(mask_scale=2), "mask_scale must divide the image size 15x15"),
+             (dict(max_iterations=0), "max_iterations"),
+             (dict(lr=-1), "lr"),
+             (dict(normalize="zscore"), "normalize must be one of"),
+             (dict(mask_scale=15), "needs at least 2x2"),
+             (dict(tv_beta=0.5), "tv_beta"),
+             (dict(blur=3), "unknown parameter")]
+    for kw, msg in cases:
+        with pytest.raises(MethodError, match=msg) as err:
+            xaitf.create_explainer("mp", center_pixel_small, **kw)
+        assert "\n" not in str(err.value)
+
+
+# -- RISE ---------------------------------------------------------------------------------------
+def test_rise_centre_pixel_has_the_largest_saliency(center_pixel_small, centre_images):
+    rise = xaitf.create_explainer("rise", center_pixel_small, masks=2000, progress=False)
+    maps = rise(centre_images)
+    for m in maps:
+        assert argmax2d(m) == (7, 7)
+
+
+def test_rise_equals_a_direct_sum_over_its_masks(tiny_cnn, rng):
+    x = rng.random((3, 8, 8, 1)).astype(np.float32)
+    t = np.array([0, 2, 4])
+    rise = xaitf.create_explainer("rise", tiny_cnn, masks=50, cell=3, p=0.4, batch_size=64, progress=False)
+    got = rise(x, t)
+    masks = rise.masks()                                                  # (50, 8, 8)
+    assert masks.shape == (50, 8, 8) and masks.min() >= 0 and masks.max() <= 1
+    for i in range(3):
+        prob = tiny_cnn.predict(x[i][None] * masks[..., None], verbose=0)[:, t[i]]
+        want = np.tensordot(prob, masks, axes=1) / (50 * 0.4)
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-6)
+
+
+def test_rise_seed_and_batch_size(tiny_cnn, rng):
+    x = rng.random((5, 8, 8, 1)).astype(np.float32)
+    kw = dict(masks=300, progress=False)
+    a = xaitf.create_explainer("rise", tiny_cnn, batch_size=256, **kw)(x)
+    b = xaitf.create_explainer("rise", tiny_cnn, batch_size=7, **kw)(x)    # 1 image x 7 masks per step
+    c = xaitf.create_explainer("rise", tiny_cnn, batch_size=1000, **kw)(x)
+    d = xaitf.create_explainer("rise", tiny_cnn, seed=5, **kw)(x)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)
+    assert np.abs(a - d).max() > 1e-4
+
+
+def test_rise_errors(tiny_cnn):
+    cases = [(dict(masks=0), "masks"), (dict(p=0), "p"), (dict(p=1.5), "p"),
+             (dict(cell=9), "cell must be at most the image side 8"), (dict(cell=2.5), "cell")]
+    for kw, msg in cases:
+        with pytest.raises(MethodError, match=msg) as err:
+            xaitf.create_explainer("rise", tiny_cnn, **kw)
+        assert "\n" not in str(err.value)

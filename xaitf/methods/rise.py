@@ -1,0 +1,141 @@
+"""RISE: Randomized Input Sampling for Explanation (Petsiuk, Das & Saenko, BMVC 2018).
+
+Saliency of class ``c`` at pixel ``u`` is the expected class probability under random masks that
+keep ``u``::
+
+    S_c(u) = 1 / (N * p) * sum_i P_c(x * M_i) * M_i(u)
+
+Masks as in the paper: a binary grid of ``cell x cell`` cells, each kept with probability ``p``, is
+upsampled bilinearly to ``(cell + 1) * ceil(H / cell)`` x ``(cell + 1) * ceil(W / cell)`` and cropped
+to H x W at a random offset in ``[0, ceil(H / cell)) x [0, ceil(W / cell))``, so the masks are
+smooth and not aligned to a fixed grid. ``P_c`` is the softmax of the model's pre-softmax output
+(the class probability the paper explains).
+
+All the randomness (N grids and N offsets, a few numbers per mask) is drawn once from the seed with
+TensorFlow's stateless generators; the full-size masks are made on the device a chunk at a time,
+so the same seed gives the same masks whatever ``batch_size`` is. One ``tf.function`` loops over mask
+chunks and evaluates ``inputs x masks`` perturbed images per step, never more than ``batch_size``.
+"""
+import math
+
+import numpy as np
+
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from ..errors import MethodError
+from ..explainer import Explainer
+
+
+def _number(params, name, cls, low, high=None, low_open=False, owner="Rise"):
+    v = params[name]
+    ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+    if ok and cls is int:
+        ok = int(v) == v
+    if ok:
+        v = cls(v)
+        ok = (v > low if low_open else v >= low) and (high is None or v <= high)
+    if not ok:
+        rng = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+        kind = "an integer" if cls is int else "a number"
+        raise MethodError(f"{owner} needs {name} to be {kind} in {rng}, got {params[name]!r}")
+    return v
+
+
+def class_probabilities(logits):
+    """Softmax in the logits' own precision (float64 heads keep their precision), as float32."""
+    return tf.cast(tf.nn.softmax(logits, axis=-1), tf.float32)
+
+
+class Rise(Explainer):
+    """RISE saliency (Petsiuk et al. 2018).
+
+    Parameters (``xaitf.settings.RISE``):
+        masks: number of random masks N (paper: 4000 for ResNet50 / 8000 for VGG16).
+        cell: the random grid has ``cell x cell`` cells (paper: s = 7).
+        p: probability of keeping a cell (paper: 0.5).
+        batch_size: perturbed images per model evaluation (inputs x masks).
+        seed: the same seed gives the same masks and maps.
+
+    Returns (N,H,W): one map per pixel (a mask covers every channel of a pixel).
+    """
+
+    key = "rise"
+    stochastic = True
+
+    def setup(self):
+        self.n_masks = _number(self.params, "masks", int, 1)
+        self.cell = _number(self.params, "cell", int, 1)
+        self.p = _number(self.params, "p", float, 0.0, 1.0, low_open=True)
+        h, w = self.shape[:2]
+        if h is None or w is None:
+            raise MethodError("Rise needs a model with a fixed input size (H and W)")
+        if self.cell > min(h, w):
+            raise MethodError(f"Rise cell must be at most the image side {min(h, w)}, got {self.cell}")
+        self.cell_h, self.cell_w = math.ceil(h / self.cell), math.ceil(w / self.cell)
+        self._fn = tf.function(self._saliency, reduce_retracing=True)
+        self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
+
+    def chunk_size(self):
+        return self.batch_size
+
+    # -- masks -----------------------------------------------------------------------------------
+    def random_grids(self):
+        """The seed's N grids (N, cell, cell) in {0,1} and offsets (N, 2), drawn on the device."""
+        seed = tf.constant([self.seed, 0x5EED], tf.int64)
+        u = tf.random.stateless_uniform((self.n_masks, self.cell, self.cell), seed=seed)
+        grids = tf.cast(u < self.p, tf.float32)
+        oy = tf.random.stateless_uniform((self.n_masks,), seed=seed + [0, 1], minval=0,
+                                         maxval=self.cell_h, dtype=tf.int32)
+        ox = tf.random.stateless_uniform((self.n_masks,), seed=seed + [0, 2], minval=0,
+                                         maxval=self.cell_w, dtype=tf.int32)
+        return grids, tf.stack([oy, ox], axis=1)
+
+    def _upsample(self, grids, offsets):
+        """(g, cell, cell) grids -> (g, H, W) smooth masks: bilinear upsampling + shifted crop."""
+        h, w = self.shape[:2]
+        size = ((self.cell + 1) * self.cell_h, (self.cell + 1) * self.cell_w)
+        up = tf.image.resize(grids[..., None], size, method="bilinear")[..., 0]
+        rows = offsets[:, :1] + tf.range(h)[None]
+        cols = offsets[:, 1:] + tf.range(w)[None]
+        up = tf.gather(up, rows, axis=1, batch_dims=1)
+        return tf.gather(up, cols, axis=2, batch_dims=1)
+
+    def masks(self, start=0, stop=None):
+        """The full-size masks ``start:stop`` (M, H, W) of this seed, as numpy (for inspection)."""
+        grids, offsets = self.random_grids()
+        stop = self.n_masks if stop is None else stop
+        return self._upsample(grids[start:stop], offsets[start:stop]).numpy()
+
+    # -- saliency --------------------------------------------------------------------------------
+    def _saliency(self, x, onehot, grids, offsets, valid):
+        """sum_i P_t(x * M_i) M_i for every input; grids/offsets/valid hold whole chunks of g masks."""
+        n = tf.shape(x)[0]
+        g = tf.shape(grids)[1]
+        h, w, c = self.shape
+        total = tf.zeros((n, h, w), tf.float32)
+        for j in tf.range(tf.shape(grids)[0]):
+            m = self._upsample(grids[j], offsets[j])                       # (g,H,W)
+            pert = x[:, None] * m[None, ..., None]                           # (n,g,H,W,C)
+            pert = tf.reshape(pert, tf.concat([[n * g], tf.shape(x)[1:]], 0))
+            prob = class_probabilities(self.forward(pert, training=False))
+            prob = tf.reshape(prob, (n, g, -1))
+            score = tf.einsum("ngk,nk->ng", prob, onehot) * valid[j][None]
+            total += tf.einsum("ng,ghw->nhw", score, m)
+        return total
+
+    def explain_batch(self, x, targets):
+        n = len(x)
+        g = max(1, min(self.n_masks, self.batch_size // n))
+        chunks = -(-self.n_masks // g)
+        pad = chunks * g - self.n_masks
+        grids, offsets = self.random_grids()
+        valid = tf.concat([tf.ones(self.n_masks), tf.zeros(pad)], 0)
+        grids = tf.concat([grids, tf.zeros((pad, self.cell, self.cell))], 0)
+        offsets = tf.concat([offsets, tf.zeros((pad, 2), tf.int32)], 0)
+        onehot = tf.one_hot(np.asarray(targets, np.int32), self.num_classes)
+        total = self._fn(tf.constant(x), onehot,
+                         tf.reshape(grids, (chunks, g, self.cell, self.cell)),
+                         tf.reshape(offsets, (chunks, g, 2)),
+                         tf.reshape(valid, (chunks, g)))
+        return total.numpy() / (self.n_masks * self.p)
