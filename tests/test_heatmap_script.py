@@ -1,0 +1,201 @@
+"""heatmap_script.py end to end, through subprocesses, on tiny models (study 1's CLI)."""
+import copy
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_cnn
+
+SCRIPT = ROOT / "heatmap_script.py"
+NAME = re.compile(r"^heatmap_\d{8}-\d{6}(_\d+)?\.png$")
+
+
+def run_script(*args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def figures(folder):
+    return sorted(p.name for p in Path(folder).glob("*.png")) if Path(folder).exists() else []
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny CNN saved as .h5 (8x8x1, 5 classes) and a 12x10 RGB PNG."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("cli")
+    model = d / "tiny.h5"
+    with warnings.catch_warnings():                     # "HDF5 is legacy": .h5 is what we test
+        warnings.simplefilter("ignore")
+        make_cnn(shape=(8, 8, 1), classes=5).save(model)
+    png = d / "digit.png"
+    rgb = (np.random.RandomState(0).rand(10, 12, 3) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(png)
+    return {"dir": d, "model": model, "png": png}
+
+
+def test_end_to_end_figure_arrays_settings_and_no_overwrite(files, tmp_path, capsys, restore_settings):
+    out = tmp_path / "res"
+    r = run_script("-ip", files["png"], "-mp", files["model"], "-op", out, "-hm", "IG", "grad",
+                   "input_x_gradient", "--set", "ig.steps=8", "--save-arrays", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    folder = out / "digit"                                   # results/<image stem>/
+    pngs = figures(folder)
+    assert len(pngs) == 1 and NAME.match(pngs[0]), pngs
+    assert (folder / pngs[0]).read_bytes()[:4] == b"\x89PNG"
+    arrays = np.load(folder / pngs[0].replace(".png", ".npz"))
+    assert sorted(arrays.files) == ["grad", "ig", "inpgrad"]  # one map per method, registry keys
+    assert all(arrays[k].shape == (8, 8) and np.isfinite(arrays[k]).all() for k in arrays.files)
+    assert np.abs(arrays["grad"]).max() > 0
+    # the override reached the explainer, and the printed settings say so
+    assert re.search(r"Integrated Gradients \(ig\): steps=8\b", r.stdout), r.stdout
+    assert "stripped" in r.stdout or "replaced softmax" in r.stdout   # explained output is logits
+    # columns come in study 1's order whatever the order typed
+    order = [line.split("(")[1].split(")")[0] for line in r.stdout.splitlines()
+             if re.match(r"\s+\S.* \((grad|ig|inpgrad)\): ", line)]
+    assert order == ["grad", "inpgrad", "ig"]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]   # no temp files left
+
+    # a second run in the same second (or not) never replaces the first figure (in-process: fast)
+    code, stdout, _ = run_main(capsys, "-ip", files["png"], "-mp", files["model"], "-op", out,
+                               "-hm", "grad", "--no-crop")
+    assert code == 0
+    pngs2 = figures(folder)
+    assert len(pngs2) == 2 and set(pngs) < set(pngs2) and all(NAME.match(p) for p in pngs2)
+    assert f"figure: {folder}" in stdout
+
+
+# -- in-process runs (TensorFlow is already loaded here): same code path, exit codes, stderr -----
+@pytest.fixture
+def restore_settings():
+    """--set changes xaitf.settings in place; put every section back after an in-process run."""
+    from xaitf import settings as S
+
+    saved = copy.deepcopy(S.SECTIONS)
+    yield
+    for name, section in S.SECTIONS.items():
+        section.clear()
+        section.update(saved[name])
+
+
+def run_main(capsys, *args):
+    """``heatmap_script.py args`` in this process: (exit code, stdout, stderr)."""
+    import heatmap_script
+    from xaitf import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.run(heatmap_script.main, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_center_pixel_model_default_image_and_centre_pixel(tmp_path, capsys, restore_settings):
+    # the study-1 model, built in memory at 15x15 (same formula, fast); -cp sets the true label
+    code, out, err = run_main(capsys, "-hm", "grad", "-cp", "42", "--set", "global.image_size=15",
+                              "-op", tmp_path / "res", "--save-arrays")
+    assert code == 0, err
+    assert "predicted class 42" in out and "true label (centre pixel) 42" in out
+    assert "explaining class 42" in out and "built in memory" in out
+    folder = tmp_path / "res" / "random"                           # no -ip: stem "random"
+    assert len(figures(folder)) == 1
+    grad = np.load(next(folder.glob("*.npz")))["grad"]
+    # d logit_42 / d x at the centre is alpha * 255 * (2*42 - 510) (input scaled by 1/255): the
+    # most negative entry of the map
+    assert grad.shape == (15, 15) and np.unravel_index(grad.argmin(), grad.shape) == (7, 7)
+    np.testing.assert_allclose(grad[7, 7], 10 * 255 * (2 * 42 - 510), rtol=1e-5)
+
+
+def test_clamp_label_out_of_range(files, tmp_path, capsys, restore_settings):
+    code, out, err = run_main(capsys, "-ip", files["png"], "-mp", files["model"], "-cl", "7", "-hm",
+                              "grad", "-op", tmp_path / "res")
+    assert code == 1
+    assert err.splitlines() == ["error: -cl 7 is out of range: the model has 5 classes (0..4)"]
+    assert not (tmp_path / "res").exists()
+
+
+def test_method_that_cannot_handle_the_model(tmp_path, capsys, restore_settings):
+    from xaitf import registry
+
+    if "gradcam" not in registry.list_methods():
+        pytest.skip("Grad-CAM not present yet")
+    # the center-pixel model has no conv layer: Grad-CAM must refuse before any map is computed
+    code, out, err = run_main(capsys, "-hm", "grad", "gradcam", "--set", "global.image_size=15",
+                              "-op", tmp_path / "res")
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: gradcam: ") and "Conv2D" in lines[0], err
+    assert "grad:" not in out                                      # no method ran
+    assert not (tmp_path / "res").exists()
+
+
+def test_unreadable_model_file(files, tmp_path, capsys, restore_settings):
+    bad_h5 = tmp_path / "bad.h5"
+    bad_h5.write_bytes(b"\0garbage")
+    code, out, err = run_main(capsys, "-ip", files["png"], "-mp", bad_h5, "-hm", "grad",
+                              "-op", tmp_path / "res")
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and str(bad_h5) in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "res").exists()
+
+
+# -- errors caught before TensorFlow is imported: exactly one line on stderr --------------------
+def test_unknown_method_lists_valid_keys_and_writes_nothing(files, tmp_path):
+    r = run_script("-ip", files["png"], "-mp", files["model"], "-hm", "grad", "nosuch", "-op",
+                   tmp_path / "res", cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuch" in lines[0] and "valid:" in lines[0]
+    assert "grad" in lines[0] and "lrp" in lines[0] and "ig" in lines[0]
+    assert r.stdout == "" and not (tmp_path / "res").exists()
+
+
+def test_missing_image_and_model_one_line(files, tmp_path):
+    r = run_script("-ip", tmp_path / "nope.png", "-mp", files["model"], "-hm", "grad", cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [f"error: image file not found: {tmp_path / 'nope.png'}"]
+    r = run_script("-mp", tmp_path / "nope.h5", "-hm", "grad", cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model file not found" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreadable_image_one_line(files, tmp_path):
+    bad_png = tmp_path / "bad.png"
+    bad_png.write_text("not an image")
+    r = run_script("-ip", bad_png, "-mp", files["model"], "-hm", "grad", "-op", tmp_path / "res",
+                   cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()                          # read before TensorFlow starts
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read image {bad_png}"), r.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_bad_set_and_bad_flag_one_line(tmp_path):
+    r = run_script("-hm", "grad", "--set", "bad", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: bad --set 'bad': expected section.key=value, e.g. ig.steps=128"]
+    r = run_script("-hm", "grad", "--set", "ig.nosuch=3", cwd=tmp_path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "steps" in r.stderr
+    r = run_script("-hm", "grad", "-cp", "300", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "0..255" in lines[0]
+
+
+def test_list_methods(tmp_path):
+    r = run_script("--list", cwd=tmp_path)
+    assert r.returncode == 0
+    assert re.search(r"^\s+grad\s+Gradient$", r.stdout, re.M)
+    assert re.search(r"^\s+ig\s+Integrated Gradients$", r.stdout, re.M)

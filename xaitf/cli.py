@@ -1,0 +1,189 @@
+"""Helpers shared by xaitf's command lines (``heatmap_script.py``, ``create_model.py``, studies).
+
+* :func:`add_common_args` / :func:`apply_sets`: the repeatable ``--set section.key=value`` flag
+  (see :mod:`xaitf.settings`), ``--seed``, ``--batch-size``, ``--debug``.
+* :func:`fail` and :func:`run`: every user error ends the program with ONE line on stderr
+  (``error: ...``) and a non-zero exit code; ``--debug`` shows the traceback instead.
+* :func:`atomic_write`: files appear complete or not at all (temp file in the same folder, then a
+  rename); with ``overwrite=False`` an existing file is never replaced, a suffix is added instead.
+* :func:`format_params` / :func:`print_settings`: the settings a method ran with, on one line.
+
+Nothing here imports TensorFlow, so argument errors are reported in milliseconds.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from .errors import XaitfError
+
+EXIT_USER = 1       # bad input, unknown method, missing file, model a method cannot handle
+EXIT_INTERNAL = 3   # an unexpected exception (a bug): one line, the traceback with --debug
+
+
+class CliError(XaitfError):
+    """A user error detected by a command line itself (bad flag value, missing file)."""
+
+
+def fail(message, code=EXIT_USER):
+    """Print ``error: message`` (first line only) on stderr and exit with ``code``."""
+    text = " ".join(str(message).split("\n")[0].split()) or "failed"
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def run(main, argv=None):
+    """Call ``main(argv)`` and turn errors into one line and an exit code.
+
+    XaitfError (and OSError such as a full disk or a missing folder) -> ``EXIT_USER``; any other
+    exception -> ``EXIT_INTERNAL`` with a hint to rerun with ``--debug``; Ctrl-C -> 130.
+    With ``--debug`` in ``argv`` the traceback is printed as well.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    try:
+        code = main(args)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except (XaitfError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        fail(one_line(e))
+    except Exception as e:  # noqa: BLE001 - a bug, still reported on one line
+        if debug:
+            traceback.print_exc()
+        fail(f"{type(e).__name__}: {one_line(e)} (unexpected; rerun with --debug for the traceback)",
+             EXIT_INTERNAL)
+    raise SystemExit(code or 0)
+
+
+def one_line(e):
+    text = str(e).strip()
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename}"
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# -- arguments ---------------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``error: ... (see --help)``), exit code 2."""
+
+    def error(self, message):
+        fail(f"{message} (see {self.prog} --help)", code=2)
+
+
+def add_common_args(parser):
+    """``--set``, ``--seed``, ``--batch-size`` and ``--debug`` on an argparse parser."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value of settings.py, e.g. --set ig.steps=128 --set "
+                             "global.seed=1 (repeatable; value read as a Python literal)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of every stochastic method (default settings GLOBAL['seed'])")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="model evaluations per chunk (default settings GLOBAL['batch_size'])")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    return parser
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def apply_sets(sets, seed=None, batch_size=None):
+    """Apply ``--set`` overrides (plus ``--seed``/``--batch-size``) to :mod:`xaitf.settings`.
+
+    Returns the applied ``(section, key, value)`` triples. A malformed override raises
+    MethodError with one line naming the valid sections or keys.
+    """
+    from . import settings as S
+
+    texts = list(sets or [])
+    if seed is not None:
+        texts.append(f"global.seed={int(seed)}")
+    if batch_size is not None:
+        texts.append(f"global.batch_size={int(batch_size)}")
+    return S.apply_overrides(texts)
+
+
+# -- files -------------------------------------------------------------------------------------
+def atomic_write(path, write_fn, overwrite=True):
+    """Write ``path`` through a temporary file in the same folder, then rename it into place.
+
+    Args:
+        path: the final file name; its folder is created if missing.
+        write_fn: called with the temporary file's path (same extension as ``path``, so
+            ``savefig``/``np.savez`` infer the format) and must write the whole file there.
+        overwrite: True replaces an existing ``path`` (``os.replace``); False never touches an
+            existing file and writes ``<stem>_1<ext>``, ``<stem>_2<ext>``, ... instead (claimed with
+            a hard link, so two processes cannot take the same name).
+
+    Returns:
+        The path written (a ``Path``). If ``write_fn`` fails, the temporary file is removed and
+        nothing appears under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{path.suffix}")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        if not os.path.exists(tmp) or os.path.getsize(tmp) == 0:
+            raise OSError(f"nothing was written for {path}")
+        if overwrite:
+            os.replace(tmp, path)
+            return path
+        return _claim(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _claim(tmp, path):
+    """Give ``tmp`` the first free name among path, path_1, path_2, ... without replacing any."""
+    for i in range(10_000):
+        target = path if i == 0 else path.with_name(f"{path.stem}_{i}{path.suffix}")
+        if target.exists():
+            continue
+        try:
+            os.link(tmp, target)          # fails if target exists: no race between processes
+        except FileExistsError:
+            continue
+        except OSError:                   # file system without hard links
+            if target.exists():
+                continue
+            os.replace(tmp, target)
+            return target
+        os.unlink(tmp)
+        return target
+    raise OSError(f"no free file name next to {path}")
+
+
+# -- printing ----------------------------------------------------------------------------------
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if hasattr(v, "shape") and getattr(v, "size", 0) > 4:
+        return f"array{tuple(v.shape)}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def format_params(params, **extra):
+    """``k=v, k=v`` of a method's settings (and extras such as batch_size), stable order."""
+    items = list(dict(params or {}).items()) + list(extra.items())
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in items) or "no parameters"
+
+
+def print_settings(label, params, file=None, **extra):
+    """One line: ``label: k=v, ...``."""
+    print(f"  {label}: {format_params(params, **extra)}", file=file or sys.stdout, flush=True)
