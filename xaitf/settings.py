@@ -28,7 +28,11 @@ GLOBAL = {
 # Gradient family (native TensorFlow) ----------------------------------------------------------
 GRAD = {}                                   # saliency: d logit_c / d x
 INPGRAD = {}                                # input x gradient
-IG = {"steps": 64, "baseline": 0.0}         # integrated gradients, Riemann midpoint... see methods
+IG = {                                      # integrated gradients (Sundararajan et al. 2017)
+    "steps": 64,                            # gradient evaluations on the path
+    "baseline": 0.0,                        # scalar, image (H,W,C) or one image per input
+    "rule": "midpoint",                     # quadrature: midpoint | trapezoid | left | right
+}
 SG = {                                      # SmoothGrad (Smilkov et al. 2017)
     "samples": 16,                          # study 1 augment_by_n
     "noise_scale": 0.1,                     # std as a fraction of the input range (max - min)
@@ -45,39 +49,91 @@ LRP = {"epsilon": 1.0}                      # lrp.epsilon; alpha/beta fixed by t
 DEEP_TAYLOR = {"low": 0.0, "high": 1.0}     # bounds for deep_taylor.bounded
 
 # Perturbation ---------------------------------------------------------------------------------
-OCCLUSION = {"window": 1, "stride": 1, "fill": 0.0, "output": "probabilities"}
-PDA = {"window": 1, "sampling": "marginal", "values": 256, "train_samples": 256000,
-       "num_classes": None, "patch": 2}
-SHAPLEY = {"samples": 100, "baseline": 0.0}  # permutation sampling (Castro et al. 2009)
+OCCLUSION = {                               # occlusion (Zeiler & Fergus 2014)
+    "window": 1,                            # window side in pixels (int or (h, w)); covers all channels
+    "stride": 1,                            # step between windows; the last window is flush with the border
+    "fill": 0.0,                            # value written into the window: number or one per channel
+    "output": "probabilities",              # probabilities (study 1) | logits
+    "shortcut": True,                       # exact first-layer shortcut when the model allows it
+}
+PDA = {                                     # prediction difference analysis (Zintgraf et al. 2017)
+    "window": 1,                            # window side (int or (h, w)); covers all channels
+    "stride": 1,                            # step between windows (overlaps averaged per pixel)
+    "sampling": "marginal",                 # marginal | conditional (Gaussian given the patch; needs data)
+    "values": 256,                          # marginal without data: intensities v/(values-1), v=0..values-1
+    "train_samples": 256000,                # N of the Laplace correction (pN + 1)/(N + K)
+    "num_classes": None,                    # K of the Laplace correction; None = model outputs
+    "patch": 2,                             # conditional: surrounding patch width on each side
+    "data": None,                           # (M,H,W,C) images to sample from (marginal) / fit (conditional)
+    "samples": 10,                          # draws per window when sampling from data
+    "ridge": 1e-4,                          # conditional: added to the covariance diagonals
+    "windows_per_batch": 11,                # study 1: 11 features per batch (used when no batch_size)
+    "shortcut": True,                       # exact first-layer shortcut when the model allows it
+}
+SHAPLEY = {                                 # permutation sampling (Castro et al. 2009)
+    "samples": 100,                         # permutations (study 1 settings: 100; its script used 2)
+    "baseline": 0.0,                        # value of a removed feature: number, per channel, or (H,W,C)
+    "features": "pixels",                   # pixels (all channels together) | channels (pixels x channels)
+    "shortcut": True,                       # exact first-layer shortcut when the model allows it
+}
 MP = {"tv_beta": 3, "lr": 0.1, "max_iterations": 1000, "l1_coeff": 0.01, "tv_coeff": 0.2,
-      "category_coeff": 1.0, "blur_size": 11, "mask_scale": 1}
+      "category_coeff": 1.0, "blur_size": 11, "mask_scale": 1,
+      "normalize": "study1"}              # map 1-(m-min)/max as study 1 | minmax | none
 RISE = {"masks": 4000, "cell": 7, "p": 0.5}
 
 # Surrogates -----------------------------------------------------------------------------------
-LIME = {
+LIME = {                                    # lime_image (Ribeiro et al. 2016)
     "num_samples": 1000, "hide_color": 0.0, "kernel_width": 0.25,
-    "segmenter": "quickshift", "kernel_size": 4, "max_dist": 200, "ratio": 0.2,
-    "positive_only": True, "num_features": 1, "mask_output": True,
+    "segmenter": "quickshift",              # quickshift | slic | grid (see xaitf/segmentation.py)
+    # quickshift: None = by image size (study 1's 4 / 200 / 0.2 at >= 128 px; 1 / 5 / 0.2 below 64 px)
+    "kernel_size": None, "max_dist": None, "ratio": None,
+    "n_segments": 50, "compactness": 30, "sigma": 3,   # slic
+    "cell": 4,                              # grid cell side in pixels
+    "output": "probabilities",              # study 1 explains the softmax probability | logits
+    "positive_only": True, "num_features": 1, "mask_output": True,  # study 1's top-1 positive mask
 }
-SHAP = {"nsamples": 1000, "background": 0.0, "n_segments": 50, "compactness": 30, "sigma": 3}
+SHAP = {                                    # Kernel SHAP over superpixels (shap.KernelExplainer)
+    "nsamples": 1000, "background": 0.0,
+    "segmenter": "slic", "n_segments": 50, "compactness": 30, "sigma": 3,
+    "cell": 4, "kernel_size": None, "max_dist": None, "ratio": None,
+    "output": "probabilities",              # study 1 | logits
+    "l1_reg": False,                        # shap's default "num_features(10)" keeps 10 segments only
+}
+SHAP_GRADIENT = {"nsamples": 200, "background": 0.0, "local_smoothing": 0.0, "output": "logits"}
+SHAP_DEEP = {"background": 0.0, "output": "logits", "check_additivity": True}
+SHAP_PARTITION = {"max_evals": 500, "masker": "blur(8,8)", "output": "logits"}
 
 # Interventional (study 2, config.yaml keys) ---------------------------------------------------
 INTERVENTIONAL = {
     "target_idx": 3, "n_samples": 100, "soft_interventions": True, "graph_stab": True,
     "layer_name": "conv2", "layer_name_soft": "fc3", "beta": 0.0, "z": 1.65,
+    # study 2's config.yaml switches (read by the study command)
+    "dataset_name": "MNIST", "model_name": "LeNet", "learn_explainer": False,
+    "gen_attr": False, "save_attr": False, "vis_attr": False, "eval_attr": False,
+    "baseline_attr": False,
+    "soft_width": 0.01,          # learning: soft u ~ U(beta, beta + soft_width) per weight
+    "fallback": -0.001,          # keep units with mean(Y_w / Y_obs - 1) < this if none passes the z-test
+    "repeats": 10,               # graph stability: repeats per beta
+    "beta_max": 0.5, "beta_step": 0.01,   # graph stability: beta in 0..beta_max, u ~ U(0, beta)
+    "intervention_batch": 4096,  # (unit, sample) pairs per batched forward chunk
 }
 
 # tf-explain backend (its own implementations, wrapped as they are) ----------------------------
-TFX_GRADCAM = {"layer": None}
-TFX_OCCLUSION = {"patch_size": 4}
-TFX_SMOOTHGRAD = {"samples": 16, "noise": 1.0}
-TFX_IG = {"steps": 64}
+TFX_GRADCAM = {"layer": None,               # conv layer name; None = last Conv2D
+               "use_guided_grads": True,    # tf-explain default: grads masked by A > 0 and grad > 0
+               "output": "logits"}          # logits | probabilities (tf-explain uses the model as given)
+TFX_OCCLUSION = {"patch_size": 4,            # patch side = stride; fill is tf-explain's fixed 127.5
+                 "output": "probabilities"}  # tf-explain scores 1 - confidence
+TFX_SMOOTHGRAD = {"samples": 16, "noise": 1.0,  # noise: absolute std of the Gaussian noise
+                  "output": "probabilities"}   # its cross-entropy loss assumes softmax outputs
+TFX_IG = {"steps": 64, "output": "logits"}  # path-averaged gradient, no (x - baseline) factor
 
 SECTIONS = {
     "global": GLOBAL, "grad": GRAD, "inpgrad": INPGRAD, "ig": IG, "sg": SG, "gb": GB,
     "deconvnet": DECONVNET, "deeplift": DEEPLIFT, "gradcam": GRADCAM, "gradcampp": GRADCAMPP,
     "lrp": LRP, "deep_taylor": DEEP_TAYLOR, "occlusion": OCCLUSION, "pda": PDA,
     "shapley": SHAPLEY, "mp": MP, "rise": RISE, "lime": LIME, "shap": SHAP,
+    "shap_gradient": SHAP_GRADIENT, "shap_deep": SHAP_DEEP, "shap_partition": SHAP_PARTITION,
     "interventional": INTERVENTIONAL, "tfx_gradcam": TFX_GRADCAM,
     "tfx_occlusion": TFX_OCCLUSION, "tfx_smoothgrad": TFX_SMOOTHGRAD, "tfx_ig": TFX_IG,
 }
