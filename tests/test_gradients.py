@@ -1,0 +1,451 @@
+"""The native gradient family: analytic oracles, completeness, hand-computed references,
+tf-keras vs Keras 3 agreement, batching, seeds and error messages."""
+import numpy as np
+import pytest
+
+import xaitf
+import tensorflow as tf
+
+from conftest import make_cnn, make_linear
+from xaitf.errors import InputError, MethodError, ModelError
+from xaitf.keras_bridge import keras3, tfk
+from xaitf.methods.cam import GradCam, GradCamPlusPlus
+from xaitf.methods.deeplift import DeepLift
+from xaitf.methods.gradients import (DeconvNet, Gradient, GuidedBackprop, InputXGradient,
+                                     IntegratedGradients, SmoothGrad, hashed_normal, path_points)
+
+ALL = ["grad", "inpgrad", "ig", "sg", "vargrad", "squaregrad", "gb", "deconvnet", "deeplift",
+       "gradcam", "gradcampp"]
+
+
+def explain(name, model, x, targets=None, **kw):
+    kw.setdefault("progress", False)
+    return xaitf.create_explainer(name, model, **kw)(x, targets)
+
+
+def with_biases(model, scale, seed=1):
+    """Give every layer random biases (zero biases make a ReLU net positively homogeneous)."""
+    rs = np.random.RandomState(seed)
+    model.set_weights([w if w.ndim > 1 else (rs.randn(*w.shape) * scale).astype(w.dtype)
+                       for w in model.get_weights()])
+    return model
+
+
+def keras3_cnn(shape, classes, name="tiny_cnn_k3"):
+    """make_cnn's architecture in Keras 3 (same layer names and weight order)."""
+    k = keras3()
+    inp = k.Input(shape, name="image")
+    h = k.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = k.layers.MaxPooling2D(2, name="pool1")(h)
+    h = k.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(h)
+    h = k.layers.Flatten(name="flatten")(h)
+    h = k.layers.Dense(16, activation="relu", name="fc1")(h)
+    out = k.layers.Dense(classes, activation="softmax", name="fc2")(h)
+    return k.Model(inp, out, name=name)
+
+
+@pytest.fixture(scope="module")
+def cnn28():
+    return with_biases(make_cnn(shape=(28, 28, 1), classes=10), 0.05)
+
+
+@pytest.fixture(scope="module")
+def x28():
+    return np.random.default_rng(0).random((6, 28, 28, 1)).astype(np.float32)
+
+
+# -- 1. the study-1 center-pixel model --------------------------------------------------------
+@pytest.fixture(scope="module")
+def center_case():
+    from xaitf.zoo import build_center_pixel, center_index
+
+    model = build_center_pixel()
+    img = np.random.RandomState(0).randint(256, size=(227, 227))
+    r, c = center_index()
+    img[r, c] = 206
+    return model, (img / 255.0).astype(np.float32)[None, ..., None], (r, c)
+
+
+def test_center_pixel_gradient_and_deeplift(center_case):
+    model, x, (r, c) = center_case
+    g = explain("grad", model, x)[0]
+    assert int(np.asarray(model(x)).argmax()) == 206  # targets=None explains the prediction
+    z = (g - g.mean()) / (g.std() + 1e-15)
+    assert z[r, c] == pytest.approx(-4.97, rel=0.02)
+    assert np.unravel_index(z.argmin(), z.shape) == (r, c)
+    dl = explain("deeplift", model, x)[0]
+    ixg = explain("inpgrad", model, x)[0]
+    assert np.abs(dl - ixg).max() <= 1e-4 * np.abs(ixg).max()
+    # the logits' ReLU is the identity here (logits ~3e7 > 0) and the upstream gradient is 1 >= 0,
+    # so the modified-ReLU methods reduce to the gradient and IG (straight path, f linear on it)
+    # to input x gradient; this runs every method through the float64 head
+    for name in ("gb", "deconvnet"):
+        np.testing.assert_allclose(explain(name, model, x)[0], g, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(explain("ig", model, x, steps=4)[0], ixg, rtol=1e-4,
+                               atol=1e-6 * np.abs(ixg).max())
+    sg = explain("sg", model, x, samples=4, postprocess="none")[0]
+    np.testing.assert_allclose(sg, g, rtol=1e-6)  # constant gradient: noise changes nothing
+
+
+# -- 2. Integrated Gradients completeness -----------------------------------------------------
+def _target_delta(model, x, x0):
+    ig = IntegratedGradients(model, progress=False)
+    f, f0 = ig.predict(x), ig.predict(np.broadcast_to(x0, x.shape).copy())
+    t = f.argmax(1)
+    return t, f[np.arange(len(x)), t] - f0[np.arange(len(x)), t]
+
+
+def test_ig_completeness_mnist_cnn():
+    """Zero baseline on make_cnn (the project's check) and a grey baseline, where the path is not
+    trivial (the zero-bias ReLU net is positively homogeneous, so f is linear along rays from 0)."""
+    model = make_cnn(shape=(28, 28, 1), classes=10)
+    x = np.random.default_rng(0).random((16, 28, 28, 1)).astype(np.float32)
+    t, delta = _target_delta(model, x, np.float32(0))
+    s = IntegratedGradients(model, steps=64, progress=False)(x, t).reshape(16, -1).sum(1)
+    np.testing.assert_allclose(s, delta, rtol=0.01)
+    t, delta = _target_delta(model, x, np.float32(0.5))
+    s = IntegratedGradients(model, steps=64, baseline=0.5, progress=False)(x, t).reshape(16, -1).sum(1)
+    assert np.abs(s - delta).sum() <= 0.01 * np.abs(delta).sum()
+    assert not np.allclose(s, delta, rtol=1e-4)  # the grey path does cross ReLU kinks
+
+
+def test_ig_midpoint_converges_on_smooth_model():
+    tf.keras.utils.set_random_seed(0)
+    inp = tfk.Input((10, 10, 1))
+    h = tfk.layers.Conv2D(4, 3, activation="softplus", bias_initializer="random_normal")(inp)
+    h = tfk.layers.Flatten()(h)
+    h = tfk.layers.Dense(8, activation="tanh", bias_initializer="random_normal")(h)
+    model = tfk.Model(inp, tfk.layers.Dense(3, bias_initializer="random_normal")(h))
+    x = np.random.default_rng(1).random((8, 10, 10, 1)).astype(np.float32) * 3
+    t, delta = _target_delta(model, x, np.float32(0))
+    err = {}
+    for rule in ("midpoint", "left", "trapezoid"):
+        s = IntegratedGradients(model, steps=64, rule=rule, progress=False)(x, t).reshape(8, -1).sum(1)
+        err[rule] = np.abs(s - delta).sum() / np.abs(delta).sum()
+    assert err["midpoint"] < 1e-3
+    assert err["midpoint"] < err["left"] / 10
+
+
+def test_path_points():
+    for rule in ("midpoint", "trapezoid", "left", "right"):
+        a, w = path_points(7, rule)
+        assert w.sum() == pytest.approx(1.0) and a.min() >= 0 and a.max() <= 1
+    a, _ = path_points(4, "midpoint")
+    np.testing.assert_allclose(a, [0.125, 0.375, 0.625, 0.875])
+
+
+# -- 3. analytic answers on a linear model ----------------------------------------------------
+@pytest.mark.filterwarnings("ignore:model 'linear' has no")
+def test_linear_model_analytic(linear_model):
+    w, b = [np.asarray(v) for v in linear_model.layers[-1].get_weights()]
+    x = np.random.default_rng(2).normal(size=(5, 6, 6, 1)).astype(np.float32)
+    t = np.array([0, 1, 2, 1, 0])
+    wc = w[:, t].T.reshape(5, 6, 6)
+    xs = x[..., 0]
+    tol = dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(explain("grad", linear_model, x, t), wc, **tol)
+    np.testing.assert_allclose(explain("inpgrad", linear_model, x, t), wc * xs, **tol)
+    base = np.random.default_rng(3).normal(size=(6, 6, 1)).astype(np.float32)
+    for bl in (0.0, 0.3, base):
+        ref = wc * (xs - np.broadcast_to(bl, (6, 6, 1))[..., 0])
+        np.testing.assert_allclose(explain("ig", linear_model, x, t, baseline=bl, steps=5), ref, **tol)
+        np.testing.assert_allclose(explain("deeplift", linear_model, x, t, baseline=bl), ref, **tol)
+    np.testing.assert_allclose(explain("sg", linear_model, x, t, postprocess="none"), wc, **tol)
+    np.testing.assert_allclose(explain("squaregrad", linear_model, x, t), wc ** 2, **tol)
+    np.testing.assert_allclose(explain("vargrad", linear_model, x, t), 0.0, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:model 'linear' has no")
+def test_per_input_baselines(linear_model):
+    w = linear_model.layers[-1].get_weights()[0]
+    x = np.random.default_rng(4).normal(size=(5, 6, 6, 1)).astype(np.float32)
+    x0 = np.random.default_rng(5).normal(size=(5, 6, 6, 1)).astype(np.float32)
+    ref = w[:, [1] * 5].T.reshape(5, 6, 6) * (x - x0)[..., 0]
+    for name in ("ig", "deeplift"):
+        got = explain(name, linear_model, x, 1, baseline=x0, batch_size=4)  # chunks of 1-2
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="5 baselines given for 3 inputs"):
+        explain("ig", linear_model, x[:3], 1, baseline=x0)
+    with pytest.raises(MethodError, match="baseline must be"):
+        IntegratedGradients(linear_model, baseline=np.zeros((5, 5)))
+
+
+# -- DeepLIFT: summation-to-delta and a hand-computed reference ---------------------------------
+def _dense_net(kind="tf-keras", functional=False, seed=0):
+    """Input (2,2,1) -> Dense 5 ReLU -> Dense 4 ReLU -> Dense 3 (logits); weights from numpy."""
+    km = tfk if kind == "tf-keras" else keras3()
+    rs = np.random.RandomState(seed)
+    ws = [rs.randn(4, 5), rs.randn(5) * 0.5, rs.randn(5, 4), rs.randn(4) * 0.5, rs.randn(4, 3), rs.randn(3)]
+    ws = [w.astype(np.float32) for w in ws]
+    if functional:  # ReLU as separate layers: a ReLU layer and an Activation layer
+        inp = km.Input((2, 2, 1), name="image")
+        h = km.layers.Flatten()(inp)
+        h = km.layers.ReLU()(km.layers.Dense(5)(h))
+        h = km.layers.Activation("relu")(km.layers.Dense(4)(h))
+        model = km.Model(inp, km.layers.Dense(3)(h))
+    else:
+        model = km.Sequential([km.Input((2, 2, 1)), km.layers.Flatten(),
+                               km.layers.Dense(5, activation="relu"),
+                               km.layers.Dense(4, activation="relu"), km.layers.Dense(3)])
+    model.set_weights(ws)
+    return model, ws
+
+
+def _hand_rules(ws, x, x0, c):
+    """Numpy references for one input: gradient, guided backprop, deconvnet, DeepLIFT rescale."""
+    w1, b1, w2, b2, w3, _ = [w.astype(np.float64) for w in ws]
+    v, v0 = x.reshape(-1).astype(np.float64), x0.reshape(-1).astype(np.float64)
+    z1, z01 = v @ w1 + b1, v0 @ w1 + b1
+    z2, z02 = np.maximum(z1, 0) @ w2 + b2, np.maximum(z01, 0) @ w2 + b2
+    g3 = w3[:, c]
+    relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    out = {}
+    out["grad"] = w1 @ ((z1 > 0) * (w2 @ ((z2 > 0) * g3)))
+    out["gb"] = w1 @ ((z1 > 0) * relu(w2 @ ((z2 > 0) * relu(g3))))
+    out["deconvnet"] = w1 @ relu(w2 @ relu(g3))
+
+    def m(z, z0):
+        d = z - z0
+        return np.where(np.abs(d) > 1e-9, (relu(z) - relu(z0)) / np.where(d == 0, 1, d), z > 0)
+
+    mult = w1 @ (m(z1, z01) * (w2 @ (m(z2, z02) * g3)))
+    out["deeplift"] = (v - v0) * mult
+    f = lambda zz: relu(zz) @ w3[:, c]  # noqa: E731
+    out["delta"] = f(z2) - f(z02)
+    return {k: (val.reshape(2, 2) if np.ndim(val) else val) for k, val in out.items()}
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+@pytest.mark.parametrize("functional", [False, True])
+def test_modified_gradients_match_hand_reference(kind, functional):
+    model, ws = _dense_net(kind, functional)
+    x = np.random.default_rng(6).normal(size=(4, 2, 2, 1)).astype(np.float32)
+    x0 = np.float32(0.25)
+    t = np.array([0, 1, 2, 0])
+    maps = {name: explain(name, model, x, t, **({"baseline": x0} if name == "deeplift" else {}))
+            for name in ("grad", "gb", "deconvnet", "deeplift")}
+    for i in range(4):
+        ref = _hand_rules(ws, x[i], np.full((2, 2, 1), x0), t[i])
+        for name, got in maps.items():
+            np.testing.assert_allclose(got[i], ref[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        assert maps["deeplift"][i].sum() == pytest.approx(ref["delta"], rel=1e-4, abs=1e-5)
+    # the references differ from each other on this net, so each comparison is a real check
+    assert not np.allclose(maps["gb"], maps["grad"]) and not np.allclose(maps["deconvnet"], maps["gb"])
+    assert not np.allclose(maps["deeplift"], x[..., 0] * maps["grad"] - x0 * maps["grad"])
+
+
+def test_deeplift_summation_to_delta_conv():
+    """Conv/Dense ReLU net with biases, no max pooling: sum(a) = f(x) - f(x0) exactly."""
+    tf.keras.utils.set_random_seed(3)
+    inp = tfk.Input((12, 12, 2))
+    h = tfk.layers.Conv2D(5, 3, activation="relu", bias_initializer="random_normal")(inp)
+    h = tfk.layers.BatchNormalization()(h)
+    h = tfk.layers.Conv2D(4, 3, strides=2, bias_initializer="random_normal")(h)
+    h = tfk.layers.ReLU()(h)
+    h = tfk.layers.Flatten()(tfk.layers.AveragePooling2D(2)(h))
+    h = tfk.layers.Dense(8, activation="relu", bias_initializer="random_normal")(h)
+    model = tfk.Model(inp, tfk.layers.Dense(4, activation="softmax")(h))
+    bn = model.layers[2]
+    bn.set_weights([np.full(5, 1.5, np.float32), np.full(5, 0.2, np.float32),
+                    np.full(5, 0.1, np.float32), np.full(5, 2.0, np.float32)])
+    x = np.random.default_rng(7).random((5, 12, 12, 2)).astype(np.float32)
+    x0 = np.random.default_rng(8).random((12, 12, 2)).astype(np.float32)
+    dl = DeepLift(model, baseline=x0, progress=False, channel_reduce="none")
+    t = np.array([0, 1, 2, 3, 1])
+    a = dl(x, t)
+    f, f0 = dl.predict(x), dl.predict(x0[None])
+    delta = f[np.arange(5), t] - f0[0, t]
+    np.testing.assert_allclose(a.reshape(5, -1).sum(1), delta, rtol=1e-4, atol=1e-5)
+    ixg = IntegratedGradients(model, steps=256, baseline=x0, progress=False, channel_reduce="none")(x, t)
+    assert not np.allclose(a, ixg, atol=1e-4)  # DeepLIFT is not IG here: the test is not vacuous
+
+
+def test_relu_rescale_kernel_and_its_fallback():
+    """The XLA-fused multiplier and the plain one (used without XLA) give the same numbers."""
+    from xaitf.methods import _modified_grad as MG
+
+    rs = np.random.RandomState(12)
+    z = rs.randn(5, 7).astype(np.float32)
+    z[:, :2] = z[-1:, :2]                                        # z = z0: falls back to 1[z > 0]
+    z, g = tf.constant(z), tf.constant(rs.randn(5, 7).astype(np.float32))
+    y = tf.nn.relu(z)
+    plain = MG._relu_rescale(g, z, y, z[-1:], y[-1:]).numpy()
+    zn, yn = z.numpy(), y.numpy()
+    same = zn == zn[-1:]
+    want = g.numpy() * np.where(same, zn > 0, (yn - yn[-1:]) / np.where(same, 1, zn - zn[-1:]))
+    np.testing.assert_allclose(plain, want, rtol=1e-6)
+    if MG.xla_available():
+        np.testing.assert_allclose(MG._relu_rescale_xla(g, z, y, z[-1:], y[-1:]).numpy(), plain, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_deeplift_other_nonlinearities(kind):
+    """tanh, sigmoid, softplus activations and a LeakyReLU layer take the generic rescale path;
+    an input equal to its baseline (z = z0 everywhere) gets an all-zero map, not NaN."""
+    km = tfk if kind == "tf-keras" else keras3()
+    inp = km.Input((3, 3, 1))
+    h = km.layers.Flatten()(inp)
+    h = km.layers.Dense(6, activation="tanh")(h)
+    h = km.layers.Dense(5, activation="sigmoid")(h)
+    h = km.layers.LeakyReLU(0.2)(km.layers.Dense(5)(h))
+    h = km.layers.Dense(4, activation="softplus")(h)
+    model = km.Model(inp, km.layers.Dense(2)(h))
+    rs = np.random.RandomState(11)
+    model.set_weights([rs.randn(*w.shape).astype(np.float32) for w in model.get_weights()])
+    x = rs.rand(4, 3, 3, 1).astype(np.float32) * 2
+    for x0 in (np.float32(0.3), rs.rand(4, 3, 3, 1).astype(np.float32)):
+        x[3] = np.broadcast_to(x0, (4, 3, 3, 1))[3]
+        dl = DeepLift(model, baseline=x0, progress=False)
+        a = dl(x, 1)
+        f, f0 = dl.predict(x)[:, 1], dl.predict(np.broadcast_to(x0, x.shape).copy())[:, 1]
+        np.testing.assert_allclose(a.reshape(4, -1).sum(1), f - f0, rtol=1e-4, atol=1e-6)
+        assert np.all(a[3] == 0)
+        g = Gradient(model, progress=False)(x, 1)
+        assert not np.allclose(a[:3], (g * (x - x0)[..., 0])[:3], atol=1e-4)
+
+
+# -- 4. targets, batching, seeds, errors ------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_targets_and_batching(name, cnn28, x28):
+    p = np.asarray(cnn28(x28)).argmax(1)
+    base = explain(name, cnn28, x28, p, batch_size=4096)
+    assert base.shape == (6, 28, 28) and base.dtype == np.float32 and np.abs(base).max() > 0
+    np.testing.assert_allclose(explain(name, cnn28, x28, None, batch_size=4096), base, rtol=1e-6, atol=1e-9)
+    onehot = np.eye(10)[p]
+    np.testing.assert_allclose(explain(name, cnn28, x28, onehot, batch_size=4096), base, rtol=1e-6, atol=1e-9)
+    # small batch sizes: chunks of inputs, and for ig/sg steps/samples split over calls
+    for bs in (7, 40):
+        small = explain(name, cnn28, x28, p, batch_size=bs)
+        np.testing.assert_allclose(small, base, rtol=2e-4, atol=1e-6 * np.abs(base).max(), err_msg=str(bs))
+    other = explain(name, cnn28, x28, (p + 1) % 10, batch_size=4096)
+    assert not np.allclose(other, base)
+
+
+def test_one_trace_per_model_and_method(cnn28, x28):
+    for name in ALL:
+        e = xaitf.create_explainer(name, cnn28, progress=False, batch_size=64)
+        e(x28[:5], 1)
+        e(x28, 2)
+        e2 = xaitf.create_explainer(name, cnn28, progress=False, batch_size=5)  # reuses the function
+        e2(x28[:3], 0)
+        assert e2._fn is e._fn
+        assert e._fn.experimental_get_tracing_count() == 1, name
+
+
+def test_smoothgrad_seeds(cnn28, x28):
+    a = explain("sg", cnn28, x28, 3, seed=1, postprocess="none")
+    np.testing.assert_array_equal(a, explain("sg", cnn28, x28, 3, seed=1, postprocess="none"))
+    b = explain("sg", cnn28, x28, 3, seed=2, postprocess="none")
+    assert not np.allclose(a, b)
+    g = explain("grad", cnn28, x28, 3)
+    np.testing.assert_allclose(explain("sg", cnn28, x28, 3, noise_scale=0.0, postprocess="none"), g,
+                               rtol=1e-5, atol=1e-8)
+    # one image explained alone gets the same noise as inside the batch (noise keyed by position)
+    np.testing.assert_array_equal(explain("sg", cnn28, x28[:1], 3, seed=1, postprocess="none"), a[:1])
+
+
+def test_smoothgrad_against_reference(cnn28, x28):
+    """Mean, mean square and variance of gradients at x + sigma * noise, recomputed by hand from
+    the documented noise (id = input index * samples + sample index); batch_size 3 splits the 5
+    samples into groups of 3 and 2, so the group merge is checked too."""
+    x = x28[:2]
+    m, seed, scale = 5, 3, 0.2
+    ids = tf.range(2 * m, dtype=tf.int64)
+    noise = hashed_normal(ids, tf.constant(seed, tf.int64), (28, 28, 1)).numpy().reshape(2, m, 28, 28, 1)
+    sigma = scale * (x.max((1, 2, 3)) - x.min((1, 2, 3)))
+    xs = (x[:, None] + sigma[:, None, None, None, None] * noise).reshape(2 * m, 28, 28, 1)
+    g = Gradient(cnn28, channel_reduce="none", progress=False)(xs, 4)
+    g = g.reshape(2, m, 28, 28, 1).astype(np.float64)
+    refs = {"none": g.mean(1), "square": (g ** 2).mean(1), "variance": g.var(1)}
+    for post, ref in refs.items():
+        got = SmoothGrad(cnn28, samples=m, noise_scale=scale, postprocess=post, seed=seed, batch_size=3,
+                         channel_reduce="none", progress=False)(x, 4)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max(), err_msg=post)
+    assert refs["variance"].max() > 0.01 * refs["square"].max()
+
+
+def test_hashed_normal_statistics():
+    z = hashed_normal(tf.range(64, dtype=tf.int64), tf.constant(0, tf.int64), (32, 32, 1)).numpy().ravel()
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert abs(np.mean(z ** 4) - 3) < 0.2                      # normal kurtosis (std err 0.04)
+    from scipy import stats
+
+    assert stats.kstest(z, "norm").statistic < 0.008           # 5% critical value 0.0053
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.01
+    z1 = hashed_normal(tf.range(64, dtype=tf.int64), tf.constant(1, tf.int64), (32, 32, 1)).numpy().ravel()
+    assert abs(np.corrcoef(z, z1)[0, 1]) < 0.01
+
+
+def test_parameter_and_model_errors(linear_model, cnn28):
+    with pytest.raises(ModelError, match="needs a Conv2D layer"):
+        GradCam(linear_model)
+    with pytest.raises(ModelError, match="no layer 'nope'"):
+        GradCam(cnn28, layer="nope")
+    with pytest.raises(ModelError, match=r"\(N,h,w,K\) output"):
+        GradCamPlusPlus(cnn28, layer="fc1")
+    with pytest.raises(MethodError, match="postprocess"):
+        SmoothGrad(cnn28, postprocess="cube")
+    with pytest.raises(MethodError, match="steps >= 1"):
+        IntegratedGradients(cnn28, steps=0)
+    with pytest.raises(MethodError, match="unknown IG rule"):
+        IntegratedGradients(cnn28, rule="simpson")
+    with pytest.raises(MethodError, match="noise_scale"):
+        SmoothGrad(cnn28, noise_scale=-1)
+    for e in (ModelError, MethodError):
+        try:
+            GradCam(linear_model) if e is ModelError else SmoothGrad(cnn28, postprocess="x")
+        except e as err:
+            assert "\n" not in str(err)
+
+
+# -- Grad-CAM against the CAM closed form -----------------------------------------------------
+def test_gradcam_closed_form():
+    """conv -> global average pooling -> dense: d f_c / d A_k = W[k, c] / (h w) everywhere, so
+    Grad-CAM = relu(sum_k W[k,c] A_k / (h w)) and Grad-CAM++ weights are
+    sum_ij relu(g) / (2 + S_k g) with S_k = sum_ij A_k."""
+    tf.keras.utils.set_random_seed(4)
+    inp = tfk.Input((8, 8, 2))
+    conv = tfk.layers.Conv2D(3, 3, activation="relu", name="conv", bias_initializer="random_normal")
+    a = conv(inp)
+    h = tfk.layers.GlobalAveragePooling2D()(a)
+    dense = tfk.layers.Dense(4, name="head")
+    model = tfk.Model(inp, dense(h))
+    x = np.random.default_rng(9).random((3, 8, 8, 2)).astype(np.float32)
+    t = np.array([0, 2, 3])
+    acts = tfk.Model(inp, a)(x).numpy()                              # (3, 6, 6, 3)
+    w = dense.get_weights()[0]
+    g = w[:, t].T[:, None, None, :] / 36.0
+    cam = np.maximum((acts * g).sum(-1), 0)
+    s = acts.sum((1, 2), keepdims=True)
+    wpp = 36.0 * np.maximum(g, 0) / (2 + s * g)
+    campp = np.maximum((acts * wpp).sum(-1), 0)
+    for cls, ref in ((GradCam, cam), (GradCamPlusPlus, campp)):
+        got = cls(model, progress=False)(x, t)
+        up = tf.image.resize(ref[..., None], (8, 8), method="bilinear").numpy()[..., 0]
+        assert got.shape == (3, 8, 8)
+        np.testing.assert_allclose(got, up, rtol=1e-4, atol=1e-6)
+    assert GradCam(model, layer="conv", progress=False).layer.name == "conv"
+
+
+# -- tf-keras and Keras 3 give the same maps ----------------------------------------------------
+def test_tf_keras_and_keras3_agree(cnn28, x28):
+    k3 = keras3_cnn((28, 28, 1), 10)
+    k3.set_weights(cnn28.get_weights())
+    np.testing.assert_allclose(np.asarray(k3(x28)), np.asarray(cnn28(x28)), rtol=1e-5, atol=1e-6)
+    for name in ALL:
+        a = explain(name, cnn28, x28, 2)
+        b = explain(name, k3, x28, 2)
+        scale = np.abs(a).max()
+        assert np.abs(a - b).max() <= 1e-5 * max(scale, 1.0), name
+
+
+def test_no_relu_warns():
+    model = make_linear(seed=5)
+    with pytest.warns(UserWarning, match="has no ReLU"):
+        GuidedBackprop(model)
+
+
+def test_registry_classes():
+    assert xaitf.get_method("grad") is Gradient and xaitf.get_method("inpgrad") is InputXGradient
+    assert xaitf.get_method("gb") is GuidedBackprop and xaitf.get_method("deconvnet") is DeconvNet
+    assert xaitf.get_method("deeplift") is DeepLift and xaitf.get_method("vargrad") is SmoothGrad

@@ -1,0 +1,230 @@
+"""Clones of a Keras model whose nonlinearities carry a modified gradient.
+
+Guided Backprop, DeconvNet and DeepLIFT (rescale) are all "the gradient, with a different rule at
+the nonlinearities" (Ancona et al. 2018). :func:`modified_clone` copies a Sequential or functional
+model (tf-keras or Keras 3, nested models included), wraps every nonlinearity in a
+``tf.custom_gradient`` op that implements the rule, and copies the weights. The forward pass is
+unchanged, so the clone predicts exactly what the model predicts. Clones are cached per model and
+rule; the weights are copied again on every request, so a model trained in between is followed.
+
+Rules (``g`` is the gradient arriving from above, ``z`` the pre-activation):
+
+* ``"guided"`` (Springenberg et al. 2015): at each ReLU pass ``relu(g) * 1[f'(z) > 0]``;
+* ``"deconvnet"`` (Zeiler & Fergus 2014): at each ReLU pass ``relu(g)``, ignoring ``z``;
+* ``"rescale"`` / ``"rescale_pairs"`` (DeepLIFT, Shrikumar et al. 2017): at each elementwise
+  nonlinearity pass ``g * (f(z) - f(z0)) / (z - z0)``, with ``z0`` the baseline's pre-activation,
+  and ``f'(z)`` where ``z = z0`` (ReLU) or ``|z - z0| < 1e-6 (1 + |z|)`` (other functions, whose
+  difference quotient would cancel). The clone must be called on a stacked batch:
+  ``"rescale"`` expects ``[x_1..x_n, x0]`` (one baseline shared by all rows), ``"rescale_pairs"``
+  expects ``[x_1..x_n, x0_1..x0_n]``.
+
+The ReLU rules touch ``relu`` activations (a layer's ``activation``, ``Activation('relu')``) and
+``ReLU`` layers without a negative slope or threshold (``max_value`` is allowed). The rescale rule
+touches every elementwise activation (relu, sigmoid, tanh, elu, selu, softplus, softsign, swish,
+gelu, ...) and the ``ReLU``, ``LeakyReLU``, ``ELU`` and ``ThresholdedReLU`` layers. Softmax is not
+elementwise and keeps its gradient; so do PReLU, max pooling and multiplicative layers
+(DeepLIFT's summation-to-delta then holds only approximately). ReLU rescale multipliers are
+computed by one XLA-fused kernel where XLA is available (the same numbers, fewer passes).
+"""
+import warnings
+
+import tensorflow as tf
+
+from ..errors import ModelError
+from ..keras_bridge import kmodule, layer_type, model_kind
+
+RULES = ("guided", "deconvnet", "rescale", "rescale_pairs")
+RELU_RULES = ("guided", "deconvnet")
+ACTIVATION_LAYERS = ("ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Activation")
+_NOT_ELEMENTWISE = ("linear", "softmax", "log_softmax", "none")
+
+_CLONES = {}
+
+
+def _fname(fn):
+    return getattr(fn, "__name__", type(fn).__name__).lower()
+
+
+# -- the custom-gradient ops -------------------------------------------------------------------
+def relu_op(rule, max_value=None):
+    """ReLU (optionally clipped at ``max_value``) whose gradient follows ``rule``."""
+
+    @tf.custom_gradient
+    def op(z):
+        y = tf.nn.relu(z) if max_value is None else tf.clip_by_value(z, 0, max_value)
+
+        def grad(g):
+            up = tf.nn.relu(g)
+            if rule == "deconvnet":
+                return up
+            active = z > 0 if max_value is None else (z > 0) & (z < max_value)
+            return up * tf.cast(active, g.dtype)
+
+        return y, grad
+
+    op.__name__ = f"{rule}_relu"
+    return op
+
+
+_XLA = []
+
+
+def xla_available():
+    """Whether XLA can compile here (checked once); the fused multiplier falls back without it."""
+    if not _XLA:
+        try:
+            tf.function(lambda a: a * 2.0, jit_compile=True)(tf.ones([2]))
+            _XLA.append(True)
+        except Exception:  # noqa: BLE001 - platforms without XLA
+            _XLA.append(False)
+    return _XLA[0]
+
+
+def _relu_rescale(g, z, y, z0, y0):
+    """g * m with the ReLU rescale multiplier m = (y - y0) / (z - z0), or 1[z > 0] where z = z0.
+
+    Exact for ReLU: the quotient is 0, 1 or a ratio in [0, 1], so no epsilon is needed.
+    """
+    dz = z - z0
+    return g * tf.where(dz == 0, tf.cast(z > 0, z.dtype), (y - y0) / dz)
+
+
+_relu_rescale_xla = tf.function(_relu_rescale, jit_compile=True, reduce_retracing=True)  # fused
+
+
+def rescale_op(f, shared):
+    """Elementwise ``f`` with DeepLIFT's rescale multiplier as its gradient.
+
+    The batch holds the inputs first and the baselines last: one shared baseline row
+    (``shared=True``) or one per input. Every row is paired with a reference row (the shared
+    baseline, or its partner), so baseline rows get the multiplier of their pair (or ``f'(z0)``
+    for the shared baseline); only the input rows' gradients are used.
+    """
+    is_relu = _fname(f) == "relu"
+    relu_rescale = _relu_rescale_xla if is_relu and xla_available() else _relu_rescale
+
+    @tf.custom_gradient
+    def op(z):
+        y = f(z)
+
+        def grad(g):
+            b = tf.shape(z)[0]
+            if shared:
+                z0, y0 = z[b - 1:], y[b - 1:]          # (1, ...) broadcast over the batch
+            else:
+                z0, y0 = tf.roll(z, b // 2, axis=0), tf.roll(y, b // 2, axis=0)
+            if is_relu:
+                return relu_rescale(g, z, y, z0, y0)
+            dz = z - z0
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                yy = f(z)
+            deriv = tape.gradient(yy, z)  # f'(z), elementwise
+            small = tf.abs(dz) < tf.cast(1e-6, z.dtype) * (1 + tf.abs(z))  # y - y0 would cancel
+            m = tf.where(small, deriv, (y - y0) / tf.where(small, tf.ones_like(dz), dz))
+            return g * m
+
+        return y, grad
+
+    op.__name__ = f"rescale_{_fname(f)}"
+    return op
+
+
+# -- layer rewriting ---------------------------------------------------------------------------
+def _relu_layer_ok(layer):
+    cfg = layer.get_config()
+    return float(cfg.get("negative_slope", 0) or 0) == 0 and float(cfg.get("threshold", 0) or 0) == 0
+
+
+def _rewrite(layer, new, rule, km):
+    """Return the layer to put in the clone (``new`` itself or a substitute) and whether it changed."""
+    kind = layer_type(layer)
+    shared = rule == "rescale"
+    if kind in ACTIVATION_LAYERS and kind != "Activation":
+        if rule in RELU_RULES:
+            if kind != "ReLU" or not _relu_layer_ok(layer):
+                return new, False
+            mv = layer.get_config().get("max_value")
+            op = relu_op(rule, None if mv is None else float(mv))
+        else:
+            plain = kind == "ReLU" and _relu_layer_ok(layer) and layer.get_config().get("max_value") is None
+            # a weightless layer: its call is the function
+            op = rescale_op(tf.nn.relu if plain else layer.call, shared)
+        return km.layers.Activation(op, name=layer.name, dtype=layer.dtype_policy.name
+                                    if hasattr(layer, "dtype_policy") else layer.dtype), True
+    act = getattr(new, "activation", None)
+    if act is None or not callable(act):
+        return new, False
+    name = _fname(act)
+    if rule in RELU_RULES:
+        if name != "relu":
+            return new, False
+        new.activation = relu_op(rule)
+    else:
+        if name in _NOT_ELEMENTWISE:
+            return new, False
+        new.activation = rescale_op(act, shared)
+    return new, True
+
+
+def _fresh(layer):
+    """A new layer from the config, with zeros initializers (the weights are copied afterwards;
+    random initialisation of a big kernel costs more than the whole clone)."""
+    cfg = layer.get_config()
+    cheap = {k: ("zeros" if k.endswith("_initializer") and v is not None else v) for k, v in cfg.items()}
+    try:
+        return type(layer).from_config(cheap)
+    except Exception:  # noqa: BLE001 - a layer that insists on its own initializer objects
+        return type(layer).from_config(cfg)
+
+
+def _clone(model, rule, km, counter):
+    def clone_fn(layer):
+        if isinstance(layer, km.Model):
+            return _clone(layer, rule, km, counter)
+        new = _fresh(layer)
+        if layer_type(layer) == "InputLayer":
+            return new
+        new, changed = _rewrite(layer, new, rule, km)
+        counter[0] += int(changed)
+        return new
+
+    try:
+        return km.models.clone_model(model, clone_function=clone_fn)
+    except Exception as e:  # noqa: BLE001 - subclassed models and exotic layers
+        raise ModelError(f"cannot clone model {model.name!r} to modify its gradients "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "these methods need a Sequential or functional model (use grad or ig)") from None
+
+
+def modified_clone(model, rule):
+    """The model with the gradient rule ``rule`` at its nonlinearities (cached; weights refreshed).
+
+    Args:
+        model: a Sequential or functional tf-keras or Keras 3 model (usually the logits model).
+        rule: one of ``RULES`` (see the module docstring).
+    Returns:
+        A model with the same forward pass; call it with ``training=False``.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    key = (id(model), rule)
+    hit = _CLONES.get(key)
+    if hit is not None and hit[0] is model:
+        clone = hit[1]
+    else:
+        km = kmodule(model_kind(model))
+        counter = [0]
+        clone = _clone(model, rule, km, counter)
+        if counter[0] == 0:
+            what = "ReLU" if rule in RELU_RULES else "elementwise nonlinearity"
+            warnings.warn(f"model {model.name!r} has no {what}: the {rule} rule changes nothing "
+                          "and the map equals the plain gradient (times the input difference)",
+                          stacklevel=3)
+        _CLONES[key] = (model, clone)
+    try:
+        clone.set_weights(model.get_weights())
+    except ValueError as e:
+        raise ModelError(f"could not copy the weights of {model.name!r} into its {rule} clone "
+                         f"({e})") from None
+    return clone

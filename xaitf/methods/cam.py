@@ -1,0 +1,81 @@
+"""Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhyay et al. 2018), native TensorFlow.
+
+Both weight the feature maps ``A_k`` (n,h,w,K) of a convolutional layer by a per-channel weight
+from the gradient ``g = d f_c / d A`` of the pre-softmax target output, sum over channels, keep the
+positive part and upsample bilinearly to the input size. Maps are (N,H,W), not normalised.
+
+Parameters (settings ``GRADCAM`` / ``GRADCAMPP``):
+    layer: name of the layer whose output is ``A``; ``None`` = the last Conv2D-like layer
+        (``keras_bridge.find_last_conv``). A model without one raises ModelError.
+"""
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from ..errors import ModelError
+from ..keras_bridge import find_last_conv, find_layer, submodel
+from .gradients import INDEX_SPEC, GradientFamily, as_int32, cached_function, image_spec
+
+
+class GradCam(GradientFamily):
+    """Grad-CAM: ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = mean_ij d f_c / d A_ij^k``."""
+
+    key = "gradcam"
+    title_name = "Grad-CAM"
+
+    def setup(self):
+        name = self.params["layer"]
+        if name is None:
+            layer = find_last_conv(self.forward, self.title_name)
+        else:
+            layer = find_layer(self.forward, name)
+        out = layer.output
+        if len(out.shape) != 4:
+            raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output; {layer.name!r} "
+                             f"gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
+        self.layer = layer
+        sub = submodel(self.forward, [out, self.forward.outputs[0]])
+        weigh = self.channel_weights
+
+        def build():
+            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC])
+            def fn(x, t):
+                with tf.GradientTape() as tape:
+                    acts, logits = sub(x, training=False)
+                    total = tf.reduce_sum(tf.gather(logits, t, axis=1, batch_dims=1))
+                grads = tf.cast(tape.gradient(total, acts), acts.dtype)
+                w = weigh(acts, grads)                                   # (n, 1, 1, K)
+                cam = tf.nn.relu(tf.reduce_sum(w * acts, axis=-1, keepdims=True))
+                cam = tf.image.resize(tf.cast(cam, tf.float32), tf.shape(x)[1:3], method="bilinear")
+                return cam[..., 0]
+
+            return fn
+
+        self._fn = cached_function(self.forward, f"{self.key}:{layer.name}", build)
+
+    @staticmethod
+    def channel_weights(acts, grads):
+        return tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
+
+    def explain_batch(self, x, targets):
+        return self._fn(tf.constant(x), as_int32(targets))
+
+
+class GradCamPlusPlus(GradCam):
+    """Grad-CAM++: ``alpha_k = sum_ij a_ij^k relu(g_ij^k)`` with
+    ``a_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3)`` (0 where the denominator is 0).
+
+    This is the closed form for an exponential output ``Y = exp(f_c)``; the positive factor
+    ``exp(f_c)`` is common to all channels and dropped (it scales the map only).
+    """
+
+    key = "gradcampp"
+    title_name = "Grad-CAM++"
+
+    @staticmethod
+    def channel_weights(acts, grads):
+        g2 = tf.square(grads)
+        g3 = g2 * grads
+        denom = 2.0 * g2 + tf.reduce_sum(acts, axis=[1, 2], keepdims=True) * g3
+        safe = tf.where(denom != 0, denom, tf.ones_like(denom))
+        alpha = tf.where(denom != 0, g2 / safe, tf.zeros_like(denom))
+        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=[1, 2], keepdims=True)

@@ -1,0 +1,393 @@
+"""The native TensorFlow gradient family: Gradient, Input x Gradient, Integrated Gradients,
+SmoothGrad (SquareGrad, VarGrad), Guided Backprop and DeconvNet.
+
+Every method explains the pre-softmax output ``f_c`` of the target class ``c`` (one target per
+input) and returns per-channel maps (N,H,W,C), which the base class reduces over channels. Each
+method runs ONE ``tf.function`` per (model, method), traced once with a batch-free input signature
+and batched over inputs x steps/samples; one call never evaluates more than ``batch_size`` model
+inputs. Plain ``tf.GradientTape`` code, so tf-keras and Keras 3 models are handled alike.
+"""
+import numpy as np
+
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from ..errors import InputError, MethodError
+from ..explainer import Explainer, chunks
+from ._modified_grad import modified_clone
+
+_FUNCTIONS = {}  # (id(model), tag) -> (model, tf.function): one trace per model and method
+
+
+def cached_function(model, tag, build):
+    """The tf.function ``build()`` for (model, tag), built once and reused by later explainers."""
+    key = (id(model), tag)
+    hit = _FUNCTIONS.get(key)
+    if hit is None or hit[0] is not model:
+        hit = (model, build())
+        _FUNCTIONS[key] = hit
+    return hit[1]
+
+
+def image_spec(shape):
+    return tf.TensorSpec([None, *shape], tf.float32)
+
+
+INDEX_SPEC = tf.TensorSpec([None], tf.int32)
+VECTOR_SPEC = tf.TensorSpec([None], tf.float32)
+
+
+def target_gradients(model, x, targets):
+    """d f_{t_i}(x_i) / d x_i for a batch: the gradient of the sum of the selected outputs.
+
+    Works for float64 heads too (the gradient comes back in the input's dtype).
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = model(x, training=False)
+        sel = tf.gather(out, targets, axis=1, batch_dims=1)
+        total = tf.reduce_sum(sel)
+    return tape.gradient(total, x)
+
+
+def as_int32(t):
+    return tf.constant(np.asarray(t, dtype=np.int32))
+
+
+def parse_baseline(value, shape, method):
+    """A baseline as float32, shaped (1,1,1,1) (scalar), (1,H,W,C) (shared) or (N,H,W,C).
+
+    Accepts a scalar, an image (H,W,C), a grayscale image (H,W) when C == 1, or a batch (N,H,W,C).
+    """
+    b = np.asarray(value, dtype=np.float32)
+    if not np.all(np.isfinite(b)):
+        raise MethodError(f"{method} baseline contains NaN or infinite values")
+    if b.ndim == 0:
+        return np.full((1, 1, 1, 1), b, dtype=np.float32)  # broadcast against the images
+    if b.ndim == 2 and len(shape) == 3 and shape[-1] == 1:
+        b = b[..., None]
+    if b.ndim == 3:
+        b = b[None]
+    if b.ndim != 4 or any(s is not None and s != g for s, g in zip(shape, b.shape[1:])):
+        raise MethodError(f"{method} baseline must be a scalar, an image shaped {tuple(shape)} "
+                          f"or a batch (N,{','.join(map(str, shape))}); got {np.shape(value)}")
+    return np.ascontiguousarray(b)
+
+
+class GradientFamily(Explainer):
+    """Shared plumbing: input offsets (for per-input seeds and baselines) and the baseline."""
+
+    def __call__(self, x, targets=None):
+        self._offset = 0
+        base = getattr(self, "_baseline", None)
+        if base is not None and len(base) > 1:
+            n = len(np.asarray(x)) if np.ndim(x) == 4 else 1
+            if len(base) != n:
+                raise InputError(f"{type(self).__name__}: {len(base)} baselines given for {n} inputs; "
+                                 "give one baseline or one per input")
+        return super().__call__(x, targets)
+
+    def _take(self, n):
+        """Global indices of the next ``n`` inputs of this call (chunks arrive in order)."""
+        start = getattr(self, "_offset", 0)
+        self._offset = start + n
+        return start, start + n
+
+    def _baseline_for(self, start, stop):
+        b = self._baseline
+        return b if len(b) == 1 else b[start:stop]
+
+    def _positive_int(self, name):
+        v = self.params[name]
+        try:
+            ok = not isinstance(v, bool) and int(v) == v and int(v) >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise MethodError(f"{type(self).__name__} needs {name} >= 1 (an integer), got {v!r}")
+        return int(v)
+
+
+class Gradient(GradientFamily):
+    """Saliency as the signed gradient (Simonyan et al. 2014): ``a = d f_c(x) / d x``."""
+
+    key = "grad"
+
+    def setup(self):
+        fwd = self.forward
+
+        def build():
+            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC])
+            def fn(x, t):
+                return target_gradients(fwd, x, t)
+
+            return fn
+
+        self._fn = cached_function(fwd, "grad", build)
+
+    def explain_batch(self, x, targets):
+        return self._fn(tf.constant(x), as_int32(targets))
+
+
+class InputXGradient(Gradient):
+    """Input x Gradient (Shrikumar et al. 2016): ``a = x * d f_c(x) / d x``."""
+
+    key = "inpgrad"
+
+    def explain_batch(self, x, targets):
+        return x * self._fn(tf.constant(x), as_int32(targets)).numpy()
+
+
+def path_points(steps, rule):
+    """Quadrature nodes ``alpha_k`` in [0,1] and weights ``w_k`` (sum 1) for IG's path integral."""
+    k = np.arange(steps, dtype=np.float64)
+    if rule == "midpoint":
+        a, w = (k + 0.5) / steps, np.full(steps, 1.0 / steps)
+    elif rule == "left":
+        a, w = k / steps, np.full(steps, 1.0 / steps)
+    elif rule == "right":
+        a, w = (k + 1) / steps, np.full(steps, 1.0 / steps)
+    elif rule == "trapezoid":
+        if steps == 1:
+            a, w = np.array([0.5]), np.array([1.0])
+        else:
+            a = k / (steps - 1)
+            w = np.full(steps, 1.0 / (steps - 1))
+            w[[0, -1]] *= 0.5
+    else:
+        raise MethodError(f"unknown IG rule {rule!r}; valid: midpoint, trapezoid, left, right")
+    return a.astype(np.float32), w.astype(np.float32)
+
+
+class IntegratedGradients(GradientFamily):
+    """Integrated Gradients (Sundararajan et al. 2017).
+
+    ``a = (x - x0) * sum_k w_k d f_c(x0 + alpha_k (x - x0)) / d x``, a quadrature of
+    ``(x - x0) * int_0^1 grad f_c(x0 + alpha (x - x0)) d alpha``, so that (completeness)
+    ``sum(a) ~ f_c(x) - f_c(x0)``.
+
+    Parameters (settings ``IG``):
+        steps: number of gradient evaluations on the path (default 64).
+        baseline: x0, a scalar, an image or one image per input (default 0.0).
+        rule: quadrature; ``"midpoint"`` (default: alpha_k = (k + 1/2)/steps, equal weights),
+            ``"trapezoid"`` (alpha_k = k/(steps-1), end points weighted 1/2), ``"left"``,
+            ``"right"``. Midpoint is the default: on smooth networks it and the trapezoid rule
+            converge as 1/steps^2 (left/right sums as 1/steps) and midpoint has the smaller error
+            constant and never spends an evaluation on the baseline; on ReLU networks the
+            integrand is piecewise constant, every rule converges as 1/steps, and midpoint had
+            the smallest median completeness error in our measurements on small CNNs.
+
+    Each call evaluates at most ``batch_size`` interpolated images: ``batch_size // steps`` inputs
+    at a time, or one input with its steps split in groups when ``steps > batch_size``.
+    """
+
+    key = "ig"
+
+    def setup(self):
+        steps = self._positive_int("steps")
+        self._alphas, self._weights = path_points(steps, self.params["rule"])
+        self._baseline = parse_baseline(self.params["baseline"], self.shape, "IntegratedGradients")
+        fwd = self.forward
+
+        def build():
+            base_spec = tf.TensorSpec([None] * 4, tf.float32)  # broadcast against x
+
+            @tf.function(input_signature=[image_spec(self.shape), base_spec, INDEX_SPEC, VECTOR_SPEC,
+                                          VECTOR_SPEC])
+            def fn(x, x0, t, alphas, weights):
+                n, m = tf.shape(x)[0], tf.shape(alphas)[0]
+                x0 = tf.broadcast_to(x0, tf.shape(x))
+                delta = x - x0
+                a = tf.reshape(alphas, [1, -1, 1, 1, 1])
+                path = x0[:, None] + a * delta[:, None]                  # (n, m, H, W, C)
+                path = tf.reshape(path, tf.concat([[n * m], tf.shape(x)[1:]], 0))
+                g = target_gradients(fwd, path, tf.repeat(t, m))
+                g = tf.reshape(g, tf.concat([[n, m], tf.shape(x)[1:]], 0))
+                return tf.einsum("nmhwc,m->nhwc", g, weights), delta
+
+            return fn
+
+        self._fn = cached_function(fwd, "ig", build)
+
+    def chunk_size(self):
+        return max(1, self.batch_size // len(self._alphas))
+
+    def explain_batch(self, x, targets):
+        start, stop = self._take(len(x))
+        x0 = tf.constant(self._baseline_for(start, stop))
+        xt, t = tf.constant(x), as_int32(targets)
+        total = None
+        for s in chunks(len(self._alphas), self.batch_size):  # one piece unless steps > batch_size
+            avg, delta = self._fn(xt, x0, t, tf.constant(self._alphas[s]), tf.constant(self._weights[s]))
+            total = avg if total is None else total + avg
+        return (delta * total).numpy()
+
+
+# -- SmoothGrad noise: counter-based, so each (input, sample) gets its own noise whatever the chunking
+_U32 = tf.uint32
+
+
+def _u32(v):
+    return tf.constant(v, _U32)
+
+
+def _hash32(h):
+    """A bijective 32-bit integer mix (xor-shift-multiply, "lowbias32") on uint32 tensors."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(16)))
+    h = h * _u32(0x7FEB352D)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(15)))
+    h = h * _u32(0x846CA68B)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, _u32(16)))
+
+
+def hashed_normal(ids, seed, shape):
+    """Standard normal noise (len(ids), *shape) that depends only on (seed, id, element).
+
+    A counter-based generator: the key of element pair k of sample ``id`` is
+    ``hash(hash(id ^ hash(seed + c)) ^ hash(k))``; it and a second hash of it give two 24-bit
+    uniforms, and Box-Muller turns them into two normals (cosine and sine branch). Deterministic
+    on any device and independent of batching. ``ids`` and ``seed`` are used modulo 2**32.
+    """
+    numel = tf.reduce_prod(shape)
+    half = (numel + 1) // 2
+    he = _hash32(tf.cast(tf.range(half), _U32))[None]
+    seed_key = _hash32(tf.cast(tf.cast(seed, tf.int64) & 0xFFFFFFFF, _U32) + _u32(0x9E3779B9))
+    hs = _hash32(tf.bitwise.bitwise_xor(tf.cast(ids & 0xFFFFFFFF, _U32), seed_key))[:, None]
+    h1 = _hash32(tf.bitwise.bitwise_xor(hs, he))
+    h2 = _hash32(h1 + _u32(0x632BE5AB))
+    scale = 1.0 / 16777216.0
+    u1 = (tf.cast(tf.bitwise.right_shift(h1, _u32(8)), tf.float32) + 0.5) * scale   # (0, 1)
+    theta = tf.cast(tf.bitwise.right_shift(h2, _u32(8)), tf.float32) * (2.0 * np.pi * scale)
+    r = tf.sqrt(-2.0 * tf.math.log(u1))
+    z = tf.concat([r * tf.cos(theta), r * tf.sin(theta)], axis=1)[:, :numel]
+    return tf.reshape(z, tf.concat([[-1], tf.cast(shape, tf.int32)], 0))
+
+
+POSTPROCESS = ("none", "square", "variance")
+
+
+class SmoothGrad(GradientFamily):
+    """SmoothGrad (Smilkov et al. 2017) and its SquareGrad / VarGrad variants.
+
+    With ``g_j = d f_c(x + e_j) / dx``, ``e_j ~ N(0, sigma^2)``, ``sigma = noise_scale *
+    (max(x) - min(x))`` per image, ``j = 1..samples``:
+
+    * ``postprocess="none"``: SmoothGrad ``mean_j g_j``;
+    * ``"square"``: SquareGrad ``mean_j g_j^2`` (Hooker et al. 2019);
+    * ``"variance"``: VarGrad ``mean_j (g_j - mean g)^2`` (Adebayo et al. 2018).
+
+    Parameters (settings ``SG``): samples, noise_scale, postprocess. The noise of sample j of
+    input i is a fixed function of (seed, i, j): the same seed gives the same maps, whatever
+    ``batch_size`` is. Each call evaluates at most ``batch_size`` noisy images.
+    """
+
+    key = "sg"
+    stochastic = True
+
+    def setup(self):
+        self._samples = self._positive_int("samples")
+        self._scale = float(self.params["noise_scale"])
+        if not np.isfinite(self._scale) or self._scale < 0:
+            raise MethodError(f"SmoothGrad needs noise_scale >= 0, got {self.params['noise_scale']!r}")
+        if self.params["postprocess"] not in POSTPROCESS:
+            raise MethodError(f"unknown SmoothGrad postprocess {self.params['postprocess']!r}; "
+                              f"valid: {', '.join(POSTPROCESS)}")
+        fwd, shape, post = self.forward, self.shape, self.params["postprocess"]
+
+        def build():
+            @tf.function(input_signature=[image_spec(shape), INDEX_SPEC, tf.TensorSpec([None], tf.int64),
+                                          tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32)])
+            def fn(x, t, ids, seed, scale):
+                """Per input over its samples: (mean g, 0) | (mean g^2, 0) | (mean g, sum (g - mean)^2)."""
+                n = tf.shape(x)[0]
+                m = tf.shape(ids)[0] // n
+                img = tf.shape(x)[1:]
+                sigma = scale * (tf.reduce_max(x, axis=[1, 2, 3]) - tf.reduce_min(x, axis=[1, 2, 3]))
+                noise = tf.reshape(hashed_normal(ids, seed, img), tf.concat([[n, m], img], 0))
+                xs = x[:, None] + sigma[:, None, None, None, None] * noise
+                g = target_gradients(fwd, tf.reshape(xs, tf.concat([[n * m], img], 0)), tf.repeat(t, m))
+                g = tf.reshape(g, tf.concat([[n, m], img], 0))
+                if post == "square":
+                    return tf.reduce_mean(tf.square(g), axis=1), tf.zeros([])
+                mean = tf.reduce_mean(g, axis=1)
+                if post == "none":
+                    return mean, tf.zeros([])
+                return mean, tf.reduce_sum(tf.square(g - mean[:, None]), axis=1)
+
+            return fn
+
+        self._fn = cached_function(fwd, f"sg:{post}", build)
+
+    def chunk_size(self):
+        return max(1, self.batch_size // self._samples)
+
+    def explain_batch(self, x, targets):
+        start, stop = self._take(len(x))
+        m = self._samples
+        xt, t = tf.constant(x), as_int32(targets)
+        seed = tf.constant(self.seed, tf.int64)
+        scale = tf.constant(self._scale, tf.float32)
+        groups = chunks(m, self.batch_size)  # one group unless samples > batch_size
+        count, stat, m2 = 0, None, None
+        for s in groups:
+            j = np.arange(s.start, s.stop, dtype=np.int64)
+            ids = (np.arange(start, stop, dtype=np.int64)[:, None] * m + j[None]).ravel()
+            sb, m2b = self._fn(xt, t, tf.constant(ids), seed, scale)
+            nb = len(j)
+            if len(groups) == 1:
+                count, stat, m2 = nb, sb.numpy(), m2b.numpy()
+                break
+            sb, m2b = sb.numpy().astype(np.float64), m2b.numpy().astype(np.float64)
+            if stat is None:
+                count, stat, m2 = nb, sb, m2b
+            else:  # merge group statistics (Chan et al. 1979 for the sum of squared deviations)
+                d = sb - stat
+                tot = count + nb
+                stat = stat + d * nb / tot
+                m2 = m2 + m2b + d * d * count * nb / tot
+                count = tot
+        return m2 / count if self.params["postprocess"] == "variance" else stat
+
+
+class _ModifiedReLUGradient(GradientFamily):
+    rule = None
+
+    def setup(self):
+        clone = modified_clone(self.forward, self.rule)
+
+        def build():
+            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC])
+            def fn(x, t):
+                return target_gradients(clone, x, t)
+
+            return fn
+
+        self._fn = cached_function(clone, self.rule, build)
+
+    def explain_batch(self, x, targets):
+        return self._fn(tf.constant(x), as_int32(targets))
+
+
+class GuidedBackprop(_ModifiedReLUGradient):
+    """Guided Backpropagation (Springenberg et al. 2015).
+
+    The gradient of ``f_c`` where every ReLU passes back ``relu(g) * 1[z > 0]``: only positive
+    gradient, only through units active in the forward pass. Works on any Sequential or functional
+    ReLU model (ReLU as a layer's activation, ``Activation('relu')`` or a ``ReLU`` layer) via a
+    cached clone with custom-gradient ReLUs; other layers (pooling, batch norm in inference mode)
+    keep their ordinary gradient.
+    """
+
+    key = "gb"
+    rule = "guided"
+
+
+class DeconvNet(_ModifiedReLUGradient):
+    """DeconvNet (Zeiler & Fergus 2014) as a modified gradient (Springenberg et al. 2015).
+
+    The gradient of ``f_c`` where every ReLU passes back ``relu(g)``, whatever its input was
+    (max pooling keeps its switches). Same model support as :class:`GuidedBackprop`.
+    """
+
+    key = "deconvnet"
+    rule = "deconvnet"
