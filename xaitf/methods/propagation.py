@@ -168,6 +168,15 @@ class InnvestigateExplainer(Explainer):
 
     def _check_model(self):
         T.check_layers(self.model)
+        if self.analyzer_name in ("integrated_gradients", "smoothgrad"):
+            # iNNvestigate's wrapper analyzers call the model on new graph inputs, which fails inside
+            # tf-keras' graph-mode BatchNormalization (a resource-dtype TypeError deep in TF)
+            bn = next((l for l in self.model.layers if layer_type(l) == "BatchNormalization"), None)
+            if bn is not None:
+                raise ModelError(
+                    f"iNNvestigate's {self.analyzer_name} cannot run models with BatchNormalization "
+                    f"(layer {bn.name!r}); use the native {'ig' if self.analyzer_name[0] == 'i' else 'sg'} "
+                    f"method, which handles it")
         inner = _inner_softmax(self.model)
         if inner is not None:
             raise ModelError(
