@@ -19,10 +19,14 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The default models (the CIFAR ones take ~20 CPU minutes: `python create_model.py cifar_vgg ...`);
+# MNIST models are skipped with a message when no MNIST copy is found.
+DEMO_MODELS := center_pixel mnist_cnn lenet bayesian_mlp
 demo: setup
-	$(PY) create_model.py $(if $(DATA_DIR),--data-dir $(DATA_DIR))
-	$(PY) heatmap_script.py -mp models/mnist_cnn.h5 -hm grad gb deconvnet sg inpgrad ig lrp deeplift gradcam occlusion \
-	  $(if $(wildcard models/mnist_cnn.h5),,|| $(PY) heatmap_script.py -hm grad inpgrad ig lrp deeplift)
+	$(PY) create_model.py $(DEMO_MODELS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --skip-missing
+	$(PY) heatmap_script.py -hm grad gb deconvnet sg inpgrad ig lrp deeplift occlusion pda
+	test ! -f models/mnist_cnn.h5 || $(PY) heatmap_script.py -mp models/mnist_cnn.h5 \
+	  -hm grad gb deconvnet sg inpgrad ig lrp deeplift gradcam occlusion lime
 
 test: setup
 	$(PY) -m pytest -q

@@ -136,6 +136,9 @@ def atomic_write(path, write_fn, overwrite=True):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{path.suffix}")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         write_fn(tmp)
         if not os.path.exists(tmp) or os.path.getsize(tmp) == 0:

@@ -80,6 +80,12 @@ def load_model(path, *, custom_objects=None, safe_mode=True, kind=None):
         raise ModelError(f"model file not found: {path} (build the zoo with `python create_model.py`)")
     if not path.endswith((".h5", ".hdf5", ".keras")):
         raise ModelError(f"unsupported model file {path}: expected .h5 or .keras")
+    if path.endswith((".h5", ".hdf5")):  # zoo models saved as weights + builder (tfp layers)
+        from .zoo.registry import load_weights_file
+
+        rebuilt = load_weights_file(path)
+        if rebuilt is not None:
+            return rebuilt
     kind = kind or file_kind(path)
     errors = []
     order = [kind] + [k for k in ("tf-keras", "keras3") if k != kind]
