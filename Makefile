@@ -7,7 +7,7 @@ DATA_DIR ?= $(or $(XAITF_DATA_DIR),$(wildcard ../shared/data))
 export XAITF_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-all bench bench-quick clean
+.PHONY: setup setup-extras demo test test-all bench bench-quick clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
+# optional extras (Ray, MLflow): the tests install them so that the distributed path is tested too
+$(VENV)/.extras: $(VENV)/.installed requirements-extras.txt
+	$(PY) -m pip install -q -r requirements-extras.txt
+	touch $@
+
+setup-extras: $(VENV)/.extras
+
 # The default models (the CIFAR ones take ~20 CPU minutes: `python create_model.py cifar_vgg ...`);
 # MNIST models are skipped with a message when no MNIST copy is found.
 DEMO_MODELS := center_pixel mnist_cnn lenet bayesian_mlp
@@ -28,10 +35,10 @@ demo: setup
 	test ! -f models/mnist_cnn.h5 || $(PY) heatmap_script.py -mp models/mnist_cnn.h5 \
 	  -hm grad gb deconvnet sg inpgrad ig lrp deeplift gradcam occlusion lime
 
-test: setup
+test: setup-extras
 	$(PY) -m pytest -q
 
-test-all: setup
+test-all: setup-extras
 	$(PY) -m pytest -q -m ""
 
 bench: setup
