@@ -68,6 +68,8 @@ def parse_args(argv):
     p.add_argument("--out", default=str(HERE / "models"), help="output folder (default models/)")
     p.add_argument("--offline", action="store_true",
                    help="never try the keras.datasets download when files are missing")
+    p.add_argument("--track", choices=["mlflow"], help="log training curves and metrics to MLflow")
+    p.add_argument("--track-uri", help="MLflow store (default: mlruns/ beside the models folder)")
     p.add_argument("--skip-missing", action="store_true",
                    help="skip named models whose data is missing (with a message) instead of failing")
     p.add_argument("--full", action="store_true", help="published schedules instead of the quick CPU ones")
@@ -205,8 +207,12 @@ def make_trained(name, args, data):
     print(f"{name}: training on {len(x_tr):,} {data.name} images, testing on {len(x_te):,} "
           f"({'full' if args.full else 'quick'} schedule: {recipe.epochs} epochs, batch {recipe.batch_size}, "
           f"{recipe.optimizer} lr {recipe.lr:g})", flush=True)
+    from xaitf import tracking
+
+    cbs = [] if getattr(args, "tracker", None) is None else [
+        tracking.keras_callback(args.tracker, kind="tf-keras", prefix=f"{name}.", params=recipe.as_dict())]
     result = fit(model, x_tr, y_tr, recipe, validation=(x_te, y_te), seed=args.seed, label=name,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, callbacks=cbs)
     metrics = registry.evaluate(name, model, x_te, y_te, seed=args.seed)
     info = {"dataset": data.name, "source": str(getattr(data, "source", "")),
             "split": str(getattr(data, "split", "")), "train_images": int(len(x_tr)),
@@ -257,6 +263,10 @@ def build_one(name, args, data):
         "command": "python create_model.py " + " ".join(sys.argv[1:]),
     }
     write_json(out / f"{name}.json", record)
+    if getattr(args, "tracker", None) is not None:
+        args.tracker.log_metrics({f"{name}.{k}": v for k, v in metrics.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        args.tracker.log_artifact(out / f"{name}.json")
     extra = ""
     if "refused_noise_fraction" in metrics:
         extra = (f", refused {metrics['refused_test_fraction']:.1%} of test digits and "
@@ -305,8 +315,18 @@ def main(argv=None):
     for name, why in skipped:
         print(f"skipped {name}: {why}", flush=True)
     records = []
-    for name, data in todo:
-        records.append(build_one(name, args, data))
+    args.tracker = None
+    if args.track:
+        from xaitf import tracking
+
+        args.tracker = tracking.start_run(args.track, args.track_uri or str(Path(args.out).parent / "mlruns"),
+                                          "create_model", run_name="+".join(n for n, _ in todo))
+    try:
+        for name, data in todo:
+            records.append(build_one(name, args, data))
+    finally:
+        if args.tracker is not None:
+            args.tracker.end("FINISHED" if len(records) == len(todo) else "FAILED")
     if records:
         print("done: " + ", ".join(f"{r['name']} {r['test_accuracy']:.4f}" for r in records), flush=True)
     return 0

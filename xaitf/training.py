@@ -138,7 +138,7 @@ def _loss(name):
     raise ValueError(f"unknown loss {name!r}")
 
 
-def fit(model, x, y, recipe, validation=None, seed=0, label="", progress=True):
+def fit(model, x, y, recipe, validation=None, seed=0, label="", progress=True, callbacks=None):
     """Compile ``model`` for ``recipe`` and train it on arrays ``x`` (float, model input) and ``y``.
 
     Args:
@@ -150,6 +150,7 @@ def fit(model, x, y, recipe, validation=None, seed=0, label="", progress=True):
         seed: seed of the shuffle and augmentation.
         label: name shown on progress lines.
         progress: False trains silently.
+        callbacks: extra Keras callbacks (e.g. ``xaitf.tracking.keras_callback``).
 
     Returns a dict: ``history`` (per-epoch lists), ``train_seconds``, ``steps_per_epoch``.
     """
@@ -157,7 +158,7 @@ def fit(model, x, y, recipe, validation=None, seed=0, label="", progress=True):
     model.compile(optimizer=_optimizer(recipe), loss=loss, metrics=metrics)
     ds = make_dataset(x, y, recipe.batch_size, shuffle=True, augment=recipe.augment, seed=seed)
     steps = math.ceil(len(x) / recipe.batch_size)
-    callbacks = []
+    callbacks = list(callbacks or [])
     if recipe.halve_every:
         lr0, every = recipe.lr, recipe.halve_every
         callbacks.append(tfk.callbacks.LearningRateScheduler(lambda e: lr0 * 0.5 ** (e // every)))
