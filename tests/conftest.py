@@ -21,7 +21,7 @@ def data_dir():
     d = os.environ.get("XAITF_DATA_DIR")
     if not d or not Path(d, "mnist_test10k.npz").exists():
         pytest.skip("no offline data directory (set XAITF_DATA_DIR to a folder with mnist_test10k.npz)")
-    return Path(d)
+    return Path(d).resolve()
 
 
 def make_cnn(shape=(8, 8, 1), classes=5, seed=0, softmax=True):

@@ -405,6 +405,9 @@ class GraphTwin:
         self.source_name = source.name
         weights = _source_weights(source)
         self.graph = tf.Graph()
+        # a graph-level seed: with op determinism on (create_model.py turns it on), unseeded random
+        # ops such as a Dropout layer's inference-unused branch refuse to be built otherwise
+        self.graph.seed = 0
         self.session = tf.compat.v1.Session(graph=self.graph)
         with self.scope():
             full, twins, self.names, logits_t = _rebuild(source, dtype, suffix=_GRAPH_SUFFIX,
