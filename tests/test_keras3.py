@@ -19,9 +19,9 @@ FAST = {
     "ig": {"steps": 8}, "sg": {"samples": 4}, "vargrad": {"samples": 4}, "squaregrad": {"samples": 4},
     "inn.integrated_gradients": {"steps": 8}, "tfx.ig": {"steps": 8}, "tfx.smoothgrad": {"samples": 4},
     "pda": {"values": 8}, "shapley": {"samples": 2}, "mp": {"max_iterations": 10},
-    "rise": {"masks": 64}, "lime": {"num_samples": 64},
+    "rise": {"masks": 64}, "lime": {"num_samples": 64}, "lime.lib": {"num_samples": 64},
     # few segments and enough samples: an underdetermined Kernel SHAP fit amplifies 1e-7 differences
-    "shap": {"nsamples": 300, "n_segments": 8},
+    "kernelshap": {"nsamples": 300, "n_segments": 8}, "shap.lib": {"nsamples": 300, "n_segments": 8},
     "shap.partition": {"max_evals": 64},
 }
 # methods that need what a plain CNN call does not give

@@ -72,7 +72,7 @@ def test_kernel_shap_equals_exact_shapley_values_and_is_efficient(tiny_cnn, rng)
     x = rng.random((2, 8, 8, 1)).astype(np.float32)
     targets = np.array([1, 3])
     fill = 0.25
-    ks = xaitf.create_explainer("shap", tiny_cnn, segmenter="grid", cell=3, output="logits",
+    ks = xaitf.create_explainer("shap.lib", tiny_cnn, segmenter="grid", cell=3, output="logits",
                                 background=fill, progress=False)
     maps = ks(x, targets)
     seg = segmentation.grid((8, 8), cell=3)                      # 9 segments: 2^9 coalitions
@@ -89,7 +89,7 @@ def test_kernel_shap_equals_exact_shapley_values_and_is_efficient(tiny_cnn, rng)
 def test_kernel_shap_probabilities_seed_and_center_pixel(center_pixel_small):
     x = np.random.RandomState(0).randint(256, size=(1, 15, 15, 1)).astype(np.float32) / 255
     x[0, 7, 7, 0] = 200 / 255
-    ks = xaitf.create_explainer("shap", center_pixel_small, nsamples=200, progress=False)
+    ks = xaitf.create_explainer("shap.lib", center_pixel_small, nsamples=200, progress=False)
     a, b = ks(x), ks(x)
     np.testing.assert_array_equal(a, b)
     r, c = np.unravel_index(np.abs(a[0]).argmax(), a[0].shape)
@@ -103,7 +103,7 @@ def test_kernel_shap_probabilities_seed_and_center_pixel(center_pixel_small):
 def test_lime_weights_match_linear_contributions(linear_model, rng):
     x = rng.random((2, 6, 6, 1)).astype(np.float32)
     targets = np.array([0, 2])
-    lime = xaitf.create_explainer("lime", linear_model, segmenter="grid", cell=2, output="logits",
+    lime = xaitf.create_explainer("lime.lib", linear_model, segmenter="grid", cell=2, output="logits",
                                   mask_output=False, num_samples=2000, progress=False)
     maps = lime(x, targets)
     seg = segmentation.grid((6, 6), cell=2)
@@ -115,7 +115,7 @@ def test_lime_weights_match_linear_contributions(linear_model, rng):
             assert np.all(maps[i][seg == s] == got[s])
         assert np.corrcoef(got, contrib)[0, 1] > 0.99
         # study 1's mask: the top positive segment only
-    mask = xaitf.create_explainer("lime", linear_model, segmenter="grid", cell=2, output="logits",
+    mask = xaitf.create_explainer("lime.lib", linear_model, segmenter="grid", cell=2, output="logits",
                                   num_samples=2000, progress=False)(x, targets)
     for i in range(2):
         contrib = np.array([(w[:, targets[i]] * x[i].ravel())[seg.ravel() == s].sum() for s in range(9)])
@@ -125,13 +125,13 @@ def test_lime_weights_match_linear_contributions(linear_model, rng):
 def test_lime_seed_and_gray_and_rgb(tiny_cnn, tiny_rgb_cnn, rng):
     x = rng.random((2, 8, 8, 1)).astype(np.float32)
     kw = dict(segmenter="grid", cell=2, mask_output=False, num_samples=200, progress=False)
-    a = xaitf.create_explainer("lime", tiny_cnn, seed=3, **kw)(x)
-    b = xaitf.create_explainer("lime", tiny_cnn, seed=3, batch_size=7, **kw)(x)
-    c = xaitf.create_explainer("lime", tiny_cnn, seed=4, **kw)(x)
+    a = xaitf.create_explainer("lime.lib", tiny_cnn, seed=3, **kw)(x)
+    b = xaitf.create_explainer("lime.lib", tiny_cnn, seed=3, batch_size=7, **kw)(x)
+    c = xaitf.create_explainer("lime.lib", tiny_cnn, seed=4, **kw)(x)
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     assert np.abs(a - c).max() > 1e-6
     xr = rng.random((1, 8, 8, 3)).astype(np.float32)
-    m = xaitf.create_explainer("lime", tiny_rgb_cnn, num_samples=100, progress=False)(xr)
+    m = xaitf.create_explainer("lime.lib", tiny_rgb_cnn, num_samples=100, progress=False)(xr)
     assert m.shape == (1, 8, 8) and set(np.unique(m)) <= {0.0, 1.0}
 
 
@@ -210,11 +210,11 @@ def test_gradient_shap_seed(tiny_cnn, rng):
 
 
 def test_surrogate_errors(tiny_cnn):
-    cases = [("lime", dict(output="softmax"), "output must be one of"),
-             ("lime", dict(segmenter="felzenszwalb"), "unknown segmenter"),
-             ("lime", dict(num_samples=0), "num_samples >= 1"),
-             ("shap", dict(background=np.zeros((3, 3))), "background must be"),
-             ("shap", dict(nsamples=-5), "nsamples >= 1"),
+    cases = [("lime.lib", dict(output="softmax"), "output must be one of"),
+             ("lime.lib", dict(segmenter="felzenszwalb"), "unknown segmenter"),
+             ("lime.lib", dict(num_samples=0), "num_samples >= 1"),
+             ("shap.lib", dict(background=np.zeros((3, 3))), "background must be"),
+             ("shap.lib", dict(nsamples=-5), "nsamples >= 1"),
              ("shap.partition", dict(masker="gauss"), "masker must be"),
              ("shap.gradient", dict(steps=3), "unknown parameter")]
     for name, kw, msg in cases:

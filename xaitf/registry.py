@@ -1,7 +1,8 @@
 """Method registry: name -> Explainer class (imported lazily, so optional backends cost nothing).
 
 Keys are study 1's (``grad gb deconvnet sg inpgrad ig lrp lime deeplift mp occlusion pda shap
-shapley``) plus the other methods; iNNvestigate's analyzer names are accepted as aliases
+shapley``; ``shap`` is an alias of ``kernelshap``; the lime / shap library paths are ``lime.lib`` and
+``shap.lib``) plus the other methods; iNNvestigate's analyzer names are accepted as aliases
 (``gradient``, ``input_t_gradient``, ``integrated_gradients``, ...). ``lrp`` is a group that
 expands to the four LRP variants, as in study 1.
 """
@@ -54,9 +55,11 @@ _METHODS = {
     "shapley": ("shapley", "ShapleySampling", {}, "Shapley Sampling"),
     "mp": ("meaningful_perturbation", "MeaningfulPerturbation", {}, "Meaningful Perturbation"),
     "rise": ("rise", "Rise", {}, "RISE"),
-    # surrogates (library paths)
-    "lime": ("surrogates", "LimeExplainer", {}, "LIME"),
-    "shap": ("surrogates", "KernelShapExplainer", {}, "Kernel SHAP"),
+    # surrogates: native batched programs, and the lime / shap library paths
+    "lime": ("surrogates_native", "Lime", {}, "LIME"),
+    "kernelshap": ("surrogates_native", "KernelShap", {}, "Kernel SHAP"),
+    "lime.lib": ("surrogates", "LimeExplainer", {}, "LIME (lime)"),
+    "shap.lib": ("surrogates", "KernelShapExplainer", {}, "Kernel SHAP (shap)"),
     "shap.gradient": ("surrogates", "ShapGradientExplainer", {}, "SHAP Gradient"),
     "shap.deep": ("surrogates", "ShapDeepExplainer", {}, "SHAP Deep"),
     "shap.partition": ("surrogates", "ShapPartitionExplainer", {}, "SHAP Partition"),
@@ -71,7 +74,7 @@ ALIASES = {
     "smoothgrad": "sg", "guided_backprop": "gb", "guidedbackprop": "gb",
     "deeplift.rescale": "deeplift", "grad_cam": "gradcam", "gradcam++": "gradcampp",
     "lrp.alpha1beta0": "lrp.alpha_1_beta_0", "lrp.alpha2beta1": "lrp.alpha_2_beta_1",
-    "kernelshap": "shap", "kernel_shap": "shap", "meaningful_perturbation": "mp",
+    "shap": "kernelshap", "kernel_shap": "kernelshap", "meaningful_perturbation": "mp",
     "prediction_difference": "pda", "shapley_sampling": "shapley",
 }
 
@@ -80,7 +83,7 @@ GROUPS = {"lrp": ["lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_bet
 # study 1's fixed column order; other methods follow in registry order
 STUDY1_ORDER = ["grad", "gb", "deconvnet", "sg", "inpgrad", "ig", "lrp.z", "lrp.epsilon",
                 "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1", "occlusion", "deeplift", "shapley",
-                "pda", "lime", "shap", "mp"]
+                "pda", "lime", "kernelshap", "mp"]
 
 
 def _available(name):
