@@ -128,6 +128,43 @@ TFX_SMOOTHGRAD = {"samples": 16, "noise": 1.0,  # noise: absolute std of the Gau
                   "output": "probabilities"}   # its cross-entropy loss assumes softmax outputs
 TFX_IG = {"steps": 64, "output": "logits"}  # path-averaged gradient, no (x - baseline) factor
 
+# Studies 3-5 (python -m xaitf.studies NAME): the full run's sizes; --quick shrinks them (see each
+# study's QUICK), --set NAME.key=value overrides either ------------------------------------------
+XAINN_STUDY = {
+    "train_limit": None,     # train on the first N training images when no models/<name>.h5 (None: all)
+    "epochs": None,          # None: the zoo's quick CPU recipe (5 epochs)
+    "test_limit": None,      # test images used (None: all in the data directory)
+    "shap_images": 10,       # one test image per class
+    "ranked": 3,             # study: ranked_outputs=3
+    "background": 54,        # study: 54 background images
+    "lime_images": 10, "lime_samples": 500, "lime_features": 10,   # study: top-10 positive segments
+}
+MNIST_CIFAR_STUDY = {
+    "per_class": 3,          # figure images per class (study: 3 random test images per class)
+    "degradation_images": 1000,        # MNIST: first N test images (study: 1,000)
+    "cifar_degradation_images": 1000,  # CIFAR-10: first N test images (study: 1,000)
+    "keep": 0.2, "fill": 0.0,          # degradation: keep the top 20% pixels, the rest = fill
+    "lime_samples": 1000,    # lime's explain_instance default
+    "shap_nsamples": 1000,   # study: Kernel SHAP nsamples 1000
+    "surrogates": "native",  # LIME / Kernel SHAP: native batched programs | lib (the lime / shap libraries)
+    "train_limit": None, "epochs": None,   # training when no models/<name>.h5 (None: all / recipe)
+    "bayes_test_images": None,  # refusal on the first N test images (None: all)
+    "bayes_samples": 100,    # sampled networks for the refusal rule (study: 100)
+    "noise_images": 100,     # uniform-noise images (study: 100)
+    "saliency_images": 100, "saliency_samples": 100,   # posterior saliency: images, sampled networks
+}
+SVHN_IOU_STUDY = {
+    "data": "auto",          # auto: SVHN format 1 if the data directory has it, else synthetic | svhn | synthetic
+    "target_digit": 1,       # study: label 1 = digit 1 present
+    "size": 64,              # crop side (training and explanations)
+    "train_images": 4000, "test_images": 1000,   # synthetic set sizes (SVHN: all, balanced)
+    "svhn_limit": None,      # read only the first N digitStruct entries of SVHN (None: all)
+    "train_limit": None, "epochs": None,   # when no model file: None = all / the zoo recipe
+    "iou_images": 200,       # label-1 test images whose maps are scored
+    "threshold": 0.8,        # IoU rule "threshold": min-max normalised |map| >= this (the study's 0.8)
+    "figure_images": 6,
+}
+
 SECTIONS = {
     "global": GLOBAL, "grad": GRAD, "inpgrad": INPGRAD, "ig": IG, "sg": SG, "gb": GB,
     "deconvnet": DECONVNET, "deeplift": DEEPLIFT, "gradcam": GRADCAM, "gradcampp": GRADCAMPP,
@@ -136,6 +173,7 @@ SECTIONS = {
     "shap_gradient": SHAP_GRADIENT, "shap_deep": SHAP_DEEP, "shap_partition": SHAP_PARTITION,
     "interventional": INTERVENTIONAL, "tfx_gradcam": TFX_GRADCAM,
     "tfx_occlusion": TFX_OCCLUSION, "tfx_smoothgrad": TFX_SMOOTHGRAD, "tfx_ig": TFX_IG,
+    "xainn": XAINN_STUDY, "mnist_cifar": MNIST_CIFAR_STUDY, "svhn_iou": SVHN_IOU_STUDY,
 }
 
 

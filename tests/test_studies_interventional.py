@@ -1,0 +1,103 @@
+"""Study 2 (interventional explanations) through ``python -m xaitf.studies interventional --quick``,
+in-process, on the offline MNIST copy: the issue's acceptance (one command gives a graph with kept
+units in every layer, the node maps, the stability curve and the Lipschitz table), checked by the
+contents of what it writes."""
+import json
+
+import numpy as np
+import pytest
+
+import xaitf  # noqa: F401
+from xaitf.methods import interventional as I
+from xaitf.studies import common as C
+from xaitf.studies.__main__ import main
+
+LAYERS = ["fc3", "fc2", "fc1", "conv2"]          # links, output side first
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("studies")
+    # an empty models dir: LeNet is trained in the run (quick: 3 epochs) and saved in its folder
+    assert main(["interventional", "--quick", "--no-progress", "--out", str(out), "--data-dir",
+                 str(data_dir), "--models-dir", str(out / "no_models")]) == 0
+    folder = C.latest_folder(out, "interventional")
+    assert folder is not None
+    return json.loads((folder / "results.json").read_text()), folder
+
+
+def test_model_trained_and_recorded(study):
+    r, folder = study
+    m = r["model"]
+    assert m["source"] == "trained" and m["schedule"] == "quick" and m["epochs"] == 3
+    assert m["test_accuracy"] > 0.9
+    assert (folder / "model" / "lenet.h5").is_file()
+
+
+def test_graph_has_kept_units_in_every_layer(study):
+    r, folder = study
+    assert [l["layer"] for l in r["graph"]] == LAYERS
+    assert r["target"] == 3 and r["graph_samples"] == 100
+    sizes = {"fc3": 84, "fc2": 120, "fc1": 16, "conv2": 6}
+    for link in r["graph"]:
+        assert 1 <= link["n_kept"] < link["n_parent_units"] == sizes[link["layer"]]
+        assert link["kept"] == sorted(set(link["kept"])) and max(link["kept"]) < link["n_parent_units"]
+    # each link's effects are the previous link's kept units (top-down), starting at the target
+    assert r["graph"][0]["effects"] == [3]
+    for upper, lower in zip(r["graph"], r["graph"][1:]):
+        assert lower["effects"] == upper["kept"]
+    graph = I.load_graph(folder / "graph_class3.json")
+    assert graph.target == 3 and graph["fc1"][0] == r["graph"][2]["kept"]
+    assert graph.settings["soft_interventions"] is True and graph.n_samples == 100
+
+
+def test_stability(study):
+    r, _ = study
+    s = r["stability"]
+    assert s["layer"] == "fc3" and s["repeats"] == 2
+    assert s["betas"] == [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5]
+    rate = np.asarray(s["mean_rate"])
+    assert np.all((rate >= 0) & (rate <= 100))
+    assert s["nodes"] == r["graph"][0]["kept"]
+    # small interventions keep the graph, large ones (u up to 0.5, weights ~0.1) break it
+    assert rate[0] >= 80 and rate[-1] <= 50 and rate[-1] < rate[0]
+    assert [row["beta"] for row in s["reference"]] == [0.0, 0.01, 0.1, 0.2, 0.5]
+    assert s["reference"][0]["study"] == 96.9
+
+
+def test_lipschitz_and_irof_table(study):
+    r, folder = study
+    rows = {m["name"]: m for m in r["metrics"]}
+    assert list(rows) == ["Causal", "IG", "Saliency", "GradientShap", "InputXGradient"]
+    assert r["metric_images"] == 10
+    for name, m in rows.items():
+        for key in ("lipschitz_raw", "lipschitz_negative"):
+            assert np.isfinite(m[key]) and m[key] > 0, (name, key)
+        assert 0 <= m["irof"] <= 1
+    ref = {"Causal": 0.287, "IG": 1.668, "Saliency": 3.362, "GradientShap": 1.949, "InputXGradient": 1.965}
+    assert {n: m["study_lipschitz"] for n, m in rows.items()} == ref
+    # the study's finding: the causal maps are the most robust (normalised maps, comparable scales)
+    assert rows["Causal"]["lipschitz_negative"] < min(m["lipschitz_negative"] for n, m in rows.items()
+                                                      if n != "Causal")
+    # normalised maps lie in [-1, 1]: ||e(x) - e(x')|| <= 2 sqrt(32*32), ||eps|| >~ sqrt(1024 * 0.02)
+    assert all(m["lipschitz_negative"] < 2 * 32 / np.sqrt(1024 * 0.01) for m in rows.values())
+    text = (folder / "report.md").read_text()
+    for name, value in ref.items():
+        assert f"| {name} | " in text and f"| {value} |" in text
+
+
+def test_report_and_figures(study):
+    r, folder = study
+    text = (folder / "report.md").read_text()
+    assert "| fc3 <- fc2 |" in text and "| conv2 <- conv1 |" in text and "--quick" in text
+    from PIL import Image
+
+    for name in ("graph", "node_maps", "maps", "stability_curve", "stability_hist"):
+        path = folder / f"{name}.png"
+        assert f"]({name}.png)" in text
+        with Image.open(path) as im:
+            assert im.size[0] >= 500 and im.size[1] >= 250, (name, im.size)
+        assert path.stat().st_size > 20_000
+    kept_conv2 = r["graph"][2]["kept"]            # node maps: one column per kept conv2 channel
+    with Image.open(folder / "node_maps.png") as im:
+        assert im.size[0] > 150 * (len(kept_conv2) + 2)
