@@ -173,7 +173,7 @@ def main(argv=None):
     import numpy as np
 
     from xaitf.keras_bridge import input_shape, logits_model, model_kind
-    _quiet_tensorflow()
+    cli.quiet_tensorflow()
 
     overridden = any(sec == "global" and key in CENTER_PIXEL_GLOBALS for sec, key, _ in applied)
     model, model_source = load_or_build_model(args.model_path, overridden)
@@ -257,21 +257,6 @@ def main(argv=None):
                                overwrite=False)
         print(f"arrays: {npz} ({', '.join(raw_maps)})")
     return 0
-
-
-def _quiet_tensorflow():
-    """Keep stderr for our own one-line errors: silence TF/absl info and warnings."""
-    import logging
-
-    import tensorflow as tf
-
-    tf.get_logger().setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 if __name__ == "__main__":

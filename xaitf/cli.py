@@ -27,6 +27,21 @@ class CliError(XaitfError):
     """A user error detected by a command line itself (bad flag value, missing file)."""
 
 
+def quiet_tensorflow():
+    """Keep stderr for our own one-line errors: silence TensorFlow's and absl's info and warnings."""
+    import logging
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def fail(message, code=EXIT_USER):
     """Print ``error: message`` (first line only) on stderr and exit with ``code``."""
     text = " ".join(str(message).split("\n")[0].split()) or "failed"

@@ -844,20 +844,6 @@ def add_parser(subparsers):
     return p
 
 
-def _quiet_tensorflow():
-    import logging
-
-    import tensorflow as tf
-
-    tf.get_logger().setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 @contextlib.contextmanager
 def out_lock(out):
     """An exclusive ``flock`` on ``<out>/.lock`` for the whole session (released on any exit)."""
@@ -951,7 +937,7 @@ def _run(args, keys, model_path, out, engine):
         check_identity(store, meta)
     try:
         # ---- model and explainers ------------------------------------------------------------
-        _quiet_tensorflow()
+        cli.quiet_tensorflow()
         from .keras_bridge import input_shape, load_model
 
         model = load_model(model_path)
