@@ -109,6 +109,31 @@ def test_ig_completeness_mnist_cnn():
     assert not np.allclose(s, delta, rtol=1e-4)  # the grey path does cross ReLU kinks
 
 
+def test_ig_completeness_on_the_zoo_mnist_cnn_trained_on_mnist(data_dir):
+    """Issue acceptance: the zoo's MNIST CNN (trained one short epoch on real digits), its logits,
+    a zero baseline, 64 steps: each map sums to f(x) - f(0) within 1%."""
+    import dataclasses
+
+    from xaitf import data as D
+    from xaitf.keras_bridge import logits_model
+    from xaitf.training import fit, set_seed
+    from xaitf.zoo import registry as R
+
+    ds = D.load_dataset("mnist", data_dir=data_dir)
+    set_seed(0)
+    model = R.build("mnist_cnn")
+    fit(model, R.prepare_inputs("mnist_cnn", ds.x_train[:4000]), ds.y_train[:4000],
+        dataclasses.replace(R.get("mnist_cnn").quick, epochs=1), progress=False)
+    x = R.prepare_inputs("mnist_cnn", ds.x_test[:32])
+    logits = logits_model(model)[0]
+    f, f0 = logits.predict(x, verbose=0), logits.predict(np.zeros_like(x), verbose=0)
+    t = f.argmax(1)
+    assert (t == ds.y_test[:32]).mean() > 0.6          # a model that has learned something
+    delta = f[np.arange(32), t] - f0[np.arange(32), t]
+    s = IntegratedGradients(model, steps=64, progress=False)(x, t).reshape(32, -1).sum(1)
+    np.testing.assert_allclose(s, delta, rtol=0.01)
+
+
 def test_ig_midpoint_converges_on_smooth_model():
     tf.keras.utils.set_random_seed(0)
     inp = tfk.Input((10, 10, 1))
