@@ -145,3 +145,29 @@ def test_heatmap_script_custom_layer_lrp_fails_cleanly(tmp_path):
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error")]
     assert len(errors) == 1, proc.stderr
     assert not out.exists() or not any(out.rglob("*.png"))
+
+
+def test_heatmap_script_on_a_keras3_file(twins, tmp_path):
+    """Issue acceptance: heatmap_script.py -mp <Keras 3 .keras> -hm grad ig lrp occlusion lime writes
+    one figure, and every method's map (the four LRP rules through the twin) is finite and not all 0."""
+    from PIL import Image
+
+    _, k3, _ = twins
+    path = tmp_path / "k3.keras"
+    k3.save(path)
+    png = tmp_path / "photo.png"
+    Image.fromarray((np.random.RandomState(2).rand(20, 24, 3) * 255).astype(np.uint8)).save(png)
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "heatmap_script.py", "-ip", str(png), "-mp", str(path),
+                           "-hm", "grad", "ig", "lrp", "occlusion", "lime", "-op", str(out),
+                           "--set", "ig.steps=8", "--set", "lime.num_samples=64", "--save-arrays"],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted((out / "photo").glob("heatmap_*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
+    arrays = np.load(pngs[0].with_suffix(".npz"), allow_pickle=False)
+    assert sorted(arrays.files) == sorted(["grad", "ig", "lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0",
+                                           "lrp.alpha_2_beta_1", "occlusion", "lime"])
+    for k in arrays.files:
+        assert arrays[k].shape == SHAPE[:2] and np.isfinite(arrays[k]).all() and np.abs(arrays[k]).max() > 0, k
