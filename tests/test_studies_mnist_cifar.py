@@ -101,3 +101,9 @@ def test_replace_pixels():
     out = M.replace_pixels(x, mask, seed=0)
     np.testing.assert_array_equal(out[~mask], x[~mask])
     assert np.all((out[mask] >= 0) & (out[mask] < 1)) and not np.allclose(out[mask], 0.5)
+
+
+def test_surrogates_setting_picks_native_or_library_paths():
+    assert [M.registry_name(n, {}) for n in ("lime", "shap", "grad")] == ["lime", "kernelshap", "grad"]
+    lib = {"surrogates": "lib"}
+    assert [M.registry_name(n, lib) for n in ("lime", "shap", "lrp.z")] == ["lime.lib", "shap.lib", "lrp.z"]
