@@ -7,7 +7,7 @@ DATA_DIR ?= $(or $(XAITF_DATA_DIR),$(wildcard ../shared/data))
 export XAITF_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-extras demo test test-all bench bench-quick clean
+.PHONY: setup setup-extras demo test test-all bench bench-quick bench-setup-xplique clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench.run --quick
+
+# Xplique needs its own TensorFlow (2.20, Keras 3): a separate venv that bench/xplique_worker.py runs in
+XPLIQUE_VENV := bench/.venv-xplique
+$(XPLIQUE_VENV)/.installed:
+	test -x $(XPLIQUE_VENV)/bin/python || $(PYTHON) -m venv $(XPLIQUE_VENV)
+	$(XPLIQUE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(XPLIQUE_VENV)/bin/python -m pip install -q xplique==2.0.2 h5py
+	touch $@
+
+bench-setup-xplique: $(XPLIQUE_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,21 +1,26 @@
-"""Benchmark: every method against its floor and its peers, in one run.
+"""Benchmark: every registered method against its floor and its peers, side by side, in one run.
 
-For each (model, method): wall time (median of ``--repeats`` calls after one warm-up), the floor (the
-same number of model evaluations, forward or forward+backward, as one compiled call per chunk of
-``batch_size`` over inputs built in advance), the ratio to the floor, and for methods a peer also has
-(iNNvestigate, tf-explain) the peer's time, our/peer ratio and the Pearson correlation of the maps
-(so that a fast wrong answer cannot look good). Writes ``bench/results.json`` and ``bench/results.md``.
+For each model case (:mod:`bench.cases`) and each registered method: wall time (median of
+``--repeats`` calls after one warm-up), peak memory, the floor (the same number of model
+evaluations, forward or forward + backward, in compiled chunks of the same ``batch_size`` over
+inputs built in advance: :class:`bench.harness.Floor`), the ratio to the floor, and for every peer
+that has the method (:mod:`bench.peers`: iNNvestigate, tf-explain, lime, shap, Xplique, a plain
+Python loop) its time, our/peer ratio and the Pearson correlation of the maps, so that a fast
+wrong answer cannot look good. Then interventional graph learning (:mod:`bench.interventional`)
+and the scaling curves (:mod:`bench.scaling`).
 
-    python -m bench.run               # full
-    python -m bench.run --quick       # a smaller run (fewer repeats/methods)
+    python -m bench.run                 # full: bench/results.json, bench/results.md, docs/performance.md
+    python -m bench.run --quick         # smoke run (< 3 min): bench/results-quick.{json,md}
+    python -m bench.run --cases mnist_cnn --methods grad ig occlusion --no-xplique
 """
 import argparse
+import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -23,189 +28,276 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
-from xaitf import registry, settings as S
-from xaitf.keras_bridge import logits_model
+from xaitf import registry
+
+from . import cases as C
+from . import costs, peers as P, report, xplique_bridge as XB
+from .harness import Floor, load_average, measure, measure_paired, pearson
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
-# model evaluations per input and whether a backward pass is needed, from the method's params
-COST = {
-    "grad": lambda p: (1, True), "inpgrad": lambda p: (1, True), "gb": lambda p: (1, True),
-    "deconvnet": lambda p: (1, True), "gradcam": lambda p: (1, True), "gradcampp": lambda p: (1, True),
-    "deeplift": lambda p: (1, True),  # + one shared-baseline row per chunk "ig": lambda p: (p["steps"], True),
-    "sg": lambda p: (p["samples"], True), "vargrad": lambda p: (p["samples"], True),
-    "squaregrad": lambda p: (p["samples"], True),
-}
-# our method -> peers that have it (registry names of the wrappers around the peers' code)
-PEERS = {
-    "grad": ["inn.gradient"], "inpgrad": ["inn.input_t_gradient"], "ig": ["inn.integrated_gradients", "tfx.ig"],
-    "gb": ["inn.guided_backprop"], "deconvnet": ["inn.deconvnet"], "sg": ["tfx.smoothgrad"],
-    "gradcam": ["tfx.gradcam"],
-}
-# peers whose maps are not the same quantity as ours (documented deviations): no correlation check
-PEER_NOTES = {
-    "tfx.ig": "tf-explain IG omits the (x - baseline) factor",
-    "tfx.smoothgrad": "tf-explain SmoothGrad differentiates a cross-entropy, noise 1.0",
-    "tfx.gradcam": "tf-explain Grad-CAM applies no ReLU to its map",
-}
+# the same for ours and every peer, in every case: weight maps, so that maps can be correlated
+BENCH_DEFAULTS = {"lime": {"mask_output": False}, "lime.lib": {"mask_output": False}}
+SLOW = {"full": 20.0, "quick": 4.0}         # a contender whose first timed call takes longer: 1 call
+LOOP_CALLS = {"full": 300, "quick": 60}     # plain-loop calls timed before extrapolating
 
 
-def mnist_case(n, seed=0):
-    from xaitf.zoo import build_mnist_cnn
-
-    tf.keras.utils.set_random_seed(seed)
-    model = build_mnist_cnn()
-    x = mnist_images(n, seed)
-    return "mnist_cnn", model, x
+def _err(e):
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}"
 
 
-DATA_NOTE = {}
+def _maps2d(m):
+    m = np.asarray(m)
+    return m[..., 0] if m.ndim == 4 and m.shape[-1] == 1 else m
 
 
-def mnist_images(n, seed=0):
-    """Real MNIST test images from the data directory (XAITF_DATA_DIR), else seeded noise (recorded)."""
+# extra rows: a registered method with other settings (no peers), shown as "method [settings]";
+# shapley's Conv2D first-layer shortcut against its plain path (cases whose first layer is a Conv2D)
+VARIANTS = [("shapley", {"shortcut": False}, ("mnist_cnn", "cifar_cnn", "xainn_baseline"))]
+
+
+def bench_method(case, method, repeats, mode, floor, xjobs, xsegments, pending, log=print,
+                 with_peers=True, with_xplique=True, variant=None):
+    """One row: ours, the floor, and the peers (Xplique jobs are queued in ``xjobs``)."""
+    t_row = time.perf_counter()
+    overrides = {**BENCH_DEFAULTS.get(method, {}), **case.settings(method), **(variant or {})}
+    row = {"model": case.name, "method": method, "settings": dict(overrides), "peers": []}
+    if variant:
+        row["label"] = f"{method} [{', '.join(f'{k}={v}' for k, v in variant.items())}]"
+        with_peers = False
+    if method == "interventional" and "data" in case.extra:
+        # graphs are learned from these held-out images in the warm-up call (once per class,
+        # cached by the explainer); the timed calls are the attributions (graph learning is timed
+        # on its own in the interventional section)
+        overrides["data"] = case.extra["data"]
+        row["settings"]["data"] = f"{len(case.extra['data'][0])} held-out images (graphs learned in warm-up)"
     try:
-        from xaitf.data import load_dataset
+        ex = registry.create_explainer(method, case.model, batch_size=case.batch_size, progress=False,
+                                       **overrides)
+        evals, backward, cnote = costs.cost(method, ex)
+    except Exception as e:  # noqa: BLE001 - a method that cannot run on this model is a result
+        row["error"] = _err(e)
+        log(f"  {method:24s} n/a: {row['error']}")
+        return row
+    n = case.n_for(evals, backward, method)
+    x, t = case.x[:n], case.targets[:n]
+    row.update(n=n, evals_per_input=evals, backward=backward, cost_note=cnote)
+    floor_run, finfo = floor.runner(n * evals, backward)
+    try:
+        maps, st = measure_paired(lambda: ex(x, t), floor_run, repeats, slow=SLOW[mode])
+    except Exception as e:  # noqa: BLE001
+        row["error"] = _err(e)
+        row["trace"] = traceback.format_exc()[-600:]
+        log(f"  {method:24s} failed: {row['error']}")
+        return row
+    row.update(time_s=st["time_s"], times=st["times"], repeats=st["repeats"], warmup_s=st["warmup_s"],
+               mem_mb=st["mem_mb"], path=getattr(getattr(ex, "engine", None), "path", None),
+               floor_s=st["floor_s"], floor_times=st["floor_times"], floor_chunks=finfo["chunks"],
+               floor_extrapolated=finfo["extrapolated"], ratio_floor=st["ratio"], load=load_average())
+    per_channel = None
+    for peer in (P.PEERS.get(method, []) if with_peers else []):
+        ent = {"peer": peer.name, "kind": peer.kind, "note": peer.note}
+        try:
+            ours_cmp = maps
+            if peer.ours:
+                if per_channel is None:
+                    full = registry.create_explainer(method, case.model, batch_size=case.batch_size,
+                                                     progress=False, channel_reduce="none", **overrides)
+                    per_channel = full(x, t)
+                ours_cmp = P.ours_transform(per_channel, peer.ours)
+            if peer.kind == "registry":
+                pex = registry.create_explainer(peer.target, case.model, batch_size=case.batch_size,
+                                                progress=False, **P.peer_params(peer, ex, overrides))
+                def ours_once():
+                    t0 = time.perf_counter()
+                    ex(x, t)
+                    return time.perf_counter() - t0
 
-        ds = load_dataset("mnist", download=False)
-        DATA_NOTE["inputs"] = f"MNIST: {ds.source}"
-        x = ds.x_test[:n].astype(np.float32) / 255.0
-        return np.repeat(x, 3, axis=-1)
-    except Exception as e:  # noqa: BLE001  - timing does not need real images, but say so
-        DATA_NOTE["inputs"] = f"seeded uniform noise (no MNIST found: {str(e)[:120]})"
-        return np.random.default_rng(seed).random((n, 28, 28, 3), dtype=np.float32)
+                # peer and ours in alternation (shared machine): ours/peer = median per-round ratio
+                pmaps, pst = measure_paired(lambda: pex(x, t), ours_once, repeats, slow=SLOW[mode])
+                ent.update(time_s=pst["time_s"], repeats=pst["repeats"], mem_mb=pst["mem_mb"],
+                           warmup_s=pst["warmup_s"], times=pst["times"], ours_times=pst["floor_times"],
+                           ratio=1.0 / pst["ratio"], paired=True)
+                if peer.compare:
+                    ent["pearson"] = pearson(ours_cmp, _maps2d(pmaps))
+            elif peer.kind == "loop":
+                ent.update(P.run_loop(peer.target, ex, x, t, maps, LOOP_CALLS[mode]))
+            elif peer.kind == "xplique":
+                if not with_xplique:
+                    continue
+                job = XB.job_for(method, peer, ex, case.x, n)
+                if peer.target in ("Lime", "KernelShap"):
+                    xsegments[job["id"]] = ex.segments(x)
+                xjobs.append(job)
+                pending[job["id"]] = (ent, ours_cmp if peer.compare else None)
+                ent["pending"] = job["id"]
+        except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
+            ent["error"] = _err(e)
+        if "time_s" in ent and "ratio" not in ent:
+            ent["ratio"] = row["time_s"] / ent["time_s"]
+        row["peers"].append(ent)
+    row["wall_s"] = round(time.perf_counter() - t_row, 2)
+    log(report.console_row(row))
+    return row
 
 
-def timeit(fn, repeats):
-    fn()  # warm-up (tracing, analyzer build)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def floor_fn(model, x, targets, evals_per_input, backward, batch_size):
-    """Same number of evaluations as the method, in compiled chunks over inputs built in advance."""
-    fwd, _ = logits_model(model)
-    total = len(x) * evals_per_input
-    reps = int(np.ceil(total / batch_size))
-    idx = np.arange(batch_size) % len(x)
-    xb = tf.constant(x[idx])
-    tb = tf.constant(targets[idx])
-
-    @tf.function(reduce_retracing=True)
-    def step(xb, tb):
-        if not backward:
-            return fwd(xb, training=False)
-        with tf.GradientTape() as tape:
-            tape.watch(xb)
-            y = tf.gather(fwd(xb, training=False), tb, batch_dims=1)
-        return tape.gradient(y, xb)
-
-    last = total - (reps - 1) * batch_size
-    xl, tl = xb[:last], tb[:last]
-
-    def run():
-        for _ in range(reps - 1):
-            step(xb, tb)
-        return step(xl, tl).numpy()
-
-    return run
-
-
-def pearson(a, b):
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1)) + 1e-30
-    return float(np.mean((a * b).sum(1) / den))
-
-
-def bench_model(name, model, x, methods, repeats, batch_size):
-    rows = []
-    targets = np.concatenate([np.asarray(model(x[s]).numpy().argmax(-1)) for s in
-                              [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]])
-    for key in methods:
-        if key not in COST:
+def run_xplique(case, xjobs, xsegments, pending, repeats, mode, log=print):
+    """Run the queued Xplique jobs of a case and fill in their peer entries."""
+    if not xjobs:
+        return None
+    log(f"  Xplique: {len(xjobs)} jobs in {XB.VENV.name} ...")
+    t0 = time.perf_counter()
+    try:
+        versions, results = XB.run(case, xjobs, xsegments, repeats, SLOW[mode],
+                                   HERE / ".cache" / f"xplique_{case.name}")
+    except Exception as e:  # noqa: BLE001
+        for ent, _ in pending.values():
+            ent.pop("pending", None)
+            ent["error"] = _err(e)
+        log(f"  Xplique failed: {_err(e)}")
+        return {"error": _err(e)}
+    for jid, (ent, ours_cmp) in pending.items():
+        res = results.get(jid, {"error": "no result"})
+        ent.pop("pending", None)
+        if "error" in res:
+            ent["error"] = res["error"]
             continue
-        ex = registry.create_explainer(key, model, batch_size=batch_size, progress=False)
-        evals, backward = COST[key](ex.params)
-        ours_maps = ex(x, targets)
-        t_ours = timeit(lambda: ex(x, targets), repeats)
-        t_floor = timeit(floor_fn(model, x, targets, evals, backward, batch_size), repeats)
-        row = {"model": name, "method": key, "n": len(x), "evals_per_input": evals,
-               "backward": backward, "time_s": t_ours, "floor_s": t_floor, "ratio_floor": t_ours / t_floor,
-               "peers": []}
-        for peer in PEERS.get(key, []):
+        ent.update(time_s=res["time_s"], repeats=res["repeats"], mem_mb=res["mem_mb"],
+                   warmup_s=res["warmup_s"], times=res.get("times"))
+        if ours_cmp is not None:
             try:
-                pex = registry.create_explainer(peer, model, batch_size=batch_size, progress=False,
-                                                **peer_params(key, peer, ex.params))
-                pmaps = pex(x, targets)
-                t_peer = timeit(lambda: pex(x, targets), repeats)
-                row["peers"].append({"peer": peer, "time_s": t_peer, "ratio": t_ours / t_peer,
-                                     "pearson": None if peer in PEER_NOTES else pearson(ours_maps, pmaps),
-                                     "note": PEER_NOTES.get(peer, "")})
-            except Exception as e:  # noqa: BLE001  (a peer failing is a result, not a crash)
-                row["peers"].append({"peer": peer, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-        print(format_row(row), flush=True)
-        rows.append(row)
-    return rows
+                ent["pearson"] = pearson(ours_cmp, _maps2d(res["maps"]))
+            except Exception as e:  # noqa: BLE001
+                ent["error"] = f"maps not comparable: {_err(e)}"
+    log(f"  Xplique done in {time.perf_counter() - t0:.1f} s")
+    return versions
 
 
-def peer_params(key, peer, params):
-    """The same hyperparameters for the peer where it has them."""
-    if peer in ("inn.integrated_gradients", "tfx.ig"):
-        return {"steps": params["steps"]}
-    if peer == "tfx.smoothgrad":
-        return {"samples": params["samples"]}
-    return {}
+def run_case(case, methods, repeats, mode, with_peers=True, with_xplique=True, log=print):
+    log(f"\n== {case.name}: {case.inputs_note}; weights {case.weights_note}; up to {case.n_max} inputs")
+    floor = Floor(case.model, case.x, case.targets, case.batch_size, max_steps=3 if mode == "quick" else 8)
+    xjobs, xsegments, pending, rows = [], {}, {}, []
+    for m in methods:
+        rows.append(bench_method(case, m, repeats, mode, floor, xjobs, xsegments, pending, log,
+                                 with_peers, with_xplique and XB.available()))
+    for m, kw, where in VARIANTS:
+        if m in methods and case.name in where:
+            rows.append(bench_method(case, m, repeats, mode, floor, xjobs, xsegments, pending, log,
+                                     variant=kw))
+    versions = run_xplique(case, xjobs, xsegments, pending, repeats, mode, log) if xjobs else None
+    for r in rows:          # the ratio once every peer time is in
+        for ent in r.get("peers", []):
+            if "time_s" in ent and "time_s" in r and not ent.get("paired"):
+                ent["ratio"] = r["time_s"] / ent["time_s"]
+    return rows, versions
 
 
-def format_row(r):
-    peers = "; ".join(
-        f"{p['peer']}: " + (f"{p['time_s'] * 1e3:.1f} ms, ours/peer {p['ratio']:.2f}"
-                            + (f", r={p['pearson']:.4f}" if p.get("pearson") is not None else
-                               f" ({p['note']})" if p.get("note") else "")
-                            if "time_s" in p else p["error"])
-        for p in r["peers"])
-    return (f"| {r['model']} | {r['method']} | {r['n']} | {r['evals_per_input']}{' (f+b)' if r['backward'] else ''} "
-            f"| {r['time_s'] * 1e3:.1f} | {r['floor_s'] * 1e3:.1f} | {r['ratio_floor']:.2f} | {peers} |")
+def machine_info(args, mode):
+    import importlib.metadata as md
 
+    def ver(p):
+        try:
+            return md.version(p)
+        except md.PackageNotFoundError:
+            return None
 
-HEADER = ("| model | method | N | evals/input | ours (ms) | floor (ms) | ours/floor | peers |\n"
-          "|---|---|---|---|---|---|---|---|")
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m bench.run " + " ".join(sys.argv[1:] if args is None else args),
+        "mode": mode, "machine": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "python": sys.version.split()[0],
+        "versions": {p: ver(p) for p in ("tensorflow", "tensorflow-cpu", "tf-keras", "keras",
+                                         "innvestigate", "tf-explain", "shap", "lime", "numpy")},
+        "data_dir": C.data_dir() or None,
+        "load_start": load_average(),
+    }
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--methods", nargs="*", default=None)
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--quick", action="store_true", help="small budgets and settings, 2 repeats")
+    ap.add_argument("--cases", nargs="*", default=None, help=f"subset of {', '.join(C.CASES)}")
+    ap.add_argument("--methods", nargs="*", default=None, help="subset of registry names")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 5, quick 2)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-xplique", action="store_true")
+    ap.add_argument("--no-interventional", action="store_true")
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--out", default=None, help="results .json (the .md is written beside it)")
+    ap.add_argument("--docs", action="store_true", help="also write docs/performance.md (default: full run)")
     args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 5)
-    methods = args.methods or [m for m in registry.list_methods() if m in COST]
-    n = 64 if args.quick else 256
-    print(HEADER)
-    name, model, x = mnist_case(n)
-    rows = bench_model(name, model, x, methods, repeats, S.GLOBAL["batch_size"])
-    info = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "tensorflow": tf.__version__, "devices": [d.name for d in tf.config.list_logical_devices()],
-            "command": "python -m bench.run" + (" --quick" if args.quick else ""),
-            "repeats": repeats, "batch_size": S.GLOBAL["batch_size"], **DATA_NOTE,
-            "model_weights": "untrained, seeded (timing and peer agreement do not need training)"}
-    out = Path(args.out)
+    mode = "quick" if args.quick else "full"
+    repeats = args.repeats or (2 if args.quick else 5)
+    out = Path(args.out or HERE / ("results-quick.json" if args.quick else "results.json"))
+    methods = args.methods or registry.list_methods()
+    case_names = args.cases or list(C.DEFAULT)
+    info = machine_info(argv, mode)
+    info.update(repeats=repeats, warmup=1, slow_threshold_s=SLOW[mode], loop_calls=LOOP_CALLS[mode],
+                bench_defaults=BENCH_DEFAULTS)
+    t_start = time.perf_counter()
+    print(f"bench ({mode}): {len(methods)} methods x {len(case_names)} models, {repeats} repeats; "
+          f"load {info['load_start']}", flush=True)
+    rows, cases_info, xversions = [], {}, None
+    for name in case_names:
+        case = C.build_case(name, quick=args.quick)
+        cases_info[name] = {"inputs": case.inputs_note, "weights": case.weights_note, "n_max": case.n_max,
+                            "budget": case.budget, "batch_size": case.batch_size,
+                            "input_shape": list(case.x.shape[1:]), "overrides": case.overrides}
+        r, v = run_case(case, methods, repeats, mode, not args.no_peers, not args.no_xplique,
+                        log=lambda s: print(s, flush=True))
+        rows += r
+        xversions = xversions or v
+        tf.keras.backend.clear_session()
+    result = {"info": info, "cases": cases_info, "rows": rows,
+              "xplique": xversions if XB.available() else "not installed (make bench-setup-xplique)"}
+    if not args.no_interventional and (args.methods is None or "interventional" in methods):
+        from . import interventional as IV
+
+        try:
+            result["interventional"] = IV.run(quick=args.quick, repeats=repeats)
+        except Exception as e:  # noqa: BLE001
+            result["interventional"] = {"error": _err(e), "trace": traceback.format_exc()[-800:]}
+        print(report.interventional_md(result["interventional"]), flush=True)
+    if not args.no_scaling and not args.quick:
+        from . import scaling
+
+        try:
+            result["scaling"] = scaling.run(HERE / "scaling.png")
+        except Exception as e:  # noqa: BLE001
+            result["scaling"] = {"error": _err(e), "trace": traceback.format_exc()[-800:]}
+    info["load_end"] = load_average()
+    info["wall_s"] = round(time.perf_counter() - t_start, 1)
+    for r in rows:
+        r.pop("trace", None) if "error" not in r else None
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    tmp.write_text(json.dumps(result, indent=1, default=_json_default))
     os.replace(tmp, out)
-    md = out.with_suffix(".md")
-    md.write_text(f"Command: `{info['command']}`; {info['machine']}, {info['cpus']} CPUs, TF {info['tensorflow']}; "
-                  f"inputs: {info['inputs']}\n\n"
-                  + HEADER + "\n" + "\n".join(format_row(r) for r in rows) + "\n")
-    print(f"wrote {out} and {md}")
+    md = report.markdown(result)
+    out.with_suffix(".md").write_text(md)
+    if args.docs or (mode == "full" and args.cases is None and args.methods is None):
+        report.write_docs(result, ROOT / "docs" / "performance.md")
+    print(f"\nwrote {out} and {out.with_suffix('.md')} in {info['wall_s']} s", flush=True)
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 if __name__ == "__main__":
