@@ -533,8 +533,8 @@ class Engine:
         L = F + 1                                     # prefixes t = 0..F
         if L <= self.batch_size:                      # several whole permutations per chunk
             T, q_par = L, max(1, self.batch_size // L)
-        else:                                         # one permutation cut into chunks of T
-            T, q_par = self.batch_size, 1
+        else:                                         # one permutation cut into equal chunks of T
+            T, q_par = -(-L // -(-L // self.batch_size)), 1   # (not batch_size: less padding)
         ranks = np.argsort(perms, axis=1).astype(np.int32)
         Q = n * S
         q_par = min(q_par, Q)
