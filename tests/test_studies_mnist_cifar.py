@@ -36,6 +36,7 @@ def test_degradation_table(study):
         for d in rows.values():
             assert 0.0 <= d["accuracy"] <= 1.0 and 0.0 <= d["accuracy_original"] <= 1.0
             assert 0.0 <= d["confidence_true"] <= 1.0
+            assert 0.0 <= d["accuracy_fill_alt"] <= 1.0          # salt-and-pepper fill, same maps
             assert d["kept_pixels"] == round(0.2 * (784 if key == "mnist_cnn" else 1024))   # real 32x32 grid
     assert "lrp.epsilon" in {d["method"] for d in r["degradation"]["mnist_cnn"]}
     report = (folder / "report.md").read_text()

@@ -144,6 +144,8 @@ MNIST_CIFAR_STUDY = {
     "degradation_images": 1000,        # MNIST: first N test images (study: 1,000)
     "cifar_degradation_images": 1000,  # CIFAR-10: first N test images (study: 1,000)
     "keep": 0.2, "fill": 0.0,          # degradation: keep the top 20% pixels, the rest = fill
+    "fill_alt": "salt_pepper",         # a second degradation column with this fill (None: none); the
+                                       # study's README: removed pixels 0, or 255, or salt and pepper
     "lime_samples": 1000,    # lime's explain_instance default
     "shap_nsamples": 1000,   # study: Kernel SHAP nsamples 1000
     "surrogates": "native",  # LIME / Kernel SHAP: native batched programs | lib (the lime / shap libraries)
