@@ -140,13 +140,29 @@ def grid_figure(image, maps16, probs, names, model_title, true_label, data_note)
     return fig
 
 
-def table_figure(x, y, ups, probs, names, titles, data_note):
-    """10 rows (one image per class) x [image, model 1, model 2, model 3] overlays."""
+def _grid_figure(rows, cols, row_in, col_in, header_in=1.4):
+    """A Figure with a rows x cols grid and ``header_in`` inches on top for a two-line suptitle
+    plus the first row's two-line panel titles (so they never overlap); see :func:`_finish`."""
     from matplotlib.figure import Figure
 
+    height = row_in * rows + header_in
+    fig = Figure(figsize=(col_in * cols, height), dpi=90)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes, (1 - header_in / height, 1 - 0.12 / height)
+
+
+def _finish(fig, layout, title, **adjust):
+    """Suptitle 0.12 in below the top edge, the grid below the header of :func:`_grid_figure`."""
+    grid_top, title_y = layout
+    fig.suptitle(title, fontsize=10, y=title_y, va="top")
+    fig.subplots_adjust(top=grid_top, bottom=0.01, **adjust)
+    return fig
+
+
+def table_figure(x, y, ups, probs, names, titles, data_note):
+    """10 rows (one image per class) x [image, model 1, model 2, model 3] overlays."""
     n = len(x)
-    fig = Figure(figsize=(2.6 * (1 + len(ups)), 2.35 * n + 0.9), dpi=90)  # 0.9 in for the titles
-    axes = fig.subplots(n, 1 + len(ups), squeeze=False)
+    fig, axes, layout = _grid_figure(n, 1 + len(ups), 2.35, 2.6)
     for i in range(n):
         C.show_rgb(axes[i, 0], x[i], f"true: {names[y[i]]}")
         for j, (up, p) in enumerate(zip(ups, probs)):
@@ -154,20 +170,14 @@ def table_figure(x, y, ups, probs, names, titles, data_note):
             head = f"{titles[j]}\n" if i == 0 else ""
             _overlay(axes[i, 1 + j], x[i], up[i][..., pred],
                      f"{head}pred: {names[pred]} ({p[i][pred]:.2f})", fig)
-    fig.suptitle("Predicted class's trunk map (16x16, upsampled x2) over each test image\n" + data_note,
-                 fontsize=10)
-    fig.subplots_adjust(left=0.03, right=0.96, top=1 - 1.0 / (2.35 * n + 0.9), bottom=0.01,
-                        wspace=0.35, hspace=0.35)
-    return fig
+    return _finish(fig, layout, "Predicted class's trunk map (16x16, upsampled x2) over each test image\n"
+                   + data_note, left=0.03, right=0.96, wspace=0.35, hspace=0.35)
 
 
 def shap_figure(x, y, values, ranked, probs, names, title, data_note):
     """Rows: images; columns: image + the SHAP map of each ranked class (row-shared symmetric limits)."""
-    from matplotlib.figure import Figure
-
     n, r = ranked.shape
-    fig = Figure(figsize=(2.7 * (1 + r), 2.4 * n + 0.9), dpi=90)
-    axes = fig.subplots(n, 1 + r, squeeze=False)
+    fig, axes, layout = _grid_figure(n, 1 + r, 2.4, 2.7, header_in=1.1)
     for i in range(n):
         C.show_rgb(axes[i, 0], x[i], f"true: {names[y[i]]}")
         m = float(np.abs(values[i]).max()) or 1.0
@@ -178,20 +188,14 @@ def shap_figure(x, y, values, ranked, probs, names, title, data_note):
             c = int(ranked[i, j])
             C.map_panel(fig, ax, values[i, j], f"#{j + 1} {names[c]} ({probs[i, c]:.2f})",
                         limits=(-m, m))
-    fig.suptitle(f"SHAP DeepExplainer, {title}: top-{r} classes (red raises, blue lowers the output)\n"
-                 + data_note, fontsize=10)
-    fig.subplots_adjust(left=0.03, right=0.95, top=1 - 1.0 / (2.4 * n + 0.9), bottom=0.01,
-                        wspace=0.4, hspace=0.35)
-    return fig
+    return _finish(fig, layout, f"SHAP DeepExplainer, {title}: top-{r} classes (red raises, blue lowers the "
+                   "output)\n" + data_note, left=0.03, right=0.95, wspace=0.4, hspace=0.35)
 
 
 def lime_figure(x, y, masks, preds, names, titles, data_note, samples):
     """Rows: images; columns: image + each model's top positive LIME segments (others dimmed)."""
-    from matplotlib.figure import Figure
-
     n, m = masks.shape[:2]
-    fig = Figure(figsize=(2.5 * (1 + m), 2.3 * n + 0.9), dpi=90)
-    axes = fig.subplots(n, 1 + m, squeeze=False)
+    fig, axes, layout = _grid_figure(n, 1 + m, 2.3, 2.5)
     for i in range(n):
         C.show_rgb(axes[i, 0], x[i], f"true: {names[y[i]]}")
         for j in range(m):
@@ -202,11 +206,8 @@ def lime_figure(x, y, masks, preds, names, titles, data_note, samples):
             C.show_rgb(ax, shown, f"{head}pred: {names[preds[j][i]]} ({keep.mean():.0%} of pixels)")
             if keep.any() and not keep.all():
                 ax.contour(keep.astype(float), levels=[0.5], colors="yellow", linewidths=1.0)
-    fig.suptitle(f"LIME (quickshift, {samples} samples): top positive segments of the predicted class "
-                 "(others dimmed)\n" + data_note, fontsize=10)
-    fig.subplots_adjust(left=0.03, right=0.97, top=1 - 1.0 / (2.3 * n + 0.9), bottom=0.01,
-                        wspace=0.15, hspace=0.35)
-    return fig
+    return _finish(fig, layout, f"LIME (quickshift, {samples} samples): top positive segments of the predicted "
+                   "class (others dimmed)\n" + data_note, left=0.03, right=0.97, wspace=0.15, hspace=0.35)
 
 
 # -- the study ---------------------------------------------------------------------------------
