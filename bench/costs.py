@@ -66,7 +66,7 @@ COSTS = {
                        f"{_windows(ex)} windows x {ex.n_samples} values + 1"),
     "shapley": lambda ex: (ex.samples * (_pixels(ex) + 1), False,
                            f"{ex.samples} permutations x ({_pixels(ex)} features + 1)"),
-    "rise": _param("masks", False, "masks={masks}"),
+    "rise": _param("masks", False, "masks={masks} + 1 unmasked", extra=1),
     "mp": _param("max_iterations", True, "max_iterations={max_iterations} (f+b) steps"),
     # surrogates
     "lime": _param("num_samples", False, "num_samples={num_samples}"),

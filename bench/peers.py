@@ -106,6 +106,21 @@ PEERS = {
 SHARED_SECTION = {"lime.lib": "lime", "shap.lib": "kernelshap"}
 
 
+PEER_MEMORY_LIMIT = 2 << 30    # bytes a peer may allocate at once before it is skipped
+
+
+def check_peer_memory(peer, ex, overrides):
+    """Raise when a peer would hold more than PEER_MEMORY_LIMIT at once (it would be OOM-killed):
+    tf-explain's occlusion builds every patched image of an input in one array."""
+    if peer.target == "tfx.occlusion":
+        h, w, c = ex.shape
+        p = int(peer_params(peer, ex, overrides)["patch_size"])
+        need = -(-h // p) * -(-w // p) * h * w * c * 4
+        if need > PEER_MEMORY_LIMIT:
+            raise MemoryError(f"skipped: tf-explain would build {need / 2**30:.1f} GiB of patched "
+                              f"images at once (patch {p} on {h}x{w})")
+
+
 def peer_params(peer, ex, overrides):
     """Keyword arguments of a registry peer: the translated hyperparameters of ours."""
     kw = dict(peer.params(ex)) if peer.params else {}

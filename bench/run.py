@@ -107,6 +107,7 @@ def bench_method(case, method, repeats, mode, floor, xjobs, xsegments, pending, 
                     per_channel = full(x, t)
                 ours_cmp = P.ours_transform(per_channel, peer.ours)
             if peer.kind == "registry":
+                P.check_peer_memory(peer, ex, overrides)
                 pex = registry.create_explainer(peer.target, case.model, batch_size=case.batch_size,
                                                 progress=False, **P.peer_params(peer, ex, overrides))
                 def ours_once():
@@ -258,6 +259,9 @@ def main(argv=None):
         rows += r
         xversions = xversions or v
         tf.keras.backend.clear_session()
+        partial = out.with_suffix(".partial.json")     # what is done so far survives a crash
+        partial.write_text(json.dumps({"info": info, "cases": cases_info, "rows": rows},
+                                      default=_json_default))
     result = {"info": info, "cases": cases_info, "rows": rows,
               "xplique": xversions if XB.available() else "not installed (make bench-setup-xplique)"}
     if not args.no_interventional and (args.methods is None or "interventional" in methods):

@@ -1,0 +1,89 @@
+"""The benchmark's bookkeeping (no timing here: timing lives in bench/ only).
+
+* the evaluation count the floor is built from (``bench.costs.cost``) equals the number of model
+  evaluations a method really makes, counted by a layer inside a tiny model;
+* the floor splits that count into the chunks a method would use;
+* the report renders a row, with its ratios.
+"""
+import numpy as np
+import pytest
+
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from xaitf import registry
+from xaitf.keras_bridge import tfk
+
+from bench import costs, report
+from bench.harness import Floor, pearson
+
+
+class CountRows(tfk.layers.Layer):
+    """Identity that adds the number of rows it sees to ``self.rows``."""
+
+    def build(self, input_shape):
+        self.rows = self.add_weight(name="rows", shape=(), dtype=tf.int64, trainable=False,
+                                    initializer="zeros")
+
+    def call(self, x):
+        self.rows.assign_add(tf.cast(tf.shape(x)[0], tf.int64))
+        return x
+
+
+def counting_model(shape=(6, 6, 1), classes=3):
+    tf.keras.utils.set_random_seed(0)
+    inp = tfk.Input(shape)
+    h = tfk.layers.Flatten()(inp)
+    h = tfk.layers.Dense(8, activation="relu")(h)
+    counter = CountRows()
+    h = counter(h)
+    out = tfk.layers.Dense(classes, activation="softmax")(h)
+    return tfk.Model(inp, out), counter
+
+
+@pytest.mark.parametrize("method, params", [
+    ("grad", {}),
+    ("ig", {"steps": 8}),
+    ("sg", {"samples": 4}),
+    ("occlusion", {"window": 2, "stride": 2, "shortcut": False}),
+    ("rise", {"masks": 24, "cell": 3}),
+])
+def test_cost_counts_the_evaluations_a_method_makes(method, params):
+    model, counter = counting_model()
+    x = np.random.default_rng(0).random((3, 6, 6, 1), dtype=np.float32)
+    t = np.array([0, 1, 2])
+    ex = registry.create_explainer(method, model, batch_size=16, progress=False, **params)
+    evals, backward, _ = costs.cost(method, ex)
+    ex(x, t)                                  # tracing may run the model symbolically: not counted
+    counter.rows.assign(0)
+    ex(x, t)
+    rows = int(counter.rows.numpy())
+    if method == "occlusion":   # the perturbed batch's last chunk is padded to a full chunk
+        assert len(x) * evals <= rows < len(x) * evals + 16
+    else:
+        assert rows == len(x) * evals
+    assert backward == (method in ("grad", "ig", "sg"))
+
+
+def test_floor_chunks_like_the_method():
+    model, _ = counting_model()
+    x = np.random.default_rng(1).random((4, 6, 6, 1), dtype=np.float32)
+    floor = Floor(model, x, np.zeros(4, np.int64), batch_size=16, max_steps=2)
+    res = floor.time(100, backward=True, repeats=1)
+    assert res["chunks"] == 7 and res["extrapolated"] and res["total_evals"] == 100
+    assert floor.time(16, backward=False, repeats=1)["chunks"] == 1
+
+
+def test_pearson_and_report_row():
+    a = np.random.default_rng(2).random((2, 5, 5))
+    assert pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    row = {"model": "tiny", "method": "lime", "n": 2, "evals_per_input": 1000, "backward": False,
+           "time_s": 0.5, "floor_s": 0.45, "ratio_floor": 0.5 / 0.45, "repeats": 5, "mem_mb": 1.0,
+           "settings": {"num_samples": 1000},
+           "peers": [{"peer": "lime.lib", "kind": "registry", "time_s": 5.0, "ratio": 0.1, "pearson": 0.9},
+                     {"peer": "xplique.Lime", "kind": "xplique", "time_s": 2.0, "ratio": 0.25}]}
+    table = report.main_table([row])
+    assert "| tiny | lime | 2 | 1000 |" in table and "1.11" in table and "lime.lib 0.1, r 0.900" in table
+    sur = report.surrogates_md([row])
+    assert "| tiny | lime | 2 | 1000 |" in sur and sur.rstrip().endswith("yes |")
+    assert "lime (tiny" in report.summary([row])
