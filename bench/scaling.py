@@ -121,6 +121,7 @@ def figure(data, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(2, 2, figsize=(11, 8.5))
+    fig.suptitle("xaitf scaling (2-core CPU, shared; bench/scaling.py)", fontsize=12)
     colors = {"occlusion": "C0", "pda": "C1", "ig": "C2", "rise": "C3", "shapley": "C4"}
     a = ax[0, 0]
     for m, pts in data["batch"].items():
@@ -142,8 +143,11 @@ def figure(data, path):
                label=f"{m} floor")
     a.set(xscale="log", yscale="log", xlabel="image side (pixels)", ylabel="time for 1 image (s)",
           title="center-pixel model (Flatten+Dense): time vs image size")
+    from matplotlib.ticker import NullFormatter
+
     a.set_xticks(IMAGE_SIZES)
     a.set_xticklabels([str(s) for s in IMAGE_SIZES])
+    a.xaxis.set_minor_formatter(NullFormatter())
     a.legend(fontsize=8, ncol=2)
     a = ax[1, 1]
     base = data["memory"]["baseline"]["maxrss_mb"]
@@ -153,7 +157,7 @@ def figure(data, path):
         a.plot(evals, [p["maxrss_mb"] for p in pts], "o-", color=colors[m], label=f"{m} ({key})")
     a.axhline(base, color="gray", ls=":", label="model + 1 forward only")
     a.set(xscale="log", xlabel="model evaluations for 1 image", ylabel="process peak RSS (MB, ru_maxrss)",
-          title="MNIST CNN: memory vs number of perturbations")
+          title="MNIST CNN: process peak memory vs perturbations\n(flat = one chunk at a time)")
     a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
