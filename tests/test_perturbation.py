@@ -187,8 +187,12 @@ def test_pda_matches_reference_loop(tiny_cnn, images8, k, s):
         np.testing.assert_allclose(maps[i], ref_pda(tiny_cnn, images8[i], t, k, s, 5, 100, 5), atol=1e-4)
 
 
-def test_shapley_matches_reference_loop(tiny_rgb_cnn, rgb8):
-    e, maps = explain("shapley", tiny_rgb_cnn, rgb8, [0, 2], samples=2, baseline=0.1, batch_size=50)
+@pytest.mark.parametrize("shortcut", ["dense", True])
+def test_shapley_matches_reference_loop(tiny_rgb_cnn, rgb8, shortcut):
+    e, maps = explain("shapley", tiny_rgb_cnn, rgb8, [0, 2], samples=2, baseline=0.1, batch_size=50,
+                      shortcut=shortcut)
+    # the default "dense" leaves a Conv2D-first model on the plain path; True takes the Conv2D shortcut
+    assert e.engine.path.startswith("plain" if shortcut == "dense" else "shortcut (Conv2D")
     perms = e.permutations(64)
     for i, t in enumerate([0, 2]):
         np.testing.assert_allclose(maps[i], ref_shapley(tiny_rgb_cnn, rgb8[i], t, perms, 0.1), atol=1e-5)
@@ -392,6 +396,7 @@ def test_model_never_sees_more_than_batch_size_inputs(images8):
     ("shapley", dict(samples=0), "samples"),
     ("shapley", dict(baseline=np.zeros((3, 3))), "baseline"),
     ("shapley", dict(features="rows"), "features"),
+    ("shapley", dict(shortcut="conv"), "shortcut must be True, False or 'dense'"),
 ])
 def test_clear_errors(tiny_cnn, name, kw, match):
     with pytest.raises(MethodError, match=match) as info:

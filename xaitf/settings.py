@@ -74,7 +74,7 @@ SHAPLEY = {                                 # permutation sampling (Castro et al
     "samples": 100,                         # permutations (study 1 settings: 100; its script used 2)
     "baseline": 0.0,                        # value of a removed feature: number, per channel, or (H,W,C)
     "features": "pixels",                   # pixels (all channels together) | channels (pixels x channels)
-    "shortcut": True,                       # exact first-layer shortcut when the model allows it
+    "shortcut": "dense",                    # first-layer shortcut: True | False | dense (only after Flatten->Dense)
 }
 MP = {"tv_beta": 3, "lr": 0.1, "max_iterations": 1000, "l1_coeff": 0.01, "tv_coeff": 0.2,
       "category_coeff": 1.0, "blur_size": 11, "mask_scale": 1,

@@ -57,7 +57,9 @@ def relu_op(rule, max_value=None):
             up = tf.nn.relu(g)
             if rule == "deconvnet":
                 return up
-            active = z > 0 if max_value is None else (z > 0) & (z < max_value)
+            if max_value is None:   # relu(g) * 1[z > 0] in TF's fused ReLU-gradient kernel
+                return tf.raw_ops.ReluGrad(gradients=up, features=z)
+            active = (z > 0) & (z < max_value)
             return up * tf.cast(active, g.dtype)
 
         return y, grad

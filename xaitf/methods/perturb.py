@@ -283,6 +283,9 @@ class _ConvFirst:
         return tf.reshape(dz, [nb, S, self.out_h, self.out_w, self.filters])
 
 
+SHORTCUTS = (True, False, "dense")
+
+
 class _Chain:
     """A model cut after its first linear layer: ``head(first.z(x)) == model(x)``."""
 
@@ -358,7 +361,9 @@ class Engine:
             logits sub-model for pre-softmax outputs).
         softmax: apply a softmax to the model's output (a probability was asked for, the model
             has no final softmax).
-        shortcut: use the structural shortcut when the model allows it.
+        shortcut: use the structural shortcut when the model allows it (True), never (False), or
+            only when the first linear layer is a Dense layer ("dense": where the shortcut saves
+            most; after a Conv2D the saved work can cost less than the shortcut's bookkeeping).
         batch_size: model evaluations per chunk.
         show_progress: tqdm bar over the calls of long runs.
         desc: label of the progress bar.
@@ -371,8 +376,12 @@ class Engine:
         self.batch_size = max(1, int(batch_size))
         self.show_progress = show_progress
         self.desc = desc
+        if shortcut not in SHORTCUTS:
+            raise MethodError(f"shortcut must be True, False or 'dense', got {shortcut!r}")
         if shortcut:
             self.chain, reason = split_chain(model, self.post)
+            if self.chain is not None and shortcut == "dense" and not isinstance(self.chain.first, _DenseFirst):
+                self.chain, reason = None, "shortcut='dense': the first linear layer is a Conv2D"
         else:
             self.chain, reason = None, "shortcut=False"
         self.path = (f"shortcut ({self.chain.first.name})" if self.chain is not None

@@ -36,7 +36,9 @@ class ShapleySampling(Explainer):
         samples: number of random permutations S (study 1: 100; its script used 2).
         baseline: value of a removed feature: a number, one number per channel, or an (H,W,C) image.
         features: ``"pixels"`` (a feature is a pixel with all its channels) or ``"channels"``.
-        shortcut: use the exact first-layer shortcut when the model allows it.
+        shortcut: the exact first-layer shortcut: True (whenever the model allows it), False, or
+            "dense" (default: only after Flatten -> Dense; measured on small CNNs, the Conv2D
+            shortcut's cumulative prefix maps cost more than recomputing the first convolution).
         batch_size: model evaluations (prefixes) per chunk.
         seed: seed of the permutations.
 
@@ -57,7 +59,7 @@ class ShapleySampling(Explainer):
             raise MethodError("ShapleySampling needs a model with a known number of input channels")
         self.baseline = np.asarray(p["baseline"], dtype=np.float32)
         self._check_baseline(self.shape)
-        self.engine = Engine(self.forward, shortcut=bool(p["shortcut"]), batch_size=self.batch_size,
+        self.engine = Engine(self.forward, shortcut=p["shortcut"], batch_size=self.batch_size,
                              show_progress=self.progress, desc="shapley")
         self._perms = {}
 
