@@ -108,3 +108,20 @@ def test_surrogates_setting_picks_native_or_library_paths():
     assert [M.registry_name(n, {}) for n in ("lime", "shap", "grad")] == ["lime", "kernelshap", "grad"]
     lib = {"surrogates": "lib"}
     assert [M.registry_name(n, lib) for n in ("lime", "shap", "lrp.z")] == ["lime.lib", "shap.lib", "lrp.z"]
+
+
+def test_a_failing_method_is_left_out_and_reported():
+    class FakeMaps:
+        failed = {}
+
+        def __call__(self, name, idx):
+            if name == "bad":
+                raise ValueError("placeholder not fed\nsecond line")
+            return np.zeros((len(idx), 2, 2))
+
+    fm, said = FakeMaps(), []
+    out = M._try_maps(fm, ["grad", "bad", "lime"], [0, 1], "cifar_vgg", said.append)
+    assert list(out) == ["grad", "lime"] and out["grad"].shape == (2, 2, 2)
+    assert fm.failed == {"bad": "ValueError: placeholder not fed"}
+    assert any("bad failed" in s for s in said)
+    assert list(M._try_maps(fm, ["bad", "grad"], [0], "cifar_vgg", said.append)) == ["grad"]   # not retried

@@ -44,6 +44,9 @@ import warnings
 
 import numpy as np
 
+import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
+import tensorflow as tf
+
 from ..errors import MethodError, ModelError
 from ..explainer import Explainer
 from ..keras_bridge import activation_name, is_softmax_layer, layer_type
@@ -210,8 +213,6 @@ class InnvestigateExplainer(Explainer):
         with self.twin.scope(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self.analyzer_name == "smoothgrad":
-                import tensorflow as tf
-
                 tf.compat.v1.set_random_seed(self.seed)
             try:
                 analyzer = innvestigate.create_analyzer(self.analyzer_name, self.twin.logits,
@@ -222,6 +223,10 @@ class InnvestigateExplainer(Explainer):
                 raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model "
                                  f"{self.model.name!r}: {msg}; the native methods still work: "
                                  f"{T.NATIVE_METHODS}") from None
+            except tf.errors.InvalidArgumentError as e:
+                if "must feed a value for placeholder" not in str(e):
+                    raise
+                raise _unfed_placeholder(self.analyzer_name, self.model.name) from None
         self.build_seconds = time.perf_counter() - t0
         STATS["builds"] += 1
         STATS["build_seconds"] += self.build_seconds
@@ -240,6 +245,19 @@ class InnvestigateExplainer(Explainer):
     def explain_batch(self, x, targets):
         with self.twin.scope(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            maps = self.analyzer.analyze(np.asarray(x, np.float32),
-                                         neuron_selection=np.asarray(targets, np.int64))
+            try:
+                maps = self.analyzer.analyze(np.asarray(x, np.float32),
+                                             neuron_selection=np.asarray(targets, np.int64))
+            except tf.errors.InvalidArgumentError as e:
+                if "must feed a value for placeholder" not in str(e):
+                    raise
+                raise _unfed_placeholder(self.analyzer_name, self.model.name) from None
         return np.asarray(maps, dtype=np.float32).reshape(x.shape)
+
+
+def _unfed_placeholder(analyzer_name, model_name):
+    """iNNvestigate built a reverse graph that reads a tensor it never feeds (seen with deep_taylor
+    on the study-4 VGG: BatchNormalization after ReLU and in-model standardisation)."""
+    return ModelError(f"iNNvestigate's {analyzer_name} cannot analyse model {model_name!r}: its analyzer "
+                      "graph reads an input it never feeds; lrp.z / lrp.epsilon may still work, and the "
+                      f"native methods do: {T.NATIVE_METHODS}")

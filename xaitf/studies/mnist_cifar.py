@@ -92,6 +92,7 @@ class Maps:
         self.pred = {}
         self._ex, self._cache = {}, {}
         self.seconds, self.notes = {}, {}
+        self.failed = {}      # method -> one-line error (see _try_maps)
 
     def predicted(self, idx):
         idx = np.asarray(idx)
@@ -159,7 +160,7 @@ def part_maps(key, label, dataset, model, maps, x, y, p, quick, folder, seed, sa
     probs = _predict(model, x[sel])
     pred = maps.predicted(sel)
     rows = [f"#{i} true {names[y[i]]}\npred {names[k]} ({probs[j, k]:.2f})" for j, (i, k) in enumerate(zip(sel, pred))]
-    compare = {m: maps(m, sel) for m in COMPARE if m in methods}
+    compare = _try_maps(maps, [m for m in COMPARE if m in methods], sel, key, say)
     say(f"{key}: LIME, Kernel SHAP, LRP on {len(sel)} images")
     figs = {}
     fig = maps_figure(x[sel], rows, compare, names, list(compare),
@@ -168,13 +169,30 @@ def part_maps(key, label, dataset, model, maps, x, y, p, quick, folder, seed, sa
     figs[f"compare_{key}"] = str(C.save_fig(fig, folder, f"compare_{key}"))
     pos = np.asarray([j for j in range(len(sel)) if j % int(p["per_class"]) == 0])
     first = sel[pos]
-    all_maps = {m: maps(m, first) for m in methods}
-    say(f"{key}: {len(methods)} methods on {len(first)} images")
-    fig = maps_figure(x[first], [rows[j] for j in pos], all_maps, names, methods,
+    all_maps = _try_maps(maps, methods, first, key, say)
+    say(f"{key}: {len(all_maps)} methods on {len(first)} images")
+    fig = maps_figure(x[first], [rows[j] for j in pos], all_maps, names, list(all_maps),
                       f"{label} ({key}): every applicable method, one test image per class (raw maps; "
                       "LIME/SHAP explain the probability, the others the logit)")
     figs[f"all_methods_{key}"] = str(C.save_fig(fig, folder, f"all_methods_{key}"))
     return {"figure_indices": sel, "figures": figs, "methods": methods}
+
+
+def _try_maps(maps, methods, idx, key, say):
+    """``{method: maps}`` for the methods that run; a method that fails is recorded in
+    ``maps.failed`` (one line) and left out, so one backend's failure does not end the study."""
+    out = {}
+    for m in methods:
+        if m in maps.failed:
+            continue
+        try:
+            out[m] = maps(m, idx)
+        except Exception as e:  # noqa: BLE001 - reported in the report's "Methods not run"
+            from ..cli import one_line
+
+            maps.failed[m] = f"{type(e).__name__}: {one_line(e)}"
+            say(f"{key}: {m} failed, left out: {maps.failed[m]}")
+    return out
 
 
 def _predict(model, x):
@@ -191,6 +209,8 @@ def part_degradation(key, model, maps, idx, y, p, methods, say):
     rows = []
     alt = p.get("fill_alt")
     for m in methods:
+        if m in maps.failed:
+            continue
         a = maps(m, idx)
         r = degradation(model, xs, a, ys, keep=float(p["keep"]), fill=p["fill"], seed=0)
         rows.append({"method": m, "title": _title(m), "accuracy": r["accuracy"],
@@ -380,7 +400,8 @@ def run(args):
         idx = part["figure_indices"][:n] if quick else np.arange(min(n, len(x)))
         result["degradation"][key] = part_degradation(key, model, maps, idx, y, p, degrade, say)
         result["method_notes"][key] = {m: {"explained": maps.notes.get(m, ""), "seconds": round(s, 1)}
-                                       for m, s in maps.seconds.items()}
+                                       for m, s in maps.seconds.items() if m not in maps.failed}
+        result.setdefault("failed", {})[key] = dict(maps.failed)
     bayes = part_bayes(args, p, quick, folder, seed, say)
     result["figures"].update(bayes.pop("figures"))
     result["bayesian"] = bayes
@@ -467,6 +488,8 @@ def report(folder, r):
                   f"class, {p['lime_samples']} samples; Kernel SHAP: SLIC 50/30/3, {p['shap_nsamples']} samples, "
                   "removed segments = 0; gradient/LRP family: the predicted class's logit.",
                   *[C.image_link(v, folder) for k, v in figs.items() if k.startswith(("compare_", "all_methods_"))]]),
+        ("Methods not run", [f"- {key}: {m}: {err}" for key, fails in r.get("failed", {}).items()
+                             for m, err in fails.items()] or ["Every method ran."]),
         ("Bayesian MLP: refusal", [bay, C.image_link(figs["bayes_refusal"], folder)]),
         ("Bayesian MLP: saliency and its uncertainty", [sal, C.image_link(figs["bayes_saliency"], folder)]),
     ]
