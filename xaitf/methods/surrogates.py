@@ -130,7 +130,24 @@ def _background(value, shape, owner):
                       f"{tuple(shape)} or a batch (B,{','.join(map(str, shape))}); got shape {np.shape(value)}")
 
 
-class _LibraryExplainer(Explainer):
+class SuperpixelMixin:
+    """Segments of the explainers that work over superpixels (library and native surrogates):
+    ``params["segmenter"]`` with its parameters (:mod:`xaitf.segmentation`), seeded."""
+
+    def _segmenter(self):
+        p = dict(self.params)
+        p["seed"] = self.seed
+        return segmentation.get_segmenter(p["segmenter"], **p)
+
+    def segments(self, x):
+        """The superpixel maps (N,H,W) int32 this explainer uses for images x (deterministic)."""
+        from ..explainer import as_batch
+
+        fn = self._segmenter()
+        return np.stack([fn(im) for im in as_batch(x, self.model)]).astype(np.int32)
+
+
+class _LibraryExplainer(SuperpixelMixin, Explainer):
     """Shared plumbing: output choice, batched scores, parameter checks."""
 
     def setup(self):
@@ -166,17 +183,6 @@ class _LibraryExplainer(Explainer):
             raise MethodError(f"{type(self).__name__} needs {name} >= {low} (an integer), got {v!r}")
         return int(v)
 
-    def _segmenter(self):
-        p = dict(self.params)
-        p["seed"] = self.seed
-        return segmentation.get_segmenter(p["segmenter"], **p)
-
-    def segments(self, x):
-        """The superpixel maps (N,H,W) this explainer uses for images x (deterministic)."""
-        from ..explainer import as_batch
-
-        fn = self._segmenter()
-        return np.stack([fn(im) for im in as_batch(x, self.model)])
 
     def _keras_head(self, target=None):
         """A tf-keras model: input -> explained output (column ``target`` if given).

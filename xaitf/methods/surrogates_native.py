@@ -44,7 +44,7 @@ from ..errors import InputError, MethodError
 from ..explainer import Explainer, as_batch, as_targets
 from ..explainer import progress as _progress
 from .perturb import check_int
-from .surrogates import OUTPUTS, _background
+from .surrogates import OUTPUTS, SuperpixelMixin, _background
 
 # float64 elements of one group's normal equations (images x S x S) before images are split up
 _STAT_BUDGET = 1 << 24
@@ -251,7 +251,7 @@ def _stat_specs():
             tf.TensorSpec([None, None, None], f))
 
 
-class _Surrogate(Explainer):
+class _Surrogate(SuperpixelMixin, Explainer):
     """Shared plumbing of the native surrogates: settings, segments, the chunked program."""
 
     stochastic = True
@@ -284,16 +284,6 @@ class _Surrogate(Explainer):
                               f"got {self.params['jit_compile']!r}")
 
     # -- segments ----------------------------------------------------------------------------
-    def _segmenter(self):
-        p = dict(self.params)
-        p["seed"] = self.seed
-        return segmentation.get_segmenter(p["segmenter"], **p)
-
-    def segments(self, x):
-        """The superpixel maps (N,H,W) int32 this explainer uses for images x (deterministic)."""
-        fn = self._segmenter()
-        return np.stack([fn(im) for im in as_batch(x, self.model)]).astype(np.int32)
-
     def _check_segments(self, segments, n):
         seg = np.asarray(segments)
         h, w = self.shape[:2]
