@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import xaitf  # noqa: F401  (sets TF_USE_LEGACY_KERAS; imports no TensorFlow)
+from xaitf.cli import positive_int
 from xaitf.errors import XaitfError
 from xaitf.zoo import registry
 
@@ -45,24 +46,14 @@ def _fail(message):
     raise SystemExit(EXIT_USAGE)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def parse_args(argv):
     p = _Parser(prog="create_model.py", description="Build and train xaitf's model zoo.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="models: " + ", ".join(registry.names()))
     p.add_argument("names", nargs="*", metavar="NAME", help="zoo models to build (default: all that the data allow)")
     p.add_argument("--list", action="store_true", help="print the zoo and exit")
-    p.add_argument("--epochs", type=_positive_int, help="override the schedule's epochs")
-    p.add_argument("--batch-size", type=_positive_int, help="override the schedule's batch size")
+    p.add_argument("--epochs", type=positive_int, help="override the schedule's epochs")
+    p.add_argument("--batch-size", type=positive_int, help="override the schedule's batch size")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, augmentation (default 0)")
     p.add_argument("--data-dir", help="offline data folder (default $XAITF_DATA_DIR)")
     p.add_argument("--out", default=str(HERE / "models"), help="output folder (default models/)")
@@ -73,7 +64,7 @@ def parse_args(argv):
     p.add_argument("--skip-missing", action="store_true",
                    help="skip named models whose data is missing (with a message) instead of failing")
     p.add_argument("--full", action="store_true", help="published schedules instead of the quick CPU ones")
-    p.add_argument("--limit", type=_positive_int,
+    p.add_argument("--limit", type=positive_int,
                    help="use at most N training and N test images (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress output while training")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -203,15 +203,8 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, write_fn):
-    """:func:`xaitf.cli.atomic_write` with the usual permissions (0666 minus the umask)."""
-    def write(tmp):
-        write_fn(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-
-    return cli.atomic_write(path, write)
+# temporary file + rename, usual permissions
+atomic_write = cli.atomic_write
 
 
 class Store:

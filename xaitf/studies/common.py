@@ -29,14 +29,8 @@ from ..errors import DataError, ModelError
 DIVERGING = "RdBu_r"       # as xaitf.plotting: blue (negative) / white (0) / red (positive)
 
 
-def atomic(path, write_fn, overwrite=True):
-    """:func:`xaitf.cli.atomic_write`, then the usual permissions (0666 minus the umask: temporary
-    files start at 0600, which would hide results from other users)."""
-    path = atomic_write(path, write_fn, overwrite=overwrite)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-    return path
+# results, figures and JSON: temporary file + rename, usual permissions (:func:`xaitf.cli.atomic_write`)
+atomic = atomic_write
 
 
 def log(message):
@@ -126,11 +120,7 @@ def save_fig(fig, folder, name, dpi=None):
     if dpi is not None:
         fig.set_dpi(dpi)
     path = Path(folder) / (name if name.endswith(".png") else f"{name}.png")
-    path = save_figure(fig, path, overwrite=False)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-    return path
+    return save_figure(fig, path, overwrite=False)
 
 
 # -- report ------------------------------------------------------------------------------------
