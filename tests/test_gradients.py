@@ -293,14 +293,14 @@ def test_relu_rescale_kernel_and_its_fallback():
     z = rs.randn(5, 7).astype(np.float32)
     z[:, :2] = z[-1:, :2]                                        # z = z0: falls back to 1[z > 0]
     z, g = tf.constant(z), tf.constant(rs.randn(5, 7).astype(np.float32))
-    y = tf.nn.relu(z)
-    plain = MG._relu_rescale(g, z, y, z[-1:], y[-1:]).numpy()
-    zn, yn = z.numpy(), y.numpy()
+    plain = MG._relu_rescale(g, z, z[-1:]).numpy()
+    zn = z.numpy()
+    yn = np.maximum(zn, 0)
     same = zn == zn[-1:]
     want = g.numpy() * np.where(same, zn > 0, (yn - yn[-1:]) / np.where(same, 1, zn - zn[-1:]))
     np.testing.assert_allclose(plain, want, rtol=1e-6)
     if MG.xla_available():
-        np.testing.assert_allclose(MG._relu_rescale_xla(g, z, y, z[-1:], y[-1:]).numpy(), plain, rtol=1e-6)
+        np.testing.assert_allclose(MG._relu_rescale_xla(g, z, z[-1:]).numpy(), plain, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
@@ -344,6 +344,29 @@ def test_targets_and_batching(name, cnn28, x28):
         np.testing.assert_allclose(small, base, rtol=2e-4, atol=1e-6 * np.abs(base).max(), err_msg=str(bs))
     other = explain(name, cnn28, x28, (p + 1) % 10, batch_size=4096)
     assert not np.allclose(other, base)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_reduce_channels_matches_numpy(channels):
+    """The channel-plane fold equals numpy's reductions, and the result is the caller's to write."""
+    from xaitf.explainer import REDUCTIONS, reduce_channels
+
+    m = np.random.RandomState(channels).randn(5, 6, 7, channels).astype(np.float32)
+    want = {"sum": m.sum(-1), "mean": m.mean(-1), "abs_sum": np.abs(m).sum(-1),
+            "max_abs": np.abs(m).max(-1), "none": m}
+    for how in REDUCTIONS:
+        got = reduce_channels(m, how)
+        assert got.dtype == np.float32 and got.shape == want[how].shape, how
+        np.testing.assert_allclose(got, want[how], rtol=1e-6, atol=1e-7, err_msg=how)
+    with pytest.raises(MethodError, match="valid: sum, mean"):
+        reduce_channels(m, "median")
+
+
+def test_maps_are_writeable_arrays(cnn28, x28):
+    for reduce in ("sum", "none"):
+        maps = xaitf.create_explainer("grad", cnn28, progress=False, channel_reduce=reduce)(x28, 1)
+        maps[0] = 0                                  # not a read-only view of a tensor's buffer
+        assert maps.flags.writeable and maps.dtype == np.float32
 
 
 def test_one_trace_per_model_and_method(cnn28, x28):

