@@ -311,6 +311,75 @@ def test_shortcut_equals_plain_path(model_name):
         np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, np.abs(b).max()), err_msg=name)
 
 
+def deep_conv(kind):
+    """Several window ops in a row: crops through convs (valid/same, strides), pools, BN, ReLU layers."""
+    k = tfk if kind == "tf-keras" else keras3()
+    k.utils.set_random_seed(11)
+    if kind == "tf-keras":
+        inp = k.Input((32, 30, 2))
+        h = k.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+        h = k.layers.BatchNormalization()(h)
+        h = k.layers.MaxPooling2D(2, padding="same")(h)
+        h = k.layers.LeakyReLU(0.1)(k.layers.Conv2D(5, 3, strides=2)(h))
+        h = k.layers.AveragePooling2D(2)(h)
+        model = k.Model(inp, k.layers.Dense(4, activation="softmax")(k.layers.Flatten()(h)))
+    else:
+        model = k.Sequential([
+            k.Input((32, 30, 2)), k.layers.Rescaling(2.0, offset=-1.0),
+            k.layers.Conv2D(4, 5), k.layers.ReLU(), k.layers.Dropout(0.5),
+            k.layers.Conv2D(6, 3, strides=2, padding="same", activation="elu"),
+            k.layers.MaxPooling2D(3, strides=2), k.layers.Flatten(), k.layers.Dense(4)])
+    bn = [layer for layer in model.layers if "batch_norm" in layer.name]
+    for layer in bn:   # non-trivial inference statistics
+        rs = np.random.RandomState(1)
+        layer.set_weights([rs.uniform(0.5, 2, w.shape).astype(np.float32) for w in layer.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_cropped_windows_equal_the_plain_path(kind):
+    """Occlusion and PDA through the receptive-field crops equal the whole-model path, for windows
+    at every position (borders included), square and not, overlapping or not."""
+    model = deep_conv(kind)
+    x = np.random.default_rng(12).uniform(0, 1, (3, 32, 30, 2)).astype(np.float32)
+    t = [0, 3, 1]
+    cases = [("occlusion", dict(window=1, stride=1)), ("occlusion", dict(window=3, stride=2, fill=0.5)),
+             ("occlusion", dict(window=(2, 4), stride=(3, 1), output="logits")),
+             ("occlusion", dict(window=14, stride=6)),            # big: cropped part way only
+             ("pda", dict(window=2, stride=2, values=3))]
+    depth = set()
+    for name, kw in cases:
+        fast, a = explain(name, model, x, t, shortcut=True, batch_size=40, **kw)
+        slow, b = explain(name, model, x, t, shortcut=False, batch_size=40, **kw)
+        assert fast.engine.window_path.startswith("shortcut (cropped through"), fast.engine.window_path
+        depth.add(int(fast.engine.window_path.split()[3]))
+        assert slow.engine.window_path.startswith("plain")
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(), err_msg=f"{name} {kw}")
+    assert max(depth) == 6 and min(depth) < 6      # every window op cropped, and a partial cut
+
+
+def test_crop_plan_stops_where_cropping_stops_paying():
+    from xaitf.methods._local_windows import local_stack
+    from xaitf.methods.perturb import chain_layers, window_grid
+    from xaitf.zoo import build_mnist_cnn
+
+    model = build_mnist_cnn()        # conv1 (26x26), pool (13x13), conv2 (11x11), pool (5x5), ...
+    stack, why = local_stack(chain_layers(model)[0], model, None)
+    assert stack is not None, why
+    spatial = [st.kind for st in stack.stages if st.spatial]
+    assert spatial == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D"]
+    cut, crops = stack.plan(window_grid(28, 28, (4, 4), (4, 4), "t"), (4, 4))
+    assert cut == 4 and crops[0] == (6, 6)     # a 3x3 conv widens a 4-pixel window to 6 outputs
+    assert all(a * b <= 0.5 * st.out_hw[0] * st.out_hw[1]
+               for (a, b), st in zip(crops, [st for st in stack.stages if st.spatial]))
+    # a window covering most of the image: the first conv's crop is the whole map, nothing to crop
+    assert stack.plan(window_grid(28, 28, (24, 24), (4, 4), "t"), (24, 24)) is None
+    e = xaitf.create_explainer("occlusion", model, window=24, stride=4, progress=False)
+    e(np.zeros((1, 28, 28, 3), np.float32), 0)
+    assert e.engine.window_path == "shortcut (Conv2D)"     # the first-layer shortcut instead
+    assert local_stack(chain_layers(dense_first())[0], dense_first(), None)[0] is None
+
+
 def test_non_chain_model_falls_back_to_plain_path(rgb8):
     tfk.utils.set_random_seed(7)
     inp = tfk.Input((8, 8, 3))

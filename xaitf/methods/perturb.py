@@ -27,6 +27,11 @@ costs the local update plus the rest of the network (activation and following la
 that are not simple chains (or whose first layer is something else) use the plain path: build
 the perturbed images of the chunk on the device and run the whole model. Which path ran is in
 ``Engine.path``.
+
+Windows go further on chains that start with convolutions and pooling: each window is pushed
+through the leading window ops on a crop around the pixels it changes (receptive-field cropping,
+:mod:`xaitf.methods._local_windows`), so a small window costs a small fraction of the
+convolutions. ``Engine.window_path`` says which path the last window call took.
 """
 import math
 
@@ -38,6 +43,7 @@ import tensorflow as tf
 from ..errors import MethodError
 from ..explainer import progress as _progress
 from ..keras_bridge import input_shape, is_softmax_layer, layer_type
+from ._local_windows import local_stack
 
 # elements a gathered intermediate may hold before a slower but leaner route is used
 _MEMORY_BUDGET = 1 << 23
@@ -299,19 +305,36 @@ class _Chain:
         return self.post(h) if self.post is not None else h
 
 
+def chain_layers(model):
+    """``(layers, "")`` when the model is a simple chain (each layer feeds only the next one and
+    the last is the single output), else ``(None, reason)``; the input layer is left out."""
+    layers = [layer for layer in model.layers if layer_type(layer) != "InputLayer"]
+    if not layers:
+        return None, "model has no layers"
+    try:  # simple chain: each layer's only input is the previous layer's output
+        for prev, cur in zip(layers[:-1], layers[1:]):
+            if cur.input is not prev.output:
+                return None, f"layer {cur.name!r} does not take {prev.name!r}'s output (not a chain)"
+        if layers[-1].output is not model.outputs[0] or len(model.outputs) != 1:
+            return None, "the last layer is not the model output"
+    except (AttributeError, ValueError) as e:
+        return None, f"not a simple chain ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return layers, ""
+
+
 def split_chain(model, post=None):
     """``(_Chain, "")`` when the shortcut applies, else ``(None, reason)``.
 
-    Applies to simple chains (each layer feeds only the next one) that start with
-    ``Flatten -> Dense`` or ``Conv2D`` (channels last, no dilation/groups), tf-keras or Keras 3,
-    functional or Sequential. A numerical probe checks ``head(z(x)) == model(x)`` before use.
+    Applies to simple chains (:func:`chain_layers`) that start with ``Flatten -> Dense`` or
+    ``Conv2D`` (channels last, no dilation/groups), tf-keras or Keras 3, functional or
+    Sequential. A numerical probe checks ``head(z(x)) == model(x)`` before use.
     """
-    layers = [layer for layer in model.layers if layer_type(layer) != "InputLayer"]
     shape = input_shape(model)
     if len(shape) != 3 or None in shape:
         return None, f"input shape {shape} is not a fixed (H,W,C)"
-    if not layers:
-        return None, "model has no layers"
+    layers, reason = chain_layers(model)
+    if layers is None:
+        return None, reason
     kind = layer_type(layers[0])
     try:
         if kind == "Flatten" and len(layers) > 1 and layer_type(layers[1]) == "Dense":
@@ -326,14 +349,6 @@ def split_chain(model, post=None):
             return None, "first layer is quantized or has LoRA weights"
     except (ValueError, AttributeError, TypeError) as e:
         return None, f"unsupported first layer ({e})"
-    try:  # simple chain: each layer's only input is the previous layer's output
-        for prev, cur in zip(layers[:-1], layers[1:]):
-            if cur.input is not prev.output:
-                return None, f"layer {cur.name!r} does not take {prev.name!r}'s output (not a chain)"
-        if layers[-1].output is not model.outputs[0] or len(model.outputs) != 1:
-            return None, "the last layer is not the model output"
-    except (AttributeError, ValueError) as e:
-        return None, f"not a simple chain ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     chain = _Chain(first, rest, post)
     try:  # probe: the cut model must compute the model's own output
         x = tf.constant(np.random.default_rng(0).uniform(0, 1, (2,) + tuple(shape)), tf.float32)
@@ -387,6 +402,47 @@ class Engine:
         self.path = (f"shortcut ({self.chain.first.name})" if self.chain is not None
                      else f"plain ({reason})")
         self._fns = {}
+        self.local = None
+        if shortcut is True:
+            self.local, why = self._local_stack()
+            if self.local is not None:
+                self.path += "; windows: cropped through the leading spatial layers"
+        self.window_path = None      # the path the last window_scores call took
+
+    def _local_stack(self):
+        """The receptive-field cropping of window perturbations, probed against the model."""
+        shape = input_shape(self.model)
+        if len(shape) != 3 or None in shape:
+            return None, f"input shape {shape} is not a fixed (H,W,C)"
+        layers, reason = chain_layers(self.model)
+        if layers is None:
+            return None, reason
+        stack, reason = local_stack(layers, self.model, self.post)
+        if stack is None:
+            return None, reason
+        try:   # probe: 3x3 windows at the corners and the middle must give the model's outputs
+            h, w, ch = shape
+            k = (min(3, h), min(3, w))
+            pos = np.array([[0, 0], [h - k[0], w - k[1]], [(h - k[0]) // 2, (w - k[1]) // 2]], np.int32)
+            plan = stack.plan(pos, k)
+            if plan is None:
+                return None, "cropping saves nothing on this model"
+            rng = np.random.default_rng(0)
+            x = tf.constant(rng.uniform(0, 1, (2,) + tuple(shape)), tf.float32)
+            patch = tf.constant(rng.uniform(0, 1, (6,) + k + (ch,)), tf.float32)
+            b = tf.constant(np.repeat([0, 1], 3), tf.int32)
+            r, c = (tf.constant(np.tile(pos[:, a], 2)) for a in (0, 1))
+            got = stack.outputs(stack.clean(x, plan[0]), *plan, b, r, c, patch)
+            inside, new = _place(patch, r, c, tf.constant(np.broadcast_to(np.arange(h, dtype=np.int32), (6, h))),
+                                 tf.constant(np.broadcast_to(np.arange(w, dtype=np.int32), (6, w))))
+            ref = self._outputs(tf.where(inside, new, tf.gather(x, b)))
+            ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+            scale = np.abs(ref).max() + 1e-12
+            if ref.shape != got.shape or not np.allclose(got, ref, rtol=1e-4, atol=1e-5 * scale):
+                return None, "the cropped layers do not reproduce the model output"
+        except Exception as e:  # noqa: BLE001 - any failure means: do not crop
+            return None, f"cropping failed ({type(e).__name__})"
+        return stack, ""
 
     # -- plain outputs ------------------------------------------------------------------------
     def _outputs(self, x):
@@ -455,16 +511,23 @@ class Engine:
         per_call = self._calls(n_chunks, elems)
         is_shared = shared is not None
         X = tf.constant(x)
-        src = self.chain.first.prepare(X) if self.chain is not None else X
-        Z = self._z(X) if self.chain is not None else X
+        plan = self.local.plan(np.unique(grid_pos, axis=0), (kh, kw)) if self.local is not None else None
+        if plan is not None:
+            state = self._clean(X, plan[0])
+            chunk = lambda st, *a: self._local_chunk(plan, st, *a)      # noqa: E731
+            self.window_path = f"shortcut (cropped through {plan[0]} layers)"
+        else:
+            src = self.chain.first.prepare(X) if self.chain is not None else X
+            state = (X, src, self._z(X) if self.chain is not None else X)
+            chunk = self._window_chunk
+            self.window_path = self.path.split(";")[0]
         w = tf.constant(weights)
         sv = tf.constant(np.asarray(shared, np.float32)[None]) if shared is not None else None
         vshape = (1 if is_shared else None, S, kh, kw, x.shape[-1])
-        spec = [_spec(X.shape[1:], tf.float32), _spec(src.shape[1:], tf.float32),
-                _spec(Z.shape[1:], Z.dtype)] + [_spec((), tf.int32)] * 4 + \
+        spec = [tuple(_spec(a.shape[1:], a.dtype) for a in state)] + [_spec((), tf.int32)] * 4 + \
                [tf.TensorSpec(vshape, tf.float32), tf.TensorSpec((S,), tf.float64)]
-        fn = self._fn(("window", bw, is_shared, tuple(s.shape for s in spec)),
-                      lambda: self._window_loop(bw, is_shared), spec)
+        key = ("window", plan, bw, is_shared, tuple(a.shape for a in spec[0]), tuple(a.shape for a in spec[1:]))
+        fn = self._fn(key, lambda: self._window_loop(bw, is_shared, chunk), spec)
         out = np.empty(n_pairs)
         starts = list(range(0, n_pairs, per_call * bw))
         show = self.show_progress and n_pairs * S >= _LONG_RUN
@@ -477,7 +540,7 @@ class Engine:
             else:
                 v = np.asarray(pair_values(lo, hi), np.float32)
                 v = tf.constant(np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v)
-            res = fn(X, src, Z, tf.constant(b[idx], tf.int32), tf.constant(grid_pos[idx, 0], tf.int32),
+            res = fn(state, tf.constant(b[idx], tf.int32), tf.constant(grid_pos[idx, 0], tf.int32),
                      tf.constant(grid_pos[idx, 1], tf.int32), tf.constant(targets[idx], tf.int32), v, w)
             out[lo:hi] = res.numpy()[:hi - lo]
         return out
@@ -488,8 +551,26 @@ class Engine:
         n, step = int(X.shape[0]), self.batch_size
         return tf.concat([fn(X[s:s + step]) for s in range(0, n, step)], 0)
 
-    def _window_chunk(self, X, src, Z, b, r, c, t, v, w):
+    def _clean(self, X, cut):
+        fn = self._fn(("clean", cut) + tuple(X.shape[1:]), lambda: lambda x: self.local.clean(x, cut),
+                      [_spec(X.shape[1:], tf.float32)])
+        n, step = int(X.shape[0]), self.batch_size
+        parts = [fn(X[s:s + step]) for s in range(0, n, step)]
+        return tuple(tf.concat(p, 0) for p in zip(*parts))
+
+    def _local_chunk(self, plan, acts, b, r, c, t, v, w):
+        """One chunk on the cropped path (see :mod:`xaitf.methods._local_windows`)."""
+        S, kh, kw, ch = v.shape[1], v.shape[2], v.shape[3], v.shape[4]
+        n = tf.shape(b)[0]
+        v = tf.reshape(tf.broadcast_to(v, tf.stack([n, S, kh, kw, ch])), [-1, kh, kw, ch])
+        bb, rr, cc = (tf.repeat(a, S) for a in (b, r, c))
+        out = self.local.outputs(acts, *plan, bb, rr, cc, v)
+        s = tf.cast(tf.gather(out, tf.repeat(t, S), batch_dims=1), tf.float64)
+        return tf.linalg.matvec(tf.reshape(s, [n, S]), w)
+
+    def _window_chunk(self, state, b, r, c, t, v, w):
         """One chunk: ``b, r, c, t`` (bw,), patches v (bw or 1, S, kh, kw, C) -> (bw,) scores."""
+        X, src, Z = state
         S, kh, kw, ch = v.shape[1], v.shape[2], v.shape[3], v.shape[4]
         n = tf.shape(b)[0]
         tt = tf.repeat(t, S)
@@ -509,15 +590,14 @@ class Engine:
         s = tf.cast(tf.gather(out, tt, batch_dims=1), tf.float64)
         return tf.linalg.matvec(tf.reshape(s, [n, S]), w)
 
-    def _window_loop(self, bw, shared):
-        def loop(X, src, Z, b, r, c, t, v, w):
+    def _window_loop(self, bw, shared, chunk):
+        def loop(state, b, r, c, t, v, w):
             n = tf.shape(b)[0] // bw
 
             def body(i, out):
                 k = i * bw + tf.range(bw)            # static-size slice (XLA friendly)
                 vi = v if shared else tf.gather(v, k)
-                res = self._window_chunk(X, src, Z, tf.gather(b, k), tf.gather(r, k), tf.gather(c, k),
-                                         tf.gather(t, k), vi, w)
+                res = chunk(state, tf.gather(b, k), tf.gather(r, k), tf.gather(c, k), tf.gather(t, k), vi, w)
                 return i + 1, tf.tensor_scatter_nd_update(out, [[i]], res[None])
 
             out = tf.zeros(tf.stack([n, bw]), tf.float64)
