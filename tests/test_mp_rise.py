@@ -106,3 +106,16 @@ def test_rise_errors(tiny_cnn):
         with pytest.raises(MethodError, match=msg) as err:
             xaitf.create_explainer("rise", tiny_cnn, **kw)
         assert "\n" not in str(err.value)
+
+
+def test_median_blur_split_over_threads_equals_one_filter():
+    from scipy.ndimage import median_filter
+
+    from xaitf.methods.meaningful_perturbation import median_blur
+
+    x = np.random.default_rng(3).uniform(0, 1, (5, 12, 10, 3)).astype(np.float32)
+    want = median_filter(x, size=(1, 5, 5, 1), mode="nearest")   # edges replicated, per channel
+    np.testing.assert_array_equal(median_blur(x, 5), want)
+    np.testing.assert_array_equal(median_blur(x[:1], 5), want[:1])
+    np.testing.assert_array_equal(median_blur(x, 1), x)
+    assert not np.array_equal(want, x)

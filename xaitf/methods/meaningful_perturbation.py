@@ -31,6 +31,8 @@ computed in the model's own precision (the center-pixel model's float64 head kee
 The blur uses ``scipy.ndimage.median_filter`` with edge replication (``mode="nearest"``, as
 OpenCV's medianBlur).
 """
+import os
+
 import numpy as np
 
 import xaitf  # noqa: F401
@@ -45,12 +47,23 @@ NORMALIZE = ("study1", "minmax", "none")
 
 
 def median_blur(x, size):
-    """Median filter of ``size x size`` pixels over each image and channel of (N,H,W,C)."""
+    """Median filter of ``size x size`` pixels over each image and channel of (N,H,W,C).
+
+    The images are split over one thread per core (scipy's filter releases the GIL; an 11x11
+    median of 256 MNIST-sized images takes about a second on one core).
+    """
+    from concurrent.futures import ThreadPoolExecutor
     from scipy.ndimage import median_filter
 
+    x = np.asarray(x, np.float32)
     if size <= 1:
-        return np.array(x, dtype=np.float32)
-    return median_filter(np.asarray(x, np.float32), size=(1, size, size, 1), mode="nearest")
+        return np.array(x)
+    blur = lambda a: median_filter(a, size=(1, size, size, 1), mode="nearest")  # noqa: E731
+    workers = min(len(x), os.cpu_count() or 1)
+    if workers <= 1:
+        return blur(x)
+    with ThreadPoolExecutor(workers) as pool:
+        return np.concatenate(list(pool.map(blur, np.array_split(x, workers))))
 
 
 def tv_norm(m, beta):
