@@ -141,7 +141,7 @@ class Floor:
         if backward not in self._steps:
             fwd = self.fwd
 
-            @tf.function
+            @tf.function(autograph=False)
             def step(x, t):
                 if not backward:
                     return tf.reduce_sum(tf.cast(fwd(x, training=False), tf.float32))

@@ -146,7 +146,7 @@ def _single_call(model, probabilities, shape):
     else:
         fwd, soft = logits_model(model)[0], False
 
-    @tf.function(input_signature=[tf.TensorSpec((1,) + tuple(shape), tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec((1,) + tuple(shape), tf.float32)], autograph=False)
     def f(x):
         y = fwd(x, training=False)
         return tf.nn.softmax(y) if soft else y

@@ -75,7 +75,7 @@ def xla_available():
     """Whether XLA can compile here (checked once); the fused multiplier falls back without it."""
     if not _XLA:
         try:
-            tf.function(lambda a: a * 2.0, jit_compile=True)(tf.ones([2]))
+            tf.function(lambda a: a * 2.0, jit_compile=True, autograph=False)(tf.ones([2]))
             _XLA.append(True)
         except Exception:  # noqa: BLE001 - platforms without XLA
             _XLA.append(False)
@@ -94,7 +94,7 @@ def _relu_rescale(g, z, z0):
     return g * tf.where(dz == 0, tf.cast(z > 0, z.dtype), (tf.nn.relu(z) - tf.nn.relu(z0)) / dz)
 
 
-_relu_rescale_xla = tf.function(_relu_rescale, jit_compile=True, reduce_retracing=True)  # fused
+_relu_rescale_xla = tf.function(_relu_rescale, jit_compile=True, reduce_retracing=True, autograph=False)  # fused
 
 
 def rescale_op(f, shared):

@@ -37,7 +37,7 @@ class GradCam(GradientFamily):
         weigh = self.channel_weights
 
         def build():
-            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC])
+            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
             def fn(x, t):
                 with tf.GradientTape() as tape:
                     acts, logits = sub(x, training=False)

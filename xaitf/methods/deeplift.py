@@ -45,7 +45,7 @@ class DeepLift(GradientFamily):
         def build():
             spec = image_spec(self.shape)
 
-            @tf.function(input_signature=[spec, spec, INDEX_SPEC])
+            @tf.function(input_signature=[spec, spec, INDEX_SPEC], autograph=False)
             def fn(x, x0, t):
                 n = tf.shape(x)[0]
                 both = tf.concat([x, x0], axis=0)

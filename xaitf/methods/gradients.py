@@ -117,7 +117,7 @@ class Gradient(GradientFamily):
         fwd = self.forward
 
         def build():
-            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC])
+            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
             def fn(x, t):
                 return target_gradients(fwd, x, t)
 
@@ -193,7 +193,7 @@ class IntegratedGradients(GradientFamily):
             base_spec = tf.TensorSpec([None] * 4, tf.float32)  # broadcast against x
 
             @tf.function(input_signature=[image_spec(self.shape), base_spec, INDEX_SPEC, VECTOR_SPEC,
-                                          VECTOR_SPEC])
+                                          VECTOR_SPEC], autograph=False)
             def fn(x, x0, t, alphas, weights):
                 n, m = tf.shape(x)[0], tf.shape(alphas)[0]
                 x0 = tf.broadcast_to(x0, tf.shape(x))
@@ -296,7 +296,7 @@ class SmoothGrad(GradientFamily):
 
         def build():
             @tf.function(input_signature=[image_spec(shape), INDEX_SPEC, tf.TensorSpec([None], tf.int64),
-                                          tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32)])
+                                          tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32)], autograph=False)
             def fn(x, t, ids, seed, scale):
                 """Per input over its samples: (mean g, 0) | (mean g^2, 0) | (mean g, sum (g - mean)^2)."""
                 n = tf.shape(x)[0]
@@ -356,7 +356,7 @@ class _ModifiedReLUGradient(GradientFamily):
         clone = modified_clone(self.forward, self.rule)
 
         def build():
-            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC])
+            @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
             def fn(x, t):
                 return target_gradients(clone, x, t)
 

@@ -316,7 +316,7 @@ class _Engine:
         self._calls = 0
         self._step = tf.function(step, input_signature=[
             spec((None,) + tuple(e.in_shape)), spec((None,) + tuple(e.out_shape), dt),
-            spec((None,), tf.int32), spec((None,), tf.int32), spec((None,) * u_rank)])
+            spec((None,), tf.int32), spec((None,), tf.int32), spec((None,) * u_rank)], autograph=False)
 
     def run(self, x, z, units, u_of_unit=None, batch_size=4096, show=False, desc=None):
         """Target logits (n_units, N) with unit ``units[q]`` intervened on, for every sample.

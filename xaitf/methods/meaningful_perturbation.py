@@ -119,7 +119,7 @@ class MeaningfulPerturbation(Explainer):
                               "mask; the total-variation term needs at least 2x2")
         if p["normalize"] not in NORMALIZE:
             raise MethodError(f"{name} normalize must be one of {', '.join(NORMALIZE)}, got {p['normalize']!r}")
-        self._fn = tf.function(self._optimise, reduce_retracing=True)
+        self._fn = tf.function(self._optimise, reduce_retracing=True, autograph=False)
         self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
 
     def chunk_size(self):

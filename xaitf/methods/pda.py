@@ -224,7 +224,7 @@ class PredictionDifference(Explainer):
             pad = [[0, 0], [self.patch, self.patch], [self.patch, self.patch], [0, 0]]
             padded = np.pad(self.data, pad)
             self._data_t = tf.constant(np.transpose(padded, [1, 2, 0, 3]))     # (Hp,Wp,M,C)
-            self._fit_fn = tf.function(lambda patches: self._fit(patches), reduce_retracing=True)
+            self._fit_fn = tf.function(lambda patches: self._fit(patches), reduce_retracing=True, autograph=False)
             self._fit_fn._omit_frequent_tracing_warning = True
 
     # -- the method -----------------------------------------------------------------------------

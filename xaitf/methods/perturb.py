@@ -465,7 +465,7 @@ class Engine:
     def _fn(self, key, make, signature=None):
         """A tf.function cached per key; ``signature`` leaves the batch axes free (no retracing)."""
         if key not in self._fns:
-            fn = tf.function(make(), input_signature=signature)
+            fn = tf.function(make(), input_signature=signature, autograph=False)
             # each Engine traces its own closures once; TF would count those traces across
             # engines (same code object) and warn about "frequent retracing"
             fn._omit_frequent_tracing_warning = True

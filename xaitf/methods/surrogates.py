@@ -164,7 +164,7 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
             y = fwd(z, training=False)
             return tf.nn.softmax(y, axis=-1) if probs else y
 
-        self._scores_fn = tf.function(scores, input_signature=[tf.TensorSpec([None, *self.shape], tf.float32)])
+        self._scores_fn = tf.function(scores, input_signature=[tf.TensorSpec([None, *self.shape], tf.float32)], autograph=False)
         self.setup_method()
 
     def setup_method(self):
@@ -334,7 +334,7 @@ class KernelShapExplainer(_LibraryExplainer):
 
         @tf.function(input_signature=[tf.TensorSpec([h, w, c], tf.float32),
                                       tf.TensorSpec([1, h, w, c], tf.float32),
-                                      tf.TensorSpec([h, w], tf.int32), tf.TensorSpec([None, None], tf.float32)])
+                                      tf.TensorSpec([h, w], tf.int32), tf.TensorSpec([None, None], tf.float32)], autograph=False)
         def compose(x, fill, seg, z):
             keep = tf.gather(z, seg, axis=1)[..., None]             # (M,H,W,1)
             return x[None] * keep + fill * (1.0 - keep)

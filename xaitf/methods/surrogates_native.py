@@ -227,7 +227,7 @@ def _compose(m, segc, xf, ff):
 
 # XLA fuses the gather, transposes and select into one pass (4x faster on a CPU for CIFAR-sized
 # images); it compiles once per shape (~0.2 s), so "auto" uses it from _XLA_FROM values built.
-_compose_xla = tf.function(_compose, jit_compile=True)
+_compose_xla = tf.function(_compose, jit_compile=True, autograph=False)
 _XLA_FROM = 1 << 26
 _XLA_STATE = {}
 
@@ -306,7 +306,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
         h, w, c = self.shape
         if "scores" not in self._fns:
             fn = tf.function(self._scores, input_signature=[tf.TensorSpec([None, h, w, c], tf.float32),
-                                                             tf.TensorSpec([None], tf.int32)])
+                                                             tf.TensorSpec([None], tf.int32)], autograph=False)
             fn._omit_frequent_tracing_warning = True
             self._fns["scores"] = fn
         fn = self._fns["scores"]
@@ -378,7 +378,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
                 tf.TensorSpec([None, h * w], i32), tf.TensorSpec([None], i32), tf.TensorSpec([None], i32),
                 tf.TensorSpec([None, None], i32), tf.TensorSpec([None], i32), tf.TensorSpec([None], i32),
                 extra_spec, _stat_specs(), tf.TensorSpec([], i32), tf.TensorSpec([], i32)]
-        fn = tf.function(run, input_signature=spec)
+        fn = tf.function(run, input_signature=spec, autograph=False)
         fn._omit_frequent_tracing_warning = True
         self._fns[key] = fn
         return fn
@@ -576,7 +576,7 @@ class Lime(_Surrogate):
         return maps
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _ridge(sw, sg, sgg, sx, sxg, sxx, counts, alpha):
     """sklearn's weighted ridge with intercept from the statistics, for all images at once."""
     S = tf.shape(sx)[1]

@@ -139,7 +139,7 @@ class _FastPredict:
     def __init__(self, model, batch_size):
         self.model = model
         self.batch_size = batch_size
-        self._fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+        self._fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True, autograph=False)
 
     def predict(self, x, batch_size=None, **_):
         bs = int(batch_size or self.batch_size)

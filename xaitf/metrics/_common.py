@@ -150,7 +150,7 @@ class Scorer:
             sig = [tf.TensorSpec([None, h, w, c], tf.float32),
                    tf.TensorSpec([None, None, None, None], tf.float32),
                    tf.TensorSpec([None, h, w], tf.int32), vec, vec, vec, vec, tf.TensorSpec([], tf.bool)]
-            self._programs[shape] = tf.function(self._program, input_signature=sig)
+            self._programs[shape] = tf.function(self._program, input_signature=sig, autograph=False)
         return self._programs[shape]
 
     def _program(self, x_all, base_all, order_all, idx, idx_b, thr, tgt, insert):

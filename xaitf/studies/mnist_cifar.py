@@ -241,7 +241,7 @@ def bayes_saliency(model, x, targets, samples, seed=0):
     xt = tf.constant(np.asarray(x, np.float32))
     tt = tf.constant(np.asarray(targets, np.int32))
 
-    @tf.function
+    @tf.function(autograph=False)
     def one(xi, ti):
         with tf.GradientTape() as tape:
             tape.watch(xi)

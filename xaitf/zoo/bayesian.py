@@ -88,7 +88,7 @@ def sample_probs(model, x, samples=10, batch_size=2048, seed=None):
     if seed is not None:
         tf.random.set_seed(seed)
     x = np.asarray(x, np.float32)
-    forward = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    forward = tf.function(lambda t: model(t, training=False), reduce_retracing=True, autograph=False)
     out = np.empty((samples, len(x), int(model.outputs[0].shape[-1])), np.float32)
     for s in range(samples):   # one call = one sampled network (faster here than a traced while loop)
         for i in range(0, len(x), batch_size):

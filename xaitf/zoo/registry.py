@@ -261,7 +261,7 @@ def center_pixel_selftest(model, per_class=10, seed=0):
     x = rs.randint(0, 256, size=(len(labels), size, size, 1), dtype=np.uint8)
     c = (size * size) // 2
     x[:, c // size, c % size, 0] = labels
-    forward = tf.function(lambda t: model(t, training=False))
+    forward = tf.function(lambda t: model(t, training=False), autograph=False)
     probs = np.concatenate([forward(tf.constant(x[i:i + 256], tf.float32) / 255.0).numpy()
                             for i in range(0, len(x), 256)])
     return {"test_accuracy": float(np.mean(probs.argmax(1) == labels)),
