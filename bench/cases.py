@@ -50,7 +50,7 @@ _QUICK_ALL = {
     "rise": {"masks": 64}, "mp": {"max_iterations": 8}, "interventional": {"n_samples": 10},
     "lime": {"num_samples": 64}, "lime.lib": {"num_samples": 64},
     "kernelshap": {"nsamples": 64}, "shap.lib": {"nsamples": 64},
-    "shap.gradient": {"nsamples": 8}, "shap.partition": {"max_evals": 64},
+    "shap.gradient": {"nsamples": 8}, "shap.partition": {"max_evals": 32},
 }
 
 # issue 11: native LIME / Kernel SHAP with 1,000 samples per image on 32 images, library paths as peers
@@ -84,9 +84,14 @@ CASES = {
     "center_pixel": {
         "full": {"n_max": 1, "budget": 1, "overrides": {
             "pda": {"values": 16}, "shapley": {"samples": 2}, "rise": {"masks": 1000}}},
+        # 227x227 with one input: the quick run keeps every row but at the smallest useful budgets
         "quick": {"n_max": 1, "budget": 1, "overrides": {
             **_QUICK_ALL, "occlusion": {"window": 16, "stride": 16}, "tfx.occlusion": {"patch_size": 16},
-            "pda": {"window": 16, "stride": 16, "values": 4}}},
+            "pda": {"window": 16, "stride": 16, "values": 4}, "ig": {"steps": 8}, "tfx.ig": {"steps": 8},
+            "inn.integrated_gradients": {"steps": 8}, "sg": {"samples": 2}, "vargrad": {"samples": 2},
+            "squaregrad": {"samples": 2}, "inn.smoothgrad": {"samples": 2}, "tfx.smoothgrad": {"samples": 2},
+            "lime": {"num_samples": 32}, "lime.lib": {"num_samples": 32}, "kernelshap": {"nsamples": 32},
+            "shap.lib": {"nsamples": 32}, "shap.partition": {"max_evals": 32}}},
     },
 }
 

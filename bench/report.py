@@ -21,6 +21,15 @@ def _r(p):
     return "-"
 
 
+def one_line(error, width=160):
+    """An error message as one table-safe line: the last line that names the error (a traced
+    TensorFlow error puts it at the end, after the user-code frames)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "Error" in ln.split(":")[0]]
+    text = (named or lines or [""])[-1].replace("|", "/")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _peer_short(p):
     if "error" in p:
         return f"{p['peer']}: failed"
@@ -52,7 +61,7 @@ def main_table(rows):
     out = [MAIN_HEAD]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['model']} | {r.get('label', r['method'])} | - | - | n/a | - | - | - | - | {r['error'][:90]} |")
+            out.append(f"| {r['model']} | {r.get('label', r['method'])} | - | - | n/a | - | - | - | - | {one_line(r['error'])} |")
             continue
         ev = f"{r['evals_per_input']}{' (f+b)' if r['backward'] else ''}"
         fl = fmt_time(r["floor_s"]) + ("*" if r.get("floor_extrapolated") else "")
@@ -69,7 +78,7 @@ def peer_table(rows):
         for p in r.get("peers", []):
             if "error" in p:
                 out.append(f"| {r['model']} | {r['method']} | {p['peer']} | failed | - | - | - | "
-                           f"{p['error'][:120]} |")
+                           f"{one_line(p['error'])} |")
                 continue
             if "time_s" not in p:
                 continue

@@ -93,6 +93,14 @@ def make(xp, job, models, segs):
     return cls(models[job["model"]], **kw), None
 
 
+def float32_outputs(keras, model):
+    """The model with a float32 output: Xplique multiplies the output by float32 one-hot targets
+    (the center-pixel model computes its head in float64, for its 1e-5-scale differences)."""
+    if model.outputs[0].dtype == "float32":
+        return model
+    return keras.Model(model.inputs, keras.ops.cast(model.outputs[0], "float32"))
+
+
 def main(workdir):
     import tensorflow as tf
     import keras
@@ -101,7 +109,8 @@ def main(workdir):
     spec = json.load(open(os.path.join(workdir, "jobs.json")))
     data = np.load(os.path.join(workdir, "data.npz"))
     x, onehot = data["x"], data["onehot"]
-    models = {k: keras.models.load_model(os.path.join(workdir, f"{k}.h5"), compile=False)
+    models = {k: float32_outputs(keras, keras.models.load_model(os.path.join(workdir, f"{k}.h5"),
+                                                                compile=False))
               for k in ("probs", "logits")}
     versions = {"xplique": xp.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                 "python": sys.version.split()[0]}

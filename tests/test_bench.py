@@ -87,3 +87,13 @@ def test_pearson_and_report_row():
     sur = report.surrogates_md([row])
     assert "| tiny | lime | 2 | 1000 |" in sur and sur.rstrip().endswith("yes |")
     assert "lime (tiny" in report.summary([row])
+
+
+def test_errors_fit_on_one_table_line():
+    traced = ("TypeError: in user code:\n\n    File \"ops.py\", line 31, in predictions_operator  *\n"
+              "        scores = model(inputs) * targets\n\n"
+              "    TypeError: Input 'y' of 'Mul' Op has type float32 that does not match type float64\n\n")
+    assert report.one_line(traced) == "TypeError: Input 'y' of 'Mul' Op has type float32 that does not match type float64"
+    assert report.one_line("ValueError: a | b") == "ValueError: a / b"         # no stray table cells
+    long = report.one_line("RuntimeError: " + "x" * 500)
+    assert len(long) == 160 and long.endswith("...")
