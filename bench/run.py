@@ -10,7 +10,7 @@ wrong answer cannot look good. Then interventional graph learning (:mod:`bench.i
 and the scaling curves (:mod:`bench.scaling`).
 
     python -m bench.run                 # full: bench/results.json, bench/results.md, docs/performance.md
-    python -m bench.run --quick         # smoke run (< 3 min): bench/results-quick.{json,md}
+    python -m bench.run --quick         # smoke run (< 3 min, Xplique on the first case only): bench/results-quick.{json,md}
     python -m bench.run --cases mnist_cnn --methods grad ig occlusion --no-xplique
 """
 import argparse
@@ -254,7 +254,9 @@ def main(argv=None):
         cases_info[name] = {"inputs": case.inputs_note, "weights": case.weights_note, "n_max": case.n_max,
                             "budget": case.budget, "batch_size": case.batch_size,
                             "input_shape": list(case.x.shape[1:]), "overrides": case.overrides}
-        r, v = run_case(case, methods, repeats, mode, not args.no_peers, not args.no_xplique,
+        # Xplique's worker starts a second TensorFlow (~12 s): the quick run takes it on the first case only
+        xplique = not args.no_xplique and (not args.quick or name == case_names[0])
+        r, v = run_case(case, methods, repeats, mode, not args.no_peers, xplique,
                         log=lambda s: print(s, flush=True))
         rows += r
         xversions = xversions or v
