@@ -76,3 +76,20 @@ def center_pixel_small():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def run_quick_study(name, out, data_dir=None):
+    """``python -m xaitf.studies NAME --quick`` in-process into ``out`` (no saved models: the run
+    trains what it needs); returns (results.json as a dict, the run folder)."""
+    import json
+
+    from xaitf.studies import common
+    from xaitf.studies.__main__ import main
+
+    args = [name, "--quick", "--no-progress", "--out", str(out), "--models-dir", str(out / "no_models")]
+    if data_dir is not None:
+        args += ["--data-dir", str(data_dir)]
+    assert main(args) == 0
+    folder = common.latest_folder(out, name)
+    assert folder is not None and folder.parent == out / name
+    return json.loads((folder / "results.json").read_text()), folder

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import run_quick_study
+
 import xaitf  # noqa: F401
 from xaitf import cli, registry
 from xaitf.studies import STUDIES, common as C
@@ -16,13 +18,7 @@ LABEL = 206
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("studies")
-    assert main(["center_pixel", "--quick", "--no-progress", "--out", str(out),
-                 "--models-dir", str(out / "no_models")]) == 0
-    folder = C.latest_folder(out, "center_pixel")
-    assert folder is not None and folder.parent == out / "center_pixel"
-    result = json.loads((folder / "results.json").read_text())
-    return result, folder
+    return run_quick_study("center_pixel", tmp_path_factory.mktemp("studies"))
 
 
 def methods(result):

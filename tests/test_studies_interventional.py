@@ -2,28 +2,22 @@
 in-process, on the offline MNIST copy: the issue's acceptance (one command gives a graph with kept
 units in every layer, the node maps, the stability curve and the Lipschitz table), checked by the
 contents of what it writes."""
-import json
 
 import numpy as np
 import pytest
 
+from conftest import run_quick_study
+
 import xaitf  # noqa: F401
 from xaitf.methods import interventional as I
-from xaitf.studies import common as C
-from xaitf.studies.__main__ import main
 
 LAYERS = ["fc3", "fc2", "fc1", "conv2"]          # links, output side first
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("studies")
     # an empty models dir: LeNet is trained in the run (quick: 3 epochs) and saved in its folder
-    assert main(["interventional", "--quick", "--no-progress", "--out", str(out), "--data-dir",
-                 str(data_dir), "--models-dir", str(out / "no_models")]) == 0
-    folder = C.latest_folder(out, "interventional")
-    assert folder is not None
-    return json.loads((folder / "results.json").read_text()), folder
+    return run_quick_study("interventional", tmp_path_factory.mktemp("studies"), data_dir)
 
 
 def test_model_trained_and_recorded(study):

@@ -1,27 +1,23 @@
 """Study 4 (LIME / Kernel SHAP / LRP, degradation, Bayesian MLP) through
 ``python -m xaitf.studies mnist_cifar --quick``, in-process, plus the study's Bayesian helpers
 against analytic answers."""
-import json
 
 import numpy as np
 import pytest
+
+from conftest import run_quick_study
 from PIL import Image
 
 import xaitf  # noqa: F401
-from xaitf.studies import STUDIES, common as C
+from xaitf.studies import STUDIES
 from xaitf.studies import mnist_cifar as M
-from xaitf.studies.__main__ import main
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, data_dir):
     if not (data_dir / "cifar10_test1000.npz").is_file():
         pytest.skip("no CIFAR-10 subset in the data directory")
-    out = tmp_path_factory.mktemp("studies")
-    assert main(["mnist_cifar", "--quick", "--no-progress", "--out", str(out), "--data-dir", str(data_dir),
-                 "--models-dir", str(out / "no_models")]) == 0
-    folder = C.latest_folder(out, "mnist_cifar")
-    return json.loads((folder / "results.json").read_text()), folder
+    return run_quick_study("mnist_cifar", tmp_path_factory.mktemp("studies"), data_dir)
 
 
 def test_registered():

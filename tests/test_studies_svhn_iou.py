@@ -1,10 +1,11 @@
 """Study 5 (target-digit classifier, IoU of heatmaps) through ``python -m xaitf.studies svhn_iou --quick``
 in-process on the synthetic house-number set, the IoU helpers against exact answers, the synthetic
 generator, and the switch to SVHN format 1 when the data directory holds it."""
-import json
 
 import numpy as np
 import pytest
+
+from conftest import run_quick_study
 from PIL import Image
 
 import xaitf  # noqa: F401
@@ -13,17 +14,12 @@ from xaitf.data.synthetic_svhn import load_synthetic_svhn, make_house_number, sy
 from xaitf.errors import DataError, InputError
 from xaitf.studies import STUDIES, common as C
 from xaitf.studies import svhn_iou as V
-from xaitf.studies.__main__ import main
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("studies")
-    empty = tmp_path_factory.mktemp("no_svhn_here")
-    assert main(["svhn_iou", "--quick", "--no-progress", "--out", str(out), "--data-dir", str(empty),
-                 "--models-dir", str(out / "no_models")]) == 0
-    folder = C.latest_folder(out, "svhn_iou")
-    return json.loads((folder / "results.json").read_text()), folder
+    # an empty data directory: the study runs on its synthetic house numbers
+    return run_quick_study("svhn_iou", tmp_path_factory.mktemp("studies"), tmp_path_factory.mktemp("no_svhn_here"))
 
 
 def test_registered():

@@ -1,26 +1,22 @@
 """Study 3 (XAINN) through ``python -m xaitf.studies xainn --quick``, in-process: accuracy table beside
 the study's numbers, class maps, SHAP DeepExplainer and LIME outputs, plus the study's helpers."""
-import json
 
 import numpy as np
 import pytest
+
+from conftest import run_quick_study
 from PIL import Image
 
 import xaitf  # noqa: F401
-from xaitf.studies import STUDIES, common as C
+from xaitf.studies import STUDIES
 from xaitf.studies import xainn as X
-from xaitf.studies.__main__ import main
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, data_dir):
     if not (data_dir / "cifar10_test1000.npz").is_file():
         pytest.skip("no CIFAR-10 subset in the data directory")
-    out = tmp_path_factory.mktemp("studies")
-    assert main(["xainn", "--quick", "--no-progress", "--out", str(out), "--data-dir", str(data_dir),
-                 "--models-dir", str(out / "no_models")]) == 0
-    folder = C.latest_folder(out, "xainn")
-    return json.loads((folder / "results.json").read_text()), folder
+    return run_quick_study("xainn", tmp_path_factory.mktemp("studies"), data_dir)
 
 
 def test_registered():

@@ -545,18 +545,17 @@ class Engine:
             out[lo:hi] = res.numpy()[:hi - lo]
         return out
 
+    def _per_chunk(self, key, f, X):
+        """``f`` (a tuple of tensors per input row) over X in chunks of ``batch_size``, concatenated."""
+        fn = self._fn(key + tuple(X.shape[1:]), lambda: f, [_spec(X.shape[1:], tf.float32)])
+        parts = [fn(X[s:s + self.batch_size]) for s in range(0, int(X.shape[0]), self.batch_size)]
+        return tuple(tf.concat(p, 0) for p in zip(*parts))
+
     def _z(self, X):
-        fn = self._fn(("z",) + tuple(X.shape[1:]), lambda: lambda x: self.chain.first.z(x),
-                      [_spec(X.shape[1:], tf.float32)])
-        n, step = int(X.shape[0]), self.batch_size
-        return tf.concat([fn(X[s:s + step]) for s in range(0, n, step)], 0)
+        return self._per_chunk(("z",), lambda x: (self.chain.first.z(x),), X)[0]
 
     def _clean(self, X, cut):
-        fn = self._fn(("clean", cut) + tuple(X.shape[1:]), lambda: lambda x: self.local.clean(x, cut),
-                      [_spec(X.shape[1:], tf.float32)])
-        n, step = int(X.shape[0]), self.batch_size
-        parts = [fn(X[s:s + step]) for s in range(0, n, step)]
-        return tuple(tf.concat(p, 0) for p in zip(*parts))
+        return self._per_chunk(("clean", cut), lambda x: self.local.clean(x, cut), X)
 
     def _local_chunk(self, plan, acts, b, r, c, t, v, w):
         """One chunk on the cropped path (see :mod:`xaitf.methods._local_windows`)."""
