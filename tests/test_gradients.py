@@ -301,6 +301,52 @@ def test_relu_rescale_kernel_and_its_fallback():
     np.testing.assert_allclose(plain, want, rtol=1e-6)
     if MG.xla_available():
         np.testing.assert_allclose(MG._relu_rescale_xla(g, z, z[-1:]).numpy(), plain, rtol=1e-6)
+    y, m = MG._relu_and_multiplier(z, z[-1:])
+    np.testing.assert_allclose((g * m).numpy(), plain, rtol=1e-6)
+    np.testing.assert_array_equal(y.numpy(), yn)
+    if MG.xla_available():
+        yx, mx = MG._relu_and_multiplier_xla(z, z[-1:])
+        np.testing.assert_allclose(mx.numpy(), m.numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(yx.numpy(), yn)
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_recorded_baseline_equals_the_stacked_baseline_row(kind):
+    """The shared-baseline rescale clone gives the same gradients whether the baseline's
+    pre-activations were recorded beforehand (inputs alone run) or the baseline rides as the
+    batch's last row; ReLU (fused path) and tanh (generic path) alike."""
+    from xaitf.methods import _modified_grad as MG
+
+    km = tfk if kind == "tf-keras" else keras3()
+    inp = km.Input((6, 6, 2))
+    h = km.layers.Conv2D(4, 3, activation="relu", bias_initializer="random_normal")(inp)
+    h = km.layers.Dense(5, activation="tanh")(km.layers.Flatten()(h))
+    model = km.Model(inp, km.layers.Dense(3)(km.layers.ReLU()(km.layers.Dense(6)(h))))
+    clone = MG.modified_clone(model, "rescale")
+    rs = np.random.RandomState(4)
+    x = tf.constant(rs.rand(5, 6, 6, 2).astype(np.float32))
+    x0 = tf.constant(rs.rand(1, 6, 6, 2).astype(np.float32))
+    x = tf.concat([x[:2], x0, x[2:4]], 0)                 # one input equal to the baseline
+
+    def grads(batch, refs=None):
+        with tf.GradientTape() as tape:
+            tape.watch(batch)
+            if refs is None:
+                out = clone(batch, training=False)
+            else:
+                with MG.use_references(refs):
+                    out = clone(batch, training=False)
+            total = tf.reduce_sum(out[:5, 1])
+        return tape.gradient(total, batch)[:5].numpy()
+
+    refs = MG.record_references(clone, x0)
+    assert len(refs) == 3 and all(v[0].shape[0] == 1 for v in refs.values())
+    recorded = grads(x, refs)
+    stacked = grads(tf.concat([x, x0], 0))
+    np.testing.assert_allclose(recorded, stacked, rtol=1e-5, atol=1e-7)
+    assert np.all(np.isfinite(recorded)) and np.abs(recorded).max() > 0
+    with pytest.raises(RuntimeError, match="no baseline pre-activation"):
+        grads(x, {})
 
 
 @pytest.mark.parametrize("kind", ["tf-keras", "keras3"])

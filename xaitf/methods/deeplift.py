@@ -9,24 +9,22 @@ attribution is ``a = (x - x0) * m_x``, with ``m_x`` the chained multiplier of th
 layers and elementwise nonlinearities (max pooling and products keep their gradient, so it holds
 only approximately there).
 
-The inputs and the baseline run stacked in one batch through a cached clone of the model whose
-nonlinearities carry the rescale gradient (:mod:`xaitf.methods._modified_grad`): ``[x_1..x_n, x0]``
-when one baseline is shared (n + 1 model inputs), ``[x_1..x_n, x0_1..x0_n]`` for one baseline per
-input (2n model inputs).
+The multipliers come from a cached clone of the model whose nonlinearities carry the rescale
+gradient (:mod:`xaitf.methods._modified_grad`). One shared baseline (the usual case) runs once: its
+pre-activations are recorded when the explainer is made and every batch holds only inputs
+(``batch_size`` model inputs per call; one input costs one forward and backward pass of one row,
+not of two). One baseline per input runs stacked with its inputs, ``[x_1..x_n, x0_1..x0_n]``
+(``batch_size // 2`` pairs per call).
 
 Parameters (settings ``DEEPLIFT``):
     baseline: x0, a scalar, an image (H,W,C) or one image per input (default 0.0).
-
-A call evaluates ``batch_size`` images plus the shared baseline row (``batch_size + 1`` model
-inputs: one row more than a batch, rather than a second call for the last image, which costs
-about a tenth of a whole batch), or ``batch_size // 2`` pairs for per-input baselines.
 """
 import numpy as np
 
 import xaitf  # noqa: F401
 import tensorflow as tf
 
-from ._modified_grad import modified_clone
+from ._modified_grad import modified_clone, record_references, use_references
 from .gradients import (INDEX_SPEC, GradientFamily, as_int32, cached_function, image_spec,
                         parse_baseline)
 
@@ -39,12 +37,36 @@ class DeepLift(GradientFamily):
     def setup(self):
         self._baseline = parse_baseline(self.params["baseline"], self.shape, "DeepLift")
         self._shared = len(self._baseline) == 1
-        rule = "rescale" if self._shared else "rescale_pairs"
-        clone = modified_clone(self.forward, rule)
+        clone = modified_clone(self.forward, "rescale" if self._shared else "rescale_pairs")
+        spec = image_spec(self.shape)
+        if self._shared:
+            record = cached_function(clone, "deeplift.references", lambda: tf.function(
+                lambda x0: record_references(clone, x0), input_signature=[spec], autograph=False))
+            x0 = np.broadcast_to(self._baseline, (1, *self.shape)).astype(np.float32)
+            self._refs = record(tf.constant(x0))
+            # a uniform baseline enters (x - x0) as a scalar (a broadcast image costs a pass more),
+            # a zero baseline not at all
+            uniform = bool(np.all(x0 == x0.flat[0]))
+            zero = uniform and x0.flat[0] == 0
+            self._x0 = tf.constant(x0.flat[0] if uniform else x0)
+            ref_spec = tf.nest.map_structure(lambda r: tf.TensorSpec(r.shape, r.dtype), self._refs)
 
-        def build():
-            spec = image_spec(self.shape)
+            def build():
+                @tf.function(input_signature=[spec, tf.TensorSpec(None, tf.float32), INDEX_SPEC, ref_spec],
+                             autograph=False)
+                def fn(x, x0, t, refs):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        with use_references(refs):
+                            out = clone(x, training=False)
+                        total = tf.reduce_sum(tf.gather(out, t, axis=1, batch_dims=1))
+                    return (x if zero else x - x0) * tape.gradient(total, x)
 
+                return fn
+            self._fn = cached_function(clone, f"deeplift.shared.{'zero' if zero else 'any'}", build)
+            return
+
+        def build_pairs():
             @tf.function(input_signature=[spec, spec, INDEX_SPEC], autograph=False)
             def fn(x, x0, t):
                 n = tf.shape(x)[0]
@@ -53,12 +75,11 @@ class DeepLift(GradientFamily):
                     tape.watch(both)
                     out = clone(both, training=False)
                     total = tf.reduce_sum(tf.gather(out[:n], t, axis=1, batch_dims=1))
-                g = tape.gradient(total, both)[:n]
-                return (x - x0) * g
+                return (x - x0) * tape.gradient(total, both)[:n]
 
             return fn
 
-        self._fn = cached_function(clone, "deeplift", build)
+        self._fn = cached_function(clone, "deeplift.pairs", build_pairs)
 
     def chunk_size(self):
         if self._shared:
@@ -66,6 +87,8 @@ class DeepLift(GradientFamily):
         return max(1, self.batch_size // 2)
 
     def explain_batch(self, x, targets):
+        if self._shared:
+            return self._fn(tf.constant(x), self._x0, as_int32(targets), self._refs)
         start, stop = self._take(len(x))
         x0 = self._baseline_for(start, stop)
         x0 = np.broadcast_to(x0, (len(x0), *x.shape[1:])).astype(np.float32)
