@@ -486,3 +486,25 @@ def test_registry_names_and_aliases(tiny_cnn):
     assert isinstance(xaitf.create_explainer("occlusion", tiny_cnn), Occlusion)
     assert isinstance(xaitf.create_explainer("prediction_difference", tiny_cnn), PredictionDifference)
     assert isinstance(xaitf.create_explainer("shapley_sampling", tiny_cnn), ShapleySampling)
+
+
+@pytest.mark.parametrize("channel_features", [False, True])
+def test_prefix_images_fused_and_plain(channel_features):
+    """Shapley's prefix images (XLA-fused where available, plain TF otherwise) against numpy:
+    prefix k of input i has the features of rank < k set to the baseline."""
+    from xaitf.methods import perturb as P
+
+    rs = np.random.RandomState(2)
+    X = rs.rand(2, 3, 4, 2).astype(np.float32)
+    base = rs.rand(3, 4, 2).astype(np.float32)
+    F = 3 * 4 * (2 if channel_features else 1)
+    rank = np.stack([rs.permutation(F) for _ in range(2)]).astype(np.int32)
+    limit = np.array([[0, 5, F], [1, 2, 7]], np.int32)
+    want = np.empty((2, 3, 3, 4, 2), np.float32)
+    for i in range(2):
+        for k in range(3):
+            gone = (rank[i] < limit[i, k]).reshape(3, 4, -1)
+            want[i, k] = np.where(gone, base, X[i])
+    args = (tf.constant(X), tf.constant(rank), tf.constant(limit), tf.constant(base), channel_features)
+    np.testing.assert_array_equal(P._prefix_images(*args).numpy(), want)
+    np.testing.assert_array_equal(P.prefix_images(*args).numpy(), want)
