@@ -119,3 +119,52 @@ def test_median_blur_split_over_threads_equals_one_filter():
     np.testing.assert_array_equal(median_blur(x[:1], 5), want[:1])
     np.testing.assert_array_equal(median_blur(x, 1), x)
     assert not np.array_equal(want, x)
+
+
+def test_median_blur_8bit_and_row_bands_equal_scipy(monkeypatch):
+    """8-bit images take OpenCV's median, one large image is cut into row bands over threads:
+    both give scipy's numbers exactly (edges replicated)."""
+    from scipy.ndimage import median_filter
+
+    from xaitf.methods import meaningful_perturbation as MPm
+
+    rng = np.random.default_rng(4)
+    levels = (rng.integers(0, 256, (3, 30, 17, 3)).astype(np.float32)) / 255
+    assert MPm._uint8_levels(levels) is not None
+    assert MPm._uint8_levels(levels + 1e-3) is None
+    for size in (3, 11):
+        want = median_filter(levels, size=(1, size, size, 1), mode="nearest")
+        np.testing.assert_array_equal(MPm.median_blur(levels, size), want)
+    one = rng.uniform(0, 1, (1, 41, 23, 2)).astype(np.float32)
+    want = median_filter(one, size=(1, 7, 7, 1), mode="nearest")
+    for cores in (2, 3):
+        monkeypatch.setattr(MPm.os, "cpu_count", lambda c=cores: c)
+        np.testing.assert_array_equal(MPm.median_blur(one, 7), want)
+
+
+def test_mp_written_gradients_equal_autodiff():
+    """The TV term's written-out gradient and the fused Adam step against TF autodiff / numpy."""
+    import tensorflow as tf
+
+    from xaitf.methods import meaningful_perturbation as MPm
+
+    rs = np.random.RandomState(5)
+    m = tf.constant(rs.rand(3, 6, 5, 1).astype(np.float32))
+    w = tf.constant(rs.rand(3).astype(np.float32))
+    for beta in (1.0, 2.0, 3.0):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(m)
+            mine = MPm.tv_norm(m, beta)
+            ref = MPm._tv_value(m, beta)                   # the plain formula, differentiated by TF
+            a, b = tf.reduce_sum(w * mine), tf.reduce_sum(w * ref)
+        np.testing.assert_allclose(mine.numpy(), ref.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(tape.gradient(a, m).numpy(), tape.gradient(b, m).numpy(), rtol=1e-5, atol=1e-7)
+    g, mom, vel = (rs.randn(3, 6, 5, 1).astype(np.float32) for _ in range(3))
+    vel = np.abs(vel)
+    got = [v.numpy() for v in MPm._kernel(MPm._adam_update)(m, g, mom, vel, tf.constant(3.0), 0.1)]
+    mom2 = 0.9 * mom + 0.1 * g
+    vel2 = 0.999 * vel + 0.001 * g ** 2
+    step = 0.1 * (mom2 / (1 - 0.9 ** 3)) / (np.sqrt(vel2 / (1 - 0.999 ** 3)) + 1e-8)
+    np.testing.assert_allclose(got[0], np.clip(m.numpy() - step, 0, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], mom2, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(got[2], vel2, rtol=1e-5, atol=1e-8)
