@@ -3,7 +3,8 @@
 ``cost(name, explainer)`` returns ``(evals_per_input, backward, note)``: ``evals_per_input`` model
 evaluations (whole images through the model) per input, ``backward`` whether each also needs a
 backward pass, and a short note saying where the number comes from. The floor of a method on N
-inputs is ``N * evals_per_input`` such evaluations (see :class:`bench.harness.Floor`).
+inputs is ``N * evals_per_input`` such evaluations (see :class:`bench.harness.Floor`), in chunks of
+the case's batch size, or of N for methods whose steps depend on each other (``SEQUENTIAL``: MP).
 
 The table lives in the benchmark, not in the methods: it is the benchmark's reading of each
 method's published algorithm and settings (what a straightforward implementation would evaluate).
@@ -67,7 +68,7 @@ COSTS = {
     "shapley": lambda ex: (ex.samples * (_pixels(ex) + 1), False,
                            f"{ex.samples} permutations x ({_pixels(ex)} features + 1)"),
     "rise": _param("masks", False, "masks={masks} + 1 unmasked", extra=1),
-    "mp": _param("max_iterations", True, "max_iterations={max_iterations} (f+b) steps"),
+    "mp": _param("max_iterations", True, "max_iterations={max_iterations} sequential (f+b) steps of the N inputs"),
     # surrogates
     "lime": _param("num_samples", False, "num_samples={num_samples}"),
     "lime.lib": _param("num_samples", False, "num_samples={num_samples}"),
@@ -86,6 +87,18 @@ def _shap_n(ex):
     if ns == "auto":
         ns = 2 * int(ex.params.get("n_segments", 50)) + 2048
     return int(ns) + 2
+
+
+# Methods whose evaluations are sequential steps (each depends on the last): an optimisation of N
+# inputs evaluates the model on N inputs per step, so its floor is max_iterations passes of N
+# inputs, not the same count packed into batch_size chunks (which no implementation can do).
+SEQUENTIAL = {"mp"}
+
+
+def floor_chunk(name, n):
+    """Evaluations per floor step for ``n`` inputs of method ``name``: ``n`` for sequential methods,
+    else None (the case's batch size)."""
+    return n if name in SEQUENTIAL else None
 
 
 def cost(name, explainer):

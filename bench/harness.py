@@ -153,15 +153,20 @@ class Floor:
             self._steps[backward] = step
         return self._steps[backward]
 
-    def runner(self, total, backward):
+    def runner(self, total, backward, chunk=None):
         """``(run, info)``: ``run()`` does the floor of ``total`` evaluations once (its long part on
-        at most ``max_steps`` chunks) and returns its seconds, scaled to the full count."""
+        at most ``max_steps`` chunks) and returns its seconds, scaled to the full count.
+
+        ``chunk``: evaluations per step when a method's steps depend on each other (an optimisation
+        of N inputs runs N evaluations per step, whatever the batch size); default ``batch_size``.
+        """
         total = max(1, int(round(total)))
-        bs = self.batch_size
+        bs = min(self.batch_size, int(chunk)) if chunk else self.batch_size
         full, last = divmod(total, bs)
         if last == 0:
             full, last = full - 1, bs
         step = self._step(bool(backward))
+        xf, tf_ = self.x[:bs], self.t[:bs]
         xl, tl = self.x[:last], self.t[:last]
         timed_full = min(full, self.max_steps)
 
@@ -174,11 +179,11 @@ class Floor:
             t0 = time.perf_counter()
             r = None
             for _ in range(timed_full):
-                r = step(self.x, self.t)
+                r = step(xf, tf_)
             r.numpy()
             return t_last + (time.perf_counter() - t0) * full / timed_full
 
-        return run, {"chunks": full + 1, "extrapolated": timed_full < full, "total_evals": total}
+        return run, {"chunks": full + 1, "chunk": bs, "extrapolated": timed_full < full, "total_evals": total}
 
     def time(self, total, backward, repeats):
         """Seconds for ``total`` evaluations: dict(time_s, chunks, extrapolated, mem_mb)."""

@@ -226,6 +226,9 @@ bench-quick` is a smoke run of every method in about 3 minutes that leaves this 
   (`bench/costs.py`: steps, samples, windows x values, permutations x features, masks,
   iterations), as forward or forward + backward passes through the model, in compiled chunks of the
   same `batch_size`, over inputs built in advance. Long floors are timed on 8 chunks and scaled.
+  Meaningful Perturbation's iterations depend on each other (each Adam step needs the last), so
+  no implementation can pack them into bigger batches: its floor is `max_iterations` passes of its
+  N inputs, one chunk of N per step.
   Occlusion, PDA and Shapley sampling on a model that starts with a Conv2D or Flatten + Dense use
   the exact first-layer shortcut and only run the rest of the model per perturbation: they can run
   below the floor.

@@ -83,7 +83,7 @@ def bench_method(case, method, repeats, mode, floor, xjobs, xsegments, pending, 
     n = case.n_for(evals, backward, method)
     x, t = case.x[:n], case.targets[:n]
     row.update(n=n, evals_per_input=evals, backward=backward, cost_note=cnote)
-    floor_run, finfo = floor.runner(n * evals, backward)
+    floor_run, finfo = floor.runner(n * evals, backward, chunk=costs.floor_chunk(method, n))
     try:
         maps, st = measure_paired(lambda: ex(x, t), floor_run, repeats, slow=SLOW[mode])
     except Exception as e:  # noqa: BLE001
@@ -94,6 +94,7 @@ def bench_method(case, method, repeats, mode, floor, xjobs, xsegments, pending, 
     row.update(time_s=st["time_s"], times=st["times"], repeats=st["repeats"], warmup_s=st["warmup_s"],
                mem_mb=st["mem_mb"], path=getattr(getattr(ex, "engine", None), "path", None),
                floor_s=st["floor_s"], floor_times=st["floor_times"], floor_chunks=finfo["chunks"],
+               floor_chunk=finfo["chunk"],
                floor_extrapolated=finfo["extrapolated"], ratio_floor=st["ratio"], load=load_average())
     per_channel = None
     for peer in (P.PEERS.get(method, []) if with_peers else []):

@@ -74,6 +74,24 @@ def test_floor_chunks_like_the_method():
     assert floor.time(16, backward=False, repeats=1)["chunks"] == 1
 
 
+def test_sequential_methods_floor_in_chunks_of_their_inputs():
+    """MP's steps depend on each other: its floor runs max_iterations passes of its N inputs."""
+    model, counter = counting_model()
+    x = np.random.default_rng(1).random((4, 6, 6, 1), dtype=np.float32)
+    ex = xaitf.create_explainer("mp", model, max_iterations=5, blur_size=3, progress=False)
+    evals, backward, _ = costs.cost("mp", ex)
+    assert (evals, backward) == (5, True) and costs.floor_chunk("ig", 3) is None
+    floor = Floor(model, x, np.zeros(4, np.int64), batch_size=16, max_steps=100)
+    run, info = floor.runner(3 * evals, backward, chunk=costs.floor_chunk("mp", 3))
+    assert info["chunks"] == 5 and info["chunk"] == 3
+    before = int(counter.rows.numpy())
+    run()
+    assert int(counter.rows.numpy()) - before == 15                     # 5 steps of 3 rows
+    start = int(counter.rows.numpy())
+    ex(x[:3], [0, 1, 2])
+    assert int(counter.rows.numpy()) - start == 15                      # what MP itself evaluates
+
+
 def test_pearson_and_report_row():
     a = np.random.default_rng(2).random((2, 5, 5))
     assert pearson(a, 2 * a + 1) == pytest.approx(1.0)
