@@ -168,3 +168,27 @@ def test_mp_written_gradients_equal_autodiff():
     np.testing.assert_allclose(got[0], np.clip(m.numpy() - step, 0, 1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], mom2, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(got[2], vel2, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("shape, cell", [((8, 8, 1), 3), ((15, 11, 1), 4), ((28, 28, 3), 7)])
+def test_rise_masks_are_resized_and_cropped_grids(shape, cell):
+    """The separable masks equal RISE's recipe: bilinear resize of the grid to
+    (cell+1) x ceil(H/cell) cells, cropped at the mask's random offset."""
+    import math
+
+    import tensorflow as tf
+
+    from xaitf.keras_bridge import tfk
+
+    tf.keras.utils.set_random_seed(0)
+    inp = tfk.Input(shape)
+    model = tfk.Model(inp, tfk.layers.Dense(2)(tfk.layers.Flatten()(inp)))
+    rise = xaitf.create_explainer("rise", model, masks=40, cell=cell, progress=False)
+    grids, offsets = rise.random_grids()
+    ch, cw = math.ceil(shape[0] / cell), math.ceil(shape[1] / cell)
+    up = tf.image.resize(grids[..., None], ((cell + 1) * ch, (cell + 1) * cw), method="bilinear")[..., 0].numpy()
+    off = offsets.numpy()
+    want = np.stack([up[i, oy:oy + shape[0], ox:ox + shape[1]] for i, (oy, ox) in enumerate(off)])
+    got = rise.masks()
+    assert got.shape == (40, *shape[:2]) and len(np.unique(off[:, 0])) > 1
+    np.testing.assert_allclose(got, want, atol=2e-6)
