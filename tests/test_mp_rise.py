@@ -143,31 +143,36 @@ def test_median_blur_8bit_and_row_bands_equal_scipy(monkeypatch):
 
 
 def test_mp_written_gradients_equal_autodiff():
-    """The TV term's written-out gradient and the fused Adam step against TF autodiff / numpy."""
+    """The area + TV terms' written-out gradient against TF autodiff of the loss, and the fused
+    mask update (XLA where available, plain TF) against a numpy Adam step with the clamp."""
     import tensorflow as tf
 
     from xaitf.methods import meaningful_perturbation as MPm
 
     rs = np.random.RandomState(5)
-    m = tf.constant(rs.rand(3, 6, 5, 1).astype(np.float32))
-    w = tf.constant(rs.rand(3).astype(np.float32))
+    m = rs.rand(3, 6, 5, 1).astype(np.float32)
+    m[0, :2] = 1.0                                       # |1 - m| and differences at exactly 0
+    m = tf.constant(m)
     for beta in (1.0, 2.0, 3.0):
-        with tf.GradientTape(persistent=True) as tape:
+        with tf.GradientTape() as tape:
             tape.watch(m)
-            mine = MPm.tv_norm(m, beta)
-            ref = MPm._tv_value(m, beta)                   # the plain formula, differentiated by TF
-            a, b = tf.reduce_sum(w * mine), tf.reduce_sum(w * ref)
-        np.testing.assert_allclose(mine.numpy(), ref.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(tape.gradient(a, m).numpy(), tape.gradient(b, m).numpy(), rtol=1e-5, atol=1e-7)
+            loss = tf.reduce_sum(0.01 * tf.reduce_mean(tf.abs(1.0 - m), axis=[1, 2, 3])
+                                 + 0.2 * MPm.tv_norm(m, beta))
+        want = tape.gradient(loss, m).numpy()
+        got = MPm.regulariser_gradient(m, 0.01, 0.2, beta).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+        assert np.abs(want).max() > 0
     g, mom, vel = (rs.randn(3, 6, 5, 1).astype(np.float32) for _ in range(3))
     vel = np.abs(vel)
-    got = [v.numpy() for v in MPm._kernel(MPm._adam_update)(m, g, mom, vel, tf.constant(3.0), 0.1)]
-    mom2 = 0.9 * mom + 0.1 * g
-    vel2 = 0.999 * vel + 0.001 * g ** 2
+    full = g + MPm.regulariser_gradient(m, 0.01, 0.2, 3.0).numpy()
+    mom2 = 0.9 * mom + 0.1 * full
+    vel2 = 0.999 * vel + 0.001 * full ** 2
     step = 0.1 * (mom2 / (1 - 0.9 ** 3)) / (np.sqrt(vel2 / (1 - 0.999 ** 3)) + 1e-8)
-    np.testing.assert_allclose(got[0], np.clip(m.numpy() - step, 0, 1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got[1], mom2, rtol=1e-5, atol=1e-8)
-    np.testing.assert_allclose(got[2], vel2, rtol=1e-5, atol=1e-8)
+    for update in (MPm.mask_update, MPm._mask_update_xla):
+        got = [v.numpy() for v in update(m, g, mom, vel, tf.constant(3.0), 0.1, 0.01, 0.2, 3.0)]
+        np.testing.assert_allclose(got[0], np.clip(m.numpy() - step, 0, 1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], mom2, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(got[2], vel2, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("shape, cell", [((8, 8, 1), 3), ((15, 11, 1), 4), ((28, 28, 3), 7)])

@@ -40,9 +40,11 @@ import tensorflow as tf
 
 from ..errors import MethodError
 from ..explainer import Explainer
+from ._modified_grad import xla_available
 from .rise import _number, class_probabilities
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+UNROLL = 5                     # MP steps per compiled call
 NORMALIZE = ("study1", "minmax", "none")
 
 
@@ -98,62 +100,41 @@ def median_blur(x, size):
         return np.concatenate(list(pool.map(band, range(cores))), axis=1)
 
 
-def _tv_value(m, beta):
+def tv_norm(m, beta):
+    """Per-image total variation: mean |d_row m|^beta + mean |d_col m|^beta over (n,h,w,1) masks."""
     dr = tf.abs(m[:, 1:, :, :] - m[:, :-1, :, :])
     dc = tf.abs(m[:, :, 1:, :] - m[:, :, :-1, :])
     return tf.reduce_mean(dr ** beta, axis=[1, 2, 3]) + tf.reduce_mean(dc ** beta, axis=[1, 2, 3])
 
 
-def _tv_gradient(m, up, beta):
-    """d (up . tv(m)) / d m: ``beta |d|^(beta-1) sign(d)`` of each difference, pasted back."""
+def regulariser_gradient(m, l1_coeff, tv_coeff, beta):
+    """d/dm of ``l1_coeff * mean|1 - m| + tv_coeff * tv_norm(m, beta)`` for each mask, written out:
+    ``-sign(1 - m) / cells`` and ``beta |d|^(beta-1) sign(d) / count`` of each difference ``d``,
+    pasted back to both of its cells (the values TF's autodiff gives, sign(0) = 0 included)."""
     dr = m[:, 1:, :, :] - m[:, :-1, :, :]
     dc = m[:, :, 1:, :] - m[:, :, :-1, :]
-    nr = tf.cast(tf.reduce_prod(tf.shape(dr)[1:]), m.dtype)
-    nc = tf.cast(tf.reduce_prod(tf.shape(dc)[1:]), m.dtype)
-    up = up[:, None, None, None]
-    gr = up * (beta / nr) * tf.abs(dr) ** (beta - 1) * tf.sign(dr)
-    gc = up * (beta / nc) * tf.abs(dc) ** (beta - 1) * tf.sign(dc)
-    return (tf.pad(gr, [[0, 0], [1, 0], [0, 0], [0, 0]]) - tf.pad(gr, [[0, 0], [0, 1], [0, 0], [0, 0]])
+    shape = tf.cast(tf.shape(m), m.dtype)
+    cells = shape[1] * shape[2] * shape[3]
+    gr = (tv_coeff * beta / ((shape[1] - 1) * shape[2] * shape[3])) * tf.abs(dr) ** (beta - 1) * tf.sign(dr)
+    gc = (tv_coeff * beta / (shape[1] * (shape[2] - 1) * shape[3])) * tf.abs(dc) ** (beta - 1) * tf.sign(dc)
+    return (-(l1_coeff / cells) * tf.sign(1.0 - m)
+            + tf.pad(gr, [[0, 0], [1, 0], [0, 0], [0, 0]]) - tf.pad(gr, [[0, 0], [0, 1], [0, 0], [0, 0]])
             + tf.pad(gc, [[0, 0], [0, 0], [1, 0], [0, 0]]) - tf.pad(gc, [[0, 0], [0, 0], [0, 1], [0, 0]]))
 
 
-def _adam_update(m, g, mom, vel, t, lr):
-    """PyTorch's Adam step (bias-corrected moments) and the clamp of the mask to [0, 1]."""
+def mask_update(m, g_class, mom, vel, t, lr, l1_coeff, tv_coeff, beta):
+    """One step on the masks: the full gradient (the class term's ``g_class`` from the tape plus
+    :func:`regulariser_gradient`), PyTorch's Adam update (bias-corrected moments) and the clamp to
+    [0, 1]. Returns (m, mom, vel)."""
     b1, b2 = ADAM_BETA1, ADAM_BETA2
+    g = g_class + regulariser_gradient(m, l1_coeff, tv_coeff, beta)
     mom = b1 * mom + (1.0 - b1) * g
     vel = b2 * vel + (1.0 - b2) * tf.square(g)
     step = lr * (mom / (1.0 - b1 ** t)) / (tf.sqrt(vel / (1.0 - b2 ** t)) + ADAM_EPS)
     return tf.clip_by_value(m - step, 0.0, 1.0), mom, vel
 
 
-_XLA_KERNELS = {}
-
-
-def _kernel(fn):
-    """``fn`` compiled by XLA into one fused loop where XLA is available, else ``fn``: the mask's
-    arithmetic is a few dozen small elementwise ops per step, each a pass and a kernel launch."""
-    from ._modified_grad import xla_available
-
-    if not xla_available():
-        return fn
-    if fn not in _XLA_KERNELS:
-        _XLA_KERNELS[fn] = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
-    return _XLA_KERNELS[fn]
-
-
-def tv_norm(m, beta):
-    """Per-image total variation: mean |d_row m|^beta + mean |d_col m|^beta over (n,h,w,1) masks.
-
-    The gradient is written out (:func:`_tv_gradient`): TF's generic gradient of the four slices
-    (StridedSliceGrad) cost about 9 ms per step of 256 MNIST masks, more than the first convolution.
-    """
-    beta = float(beta)
-
-    @tf.custom_gradient
-    def tv(m):
-        return _kernel(_tv_value)(m, beta), lambda up: _kernel(_tv_gradient)(m, up, beta)
-
-    return tv(m)
+_mask_update_xla = tf.function(mask_update, jit_compile=True, reduce_retracing=True, autograph=False)
 
 
 class MeaningfulPerturbation(Explainer):
@@ -202,7 +183,7 @@ class MeaningfulPerturbation(Explainer):
                               "mask; the total-variation term needs at least 2x2")
         if p["normalize"] not in NORMALIZE:
             raise MethodError(f"{name} normalize must be one of {', '.join(NORMALIZE)}, got {p['normalize']!r}")
-        self._step = tf.function(self._adam_step, reduce_retracing=True, autograph=False)
+        self._step_fns = {}
         self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
 
     def chunk_size(self):
@@ -224,25 +205,43 @@ class MeaningfulPerturbation(Explainer):
         area = tf.reduce_mean(tf.abs(1.0 - m), axis=[1, 2, 3])
         return area, tv_norm(m, self.tv_beta), tf.reduce_sum(prob * onehot, axis=-1)
 
-    def _adam_step(self, i, m, mom, vel, blurred, diff, onehot):
-        """One Adam step (PyTorch's update) of every mask of the chunk, then the clamp to [0, 1]."""
-        with tf.GradientTape() as tape:
-            tape.watch(m)
-            area, tv, prob = self._terms(blurred, diff, onehot, m)
-            loss = tf.reduce_sum(self.l1_coeff * area + self.tv_coeff * tv + self.category_coeff * prob)
-        g = tape.gradient(loss, m)
-        m, mom, vel = _kernel(_adam_update)(m, g, mom, vel, tf.cast(i + 1, tf.float32), self.lr)
-        return i + 1, m, mom, vel
+    def _adam_steps(self, k, i, m, mom, vel, blurred, diff, onehot):
+        """``k`` Adam steps (PyTorch's update) of every mask of the chunk, each followed by the clamp
+        to [0, 1], unrolled in one graph. The tape covers the model's class term only; the area and
+        TV terms' gradient is analytic and joins the update in one fused kernel."""
+        update = _mask_update_xla if xla_available() else mask_update
+        for _ in range(k):
+            with tf.GradientTape() as tape:
+                tape.watch(m)
+                up = self._upsample(m)
+                prob = class_probabilities(self.forward(blurred + up * diff, training=False))
+                loss = self.category_coeff * tf.reduce_sum(prob * onehot)
+            i = i + 1
+            m, mom, vel = update(m, tape.gradient(loss, m), mom, vel, tf.cast(i, tf.float32), self.lr,
+                                 self.l1_coeff, self.tv_coeff, self.tv_beta)
+        return i, m, mom, vel
 
     def _optimise(self, x, blurred, onehot, m0):
-        """The optimised masks, upsampled: (n, H, W). The loop is Python around one compiled step:
-        inside a ``tf.while_loop`` TensorFlow's oneDNN rewrite skips the max-pooling gradient, whose
-        plain kernel made each step of the MNIST CNN 2.1x a forward + backward pass (1.5x here)."""
+        """The optimised masks, upsampled: (n, H, W).
+
+        The loop is Python around compiled blocks of ``UNROLL`` steps: inside a ``tf.while_loop``
+        TensorFlow's oneDNN rewrite skips the max-pooling gradient, whose plain kernel made each
+        step of the MNIST CNN 2.1x a forward + backward pass; blocks of steps keep Python's share
+        of a small step (64 CIFAR images: 9 ms) low.
+        """
         diff = x - blurred
         state = (tf.constant(0), m0, tf.zeros_like(m0), tf.zeros_like(m0))
-        for _ in range(self.iterations):
-            state = self._step(*state, blurred, diff, onehot)
+        blocks, rest = divmod(self.iterations, UNROLL)
+        for k, count in ((UNROLL, blocks), (1, rest)):
+            for _ in range(count):
+                state = self._steps(k)(*state, blurred, diff, onehot)
         return self._upsample(state[1])[..., 0]
+
+    def _steps(self, k):
+        if k not in self._step_fns:
+            self._step_fns[k] = tf.function(lambda *a: self._adam_steps(k, *a), reduce_retracing=True,
+                                            autograph=False)
+        return self._step_fns[k]
 
     def initial_masks(self, n):
         """The seed's random {0,1} initial mask (h, w) for each of n images, as (n, h, w, 1) float32.
