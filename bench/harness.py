@@ -205,20 +205,23 @@ class Floor:
         return res
 
 
-def measure_paired(fn, floor_run, repeats, slow=None):
+def measure_paired(fn, floor_run, repeats, slow=None, min_seconds=0.0, max_rounds=None):
     """Ours and its floor in alternation: warm-up both, then ``repeats`` rounds of (ours, floor).
 
     On a shared machine the load changes within seconds; timing the two side by side, round by
-    round, gives both the same conditions. Returns ``(result of the warm-up call, stats)`` like
-    :func:`measure`, plus ``floor_s`` (median floor), ``floor_times`` and ``ratio`` (median of the
-    per-round ratios ours / floor).
+    round, gives both the same conditions. Short calls get more rounds: rounds go on until ours
+    has run ``min_seconds`` in all (at most ``max_rounds``, default ``10 * repeats``), so a 10 ms
+    row is a median of dozens of ratios, not of a handful. Returns ``(result of the warm-up call,
+    stats)`` like :func:`measure`, plus ``floor_s`` (median floor), ``floor_times`` and ``ratio``
+    (median of the per-round ratios ours / floor).
     """
+    max_rounds = max(repeats, max_rounds or 10 * repeats)
     t0 = time.perf_counter()
     out = fn()
     warm = time.perf_counter() - t0
     floor_run()
     times, ftimes, peak = [], [], None
-    for _ in range(max(1, repeats)):
+    while len(times) < max(1, repeats) or (sum(times) < min_seconds and len(times) < max_rounds):
         with PeakMemory() as m:
             t0 = time.perf_counter()
             fn()

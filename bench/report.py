@@ -218,8 +218,9 @@ bench-quick` is a smoke run of every method in about 3 minutes that leaves this 
 
 ## What is measured
 
-* **ours**: median wall time of 5 calls of `explainer(x, targets)` after one warm-up call (tracing,
-  analyzer builds), on N inputs. N is the case's number of inputs (256 MNIST, 64 CIFAR-10, 1
+* **ours**: median wall time of `--repeats` calls (at least 5) of `explainer(x, targets)` after one
+  warm-up call (tracing, analyzer builds), on N inputs; short rows get more calls, until ours has
+  run 1 s in all (at most 10x `--repeats`), so a 10 ms row is a median of dozens. N is the case's number of inputs (256 MNIST, 64 CIFAR-10, 1
   center-pixel image) or fewer for expensive methods: every row gets about the same work budget
   (`bench/cases.py`), so one row takes seconds, not hours. LIME and Kernel SHAP run on 32 images
   with 1,000 samples per image (issue 11), Meaningful Perturbation on the whole batch.

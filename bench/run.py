@@ -40,6 +40,7 @@ ROOT = HERE.parent
 # the same for ours and every peer, in every case: weight maps, so that maps can be correlated
 BENCH_DEFAULTS = {"lime": {"mask_output": False}, "lime.lib": {"mask_output": False}}
 SLOW = {"full": 20.0, "quick": 4.0}         # a contender whose first timed call takes longer: 1 call
+MIN_S = {"full": 1.0, "quick": 0.0}         # short rows: more paired rounds, until ours ran this long
 LOOP_CALLS = {"full": 300, "quick": 60}     # plain-loop calls timed before extrapolating
 
 
@@ -85,7 +86,8 @@ def bench_method(case, method, repeats, mode, floor, xjobs, xsegments, pending, 
     row.update(n=n, evals_per_input=evals, backward=backward, cost_note=cnote)
     floor_run, finfo = floor.runner(n * evals, backward, chunk=costs.floor_chunk(method, n))
     try:
-        maps, st = measure_paired(lambda: ex(x, t), floor_run, repeats, slow=SLOW[mode])
+        maps, st = measure_paired(lambda: ex(x, t), floor_run, repeats, slow=SLOW[mode],
+                                  min_seconds=MIN_S[mode])
     except Exception as e:  # noqa: BLE001
         row["error"] = _err(e)
         row["trace"] = traceback.format_exc()[-600:]

@@ -15,7 +15,7 @@ from xaitf import registry
 from xaitf.keras_bridge import tfk
 
 from bench import costs, report
-from bench.harness import Floor, pearson
+from bench.harness import Floor, measure_paired, pearson
 
 
 class CountRows(tfk.layers.Layer):
@@ -115,3 +115,19 @@ def test_errors_fit_on_one_table_line():
     assert report.one_line("ValueError: a | b") == "ValueError: a / b"         # no stray table cells
     long = report.one_line("RuntimeError: " + "x" * 500)
     assert len(long) == 160 and long.endswith("...")
+
+
+def test_short_rows_get_more_paired_rounds():
+    import time
+
+    def nap():
+        time.sleep(0.002)
+        return 0.002
+
+    _, st = measure_paired(nap, nap, 3)
+    assert st["repeats"] == 3 and len(st["floor_times"]) == 3
+    _, st = measure_paired(nap, nap, 3, min_seconds=0.02)            # ~10 rounds of 2 ms
+    t = st["times"]
+    assert st["repeats"] > 3 and sum(t) >= 0.02 > sum(t[:-1]) and len(st["floor_times"]) == len(t)
+    _, st = measure_paired(nap, nap, 3, min_seconds=10.0)            # capped at 10 x repeats
+    assert st["repeats"] == 30
