@@ -37,6 +37,16 @@ def test_mp_batch_of_masks_equals_one_image_at_a_time(center_pixel_small, centre
     joint = xaitf.create_explainer("mp", center_pixel_small, **kw)(centre_images)
     single = xaitf.create_explainer("mp", center_pixel_small, batch_size=1, **kw)(centre_images)
     np.testing.assert_allclose(joint, single, atol=1e-5)
+    # the loss terms: a keep-everything mask has no area or TV cost and keeps the class probability
+    import tensorflow as tf
+
+    mp = xaitf.create_explainer("mp", center_pixel_small, **kw)
+    x = tf.constant(centre_images)
+    ones = tf.ones((2, 15, 15, 1))
+    area, tv, prob = (v.numpy() for v in mp.losses(x, x * 0, tf.one_hot([200, 60], 256), ones))
+    p = mp.predict(centre_images, probabilities=True)[[0, 1], [200, 60]]
+    assert np.all(area == 0) and np.all(tv == 0)
+    np.testing.assert_allclose(prob, p, rtol=1e-5)
 
 
 def test_mp_mask_scale_and_normalisations(center_pixel_small, centre_images):
@@ -168,7 +178,7 @@ def test_mp_written_gradients_equal_autodiff():
     mom2 = 0.9 * mom + 0.1 * full
     vel2 = 0.999 * vel + 0.001 * full ** 2
     step = 0.1 * (mom2 / (1 - 0.9 ** 3)) / (np.sqrt(vel2 / (1 - 0.999 ** 3)) + 1e-8)
-    for update in (MPm.mask_update, MPm._mask_update_xla):
+    for update in (MPm.mask_update,) + ((MPm._mask_update_xla,) if MPm.xla_available() else ()):
         got = [v.numpy() for v in update(m, g, mom, vel, tf.constant(3.0), 0.1, 0.01, 0.2, 3.0)]
         np.testing.assert_allclose(got[0], np.clip(m.numpy() - step, 0, 1), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[1], mom2, rtol=1e-5, atol=1e-8)

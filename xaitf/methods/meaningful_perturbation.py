@@ -196,11 +196,8 @@ class MeaningfulPerturbation(Explainer):
 
     def losses(self, x, blurred, onehot, m):
         """Per-image loss terms (area, tv, probability) for masks m (n,h,w,1)."""
-        return self._terms(blurred, x - blurred, onehot, m)
-
-    def _terms(self, blurred, diff, onehot, m):
         up = self._upsample(m)
-        perturbed = blurred + up * diff                     # = x * up + blurred * (1 - up)
+        perturbed = x * up + blurred * (1.0 - up)
         prob = class_probabilities(self.forward(perturbed, training=False))
         area = tf.reduce_mean(tf.abs(1.0 - m), axis=[1, 2, 3])
         return area, tv_norm(m, self.tv_beta), tf.reduce_sum(prob * onehot, axis=-1)
@@ -214,6 +211,7 @@ class MeaningfulPerturbation(Explainer):
             with tf.GradientTape() as tape:
                 tape.watch(m)
                 up = self._upsample(m)
+                # blurred + up * (x - blurred) = x * up + blurred * (1 - up)
                 prob = class_probabilities(self.forward(blurred + up * diff, training=False))
                 loss = self.category_coeff * tf.reduce_sum(prob * onehot)
             i = i + 1
