@@ -540,3 +540,16 @@ def test_registry_classes():
     assert xaitf.get_method("grad") is Gradient and xaitf.get_method("inpgrad") is InputXGradient
     assert xaitf.get_method("gb") is GuidedBackprop and xaitf.get_method("deconvnet") is DeconvNet
     assert xaitf.get_method("deeplift") is DeepLift and xaitf.get_method("vargrad") is SmoothGrad
+
+
+def test_hashed_uniforms_fused_equal_plain():
+    """The XLA-fused hashing gives the same bits as the plain TF ops (so the same noise)."""
+    from xaitf.methods import gradients as G
+
+    ids, seed = tf.constant([0, 5, 2 ** 33 + 7], tf.int64), tf.constant(-3, tf.int64)
+    plain = [v.numpy() for v in G._hashed_uniforms(ids, seed, 37)]
+    assert plain[0].min() > 0 and plain[0].max() < 1 and plain[1].max() < 2 * np.pi
+    if G.xla_available():
+        fused = [v.numpy() for v in G._hashed_uniforms_xla(ids, seed, 37)]
+        np.testing.assert_array_equal(fused[0], plain[0])
+        np.testing.assert_array_equal(fused[1], plain[1])
