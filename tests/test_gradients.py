@@ -10,6 +10,7 @@ from conftest import make_cnn, make_linear
 from xaitf.errors import InputError, MethodError, ModelError
 from xaitf.keras_bridge import keras3, tfk
 from xaitf.methods.cam import GradCam, GradCamPlusPlus
+from xaitf.methods._xla import xla_available
 from xaitf.methods.deeplift import DeepLift
 from xaitf.methods.gradients import (DeconvNet, Gradient, GuidedBackprop, InputXGradient,
                                      IntegratedGradients, SmoothGrad, hashed_normal, path_points)
@@ -299,12 +300,12 @@ def test_relu_rescale_kernel_and_its_fallback():
     same = zn == zn[-1:]
     want = g.numpy() * np.where(same, zn > 0, (yn - yn[-1:]) / np.where(same, 1, zn - zn[-1:]))
     np.testing.assert_allclose(plain, want, rtol=1e-6)
-    if MG.xla_available():
-        np.testing.assert_allclose(MG._relu_rescale_xla(g, z, z[-1:]).numpy(), plain, rtol=1e-6)
+    if xla_available():
+        np.testing.assert_allclose(MG.RELU_RESCALE.xla(g, z, z[-1:]).numpy(), plain, rtol=1e-6)
     m = MG._relu_multiplier(z, z[-1:])
     np.testing.assert_allclose((g * m).numpy(), plain, rtol=1e-6)
-    if MG.xla_available():
-        np.testing.assert_allclose(MG._relu_multiplier_xla(z, z[-1:]).numpy(), m.numpy(), rtol=1e-6)
+    if xla_available():
+        np.testing.assert_allclose(MG.RELU_MULTIPLIER.xla(z, z[-1:]).numpy(), m.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
@@ -549,7 +550,7 @@ def test_hashed_uniforms_fused_equal_plain():
     ids, seed = tf.constant([0, 5, 2 ** 33 + 7], tf.int64), tf.constant(-3, tf.int64)
     plain = [v.numpy() for v in G._hashed_uniforms(ids, seed, 37)]
     assert plain[0].min() > 0 and plain[0].max() < 1 and plain[1].max() < 2 * np.pi
-    if G.xla_available():
-        fused = [v.numpy() for v in G._hashed_uniforms_xla(ids, seed, 37)]
+    if xla_available():
+        fused = [v.numpy() for v in G.HASHED_UNIFORMS.xla(ids, seed, 37)]
         np.testing.assert_array_equal(fused[0], plain[0])
         np.testing.assert_array_equal(fused[1], plain[1])

@@ -178,7 +178,9 @@ def test_mp_written_gradients_equal_autodiff():
     mom2 = 0.9 * mom + 0.1 * full
     vel2 = 0.999 * vel + 0.001 * full ** 2
     step = 0.1 * (mom2 / (1 - 0.9 ** 3)) / (np.sqrt(vel2 / (1 - 0.999 ** 3)) + 1e-8)
-    for update in (MPm.mask_update,) + ((MPm._mask_update_xla,) if MPm.xla_available() else ()):
+    from xaitf.methods._xla import xla_available
+
+    for update in (MPm.mask_update,) + ((MPm.MASK_UPDATE.xla,) if xla_available() else ()):
         got = [v.numpy() for v in update(m, g, mom, vel, tf.constant(3.0), 0.1, 0.01, 0.2, 3.0)]
         np.testing.assert_allclose(got[0], np.clip(m.numpy() - step, 0, 1), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[1], mom2, rtol=1e-5, atol=1e-8)

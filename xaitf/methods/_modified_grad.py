@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from ..errors import ModelError
 from ..keras_bridge import kmodule, layer_type, model_kind
+from ._xla import fused
 
 RULES = ("guided", "deconvnet", "rescale", "rescale_pairs")
 RELU_RULES = ("guided", "deconvnet")
@@ -73,48 +74,26 @@ def relu_op(rule, max_value=None):
     return op
 
 
-_XLA = []
-
-
-def xla_available():
-    """Whether XLA can compile here (checked once); the fused multiplier falls back without it."""
-    if not _XLA:
-        try:
-            tf.function(lambda a: a * 2.0, jit_compile=True, autograph=False)(tf.ones([2]))
-            _XLA.append(True)
-        except Exception:  # noqa: BLE001 - platforms without XLA
-            _XLA.append(False)
-    return _XLA[0]
-
-
-def _relu_rescale(g, z, z0):
-    """g * m with the ReLU rescale multiplier m = (relu(z) - relu(z0)) / (z - z0), or 1[z > 0]
-    where z = z0.
+def _relu_multiplier(z, z0):
+    """The ReLU rescale multiplier m = (relu(z) - relu(z0)) / (z - z0), or 1[z > 0] where z = z0.
 
     Exact for ReLU: the quotient is 0, 1 or a ratio in [0, 1], so no epsilon is needed. relu(z) is
-    recomputed rather than read: the backward pass is memory-bound, and one tensor fewer to read
-    is worth more than a max.
-    """
-    dz = z - z0
-    return g * tf.where(dz == 0, tf.cast(z > 0, z.dtype), (tf.nn.relu(z) - tf.nn.relu(z0)) / dz)
-
-
-_relu_rescale_xla = tf.function(_relu_rescale, jit_compile=True, reduce_retracing=True, autograph=False)  # fused
-
-
-def _relu_multiplier(z, z0):
-    """The ReLU rescale multiplier against a fixed reference ``z0`` (see :func:`_relu_rescale`).
-
-    With the baseline's pre-activations known in advance it is computed in the forward pass (one
+    recomputed rather than read (memory-bound: one tensor fewer to read is worth more than a max).
+    With the baseline's pre-activations known in advance, m is computed in the forward pass (one
     fused read of ``z``; the ReLU itself stays TF's kernel) and the backward pass is a plain
-    product ``g * m``, so ``z`` need not be kept. Measured on 256 MNIST images: 1.19x of the plain
-    gradient's time, against 1.31x with the multiplier computed in the backward pass.
+    product ``g * m``, so ``z`` need not be kept: 1.19x of the plain gradient's time on 256 MNIST
+    images, against 1.31x with the multiplier computed in the backward pass.
     """
     dz = z - z0
     return tf.where(dz == 0, tf.cast(z > 0, z.dtype), (tf.nn.relu(z) - tf.nn.relu(z0)) / dz)
 
 
-_relu_multiplier_xla = tf.function(_relu_multiplier, jit_compile=True, reduce_retracing=True, autograph=False)
+def _relu_rescale(g, z, z0):
+    """g * m, m the ReLU rescale multiplier (:func:`_relu_multiplier`), in the backward pass."""
+    return g * _relu_multiplier(z, z0)
+
+
+RELU_MULTIPLIER, RELU_RESCALE = fused(_relu_multiplier), fused(_relu_rescale)
 
 
 # -- the baseline's pre-activations, for the shared-baseline rescale rule ------------------------
@@ -173,16 +152,13 @@ def rescale_op(f, shared):
     meant to be used.
     """
     is_relu = _fname(f) == "relu"
-    fused = is_relu and xla_available()
-    relu_rescale = _relu_rescale_xla if fused else _relu_rescale
-    relu_multiplier = _relu_multiplier_xla if fused else _relu_multiplier
     key = f"rescale_{_fname(f)}_{next(_KEYS)}"
 
     @tf.custom_gradient
     def op(z):
         ref = _reference(key, z) if shared else None
         if is_relu and ref is not None:
-            m = relu_multiplier(z, tf.cast(ref, z.dtype))
+            m = RELU_MULTIPLIER(z, tf.cast(ref, z.dtype))
             return tf.nn.relu(z), lambda g: g * m
         y = f(z)
 
@@ -196,7 +172,7 @@ def rescale_op(f, shared):
             else:
                 z0, y0 = tf.roll(z, b // 2, axis=0), tf.roll(y, b // 2, axis=0)
             if is_relu:
-                return relu_rescale(g, z, z0)
+                return RELU_RESCALE(g, z, z0)
             dz = z - z0
             with tf.GradientTape() as tape:
                 tape.watch(z)

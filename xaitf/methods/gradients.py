@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from ..errors import InputError, MethodError
 from ..explainer import Explainer, chunks
-from ._modified_grad import modified_clone, xla_available
+from ._modified_grad import modified_clone
+from ._xla import fused
 
 _FUNCTIONS = {}  # (id(model), tag) -> (model, tf.function): one trace per model and method
 
@@ -255,7 +256,7 @@ def _hashed_uniforms(ids, seed, half):
 
 
 # the integer hashing as one fused loop (exact: the same bits); TF's own log/sin/cos stay faster
-_hashed_uniforms_xla = tf.function(_hashed_uniforms, jit_compile=True, reduce_retracing=True, autograph=False)
+HASHED_UNIFORMS = fused(_hashed_uniforms)
 
 
 def hashed_normal(ids, seed, shape):
@@ -270,7 +271,7 @@ def hashed_normal(ids, seed, shape):
     """
     numel = tf.reduce_prod(shape)
     half = (numel + 1) // 2
-    u1, theta = (_hashed_uniforms_xla if xla_available() else _hashed_uniforms)(ids, seed, half)
+    u1, theta = HASHED_UNIFORMS(ids, seed, half)
     r = tf.sqrt(-2.0 * tf.math.log(u1))
     z = tf.concat([r * tf.cos(theta), r * tf.sin(theta)], axis=1)[:, :numel]
     return tf.reshape(z, tf.concat([[-1], tf.cast(shape, tf.int32)], 0))

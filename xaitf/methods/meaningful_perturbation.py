@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from ..errors import MethodError
 from ..explainer import Explainer
-from ._modified_grad import xla_available
+from ._xla import fused
 from .rise import _number, class_probabilities
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -134,7 +134,7 @@ def mask_update(m, g_class, mom, vel, t, lr, l1_coeff, tv_coeff, beta):
     return tf.clip_by_value(m - step, 0.0, 1.0), mom, vel
 
 
-_mask_update_xla = tf.function(mask_update, jit_compile=True, reduce_retracing=True, autograph=False)
+MASK_UPDATE = fused(mask_update)
 
 
 class MeaningfulPerturbation(Explainer):
@@ -206,7 +206,6 @@ class MeaningfulPerturbation(Explainer):
         """``k`` Adam steps (PyTorch's update) of every mask of the chunk, each followed by the clamp
         to [0, 1], unrolled in one graph. The tape covers the model's class term only; the area and
         TV terms' gradient is analytic and joins the update in one fused kernel."""
-        update = _mask_update_xla if xla_available() else mask_update
         for _ in range(k):
             with tf.GradientTape() as tape:
                 tape.watch(m)
@@ -215,7 +214,7 @@ class MeaningfulPerturbation(Explainer):
                 prob = class_probabilities(self.forward(blurred + up * diff, training=False))
                 loss = self.category_coeff * tf.reduce_sum(prob * onehot)
             i = i + 1
-            m, mom, vel = update(m, tape.gradient(loss, m), mom, vel, tf.cast(i, tf.float32), self.lr,
+            m, mom, vel = MASK_UPDATE(m, tape.gradient(loss, m), mom, vel, tf.cast(i, tf.float32), self.lr,
                                  self.l1_coeff, self.tv_coeff, self.tv_beta)
         return i, m, mom, vel
 

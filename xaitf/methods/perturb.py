@@ -44,7 +44,7 @@ from ..errors import MethodError
 from ..explainer import progress as _progress
 from ..keras_bridge import input_shape, is_softmax_layer, layer_type
 from ._local_windows import local_stack
-from ._modified_grad import xla_available
+from ._xla import fused
 
 # elements a gathered intermediate may hold before a slower but leaner route is used
 _MEMORY_BUDGET = 1 << 23
@@ -703,15 +703,9 @@ def _prefix_images(X, rank, limit, base, channel_features):
     return tf.where(mask, base, X[:, None])
 
 
-_prefix_images_xla = tf.function(_prefix_images, jit_compile=True, reduce_retracing=True, autograph=False)
-
-
-def prefix_images(X, rank, limit, base, channel_features):
-    """:func:`_prefix_images` in one XLA-fused loop where XLA is available: TF's broadcasting select
-    over five axes was 18% of Shapley sampling's time on the MNIST CNN (1.7 vs 0.75 ms per chunk
-    of 197 prefixes)."""
-    fn = _prefix_images_xla if xla_available() else _prefix_images
-    return fn(X, rank, limit, base, bool(channel_features))
+# one XLA loop where XLA is available: TF's broadcasting select over five axes was 18% of Shapley
+# sampling's time on the MNIST CNN (1.7 vs 0.75 ms per chunk of 197 prefixes)
+prefix_images = fused(_prefix_images)
 
 
 def _spec(shape, dtype):

@@ -91,7 +91,7 @@ class Rise(Explainer):
                                          maxval=self.cell_w, dtype=tf.int32)
         return grids, tf.stack([oy, ox], axis=1)
 
-    def _interpolation(self, side, cell_side):
+    def _interpolation(self, cell_side):
         """(size, cell) weights of bilinear upsampling (half-pixel centres, as ``tf.image.resize``)
         of ``cell`` values to ``size = (cell + 1) * cell_side``: the resize of an identity."""
         eye = tf.eye(self.cell)[..., None]                                   # (cell, cell, 1)
@@ -107,8 +107,7 @@ class Rise(Explainer):
         the model on the 227x227 center-pixel model).
         """
         h, w = self.shape[:2]
-        ry = self._interpolation(h, self.cell_h)
-        rx = ry if (w, self.cell_w) == (h, self.cell_h) else self._interpolation(w, self.cell_w)
+        ry, rx = self._interpolation(self.cell_h), self._interpolation(self.cell_w)
         ay = tf.gather(ry, offsets[:, :1] + tf.range(h)[None])               # (g, H, cell)
         ax = tf.gather(rx, offsets[:, 1:] + tf.range(w)[None])               # (g, W, cell)
         return tf.matmul(tf.matmul(ay, grids), ax, transpose_b=True)
