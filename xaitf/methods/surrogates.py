@@ -143,8 +143,9 @@ class SuperpixelMixin:
         """The superpixel maps (N,H,W) int32 this explainer uses for images x (deterministic)."""
         from ..explainer import as_batch
 
-        fn = self._segmenter()
-        return np.stack([fn(im) for im in as_batch(x, self.model)]).astype(np.int32)
+        p = dict(self.params)
+        p["seed"] = self.seed
+        return segmentation.segment(as_batch(x, self.model), p.pop("segmenter"), **p)
 
 
 class _LibraryExplainer(SuperpixelMixin, Explainer):
