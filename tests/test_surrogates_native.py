@@ -269,6 +269,43 @@ def test_registry_names_and_bit_tables():
     np.testing.assert_array_equal(sn.unpack_bits(sn.pack_bits(bits), 70), bits)
 
 
+def mlp(k, shape=(12, 12, 3), classes=4, seed=3):
+    """Flatten -> Dense(relu) -> Dense(softmax), tf-keras or Keras 3 (``k`` the keras module)."""
+    rs = np.random.RandomState(seed)
+    inp = k.Input(shape)
+    h = k.layers.Flatten()(inp)
+    d1, d2 = k.layers.Dense(16, activation="relu"), k.layers.Dense(classes, activation="softmax")
+    model = k.Model(inp, d2(d1(h)))
+    d1.set_weights([rs.randn(int(np.prod(shape)), 16).astype(np.float32) * 0.3, rs.randn(16).astype(np.float32)])
+    d2.set_weights([rs.randn(16, classes).astype(np.float32), rs.randn(classes).astype(np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_dense_first_shortcut_equals_the_composed_images(kind):
+    """Flatten -> Dense models: the per-segment first-layer changes give the same fits as running
+    the model on the composed images (LIME weights and Kernel SHAP values, both outputs, segment
+    means as the fill, mixed segment counts, a batch split into chunks)."""
+    from xaitf.keras_bridge import keras3, tfk
+
+    model = mlp(tfk if kind == "tf-keras" else keras3())
+    x = blobs(3, (12, 12, 3), seed=5)
+    seg = np.stack([segmentation.grid((12, 12), cell=c) for c in (3, 4, 6)])   # 16, 9, 4 segments
+    for name, key, kw in [("lime", "weights", dict(output="probabilities", hide_color=None)),
+                          ("lime", "weights", dict(output="logits", hide_color=0.3, batch_size=50)),
+                          ("kernelshap", "values", dict(output="logits", background=0.5, batch_size=64))]:
+        fits = {}
+        for shortcut in (True, False):
+            ex = xaitf.create_explainer(name, model, shortcut=shortcut, progress=False, **kw)
+            assert ex.path.startswith("shortcut (Dense after Flatten" if shortcut else "plain (shortcut=False)")
+            fits[shortcut] = ex.fit(x, [0, 1, 2], segments=seg)[key]
+        scale = np.abs(fits[False]).max()
+        assert scale > 1e-3
+        np.testing.assert_allclose(fits[True], fits[False], rtol=0, atol=1e-5 * scale, err_msg=f"{name} {kw}")
+    conv = xaitf.create_explainer("lime", make_cnn(shape=(8, 8, 1)), progress=False)
+    assert conv.path == "plain (the first linear layer is a Conv2D)"
+
+
 def test_native_surrogate_errors(tiny_cnn, rng):
     cases = [("lime", dict(output="softmax"), "output must be one of"),
              ("lime", dict(segmenter="felzenszwalb"), "unknown segmenter"),
@@ -276,6 +313,7 @@ def test_native_surrogate_errors(tiny_cnn, rng):
              ("lime", dict(sampler="numpy"), "sampler must be"),
              ("lime", dict(kernel_width=0), "kernel_width must be > 0"),
              ("lime", dict(jit_compile="yes"), "jit_compile must be"),
+             ("kernelshap", dict(shortcut="dense"), "shortcut must be True or False"),
              ("kernelshap", dict(l1_reg="num_features(10)"), "use 'shap.lib'"),
              ("kernelshap", dict(background=np.zeros((3, 3))), "background must be"),
              ("kernelshap", dict(nsamples=-5), "nsamples to be an integer >= 1"),

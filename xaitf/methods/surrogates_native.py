@@ -43,7 +43,7 @@ from .. import segmentation
 from ..errors import InputError, MethodError
 from ..explainer import Explainer, as_batch, as_targets
 from ..explainer import progress as _progress
-from .perturb import check_int
+from .perturb import _DenseFirst, check_int, split_chain
 from .surrogates import OUTPUTS, SuperpixelMixin, _background
 
 # float64 elements of one group's normal equations (images x S x S) before images are split up
@@ -232,6 +232,21 @@ _XLA_FROM = 1 << 26
 _XLA_STATE = {}
 
 
+def _segment_changes(first, X, F, segc, S):
+    """The first layer's pre-activation of the fills (n or 1, U) and each segment's change of it,
+    ``W^T ((x - fill) * [seg = s])``, per image (n, S, U): one pass over W per image."""
+    kernel = first.kernel()
+    n = tf.shape(X)[0]
+    d = tf.cast(tf.reshape(X - F, tf.stack([n, -1])), kernel.dtype)            # (n, P)
+
+    def one(args):
+        di, si = args
+        return tf.math.unsorted_segment_sum(di[:, None] * kernel, si, S)
+
+    z_seg = tf.map_fn(one, (d, segc), fn_output_signature=kernel.dtype, parallel_iterations=1)
+    return first.z(F), z_seg
+
+
 def _xla_works():
     """Whether XLA compiles here (probed once on a tiny input)."""
     if "ok" not in _XLA_STATE:
@@ -257,7 +272,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
     stochastic = True
 
     def fixed_params(self):
-        return {"jit_compile": "auto"}
+        return {"jit_compile": "auto", "shortcut": True}
 
     def setup(self):
         out = self.params.get("output", "probabilities")
@@ -272,11 +287,33 @@ class _Surrogate(SuperpixelMixin, Explainer):
         self._fns = {}
         self.xla = False
         self._check_jit()
+        self._chain, why = self._split()
+        self.path = (f"shortcut ({self._chain.first.name}: each segment's change of the first layer, "
+                     "once per image)") if self._chain is not None else f"plain ({why})"
         self.setup_method()
         self._segmenter()  # validates the segmenter's name and parameters early
 
     def setup_method(self):
         pass
+
+    def _split(self):
+        """The model cut after a ``Flatten -> Dense`` first layer, or ``(None, reason)``.
+
+        That layer is affine, so the pre-activation of a sample is the fill's plus the chosen
+        segments' changes: ``z(x_z) = z(fill) + sum_s z_s W^T ((x - fill) * [seg = s])``; each
+        sample then costs S x units multiply-adds instead of H*W*C x units (exact up to rounding).
+        After a Conv2D the per-segment changes would cost more than the convolution: plain path.
+        """
+        if self.params["shortcut"] not in (True, False):
+            raise MethodError(f"{type(self).__name__} shortcut must be True or False, got {self.params['shortcut']!r}")
+        if not self.params["shortcut"]:
+            return None, "shortcut=False"
+        if not hasattr(self.forward, "layers"):
+            return None, "the model is not a Keras model"
+        chain, why = split_chain(self.forward)
+        if chain is not None and not isinstance(chain.first, _DenseFirst):
+            return None, "the first linear layer is a Conv2D"
+        return chain, why
 
     def _check_jit(self):
         if self.params["jit_compile"] not in ("auto", True, False):
@@ -296,7 +333,9 @@ class _Surrogate(SuperpixelMixin, Explainer):
 
     # -- the model ---------------------------------------------------------------------------
     def _scores(self, images, t):
-        out = self.forward(images, training=False)
+        return self._output_scores(self.forward(images, training=False), t)
+
+    def _output_scores(self, out, t):
         if self._probs:
             out = tf.nn.softmax(out, axis=-1)
         return tf.cast(tf.gather(out, t, batch_dims=1), tf.float64)
@@ -340,6 +379,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
         h, w, c = self.shape
         rows_fn, extra_spec = self._rows, self._extra_spec()
         compose = _compose_xla if xla else _compose
+        chain = self._chain
 
         def run(X, F, seg, t, M, codes, off, tlen, extra, stats, c0, c1):
             n = tf.shape(X)[0]
@@ -347,6 +387,8 @@ class _Surrogate(SuperpixelMixin, Explainer):
             segc = tf.repeat(seg, c, axis=1) if c > 1 else seg               # (n, H*W*C)
             xf = tf.reshape(X, tf.stack([n, 1, -1]))
             ff = tf.reshape(F, [-1, 1, h * w * c])
+            if chain is not None:
+                z_fill, z_seg = _segment_changes(chain.first, X, F, segc, S)   # (n|1,U), (n,S,U)
             active = tf.range(S)[None, :] < M[:, None]                        # (n,S)
             bit = tf.range(32)
             tt = tf.repeat(t, k)
@@ -360,8 +402,13 @@ class _Surrogate(SuperpixelMixin, Explainer):
             def body(ci, st):
                 j = ci * k + tf.range(k)
                 m, wgt = rows_fn(j, active, M, tlen, table_bits, extra)         # (n,k,S), (n,k)
-                imgs = tf.reshape(compose(m, segc, xf, ff), [-1, h, w, c])
-                g = tf.reshape(self._scores(imgs, tt), tf.stack([n, k]))
+                if chain is not None:
+                    zs = z_fill[:, None, :] + tf.einsum("nks,nsu->nku", tf.cast(m, z_seg.dtype), z_seg)
+                    out = chain.head(tf.reshape(zs, tf.stack([n * k, -1])))
+                    g = tf.reshape(self._output_scores(out, tt), tf.stack([n, k]))
+                else:
+                    imgs = tf.reshape(compose(m, segc, xf, ff), [-1, h, w, c])
+                    g = tf.reshape(self._scores(imgs, tt), tf.stack([n, k]))
                 z = tf.cast(m, tf.float64)
                 wz = z * wgt[..., None]
                 sw, sg, sgg, sx, sxg, sxx = st
@@ -388,12 +435,14 @@ class _Surrogate(SuperpixelMixin, Explainer):
         n, smax = len(x), int(counts.max())
         k = max(1, self.batch_size // n)
         n_chunks = -(-int(rows) // k)
+        k = -(-int(rows) // n_chunks) if n_chunks else k   # equal chunks: no padded samples at the end
         stats = (tf.zeros([n], tf.float64),) * 3 + (tf.zeros([n, smax], tf.float64),) * 2 + \
             (tf.zeros([n, smax, smax], tf.float64),)
         if n_chunks == 0:
             return [s.numpy() for s in stats]
         jit = self.params["jit_compile"]
-        xla = (jit is True or (jit == "auto" and n * rows * x[0].size >= _XLA_FROM)) and _xla_works()
+        xla = self._chain is None and (jit is True or (jit == "auto" and n * rows * x[0].size >= _XLA_FROM)) \
+            and _xla_works()       # the shortcut builds no images: nothing for XLA to fuse
         fn = self._program(k, xla)
         self.xla = xla
         args = (tf.constant(x, tf.float32), tf.constant(fill, tf.float32),
@@ -465,7 +514,7 @@ class Lime(_Surrogate):
     key = "lime"
 
     def fixed_params(self):
-        return {"sampler": "device", "jit_compile": "auto"}
+        return {**super().fixed_params(), "sampler": "device"}
 
     def setup_method(self):
         check_int(self.params["num_samples"], "num_samples", "Lime", 1)
