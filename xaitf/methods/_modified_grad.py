@@ -63,8 +63,9 @@ def relu_op(rule, max_value=None):
             up = tf.nn.relu(g)
             if rule == "deconvnet":
                 return up
-            if max_value is None:   # relu(g) * 1[z > 0] in TF's fused ReLU-gradient kernel
-                return tf.raw_ops.ReluGrad(gradients=up, features=z)
+            if max_value is None:   # relu(g) * 1[y > 0] in TF's ReLU-gradient kernel: y > 0 iff z > 0,
+                # and reading y (not z) lets the convolution before it fuse its ReLU (z never stored)
+                return tf.raw_ops.ReluGrad(gradients=up, features=y)
             active = (z > 0) & (z < max_value)
             return up * tf.cast(active, g.dtype)
 
