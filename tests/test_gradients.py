@@ -12,6 +12,7 @@ from xaitf.keras_bridge import keras3, tfk
 from xaitf.methods.cam import GradCam, GradCamPlusPlus
 from xaitf.methods._xla import xla_available
 from xaitf.methods.deeplift import DeepLift
+from xaitf.methods.gradients import FlatCall
 from xaitf.methods.gradients import (DeconvNet, Gradient, GuidedBackprop, InputXGradient,
                                      IntegratedGradients, SmoothGrad, hashed_normal, path_points)
 
@@ -421,7 +422,9 @@ def test_one_trace_per_model_and_method(cnn28, x28):
         e2 = xaitf.create_explainer(name, cnn28, progress=False, batch_size=5)  # reuses the function
         e2(x28[:3], 0)
         assert e2._fn is e._fn
-        assert e._fn.experimental_get_tracing_count() == 1, name
+        # one concrete function (input signature: it cannot retrace), or a tf.function traced once
+        fn = e._fn
+        assert isinstance(fn, FlatCall) or fn.experimental_get_tracing_count() == 1, name
 
 
 def test_smoothgrad_seeds(cnn28, x28):
