@@ -41,7 +41,7 @@ ROOT = HERE.parent
 BENCH_DEFAULTS = {"lime": {"mask_output": False}, "lime.lib": {"mask_output": False}}
 SLOW = {"full": 20.0, "quick": 4.0}         # a contender whose first timed call takes longer: 1 call
 MIN_S = {"full": 1.0, "quick": 0.0}         # short rows: more paired rounds, until ours ran this long
-LOOP_CALLS = {"full": 300, "quick": 60}     # plain-loop calls timed before extrapolating
+LOOP_CALLS = {"full": 300, "quick": 20}     # plain-loop calls timed before extrapolating
 
 
 def _err(e):
