@@ -38,6 +38,7 @@ from .errors import InputError, MethodError
 
 SEGMENTERS = ("quickshift", "slic", "grid")
 QUICKSHIFT_ENGINES = ("auto", "xla", "skimage")
+_QUICKSHIFT_KEYS = ("kernel_size", "max_dist", "ratio", "seed", "engine")
 _QS_CHUNK_PIXELS = 1 << 21  # images per XLA call: about this many pixels (16 MiB per f64 plane)
 
 
@@ -287,7 +288,7 @@ def get_segmenter(method="quickshift", **params):
         return custom
     name = str(method).lower()
     if name == "quickshift":
-        keys = ("kernel_size", "max_dist", "ratio", "seed", "engine")
+        keys = _QUICKSHIFT_KEYS
         fn = quickshift
     elif name == "slic":
         keys = ("n_segments", "compactness", "sigma")
@@ -314,8 +315,7 @@ def segment(images, method="quickshift", **params):
         x = x[..., None]
     if x.ndim != 4:
         raise InputError(f"segment expects images shaped (N,H,W,C), got {np.shape(images)}")
-    fn = get_segmenter(method, **params)
-    if fn.__name__ == "quickshift" and not callable(method):
-        keys = ("kernel_size", "max_dist", "ratio", "seed", "engine")
-        return quickshift_batch(x, **{k: params[k] for k in keys if k in params})
+    fn = get_segmenter(method, **params)     # validates the name
+    if not callable(method) and str(method).lower() == "quickshift":
+        return quickshift_batch(x, **{k: params[k] for k in _QUICKSHIFT_KEYS if k in params})
     return np.stack([fn(im) for im in x]).astype(np.int32)

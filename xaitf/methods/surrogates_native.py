@@ -381,14 +381,12 @@ class _Surrogate(SuperpixelMixin, Explainer):
         compose = _compose_xla if xla else _compose
         chain = self._chain
 
-        def run(X, F, seg, t, M, codes, off, tlen, extra, stats, c0, c1):
+        def run(X, F, seg, t, M, codes, off, tlen, extra, z_fill, z_seg, stats, c0, c1):
             n = tf.shape(X)[0]
             S = tf.shape(stats[3])[1]
             segc = tf.repeat(seg, c, axis=1) if c > 1 else seg               # (n, H*W*C)
             xf = tf.reshape(X, tf.stack([n, 1, -1]))
             ff = tf.reshape(F, [-1, 1, h * w * c])
-            if chain is not None:
-                z_fill, z_seg = _segment_changes(chain.first, X, F, segc, S)   # (n|1,U), (n,S,U)
             active = tf.range(S)[None, :] < M[:, None]                        # (n,S)
             bit = tf.range(32)
             tt = tf.repeat(t, k)
@@ -424,7 +422,9 @@ class _Surrogate(SuperpixelMixin, Explainer):
         spec = [tf.TensorSpec([None, h, w, c], tf.float32), tf.TensorSpec([None, h, w, c], tf.float32),
                 tf.TensorSpec([None, h * w], i32), tf.TensorSpec([None], i32), tf.TensorSpec([None], i32),
                 tf.TensorSpec([None, None], i32), tf.TensorSpec([None], i32), tf.TensorSpec([None], i32),
-                extra_spec, _stat_specs(), tf.TensorSpec([], i32), tf.TensorSpec([], i32)]
+                extra_spec, tf.TensorSpec([None, None], self._z_dtype()),
+                tf.TensorSpec([None, None, None], self._z_dtype()), _stat_specs(), tf.TensorSpec([], i32),
+                tf.TensorSpec([], i32)]
         fn = tf.function(run, input_signature=spec, autograph=False)
         fn._omit_frequent_tracing_warning = True
         self._fns[key] = fn
@@ -445,10 +445,11 @@ class _Surrogate(SuperpixelMixin, Explainer):
             and _xla_works()       # the shortcut builds no images: nothing for XLA to fuse
         fn = self._program(k, xla)
         self.xla = xla
-        args = (tf.constant(x, tf.float32), tf.constant(fill, tf.float32),
-                tf.constant(seg.reshape(n, -1), tf.int32), tf.constant(targets, tf.int32),
+        X, F, segt = tf.constant(x, tf.float32), tf.constant(fill, tf.float32), tf.constant(seg.reshape(n, -1), tf.int32)
+        changes = self._changes(X, F, segt, smax)      # once per group, not once per progress call
+        args = (X, F, segt, tf.constant(targets, tf.int32),
                 tf.constant(counts, tf.int32), tf.constant(tables.codes()),
-                tf.constant(tables.offset), tf.constant(tables.length), extra)
+                tf.constant(tables.offset), tf.constant(tables.length), extra) + changes
         show = self.progress and n * rows >= _LONG_RUN
         # one call walks every chunk; long runs report progress over ~50 calls
         per_call = max(1, math.ceil(n_chunks / 50)) if show else n_chunks
@@ -456,6 +457,26 @@ class _Surrogate(SuperpixelMixin, Explainer):
             c1 = min(c0 + per_call, n_chunks)
             stats = fn(*args, stats, tf.constant(c0, tf.int32), tf.constant(c1, tf.int32))
         return stats
+
+    def _z_dtype(self):
+        return self._chain.first.dtype if self._chain is not None else tf.float32
+
+    def _changes(self, X, F, seg, smax):
+        """``(z_fill, z_seg)`` of the first-layer shortcut (:func:`_segment_changes`); empty without it."""
+        dt = self._z_dtype()
+        if self._chain is None:
+            return tf.zeros([0, 0], dt), tf.zeros([0, 0, 0], dt)
+        if "changes" not in self._fns:
+            c, first = self.shape[2], self._chain.first
+            spec = tf.TensorSpec([None, *self.shape], tf.float32)
+
+            def changes(X, F, seg, S):
+                segc = tf.repeat(seg, c, axis=1) if c > 1 else seg               # (n, H*W*C)
+                return _segment_changes(first, X, F, segc, S)
+
+            self._fns["changes"] = tf.function(changes, autograph=False, input_signature=[
+                spec, spec, tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
+        return tuple(self._fns["changes"](X, F, seg, tf.constant(smax, tf.int32)))
 
     # -- shared entry --------------------------------------------------------------------------
     def _prepare(self, x, targets, segments):
