@@ -295,6 +295,21 @@ def plan(args):
     return todo, skipped
 
 
+def out_problem(out):
+    """Why ``--out`` cannot receive the models (one line), or None."""
+    d = out
+    while not d.exists() and d.parent != d:
+        d = d.parent
+    if d == out and not out.is_dir():
+        return (f"--out {out} exists and is a file, expected a folder for the models: pass another "
+                "--out, or remove that file")
+    if not d.is_dir():
+        return f"--out {out}: {d} is a file, not a folder; pass another --out"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot write in {d} (permission denied); pass another --out"
+    return None
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
@@ -302,6 +317,9 @@ def main(argv=None):
         return 0
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         _fail(f"--data-dir {args.data_dir}: no such folder")
+    problem = out_problem(Path(args.out))   # before any training: a bad --out fails now, not after
+    if problem:
+        _fail(problem)
     todo, skipped = plan(args)
     for name, why in skipped:
         print(f"skipped {name}: {why}", flush=True)

@@ -6,7 +6,6 @@ Two Kerases live side by side: tf-keras (Keras 2 API, ``tf.keras`` once xaitf ha
 which kind a model is, loads files through it and builds sub-models through it, so the rest of
 the code never calls ``tf.keras``/``keras`` APIs directly.
 """
-import json
 import os
 import zipfile
 
@@ -46,15 +45,20 @@ def kmodule(model_or_kind):
 
 
 def file_kind(path):
-    """Which Keras wrote a model file: ``"tf-keras"`` or ``"keras3"`` (best effort from metadata)."""
+    """Which Keras wrote a model file: ``"tf-keras"`` or ``"keras3"`` (best effort from metadata).
+
+    A SavedModel folder is ``"tf-keras"`` (Keras 3 cannot load SavedModel folders).
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        return "tf-keras"
     if zipfile.is_zipfile(path):  # .keras archive
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "metadata.json" in names:
-                meta = json.loads(zf.read("metadata.json"))
-                ver = str(meta.get("keras_version", ""))
-                return "keras3" if ver.startswith("3") else "tf-keras"
+        from .safe_loading import read_metadata
+
+        meta = read_metadata(path)
+        if meta:
+            ver = str(meta.get("keras_version", ""))
+            return "keras3" if ver.startswith("3") else "tf-keras"
         return "keras3"
     try:
         import h5py
@@ -64,40 +68,71 @@ def file_kind(path):
             ver = ver.decode() if isinstance(ver, bytes) else str(ver)
             return "keras3" if ver.startswith("3") else "tf-keras"
     except OSError as e:
-        raise ModelError(f"cannot read model file {path}: not an HDF5 (.h5) or .keras archive ({e})") from None
+        from .safe_loading import one_line
+
+        raise ModelError(f"cannot read model file {path}: not an HDF5 (.h5) or .keras archive "
+                         f"({one_line(e, 120)})") from None
 
 
 def load_model(path, *, custom_objects=None, safe_mode=True, kind=None):
-    """Load a tf-keras or Keras 3 model file (.h5 or .keras) without compiling it.
+    """Load a tf-keras or Keras 3 model (.h5 or .keras file, or a SavedModel folder) uncompiled.
 
-    ``safe_mode=True`` refuses to run code stored in the file (Lambda layers); pass
-    ``safe_mode=False`` only for files you trust. ``kind`` forces "tf-keras" or "keras3";
-    by default the file's own metadata decides, and tf-keras is preferred where it can load
-    the file (Keras 3 can read tf-keras files, not the reverse).
+    ``safe_mode=True`` (the default) never runs code stored in the file: before any Keras loader
+    reads it, the stored configuration (the .h5 ``model_config`` attribute, the .keras
+    ``config.json``, a SavedModel's ``keras_metadata.pb``) is walked, nested models included,
+    and a file with a Lambda layer (Python code stored as bytecode, run on loading), or naming a
+    class or function of a module outside Keras, is refused with one line naming the layer
+    (:class:`xaitf.safe_loading.UnsafeModelError`). Every Lambda layer is refused, even one that
+    may be harmless: the conservative choice, since no scan can tell harmless code from harmful.
+    Pass ``safe_mode=False`` only for files you trust (``--unsafe-model`` on the command lines);
+    see :mod:`xaitf.safe_loading`.
+
+    ``kind`` forces "tf-keras" or "keras3"; by default the file's own metadata decides, and
+    tf-keras is preferred where it can load the file (Keras 3 can read tf-keras files, not the
+    reverse). SavedModel folders load with tf-keras only: Keras 3 cannot load them (it reads
+    them as ``keras.layers.TFSMLayer``, which is not a model xaitf can explain).
+    Every error is a ModelError with a one-line message naming the file.
     """
+    from .safe_loading import model_format, one_line, scan_model_file
+
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelError(f"model file not found: {path} (build the zoo with `python create_model.py`)")
-    if not path.endswith((".h5", ".hdf5", ".keras")):
-        raise ModelError(f"unsupported model file {path}: expected .h5 or .keras")
-    if path.endswith((".h5", ".hdf5")):  # zoo models saved as weights + builder (tfp layers)
+    fmt = model_format(path)      # ModelError: not found, a plain folder, wrong extension
+    if fmt == "h5":  # zoo models saved as weights + builder (tfp layers)
         from .zoo.registry import load_weights_file
 
         rebuilt = load_weights_file(path)
         if rebuilt is not None:
             return rebuilt
-    kind = kind or file_kind(path)
+    if safe_mode:
+        scan_model_file(path, custom_objects=custom_objects)
+    if fmt == "savedmodel":
+        if kind == "keras3":
+            raise ModelError(f"cannot load SavedModel folder {path} with Keras 3 (it loads only "
+                             ".keras and .h5 files); load it with tf-keras (kind='tf-keras')")
+        order = ["tf-keras"]
+    else:
+        kind = kind or file_kind(path)
+        order = [kind] + [k for k in ("tf-keras", "keras3") if k != kind]
     errors = []
-    order = [kind] + [k for k in ("tf-keras", "keras3") if k != kind]
     for k in order:
         try:
             km = kmodule(k)
             kwargs = {"compile": False, "custom_objects": custom_objects}
-            if path.endswith(".keras") or k == "keras3":
+            if fmt == "keras" or k == "keras3":
                 kwargs["safe_mode"] = safe_mode
-            return km.models.load_model(path, **kwargs)
+            model = km.models.load_model(path, **kwargs)
         except Exception as e:  # noqa: BLE001 - report both attempts below
-            errors.append(f"{k}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(f"{k}: {type(e).__name__}: {one_line(e, 200)}")
+            continue
+        try:
+            model_kind(model)
+        except ModelError:
+            errors.append(f"{k}: loaded a {type(model).__name__}, not a Keras model")
+            continue
+        return model
+    if fmt == "savedmodel":
+        raise ModelError(f"cannot load SavedModel folder {path} with tf-keras ({'; '.join(errors)}); "
+                         "Keras 3 cannot load SavedModel folders")
     raise ModelError(f"cannot load model {path} with tf-keras or Keras 3 ({'; '.join(errors)})")
 
 
@@ -105,6 +140,47 @@ def input_shape(model):
     """The model's input shape without the batch axis, e.g. ``(28, 28, 1)``."""
     shape = model.inputs[0].shape if getattr(model, "inputs", None) else model.input_shape
     return tuple(None if d is None else int(d) for d in list(shape)[1:])
+
+
+def _tensor_names(tensors):
+    names = []
+    for t in tensors:
+        hist = getattr(t, "_keras_history", None)
+        layer = getattr(hist, "layer", None) or (hist[0] if isinstance(hist, tuple) and hist else None)
+        names.append(str(getattr(layer, "name", None) or getattr(t, "name", "?")))
+    return ", ".join(names)
+
+
+def check_classifier(model, source=None):
+    """ModelError (one line) unless ``model`` has one image input (N,H,W,C) and one output (N,K).
+
+    ``source`` (e.g. ``"model file m.h5"``) starts the message. A subclassed model without
+    symbolic inputs passes if it has an input shape (it has been built); one never built is refused.
+    """
+    where = f"{source}: " if source else ""
+    try:
+        ins, outs = list(model.inputs or []), list(model.outputs or [])
+    except (AttributeError, ValueError):
+        ins, outs = [], []
+    if not ins:
+        try:
+            model.input_shape
+        except (AttributeError, ValueError, RuntimeError):
+            raise ModelError(f"{where}the model has no defined input yet: build it "
+                             "(model.build((None, H, W, C))) or call it on a batch first") from None
+        return
+    if len(ins) != 1:
+        raise ModelError(f"{where}expected a model with one image input, got {len(ins)} inputs "
+                         f"({_tensor_names(ins)})")
+    if len(ins[0].shape) != 4:
+        raise ModelError(f"{where}expected a model with one image input (N,H,W,C), got input shape "
+                         f"{tuple(ins[0].shape)}")
+    if len(outs) != 1:
+        raise ModelError(f"{where}expected a classifier with one output (N,classes), got "
+                         f"{len(outs)} outputs ({_tensor_names(outs)})")
+    if len(outs[0].shape) != 2:
+        raise ModelError(f"{where}expected a classifier with one output (N,classes), got output "
+                         f"shape {tuple(outs[0].shape)}")
 
 
 def output_units(model):
@@ -151,26 +227,99 @@ def submodel(model, outputs):
     return kmodule(model).Model(inputs, outputs)
 
 
-_LOGIT_CACHE = {}
+_CACHE_ATTR = "_xaitf_cache"
+
+
+def model_cache(model):
+    """A dict of what xaitf derives from ``model`` (logit sub-model, tf.functions, clones, twins).
+
+    It is stored on the model object itself (bypassing Keras' attribute tracking, so it is never
+    saved or tracked as a weight), so everything in it lives exactly as long as the model: once the
+    user drops the model, the model and its cache are freed together (reference cycles included,
+    by the garbage collector). No module-level table keyed by ``id(model)`` holds models alive.
+    """
+    cache = vars(model).get(_CACHE_ATTR)
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, _CACHE_ATTR, cache)
+    return cache
+
+
+HEADS = ("softmax", "sigmoid")
+
+
+def output_head(model):
+    """The model's final squashing activation: ``"softmax"``, ``"sigmoid"`` or None.
+
+    Found on the last layer itself (``Dense(..., activation="sigmoid")``) or as a separate
+    ``Softmax``/``Activation`` layer. A sigmoid head is a binary (one unit) or multi-label
+    classifier: its units are explained on their logit, and its probabilities are the sigmoid.
+    """
+    last = model.layers[-1]
+    if is_softmax_layer(last):
+        return "softmax"
+    if activation_name(last) == "sigmoid":
+        return "sigmoid"
+    return None
+
+
+def logit_activation(model):
+    """``"softmax"`` or ``"sigmoid"``: what turns the output of :func:`logits_model` into class
+    probabilities (the model's own head; without one, sigmoid for a one-unit output, else softmax)."""
+    head = output_head(model)
+    if head is not None:
+        return head
+    return "sigmoid" if output_units(model) == 1 else "softmax"
+
+
+def probability_head(model):
+    """``(post, note)``: how class probabilities come from the model's output.
+
+    ``post`` is None when the model ends in a softmax or a sigmoid (its output is the
+    probability), else ``"sigmoid"`` for a one-unit output and ``"softmax"`` otherwise.
+    """
+    if output_head(model) is not None:
+        return None, f"{output_head(model)} output"
+    post = logit_activation(model)
+    if post == "sigmoid":
+        return post, "sigmoid of the model output (one unit, no final sigmoid)"
+    return post, "softmax of the model output (no final softmax)"
+
+
+def probabilities(model, x):
+    """Class probabilities of a batch as float64 numpy, by :func:`probability_head`: the softmax or
+    sigmoid output as it is, else the softmax (sigmoid for one unit) of the output."""
+    import numpy as np
+
+    out = np.asarray(model(x, training=False), dtype=np.float64)
+    post, _ = probability_head(model)
+    if post == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-out))
+    if post == "softmax":
+        z = np.exp(out - out.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True)
+    return out
 
 
 def logits_model(model):
-    """The model's pre-softmax output as a model, and a note of what was stripped.
+    """The model's logit output as a model, and a note of what was stripped.
 
-    Returns ``(model_or_submodel, note)``. A final softmax activation (on the last layer itself or
-    as a separate Softmax/Activation layer) is removed; if there is none the output is used as it
-    is and the note says so. Cached per model.
+    Returns ``(model_or_submodel, note)``. A final softmax or sigmoid (:func:`output_head`: an
+    activation of the last layer itself or a separate Softmax/Activation layer) is removed; if
+    there is none the output is used as it is and the note says so. Cached per model
+    (:func:`model_cache`).
     """
-    key = id(model)
-    if key in _LOGIT_CACHE and _LOGIT_CACHE[key][0] is model:
-        return _LOGIT_CACHE[key][1], _LOGIT_CACHE[key][2]
+    cache = model_cache(model)
+    if "logits" in cache:
+        return cache["logits"]
     if len(model.outputs) != 1:
         raise ModelError(f"expected a model with one output, got {len(model.outputs)}")
     last = model.layers[-1]
-    if not is_softmax_layer(last):
-        result, note = model, "output used as is (no final softmax found)"
+    head = output_head(model)
+    if head is None:
+        result, note = model, "output used as is (no final softmax or sigmoid found)"
     elif layer_type(last) in ("Softmax", "Activation"):
-        result, note = submodel(model, last.input), f"stripped final softmax layer {last.name!r}"
+        result, note = submodel(model, last.input), f"stripped final {head} layer {last.name!r}"
     else:
         cfg = last.get_config()
         cfg["activation"] = "linear"
@@ -178,6 +327,6 @@ def logits_model(model):
         twin = type(last).from_config(cfg)
         out = twin(last.input)
         twin.set_weights(last.get_weights())
-        result, note = submodel(model, out), f"replaced softmax activation of {last.name!r} by linear"
-    _LOGIT_CACHE[key] = (model, result, note)
+        result, note = submodel(model, out), f"replaced {head} activation of {last.name!r} by linear"
+    cache["logits"] = (result, note)
     return result, note

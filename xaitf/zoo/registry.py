@@ -322,18 +322,56 @@ def readable(path):
 
 
 def load_weights_file(path):
-    """Rebuild a zoo model saved as weights (see :func:`save`); None if ``path`` is not such a file."""
+    """Rebuild a zoo model saved as weights (see :func:`save`); None if ``path`` is not such a file.
+
+    The file names its builder and arguments; both are checked before anything is built, so a file
+    cannot make xaitf call anything but a registered zoo builder with arguments it accepts: the name
+    must be a zoo name, the arguments a JSON object whose keys the builder takes. Anything else, and
+    weights that do not fit the rebuilt model, is a ModelError with one line naming the file.
+    """
+    import inspect
+
     import h5py
+
+    from ..safe_loading import one_line
 
     try:
         with h5py.File(path, "r") as f:
             if WEIGHTS_ATTR not in f.attrs or "model_config" in f.attrs:
                 return None
             name = f.attrs[WEIGHTS_ATTR]
-            kwargs = json.loads(f.attrs.get(KWARGS_ATTR, "{}"))
+            raw = f.attrs.get(KWARGS_ATTR, "{}")
     except OSError:
         return None
     name = name.decode() if isinstance(name, bytes) else str(name)
-    model = build(name, **kwargs)
-    model.load_weights(path)
+    raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if name not in ZOO:
+        raise ModelError(f"model file {path}: stored builder {one_line(name, 60)!r} ({WEIGHTS_ATTR}) "
+                         f"is not a zoo model; valid: {', '.join(ZOO)}")
+    try:
+        kwargs = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ModelError(f"model file {path}: stored builder arguments ({KWARGS_ATTR}) are not valid "
+                         f"JSON ({one_line(e, 100)})") from None
+    if not isinstance(kwargs, dict):
+        raise ModelError(f"model file {path}: stored builder arguments ({KWARGS_ATTR}) must be a JSON "
+                         f"object, got {type(kwargs).__name__}")
+    params = inspect.signature(builder(name)).parameters.values()
+    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            raise ModelError(f"model file {path}: stored argument {one_line(unknown[0], 60)!r} is not "
+                             f"an argument of zoo builder {name!r}; valid: {', '.join(valid)}")
+    try:
+        model = build(name, **kwargs)
+    except Exception as e:  # noqa: BLE001 - values a builder cannot take (types, ranges)
+        raise ModelError(f"model file {path}: cannot rebuild zoo model {name!r} from its stored "
+                         f"arguments {one_line(json.dumps(kwargs), 120)} ({type(e).__name__}: "
+                         f"{one_line(e, 120)}); valid arguments: {', '.join(valid)}") from None
+    try:
+        model.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - weights that do not fit the rebuilt model
+        raise ModelError(f"model file {path}: its weights do not fit zoo model {name!r} built from "
+                         f"its stored arguments ({type(e).__name__}: {one_line(e, 120)})") from None
     return model
