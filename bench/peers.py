@@ -21,7 +21,7 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
-from xaitf.keras_bridge import is_softmax_layer, logits_model
+from xaitf.keras_bridge import logits_model, probability_head
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _single_call(model, probabilities, shape):
     """A compiled one-image forward pass (the loop is not charged for eager overhead)."""
     if probabilities:
         fwd = model
-        soft = not is_softmax_layer(model.layers[-1])
+        soft = probability_head(model)[0] == "softmax"
     else:
         fwd, soft = logits_model(model)[0], False
 

@@ -22,6 +22,7 @@ after changing a model's weights.
 import contextlib
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -29,7 +30,8 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from .errors import ModelError
-from .keras_bridge import input_shape, layer_type, logits_model, model_kind, tfk
+from .keras_bridge import (HEADS, input_shape, layer_type, logits_model, model_cache, model_kind, output_head,
+                           tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -58,18 +60,30 @@ NATIVE_METHODS = ("grad, ig, sg, gb, deconvnet, inpgrad, deeplift, gradcam, grad
 TOLERANCE = 1e-5
 _GRAPH_SUFFIX = "__xt"  # graph-twin layer names: never equal to names iNNvestigate generates
 
-_EAGER = {}   # id(model) -> (model, twin)
-_GRAPH = {}   # id(model) -> (model, GraphTwin)
+# Twins live in each model's own cache (keras_bridge.model_cache): freed with the model. The
+# weak set only lets clear_twins() find every model that has one.
+_EAGER_KEY, _GRAPH_KEY = "twin.eager", "twin.graph"
+_TWINNED = weakref.WeakSet()
 
 
 def clear_twins(model=None):
     """Forget the cached twins of ``model`` (all models when None), e.g. after new weights."""
-    for cache in (_EAGER, _GRAPH):
-        keys = list(cache) if model is None else [id(model)]
-        for key in keys:
-            hit = cache.pop(key, None)
-            if hit is not None and isinstance(hit[1], GraphTwin):
-                hit[1].close()
+    for m in (list(_TWINNED) if model is None else [model]):
+        cache = model_cache(m)
+        cache.pop(_EAGER_KEY, None)
+        twin = cache.pop(_GRAPH_KEY, None)
+        if twin is not None:
+            twin.close()
+        _TWINNED.discard(m)
+
+
+def _cached_twin(model, key):
+    return model_cache(model).get(key)
+
+
+def _remember_twin(model, key, twin):
+    model_cache(model)[key] = twin
+    _TWINNED.add(model)
 
 
 # -- inspecting the source ---------------------------------------------------------------------
@@ -237,9 +251,9 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False):
 
     Returns ``(twin, twins, names, logits)``: the tf-keras model, ``id(source layer) -> twin
     layer``, ``twin layer name -> source layer name`` and, with ``split_softmax``, the pre-softmax
-    tensor (None when the model ends without a softmax). With ``split_softmax`` a final softmax
-    activation inside a Conv2D/Dense layer is rebuilt as a linear layer followed by a separate
-    softmax layer, so that the pre-softmax tensor exists.
+    tensor (None when the model ends without a softmax or sigmoid). With ``split_softmax`` a final
+    softmax or sigmoid activation inside a Conv2D/Dense layer is rebuilt as a linear layer followed
+    by a separate activation layer, so that the logit tensor exists.
     """
     ins, outs = _source_io(model)
     out_layer = _history(outs[0])[0]
@@ -268,8 +282,8 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False):
     def visit(layer, args):
         kind, cfg = _layer_config(layer)
         key = id(layer)
-        split = (split_softmax and layer is out_layer and kind in ("Conv2D", "Dense")
-                 and cfg.get("activation") == "softmax")
+        head = cfg.get("activation") if cfg.get("activation") in HEADS else None
+        split = split_softmax and layer is out_layer and kind in ("Conv2D", "Dense") and head
         if key not in twins:
             if split:
                 cfg = dict(cfg, activation="linear")
@@ -283,11 +297,11 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False):
         y = tw(x)
         if split:
             state["logits"] = y
-            sm = unique(layer.name + "_softmax")
+            sm = unique(f"{layer.name}_{head}")
             names[sm] = layer.name
-            y = tfk.layers.Activation("softmax", name=sm, dtype=dtype)(y)
+            y = tfk.layers.Activation(head, name=sm, dtype=dtype)(y)
         elif layer is out_layer and split_softmax and (kind == "Softmax" or (
-                kind == "Activation" and cfg.get("activation") == "softmax")):
+                kind == "Activation" and head)):
             state["logits"] = x
         return [y]
 
@@ -367,9 +381,9 @@ def tf_keras_twin(model, *, dtype="float32"):
         all-float32 tf-keras model. Raises ModelError naming an unsupported layer, or when the twin
         does not reproduce the source (checked once on :func:`probe_batch`). Cached per model.
     """
-    hit = _EAGER.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
+    hit = _cached_twin(model, _EAGER_KEY)
+    if hit is not None:
+        return hit
     kind = model_kind(model)
     if kind == "tf-keras" and dtype == "float32" and _all_float32(model):
         twin = model  # any layer will do: nothing is rebuilt
@@ -382,7 +396,7 @@ def tf_keras_twin(model, *, dtype="float32"):
         _agree(logits, logits_model(twin)[0](tf.constant(x), training=False), "pre-softmax output", model)
         if full is not None:
             _agree(full, twin(tf.constant(x), training=False), "output", model)
-    _EAGER[id(model)] = (model, twin)
+    _remember_twin(model, _EAGER_KEY, twin)
     return twin
 
 
@@ -414,10 +428,10 @@ class GraphTwin:
                                                          split_softmax=True)
             self.model = full
             if logits_t is None:
-                self.logits, self.note = full, "output used as is (no final softmax found)"
+                self.logits, self.note = full, "output used as is (no final softmax or sigmoid found)"
             else:
                 self.logits = tfk.Model(full.inputs, logits_t, name=full.name + "_logits")
-                self.note = "final softmax stripped"
+                self.note = f"final {output_head(source) or 'softmax'} stripped"
             _copy_weights(weights, twins)
         self.analyzers = {}
         x = probe_batch(source)
@@ -528,10 +542,10 @@ def graph_twin(model, *, dtype="float32"):
     Raises ModelError naming an unsupported layer before building anything, or when the twin does
     not reproduce the source's outputs on :func:`probe_batch`.
     """
-    hit = _GRAPH.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
+    hit = _cached_twin(model, _GRAPH_KEY)
+    if hit is not None:
+        return hit
     check_layers(model)
     twin = GraphTwin(model, dtype=dtype)
-    _GRAPH[id(model)] = (model, twin)
+    _remember_twin(model, _GRAPH_KEY, twin)
     return twin

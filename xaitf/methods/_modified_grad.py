@@ -36,7 +36,7 @@ import warnings
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import kmodule, layer_type, model_kind
+from ..keras_bridge import kmodule, layer_type, model_cache, model_kind
 from ._xla import fused
 
 RULES = ("guided", "deconvnet", "rescale", "rescale_pairs")
@@ -44,7 +44,6 @@ RELU_RULES = ("guided", "deconvnet")
 ACTIVATION_LAYERS = ("ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Activation")
 _NOT_ELEMENTWISE = ("linear", "softmax", "log_softmax", "none")
 
-_CLONES = {}
 
 
 def _fname(fn):
@@ -267,11 +266,10 @@ def modified_clone(model, rule):
     """
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
-    key = (id(model), rule)
-    hit = _CLONES.get(key)
-    if hit is not None and hit[0] is model:
-        clone = hit[1]
-    else:
+    cache = model_cache(model)
+    key = ("modified_clone", rule)
+    clone = cache.get(key)
+    if clone is None:
         km = kmodule(model_kind(model))
         counter = [0]
         clone = _clone(model, rule, km, counter)
@@ -280,7 +278,7 @@ def modified_clone(model, rule):
             warnings.warn(f"model {model.name!r} has no {what}: the {rule} rule changes nothing "
                           "and the map equals the plain gradient (times the input difference)",
                           stacklevel=3)
-        _CLONES[key] = (model, clone)
+        cache[key] = clone
     try:
         clone.set_weights(model.get_weights())
     except ValueError as e:

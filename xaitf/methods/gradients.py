@@ -14,10 +14,9 @@ import tensorflow as tf
 
 from ..errors import InputError, MethodError
 from ..explainer import Explainer, chunks
+from ..keras_bridge import model_cache
 from ._modified_grad import modified_clone
 from ._xla import fused
-
-_FUNCTIONS = {}  # (id(model), tag) -> (model, tf.function): one trace per model and method
 
 
 class FlatCall:
@@ -38,16 +37,17 @@ class FlatCall:
 
 def cached_function(model, tag, build):
     """The tf.function ``build()`` for (model, tag), built once and reused by later explainers;
-    one with an input signature comes back as a :class:`FlatCall`."""
-    key = (id(model), tag)
-    hit = _FUNCTIONS.get(key)
-    if hit is None or hit[0] is not model:
+    one with an input signature comes back as a :class:`FlatCall`. Kept in the model's own cache
+    (:func:`xaitf.keras_bridge.model_cache`): freed with the model."""
+    cache = model_cache(model)
+    key = ("function", tag)
+    fn = cache.get(key)
+    if fn is None:
         fn = build()
         if getattr(fn, "input_signature", None) is not None:
             fn = FlatCall(fn)
-        hit = (model, fn)
-        _FUNCTIONS[key] = hit
-    return hit[1]
+        cache[key] = fn
+    return fn
 
 
 def image_spec(shape):

@@ -41,7 +41,7 @@ import tensorflow as tf
 from ..errors import MethodError
 from ..explainer import Explainer
 from ._xla import fused
-from .rise import _number, class_probabilities
+from .rise import _number
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 UNROLL = 5                     # MP steps per compiled call
@@ -184,7 +184,7 @@ class MeaningfulPerturbation(Explainer):
         if p["normalize"] not in NORMALIZE:
             raise MethodError(f"{name} normalize must be one of {', '.join(NORMALIZE)}, got {p['normalize']!r}")
         self._step_fns = {}
-        self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
+        self.output_note = f"{self.logit_activation} probabilities of the logits ({self.output_note})"
 
     def chunk_size(self):
         return self.batch_size
@@ -198,7 +198,7 @@ class MeaningfulPerturbation(Explainer):
         """Per-image loss terms (area, tv, probability) for masks m (n,h,w,1)."""
         up = self._upsample(m)
         perturbed = x * up + blurred * (1.0 - up)
-        prob = class_probabilities(self.forward(perturbed, training=False))
+        prob = self.probabilities_of(self.forward(perturbed, training=False))
         area = tf.reduce_mean(tf.abs(1.0 - m), axis=[1, 2, 3])
         return area, tv_norm(m, self.tv_beta), tf.reduce_sum(prob * onehot, axis=-1)
 
@@ -211,7 +211,7 @@ class MeaningfulPerturbation(Explainer):
                 tape.watch(m)
                 up = self._upsample(m)
                 # blurred + up * (x - blurred) = x * up + blurred * (1 - up)
-                prob = class_probabilities(self.forward(blurred + up * diff, training=False))
+                prob = self.probabilities_of(self.forward(blurred + up * diff, training=False))
                 loss = self.category_coeff * tf.reduce_sum(prob * onehot)
             i = i + 1
             m, mom, vel = MASK_UPDATE(m, tape.gradient(loss, m), mom, vel, tf.cast(i, tf.float32), self.lr,

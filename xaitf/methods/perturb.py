@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from ..errors import MethodError
 from ..explainer import progress as _progress
-from ..keras_bridge import input_shape, is_softmax_layer, layer_type
+from ..keras_bridge import input_shape, layer_type, probability_head
 from ._local_windows import local_stack
 from ._xla import fused
 
@@ -375,8 +375,9 @@ class Engine:
     Args:
         model: the Keras model whose output is explained (the full model for probabilities, the
             logits sub-model for pre-softmax outputs).
-        softmax: apply a softmax to the model's output (a probability was asked for, the model
-            has no final softmax).
+        post: None, ``"softmax"`` or ``"sigmoid"``: applied to the model's output (a probability
+            was asked for and the model has no final softmax/sigmoid; see
+            :func:`xaitf.keras_bridge.probability_head`).
         shortcut: use the structural shortcut when the model allows it (True), never (False), or
             only when the first linear layer is a Dense layer ("dense": where the shortcut saves
             most; after a Conv2D the saved work can cost less than the shortcut's bookkeeping).
@@ -385,10 +386,11 @@ class Engine:
         desc: label of the progress bar.
     """
 
-    def __init__(self, model, *, softmax=False, shortcut=True, batch_size=256, show_progress=True,
+    def __init__(self, model, *, post=None, shortcut=True, batch_size=256, show_progress=True,
                  desc=None):
         self.model = model
-        self.post = (lambda h: tf.nn.softmax(h, axis=-1)) if softmax else None
+        self.post = {None: None, "softmax": lambda h: tf.nn.softmax(h, axis=-1),
+                     "sigmoid": tf.nn.sigmoid}[post]
         self.batch_size = max(1, int(batch_size))
         self.show_progress = show_progress
         self.desc = desc
@@ -714,5 +716,6 @@ def _spec(shape, dtype):
 
 
 def probability_engine(model, **kw):
-    """An Engine over class probabilities: the model output if it ends in a softmax, else softmax."""
-    return Engine(model, softmax=not is_softmax_layer(model.layers[-1]), **kw)
+    """An Engine over class probabilities: the model output if it ends in a softmax or sigmoid,
+    else its softmax (sigmoid for one unit): :func:`xaitf.keras_bridge.probability_head`."""
+    return Engine(model, post=probability_head(model)[0], **kw)

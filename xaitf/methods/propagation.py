@@ -69,10 +69,10 @@ STATS = {"builds": 0, "build_seconds": 0.0}
 
 
 def _relu_only_violation(model):
-    """The first layer whose activation is neither linear nor ReLU (final softmax excepted)."""
+    """The first layer whose activation is neither linear nor ReLU (final softmax/sigmoid excepted)."""
     last = T._history(model.outputs[0])[0]
     for layer, kind in T.check_layers(model):
-        if layer is last and is_softmax_layer(layer):
+        if layer is last and (is_softmax_layer(layer) or activation_name(layer) == "sigmoid"):
             continue
         if kind == "Activation" or kind in ("Conv2D", "Dense"):
             act = activation_name(layer)

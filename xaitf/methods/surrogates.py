@@ -194,6 +194,7 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
         shap's TF explainers accept tf-keras models only.
         """
         probs = self.params["output"] == "probabilities"
+        sigmoid = self.logit_activation == "sigmoid"
         forward = self.forward
         if self.kind == "keras3":  # shap 0.51's Gradient/Deep explainers refuse Keras 3 models
             from ..twin import tf_keras_twin
@@ -206,7 +207,8 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
         y = forward(inp)
 
         def head(z):
-            z = tf.nn.softmax(z, axis=-1) if probs else z
+            if probs:
+                z = tf.nn.sigmoid(z) if sigmoid else tf.nn.softmax(z, axis=-1)
             return z if target is None else z[:, target:target + 1]
 
         units = self.num_classes if target is None else 1

@@ -283,7 +283,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
                               f"(H,W,C), got {self.shape}")
         self._probs = out == "probabilities"
         if self._probs:
-            self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
+            self.output_note = f"{self.logit_activation} probabilities of the logits ({self.output_note})"
         self._fns = {}
         self.xla = False
         self._check_jit()
@@ -337,7 +337,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
 
     def _output_scores(self, out, t):
         if self._probs:
-            out = tf.nn.softmax(out, axis=-1)
+            out = tf.nn.sigmoid(out) if self.logit_activation == "sigmoid" else tf.nn.softmax(out, axis=-1)
         return tf.cast(tf.gather(out, t, batch_dims=1), tf.float64)
 
     def target_scores(self, x, targets):

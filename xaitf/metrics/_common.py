@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from ..errors import InputError, MethodError
 from ..explainer import as_batch, as_targets, chunks, progress
-from ..keras_bridge import activation_name, is_softmax_layer, logits_model, model_kind, output_units
+from ..keras_bridge import logits_model, model_cache, model_kind, output_units, probability_head
 from ._checks import check_fraction, check_int, check_maps, count_of, pixel_order  # noqa: F401
 
 OUTPUTS = ("probabilities", "logits", "raw")
@@ -97,8 +97,8 @@ def output_transform(model, output):
     """``(forward model, transform, note)``: what a metric scores.
 
     * ``"probabilities"``: the model's output when it ends in softmax (or sigmoid); otherwise the
-      softmax of its output (sigmoid for a one-unit output).
-    * ``"logits"``: the pre-softmax output (:func:`xaitf.keras_bridge.logits_model`).
+      softmax of its output (sigmoid for a one-unit output): :func:`xaitf.keras_bridge.probability_head`.
+    * ``"logits"``: the pre-softmax/pre-sigmoid output (:func:`xaitf.keras_bridge.logits_model`).
     * ``"raw"``: the model's output as it is.
 
     A one-unit output (a binary classifier such as study 5's) is scored as two classes:
@@ -108,17 +108,15 @@ def output_transform(model, output):
         raise MethodError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
     model_kind(model)  # ModelError for anything that is not a Keras model
     k = output_units(model)
-    last = model.layers[-1]
-    ends_prob = is_softmax_layer(last) or activation_name(last) == "sigmoid"
     if output == "logits":
         fwd, note = logits_model(model)
         post = None
     else:
         fwd, note = model, "model output"
         post = None
-        if output == "probabilities" and not ends_prob:
-            post = tf.nn.sigmoid if k == 1 else tf.nn.softmax
-            note = f"{'sigmoid' if k == 1 else 'softmax'} of the model output (no final softmax found)"
+        if output == "probabilities":
+            name, note = probability_head(model)
+            post = {None: None, "softmax": tf.nn.softmax, "sigmoid": tf.nn.sigmoid}[name]
     two = output == "probabilities"
 
     def transform(out):
@@ -198,18 +196,13 @@ class Scorer:
         return tuple(np.concatenate(a) for a in out)
 
 
-_SCORERS = {}
-
-
 def scorer(model, output="probabilities"):
     """A cached :class:`Scorer` per (model, output)."""
-    key = (id(model), output)
-    hit = _SCORERS.get(key)
-    if hit is not None and hit.model is model:
-        return hit
-    s = Scorer(model, output)
-    _SCORERS[key] = s
-    return s
+    cache = model_cache(model)
+    key = ("scorer", output)
+    if key not in cache:
+        cache[key] = Scorer(model, output)
+    return cache[key]
 
 
 def prepare(model, x, maps, targets=None, output="probabilities", batch_size=256, name="targets"):
