@@ -43,7 +43,8 @@ def build_parser():
                    help="image file (png/jpg/...); default: study 1's random image "
                         "(RandomState(0).randint(256, (227,227))), saved under the stem 'random'")
     p.add_argument("-mp", "--model_path", default=None,
-                   help="Keras model file (.h5 or .keras, tf-keras or Keras 3); default: the "
+                   help="Keras model file (.h5 or .keras, tf-keras or Keras 3) or tf-keras SavedModel "
+                        "folder; default: the "
                         "center-pixel model (models/center_pixel.h5, or built in memory)")
     p.add_argument("-cl", "--clamp_label", type=int, default=None,
                    help="class (output neuron) to explain; default: the predicted class")
@@ -62,6 +63,9 @@ def build_parser():
     crop.add_argument("--no-crop", dest="crop", action="store_false", help="no crop row")
     p.add_argument("--scale", type=float, default=255.0,
                    help="pixel values are divided by this before the model sees them (default 255)")
+    p.add_argument("--unsafe-model", action="store_true",
+                   help="allow the model file to run Python code stored in it (Lambda layers) "
+                        "while it loads; only for files you trust (default: such files are refused)")
     cli.add_common_args(p)
     return p
 
@@ -104,13 +108,15 @@ def is_center_pixel(model):
                                                          "Activation", "ReLU"})
 
 
-def load_or_build_model(path, overridden):
-    from xaitf.keras_bridge import load_model
+def load_or_build_model(path, overridden, safe_mode=True):
+    from xaitf.keras_bridge import check_classifier, load_model
 
     if path is not None:
-        return load_model(path), str(path)
+        model = load_model(path, safe_mode=safe_mode)
+        check_classifier(model, f"model file {path}")
+        return model, str(path)
     if DEFAULT_MODEL.exists() and not overridden:
-        return load_model(DEFAULT_MODEL), str(DEFAULT_MODEL.relative_to(HERE))
+        return load_model(DEFAULT_MODEL, safe_mode=safe_mode), str(DEFAULT_MODEL.relative_to(HERE))
     from xaitf.zoo import build_center_pixel
 
     g = S.GLOBAL
@@ -121,17 +127,11 @@ def load_or_build_model(path, overridden):
 
 
 def probabilities(model, x):
-    """Class probabilities: the model output if it ends in a softmax, else softmax(output)."""
-    import numpy as np
+    """Class probabilities of one image and how they were read: the model's softmax or sigmoid
+    output as it is, else the softmax (sigmoid for one unit) of its output."""
+    from xaitf.keras_bridge import probabilities as probs, probability_head
 
-    from xaitf.keras_bridge import is_softmax_layer
-
-    out = np.asarray(model(x, training=False), dtype=np.float64)[0]
-    if is_softmax_layer(model.layers[-1]):
-        return out, "softmax output"
-    z = out - out.max()
-    e = np.exp(z)
-    return e / e.sum(), "softmax of the model output (no final softmax layer)"
+    return probs(model, x)[0], probability_head(model)[1]
 
 
 def main(argv=None):
@@ -145,17 +145,24 @@ def main(argv=None):
         raise cli.CliError("no methods given: pass -hm METHOD [METHOD ...] "
                            f"(valid: {', '.join(registry.list_methods(include_groups=True))})")
     keys = registry.expand(args.heatmap_methods)
+    if args.img_path is not None and Path(args.img_path).is_dir():
+        raise cli.CliError(f"image path {args.img_path} is a folder, expected an image file")
     if args.img_path is not None and not Path(args.img_path).is_file():
         raise cli.CliError(f"image file not found: {args.img_path}")
-    if args.model_path is not None and not Path(args.model_path).is_file():
+    if args.model_path is not None and Path(args.model_path).is_dir():
+        from xaitf.safe_loading import model_path_problem   # no TensorFlow: a SavedModel is valid
+
+        problem = model_path_problem(args.model_path)
+        if problem:
+            raise cli.CliError(problem)
+    elif args.model_path is not None and not Path(args.model_path).is_file():
         raise cli.CliError(f"model file not found: {args.model_path} "
                            "(build the zoo with `python create_model.py`, or omit -mp for the "
                            "center-pixel model)")
     out_root = Path(args.out_path)
     if out_root.exists() and not out_root.is_dir():
         raise cli.CliError(f"output path {out_root} exists and is not a folder")
-    if not args.scale > 0:
-        raise cli.CliError(f"--scale must be positive, got {args.scale}")
+    args.scale = cli.check_flag("--scale", S.positive_finite, args.scale)   # inf would give zeros
     if args.clamp_label is not None and args.clamp_label < 0:
         raise cli.CliError(f"-cl must be a class index >= 0, got {args.clamp_label}")
 
@@ -176,7 +183,8 @@ def main(argv=None):
     cli.quiet_tensorflow()
 
     overridden = any(sec == "global" and key in CENTER_PIXEL_GLOBALS for sec, key, _ in applied)
-    model, model_source = load_or_build_model(args.model_path, overridden)
+    model, model_source = load_or_build_model(args.model_path, overridden,
+                                              safe_mode=not args.unsafe_model)
     shape = input_shape(model)
     if len(shape) != 3 or None in shape[:2]:
         raise cli.CliError(f"expected an image classifier with input (H,W,C), got input shape {shape}")
@@ -198,12 +206,14 @@ def main(argv=None):
     true = int(round(float(img[centre[0], centre[1], 0]))) if center_model else None
 
     _, note = logits_model(model)
+    sigmoid = "sigmoid" in prob_note     # binary / multi-label head: logit per unit, p = sigmoid
+    explained = "pre-sigmoid logit" if sigmoid else "pre-softmax logits"
     print(f"model: {model_kind(model)} {getattr(model, 'name', '')!s} from {model_source}; input "
           f"{'x'.join(map(str, shape))}, {num_classes} classes")
     print(f"image: {source} -> fitted to {shape[0]}x{shape[1]}x{shape[2]}, pixels / {args.scale:g}"
           + (f", centre pixel set to {args.centre_pixel}" if args.centre_pixel is not None else ""))
-    print(f"explained output: pre-softmax logits ({note})")
-    print(f"predicted class {predicted} (p={probs[predicted]:.5g}, {prob_note}); explaining class "
+    print(f"explained output: {explained} ({note})")
+    print(f"predicted {'unit' if sigmoid else 'class'} {predicted} (p={probs[predicted]:.5g}, {prob_note}); explaining class "
           f"{target}" + (f"; true label (centre pixel) {true}" if true is not None else ""))
 
     # ---- build every explainer first: a method that cannot handle the model fails here -------
@@ -245,7 +255,7 @@ def main(argv=None):
     other = [e.title for e in explainers if getattr(e, "output_note", note) != note
              or e.params.get("output") == "probabilities"]
     header = (f"{getattr(model, 'name', 'model')} ({model_kind(model)}, {model_source}) | explained: "
-              f"class {target}, pre-softmax output ({note})"
+              f"class {target}, {explained} ({note})"
               + (f"; probabilities for {', '.join(other)}" if other else ""))
     fig = plotting.heatmap_figure(img[..., 0] / args.scale if shape[-1] == 1 else img / args.scale,
                                   maps, info, crop=crop, header=header)

@@ -522,6 +522,35 @@ def test_gradcam_closed_form():
     assert GradCam(model, layer="conv", progress=False).layer.name == "conv"
 
 
+def test_gradcam_layer_names_are_the_users(cnn28, x28):
+    """Defect 10: ``layer="predictions"`` (the user's last Dense with softmax) was looked up in the
+    logits copy, where it is ``predictions_logits``, and refused with the copy's names. Names are
+    the user's: the replaced layer is found under its twin, and refused for its 2-D output with
+    the user's 4-D layers listed; every other layer of the user's model works by its name."""
+    import xaitf
+
+    inp = tfk.Input((28, 28, 1), name="image")
+    h = tfk.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    h = tfk.layers.MaxPooling2D(2, name="pool")(h)
+    out = tfk.layers.Dense(10, activation="softmax", name="predictions")(tfk.layers.Flatten(name="flat")(h))
+    model = tfk.Model(inp, out)
+    for method, title in (("gradcam", "Grad-CAM"), ("gradcampp", "Grad-CAM++"), ("tfx.gradcam", "tfx.gradcam")):
+        with pytest.raises(ModelError) as e:
+            xaitf.create_explainer(method, model, layer="predictions")
+        assert str(e.value) == (f"{title}: layer 'predictions' has a 2-D output (None, 10); {title} needs "
+                                "a convolutional layer with a 4-D (N,h,w,K) output; layers with a 4-D "
+                                "output: conv, pool")
+        with pytest.raises(ModelError, match=r"no layer 'predictions_logits'; layers with a 4-D output: conv, pool$"):
+            xaitf.create_explainer(method, model, layer="predictions_logits")
+    from xaitf.methods.cam import resolve_layer
+    from xaitf.keras_bridge import logits_model
+
+    forward, _ = logits_model(model)
+    assert resolve_layer(model, forward, "predictions", "x", rank=2).name == "predictions_logits"
+    cam = xaitf.create_explainer("gradcam", model, layer="pool")
+    assert cam.layer is model.get_layer("pool") and cam(x28[:2], [1, 2]).shape == (2, 28, 28)
+
+
 # -- tf-keras and Keras 3 give the same maps ----------------------------------------------------
 def test_tf_keras_and_keras3_agree(cnn28, x28):
     k3 = keras3_cnn((28, 28, 1), 10)

@@ -209,3 +209,43 @@ def test_rise_masks_are_resized_and_cropped_grids(shape, cell):
     got = rise.masks()
     assert got.shape == (40, *shape[:2]) and len(np.unique(off[:, 0])) > 1
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_rise_explainers_do_not_retrace_and_keep_their_maps(tiny_cnn):
+    """Several RISE explainers in one process (other batch sizes, seeds, models): no TensorFlow
+    "triggered tf.function retracing" warning, and the maps are those of the former per-explainer
+    function (values recorded before it became one cached function per model, within 1e-6)."""
+    import logging
+
+    from conftest import make_cnn
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("tensorflow")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)          # an in-process CLI test may have raised it to ERROR
+    try:
+        x = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+        maps = [xaitf.create_explainer("rise", tiny_cnn, masks=100, cell=3, batch_size=bs,
+                                       seed=0)(x, np.array([0, 1, 2])) for bs in (50, 16, 256, 7, 50)]
+        for seed in range(1, 7):              # other models: each traces its own function once
+            other = make_cnn(shape=(8, 8, 1), seed=seed)
+            xaitf.create_explainer("rise", other, masks=20, cell=3, seed=seed)(x[:2])
+            xaitf.create_explainer("rise", other, masks=30, cell=3, batch_size=7)(x)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [r for r in records if "retracing" in r], records
+    for m in maps[1:]:
+        np.testing.assert_allclose(m, maps[0], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(maps[4], maps[0])
+    np.testing.assert_allclose(maps[0][0, 0, :4], [0.21077088, 0.2087991, 0.20310728, 0.19532648],
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(maps[0][1, 3, 2:6], [0.19640766, 0.18987022, 0.18586706, 0.18552712],
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(maps[0].sum(axis=(1, 2)), [12.624463, 12.45434, 12.088769], rtol=1e-6)

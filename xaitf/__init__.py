@@ -4,6 +4,12 @@ Importing this package sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is impor
 ``tf.keras`` is tf-keras (the Keras 2 API that iNNvestigate, tf-explain and tfp.layers need).
 Keras 3 models (``import keras``) are still accepted everywhere a model is: see
 :mod:`xaitf.keras_bridge`.
+
+It also sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless the variable is set already, and applies that level
+to the lines TensorFlow's C++ runtime prints while it is imported, before its logging is set up
+(absl's "All log messages before absl::InitializeLog()" and the "oneDNN custom operations are on"
+info line, twice each, which the variable cannot reach): see :mod:`xaitf._tfimport`. oneDNN stays
+on. ``TF_CPP_MIN_LOG_LEVEL=0`` keeps those lines, ``XAITF_TF_IMPORT_FILTER=0`` turns this off.
 """
 import os
 import sys
@@ -19,6 +25,10 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
     )
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from . import _tfimport  # noqa: E402
+
+_tfimport.install()    # the first `import tensorflow` drops the import-time lines the level hides
 
 __version__ = "0.1.0"
 

@@ -54,7 +54,8 @@ def run(main, argv=None):
 
     XaitfError (and OSError such as a full disk or a missing folder) -> ``EXIT_USER``; any other
     exception -> ``EXIT_INTERNAL`` with a hint to rerun with ``--debug``; Ctrl-C -> 130.
-    With ``--debug`` in ``argv`` the traceback is printed as well.
+    With ``--debug`` in ``argv`` the traceback is printed as well, and the last line points to it
+    instead of repeating the hint.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
@@ -72,8 +73,10 @@ def run(main, argv=None):
     except Exception as e:  # noqa: BLE001 - a bug, still reported on one line
         if debug:
             traceback.print_exc()
-        fail(f"{type(e).__name__}: {one_line(e)} (unexpected; rerun with --debug for the traceback)",
-             EXIT_INTERNAL)
+            hint = "unexpected; the traceback is above: please report it"
+        else:
+            hint = "unexpected; rerun with --debug for the traceback"
+        fail(f"{type(e).__name__}: {one_line(e)} ({hint})", EXIT_INTERNAL)
     raise SystemExit(code or 0)
 
 
@@ -97,37 +100,67 @@ def add_common_args(parser):
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a value of settings.py, e.g. --set ig.steps=128 --set "
                              "global.seed=1 (repeatable; value read as a Python literal)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of every stochastic method (default settings GLOBAL['seed'])")
+    parser.add_argument("--seed", type=seed_int, default=None,
+                        help="seed of every stochastic method, 0..2**32-1 (default settings "
+                             "GLOBAL['seed'])")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="model evaluations per chunk (default settings GLOBAL['batch_size'])")
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     return parser
 
 
+def _flag_type(check):
+    """An argparse ``type`` from a validator of :mod:`xaitf.settings` (same check, same words as
+    ``--set`` and the Python API)."""
+
+    def convert(text):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
 def positive_int(text):
+    """argparse type: an integer >= 1 (:func:`xaitf.settings.positive_int`)."""
+    from . import settings as S
+
+    return _flag_type(S.positive_int)(text)
+
+
+def seed_int(text):
+    """argparse type: a seed 0..2**32-1 (:func:`xaitf.settings.seed_int`)."""
+    from . import settings as S
+
+    return _flag_type(S.seed_int)(text)
+
+
+def check_flag(flag, check, value):
+    """``check(value)`` (a validator of :mod:`xaitf.settings`); CliError ``flag: expected ...``."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+        return check(value)
+    except ValueError as e:
+        raise CliError(f"{flag}: {e}") from None
 
 
 def apply_sets(sets, seed=None, batch_size=None):
     """Apply ``--set`` overrides (plus ``--seed``/``--batch-size``) to :mod:`xaitf.settings`.
 
-    Returns the applied ``(section, key, value)`` triples. A malformed override raises
-    MethodError with one line naming the valid sections or keys.
+    Returns the applied ``(section, key, value)`` triples. A malformed override (unknown section
+    or key, a key of a section without settings, a value of the wrong type or range) raises
+    MethodError with one line naming it and what is expected; nothing is applied then. GLOBAL
+    values are checked by the same validators as the flags (``--batch-size 0`` and
+    ``--set global.batch_size=0`` get the same words).
     """
     from . import settings as S
 
     texts = list(sets or [])
     if seed is not None:
-        texts.append(f"global.seed={int(seed)}")
+        texts.append(f"global.seed={check_flag('--seed', S.seed_int, seed)}")
     if batch_size is not None:
-        texts.append(f"global.batch_size={int(batch_size)}")
+        texts.append(f"global.batch_size={check_flag('--batch-size', S.positive_int, batch_size)}")
     return S.apply_overrides(texts)
 
 

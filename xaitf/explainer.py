@@ -13,9 +13,15 @@ import tensorflow as tf
 
 from . import settings as S
 from .errors import InputError, MethodError
-from .keras_bridge import input_shape, logits_model, model_kind
+from .keras_bridge import check_classifier, input_shape, logit_activation, logits_model, model_kind
 
-REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
+REDUCTIONS = S.CHANNEL_REDUCE    # ("sum", "mean", "abs_sum", "max_abs", "none")
+
+
+def class_probabilities(logits, activation="softmax"):
+    """Softmax (or sigmoid) of logits in their own precision (float64 heads keep it), as float32."""
+    p = tf.nn.sigmoid(logits) if activation == "sigmoid" else tf.nn.softmax(logits, axis=-1)
+    return tf.cast(p, tf.float32)
 
 
 def chunks(n, size):
@@ -34,11 +40,38 @@ def progress(iterable, enabled=True, **kw):
     return tqdm(items, leave=False, **kw)
 
 
+def _caller_stacklevel():
+    """``warnings.warn`` stacklevel of the first frame outside the xaitf package (the user's call)."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        level += 1
+        frame = frame.f_back
+    return level
+
+
 def as_batch(x, model=None):
-    """Validate and convert images to a float32 (N,H,W,C) array matching the model's input."""
+    """Validate and convert images to a float32 (N,H,W,C) array matching the model's input.
+
+    uint8 images (0..255) given with a model are explained with the values they have, as float32
+    0..255, and ONE ``UserWarning`` says so: most models expect floats in [0, 1] (divide by 255
+    first), but a model trained on 0..255 is explained correctly as it is. Booleans, strings and
+    objects are refused (InputError), as are NaN/inf values.
+    """
     x = np.asarray(x)
-    if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+    if x.dtype == object or x.dtype == bool or not np.issubdtype(x.dtype, np.number):
         raise InputError(f"expected numeric images, got dtype {x.dtype}")
+    if np.iscomplexobj(x):
+        raise InputError(f"expected real-valued images, got dtype {x.dtype}")
+    if model is not None and x.dtype == np.uint8 and x.size and int(x.max()) > 1:
+        import warnings
+
+        warnings.warn("xaitf: the images are uint8 (0..255) and are explained with these values; most "
+                      "models expect floats in [0, 1]: pass x / 255.0 if yours does",
+                      UserWarning, stacklevel=_caller_stacklevel())
     x = x.astype(np.float32, copy=False)
     shape = input_shape(model) if model is not None else None
     if shape is not None and len(shape) == 3:
@@ -69,7 +102,13 @@ def as_targets(targets, n, num_classes, predict=None):
             raise InputError("targets=None needs a model to predict the class")
         return predict().astype(np.int64)
     t = np.asarray(targets)
+    if t.dtype == object or t.dtype == bool or not np.issubdtype(t.dtype, np.number) \
+            or np.iscomplexobj(t):
+        raise InputError(f"targets must be integer class indices (an int, N ints or one-hot (N,K)) "
+                         f"or None, got {_short(targets)}")
     if t.ndim == 0:
+        if not (np.isfinite(t) and float(t) == int(t)):
+            raise InputError(f"targets must be integer class indices, got {_short(targets)}")
         t = np.full(n, int(t))
     elif t.ndim == 2:
         if t.shape != (n, num_classes):
@@ -78,12 +117,27 @@ def as_targets(targets, n, num_classes, predict=None):
     if t.shape != (n,):
         raise InputError(f"expected {n} targets (ints or one-hot), got shape {t.shape}")
     if not np.issubdtype(t.dtype, np.integer):
-        if not np.all(np.mod(t, 1) == 0):
-            raise InputError("targets must be integer class indices")
+        if not np.all(np.isfinite(t) & (np.mod(t, 1) == 0)):
+            bad = t[~(np.isfinite(t) & (np.mod(t, 1) == 0))][0]
+            raise InputError(f"targets must be integer class indices, got {float(bad)!r}")
         t = t.astype(np.int64)
     if t.min() < 0 or t.max() >= num_classes:
         raise InputError(f"targets must lie in [0, {num_classes - 1}], got {t.min()}..{t.max()}")
     return t.astype(np.int64)
+
+
+def _short(value):
+    """A short repr for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _setting(owner, name, check, value):
+    """``check(value)`` (a validator of :mod:`xaitf.settings`); MethodError ``owner name: ...``."""
+    try:
+        return check(value)
+    except ValueError as e:
+        raise MethodError(f"{owner} {name}: {e}") from None
 
 
 def _channel_fold(maps, op, f=None):
@@ -120,11 +174,21 @@ class Explainer:
 
     Args:
         model: a tf-keras or Keras 3 image classifier (N,H,W,C) -> (N,K).
-        batch_size: model evaluations per chunk (defaults to settings.GLOBAL).
+        batch_size: model evaluations per chunk, an integer >= 1 (defaults to settings.GLOBAL).
         channel_reduce: how per-channel maps become one map per pixel (see ``REDUCTIONS``).
-        seed: seed of stochastic methods; the same seed gives the same maps.
-        progress: show tqdm bars on long work.
+        seed: seed of stochastic methods, an integer 0..2**32-1; the same seed gives the same maps.
+        progress: show tqdm bars on long work (True/False).
         **params: the method's own hyperparameters (its section of ``xaitf.settings``).
+
+    The four common arguments are checked by the validators of :mod:`xaitf.settings` that the
+    command lines use: a wrong one (``batch_size=0``, ``seed="abc"``) raises MethodError with one
+    line, in the words of the flags (``--batch-size 0``).
+
+    Calling the explainer: ``explainer(x, targets=None)``. ``x`` is (N,H,W,C), (H,W,C) or (H,W) for
+    a one-channel model, numeric and finite; uint8 images are explained with their 0..255 values
+    as they are, with one UserWarning (most models expect floats in [0, 1]: pass ``x / 255.0``).
+    ``targets`` is None (the predicted class), an int, N ints or one-hot (N,K); fractional,
+    boolean or string targets raise InputError.
     """
 
     key = None            # settings section
@@ -146,14 +210,20 @@ class Explainer:
         self.params = {**defaults, **params}
         self.model = model
         self.kind = model_kind(model)
-        self.batch_size = int(batch_size or g["batch_size"])
-        self.channel_reduce = channel_reduce or g["channel_reduce"]
-        if self.channel_reduce not in REDUCTIONS:
-            raise MethodError(f"unknown channel_reduce {self.channel_reduce!r}; valid: {', '.join(REDUCTIONS)}")
-        self.seed = g["seed"] if seed is None else int(seed)
-        self.progress = g["progress"] if progress is None else bool(progress)
+        owner = type(self).__name__
+        self.batch_size = _setting(owner, "batch_size", S.positive_int,
+                                   g["batch_size"] if batch_size is None else batch_size)
+        self.channel_reduce = _setting(owner, "channel_reduce", S.channel_reduce,
+                                       g["channel_reduce"] if channel_reduce is None else channel_reduce)
+        self.seed = _setting(owner, "seed", S.seed_int, g["seed"] if seed is None else seed)
+        self.progress = _setting(owner, "progress", S.boolean,
+                                 g["progress"] if progress is None else progress)
+        check_classifier(model)   # one image input, one (N,K) output: one line otherwise
         self.shape = input_shape(model)
         self.num_classes = int(model.outputs[0].shape[-1])
+        # what turns self.forward's logits into probabilities: softmax, or sigmoid for binary and
+        # multi-label (sigmoid) heads (:func:`xaitf.keras_bridge.logit_activation`)
+        self.logit_activation = logit_activation(model)
         if self.uses_logits:
             self.forward, self.output_note = logits_model(model)
         else:
@@ -167,6 +237,11 @@ class Explainer:
 
     def setup(self):
         """Validate parameters and build anything reusable (tf.functions) once per model."""
+
+    def probabilities_of(self, logits):
+        """Class probabilities (float32) of ``self.forward``'s output: softmax, or sigmoid for a
+        sigmoid head, computed in the logits' own precision."""
+        return class_probabilities(logits, self.logit_activation)
 
     def explain_batch(self, x, targets):
         """Maps for one chunk: (n,H,W,C) per-channel or (n,H,W)."""

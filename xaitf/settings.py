@@ -8,9 +8,14 @@ see docs/reproduction.md) unless a comment says otherwise. Three ways to change 
 * on the command line: ``heatmap_script.py --set ig.steps=128 --set global.seed=1``.
 
 A method's dict lists every parameter it accepts; anything else is rejected with the valid names.
+``--set`` refuses, with one line, an unknown section or key (sections of methods without settings
+take none), a GLOBAL value of the wrong type or range (the validators below, shared with the flags
+``--seed``/``--batch-size`` and the Python API) and a method value of the wrong kind for its
+default (see :func:`check_value`); the methods check their own ranges when they are built.
 """
 import ast
 import copy
+import math
 
 # ----------------------------------------------------------------------------------------------
 GLOBAL = {
@@ -179,13 +184,164 @@ SECTIONS = {
 }
 
 
+CHANNEL_REDUCE = ("sum", "mean", "abs_sum", "max_abs", "none")   # GLOBAL["channel_reduce"] choices
+SEED_MAX = 2 ** 32 - 1          # numpy's RandomState takes seeds 0..2**32-1
+
+
+# -- validators --------------------------------------------------------------------------------
+# Each takes a value (a number, or the text of a flag) and returns it normalised, or raises
+# ValueError("expected ..., got ..."). The command-line flags (xaitf.cli), ``--set global.*`` and
+# the Python API (Explainer keyword arguments) use the same functions, so one mistake gets the same
+# words wherever it is made.
+def _integral(value):
+    """An int from an int, an integral float, or the text of one; None when it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    try:
+        import numbers
+
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+    except (TypeError, ValueError):  # pragma: no cover
+        pass
+    return None
+
+
+def _real(value):
+    """A float from a number (not a bool) or the text of one; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    import numbers
+
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
+def _shown(value, parsed):
+    """How a refused value is quoted: the number it parses to (``0`` for the flag text "0", as for
+    ``--set ...=0``), else its repr (``'abc'``)."""
+    return repr(parsed) if parsed is not None and isinstance(value, str) else repr(value)
+
+
+def positive_int(value):
+    """An integer >= 1 (``--batch-size``, ``global.batch_size``, ``batch_size=``)."""
+    v = _integral(value)
+    if v is None or v < 1:
+        raise ValueError(f"expected a positive integer, got {_shown(value, v)}")
+    return v
+
+
+def seed_int(value):
+    """A seed: an integer 0..2**32-1 (``--seed``, ``global.seed``, ``seed=``)."""
+    v = _integral(value)
+    if v is None or not 0 <= v <= SEED_MAX:
+        raise ValueError(f"expected an integer 0..{SEED_MAX}, got {_shown(value, v)}")
+    return v
+
+
+def odd_positive_int(value):
+    """An odd integer >= 1 (``global.image_size``: the center-pixel model needs a centre pixel)."""
+    v = _integral(value)
+    if v is None or v < 1 or v % 2 == 0:
+        raise ValueError(f"expected an odd positive integer (the center-pixel model has a centre "
+                         f"pixel), got {_shown(value, v)}")
+    return v
+
+
+def class_count(value):
+    """A number of classes: an integer >= 2."""
+    v = _integral(value)
+    if v is None or v < 2:
+        raise ValueError(f"expected an integer >= 2, got {_shown(value, v)}")
+    return v
+
+
+def positive_finite(value):
+    """A finite number > 0 (``global.alpha``, ``--scale``)."""
+    v = _real(value)
+    if v is None or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"expected a finite number > 0, got {_shown(value, v)}")
+    return v
+
+
+def boolean(value):
+    """True or False (also 0/1 and the words true/false, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    if _integral(value) in (0, 1) and not isinstance(value, str):
+        return bool(_integral(value))
+    raise ValueError(f"expected True or False, got {value!r}")
+
+
+def channel_reduce(value):
+    """One of :data:`CHANNEL_REDUCE`."""
+    if isinstance(value, str) and value in CHANNEL_REDUCE:
+        return value
+    raise ValueError(f"expected one of {', '.join(CHANNEL_REDUCE)}, got {value!r}")
+
+
+GLOBAL_CHECKS = {
+    "seed": seed_int, "batch_size": positive_int, "channel_reduce": channel_reduce,
+    "progress": boolean, "image_size": odd_positive_int, "num_classes": class_count,
+    "alpha": positive_finite, "relu_flag": boolean, "zscore": boolean,
+}
+
+# Method/study values are checked by the methods themselves; ``--set`` only refuses a value of the
+# wrong kind for its default: a number where the default is a number (None, tuples and lists stay
+# allowed: windows, per-channel fills, optional values), True/False (or true/false, yes/no, 0/1,
+# normalised to a bool) where it is a bool. Keys whose values legitimately take other kinds are
+# listed here.
+UNTYPED = {("shap", "l1_reg")}     # shap.lib also takes "auto", "num_features(10)", ...
+
+
+def check_value(sec, key, value):
+    """``value`` for ``settings.SECTIONS[sec][key]``, normalised; ValueError("expected ...") if wrong.
+
+    GLOBAL keys get their full check (type and range); other sections only a kind check against
+    the default (see ``UNTYPED``); the methods check ranges when they are built.
+    """
+    if sec == "global" and key in GLOBAL_CHECKS:
+        return GLOBAL_CHECKS[key](value)
+    if (sec, key) in UNTYPED:
+        return value
+    default = SECTIONS.get(sec, {}).get(key)
+    if isinstance(default, bool):
+        return boolean(value)
+    if isinstance(default, (int, float)):
+        if isinstance(value, (str, bool)):
+            raise ValueError(f"expected a number (default {default!r}), got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a finite number (default {default!r}), got {value!r}")
+    return value
+
+
 def section(name):
     """A copy of one section's dict (``{}`` for a method without settings)."""
     return copy.deepcopy(SECTIONS.get(name, {}))
 
 
 def parse_override(text):
-    """Parse ``"section.key=value"`` into ``(section, key, value)``; value read as a Python literal."""
+    """Parse ``"section.key=value"`` into ``(section, key, value)``; value read as a Python literal.
+
+    The section and key must exist (sections without settings take none) and the value must suit
+    the key (:func:`check_value`); anything else raises MethodError with one line naming the
+    override and what is expected.
+    """
     from .errors import MethodError
 
     if "=" not in text or "." not in text.split("=", 1)[0]:
@@ -194,20 +350,28 @@ def parse_override(text):
     sec, key = lhs.strip().lower().split(".", 1)
     if sec not in SECTIONS:
         raise MethodError(f"bad --set {text!r}: unknown section {sec!r}; valid: {', '.join(sorted(SECTIONS))}")
-    if SECTIONS[sec] and key not in SECTIONS[sec]:
+    if not SECTIONS[sec]:
+        raise MethodError(f"bad --set {text!r}: {sec} has no settings")
+    if key not in SECTIONS[sec]:
         raise MethodError(f"bad --set {text!r}: {sec} has no {key!r}; valid: {', '.join(sorted(SECTIONS[sec]))}")
+    raw = raw.strip()
     try:
-        value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-        value = raw.strip()  # plain strings need no quotes
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw  # plain strings need no quotes
+    try:
+        value = check_value(sec, key, value)
+    except ValueError as e:
+        raise MethodError(f"bad --set {text!r}: {sec}.{key}: {e}") from None
     return sec, key, value
 
 
 def apply_overrides(texts):
-    """Apply ``section.key=value`` overrides in place; returns the list of (section, key, value)."""
-    done = []
-    for t in texts or ():
-        sec, key, value = parse_override(t)
+    """Apply ``section.key=value`` overrides in place; returns the list of (section, key, value).
+
+    Every override is parsed and checked before any is applied: a bad one changes nothing.
+    """
+    done = [parse_override(t) for t in texts or ()]
+    for sec, key, value in done:
         SECTIONS[sec][key] = value
-        done.append((sec, key, value))
     return done

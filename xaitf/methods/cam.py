@@ -5,15 +5,70 @@ from the gradient ``g = d f_c / d A`` of the pre-softmax target output, sum over
 positive part and upsample bilinearly to the input size. Maps are (N,H,W), not normalised.
 
 Parameters (settings ``GRADCAM`` / ``GRADCAMPP``):
-    layer: name of the layer whose output is ``A``; ``None`` = the last Conv2D-like layer
-        (``keras_bridge.find_last_conv``). A model without one raises ModelError.
+    layer: name of the layer whose output is ``A``, as the user's model names it (the layer whose
+        softmax was replaced in the logits copy is found under its twin, see
+        :func:`resolve_layer`); it must have a 4-D (N,h,w,K) output. ``None`` = the last
+        Conv2D-like layer (``keras_bridge.find_last_conv``). A model without one, an unknown name
+        or a layer with another output rank raises ModelError with one line naming the user's
+        layers that would do.
 """
 import xaitf  # noqa: F401
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import find_last_conv, find_layer, submodel
+from ..keras_bridge import find_last_conv, submodel
 from .gradients import INDEX_SPEC, GradientFamily, as_int32, cached_function, image_spec
+
+
+def _output_shape(layer):
+    """A layer's output shape as a tuple, or None when it has no single output tensor."""
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+
+
+def spatial_layers(model):
+    """Names of the layers of ``model`` with a 4-D (N,h,w,K) output, input layers excluded."""
+    out = []
+    for layer in model.layers:
+        shape = _output_shape(layer)
+        if shape is not None and len(shape) == 4 and type(layer).__name__ != "InputLayer":
+            out.append(layer.name)
+    return out
+
+
+def resolve_layer(model, forward, name, method, rank=4):
+    """The layer of ``forward`` (the logits copy of ``model``, or ``model`` itself) that the user's
+    layer ``name`` of ``model`` is, checked to have a ``rank``-D output.
+
+    Names are the user's: the copy shares every layer with ``model`` except a last layer whose
+    softmax was replaced by a linear twin (``<name>_logits``, :func:`keras_bridge.logits_model`),
+    which is found under its twin here. An unknown name, or a layer whose output is not 4-D,
+    raises ModelError listing the user's layers with a 4-D output.
+    """
+    choices = spatial_layers(model)
+    hint = (f"layers with a 4-D output: {', '.join(choices)}" if choices
+            else "the model has no layer with a 4-D output (use grad, ig, occlusion or another "
+                 "model-agnostic method)")
+    try:
+        mine = model.get_layer(name)
+    except ValueError:
+        raise ModelError(f"{method}: the model has no layer {name!r}; {hint}") from None
+    shape = _output_shape(mine)
+    if shape is None or len(shape) != rank:
+        got = "no single output" if shape is None else f"a {len(shape)}-D output {shape}"
+        raise ModelError(f"{method}: layer {name!r} has {got}; {method} needs a convolutional "
+                         f"layer with a 4-D (N,h,w,K) output; {hint}")
+    if forward is model:
+        return mine
+    for candidate in (name, f"{name}_logits"):
+        try:
+            return forward.get_layer(candidate)
+        except ValueError:
+            continue
+    raise ModelError(f"{method}: layer {name!r} is not part of the explained (pre-softmax) model; "
+                     f"{hint}")
 
 
 class GradCam(GradientFamily):
@@ -27,7 +82,7 @@ class GradCam(GradientFamily):
         if name is None:
             layer = find_last_conv(self.forward, self.title_name)
         else:
-            layer = find_layer(self.forward, name)
+            layer = resolve_layer(self.model, self.forward, name, self.title_name)
         out = layer.output
         if len(out.shape) != 4:
             raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output; {layer.name!r} "

@@ -15,6 +15,11 @@ All the randomness (N grids and N offsets, a few numbers per mask) is drawn once
 TensorFlow's stateless generators; the full-size masks are made on the device a chunk at a time,
 so the same seed gives the same masks whatever ``batch_size`` is. One ``tf.function`` loops over mask
 chunks and evaluates ``inputs x masks`` perturbed images per step, never more than ``batch_size``.
+That function has an input signature and is built once per (model, cell, probability head) and
+kept in the model's cache (:func:`xaitf.methods.gradients.cached_function`): further explainers of
+the same model (other seeds, mask counts, batch sizes) reuse it, and since it is called through
+its concrete function, building explainers for many models never triggers TensorFlow's
+"triggered tf.function retracing" warning.
 """
 import math
 
@@ -24,7 +29,8 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from ..errors import MethodError
-from ..explainer import Explainer
+from ..explainer import Explainer, class_probabilities
+from .gradients import cached_function, image_spec
 
 
 def _number(params, name, cls, low, high=None, low_open=False, owner="Rise"):
@@ -42,9 +48,57 @@ def _number(params, name, cls, low, high=None, low_open=False, owner="Rise"):
     return v
 
 
-def class_probabilities(logits):
-    """Softmax in the logits' own precision (float64 heads keep their precision), as float32."""
-    return tf.cast(tf.nn.softmax(logits, axis=-1), tf.float32)
+def interpolation(cell, cell_side):
+    """(size, cell) weights of bilinear upsampling (half-pixel centres, as ``tf.image.resize``) of
+    ``cell`` values to ``size = (cell + 1) * cell_side``: the resize of an identity."""
+    eye = tf.eye(cell)[..., None]                                            # (cell, cell, 1)
+    size = (cell + 1) * cell_side
+    return tf.image.resize(eye, (size, cell), method="bilinear")[..., 0]
+
+
+def upsample(grids, offsets, ry, rx, h, w):
+    """(g, cell, cell) grids -> (g, H, W) smooth masks: bilinear upsampling + shifted crop.
+
+    Bilinear upsampling is separable, so each mask is ``Ry[rows] @ grid @ Rx[cols]^T`` with the
+    1-D interpolation matrices ``ry``/``rx`` (:func:`interpolation`) cropped at the mask's offset:
+    two small matrix products per mask instead of resizing to ((cell+1) x cell_h)^2 and gathering
+    twice (which cost more than the model on the 227x227 center-pixel model).
+    """
+    ay = tf.gather(ry, offsets[:, :1] + tf.range(h)[None])                   # (g, H, cell)
+    ax = tf.gather(rx, offsets[:, 1:] + tf.range(w)[None])                   # (g, W, cell)
+    return tf.matmul(tf.matmul(ay, grids), ax, transpose_b=True)
+
+
+def saliency_function(forward, shape, cell, activation):
+    """The compiled ``sum_i P_t(x * M_i) M_i`` for one model, image shape, cell and probability head.
+
+    Arguments of the returned function: x (n,H,W,C) float32, onehot (n,K) float32, grids
+    (chunks,g,cell,cell) float32, offsets (chunks,g,2) int32, valid (chunks,g) float32 (1 for real
+    masks, 0 for padding); it loops over the chunks of g masks and returns (n,H,W).
+    """
+    h, w = shape[:2]
+    cell_h, cell_w = math.ceil(h / cell), math.ceil(w / cell)
+    spec = [image_spec(shape), tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None, None, cell, cell], tf.float32),
+            tf.TensorSpec([None, None, 2], tf.int32), tf.TensorSpec([None, None], tf.float32)]
+
+    @tf.function(input_signature=spec)
+    def saliency(x, onehot, grids, offsets, valid):
+        n = tf.shape(x)[0]
+        g = tf.shape(grids)[1]
+        total = tf.zeros((n, h, w), tf.float32)
+        for j in tf.range(tf.shape(grids)[0]):
+            m = upsample(grids[j], offsets[j], interpolation(cell, cell_h),
+                         interpolation(cell, cell_w), h, w)                   # (g,H,W)
+            pert = x[:, None] * m[None, ..., None]                           # (n,g,H,W,C)
+            pert = tf.reshape(pert, tf.concat([[n * g], tf.shape(x)[1:]], 0))
+            prob = class_probabilities(forward(pert, training=False), activation)
+            prob = tf.reshape(prob, (n, g, -1))
+            score = tf.einsum("ngk,nk->ng", prob, onehot) * valid[j][None]
+            total += tf.einsum("ng,ghw->nhw", score, m)
+        return total
+
+    return saliency
 
 
 class Rise(Explainer):
@@ -73,8 +127,10 @@ class Rise(Explainer):
         if self.cell > min(h, w):
             raise MethodError(f"Rise cell must be at most the image side {min(h, w)}, got {self.cell}")
         self.cell_h, self.cell_w = math.ceil(h / self.cell), math.ceil(w / self.cell)
-        self._fn = tf.function(self._saliency, reduce_retracing=True)
-        self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
+        forward, shape, cell, head = self.forward, self.shape, self.cell, self.logit_activation
+        self._fn = cached_function(forward, f"rise:{cell}:{head}",
+                                   lambda: saliency_function(forward, shape, cell, head))
+        self.output_note = f"{self.logit_activation} probabilities of the logits ({self.output_note})"
 
     def chunk_size(self):
         return self.batch_size
@@ -91,26 +147,11 @@ class Rise(Explainer):
                                          maxval=self.cell_w, dtype=tf.int32)
         return grids, tf.stack([oy, ox], axis=1)
 
-    def _interpolation(self, cell_side):
-        """(size, cell) weights of bilinear upsampling (half-pixel centres, as ``tf.image.resize``)
-        of ``cell`` values to ``size = (cell + 1) * cell_side``: the resize of an identity."""
-        eye = tf.eye(self.cell)[..., None]                                   # (cell, cell, 1)
-        size = (self.cell + 1) * cell_side
-        return tf.image.resize(eye, (size, self.cell), method="bilinear")[..., 0]
-
     def _upsample(self, grids, offsets):
-        """(g, cell, cell) grids -> (g, H, W) smooth masks: bilinear upsampling + shifted crop.
-
-        Bilinear upsampling is separable, so each mask is ``Ry[rows] @ grid @ Rx[cols]^T`` with
-        the 1-D interpolation matrices cropped at the mask's offset: two small matrix products per
-        mask instead of resizing to ((cell+1) x cell_h)^2 and gathering twice (which cost more than
-        the model on the 227x227 center-pixel model).
-        """
+        """(g, cell, cell) grids -> (g, H, W) masks of this explainer's size (:func:`upsample`)."""
         h, w = self.shape[:2]
-        ry, rx = self._interpolation(self.cell_h), self._interpolation(self.cell_w)
-        ay = tf.gather(ry, offsets[:, :1] + tf.range(h)[None])               # (g, H, cell)
-        ax = tf.gather(rx, offsets[:, 1:] + tf.range(w)[None])               # (g, W, cell)
-        return tf.matmul(tf.matmul(ay, grids), ax, transpose_b=True)
+        return upsample(grids, offsets, interpolation(self.cell, self.cell_h),
+                        interpolation(self.cell, self.cell_w), h, w)
 
     def masks(self, start=0, stop=None):
         """The full-size masks ``start:stop`` (M, H, W) of this seed, as numpy (for inspection)."""
@@ -119,22 +160,6 @@ class Rise(Explainer):
         return self._upsample(grids[start:stop], offsets[start:stop]).numpy()
 
     # -- saliency --------------------------------------------------------------------------------
-    def _saliency(self, x, onehot, grids, offsets, valid):
-        """sum_i P_t(x * M_i) M_i for every input; grids/offsets/valid hold whole chunks of g masks."""
-        n = tf.shape(x)[0]
-        g = tf.shape(grids)[1]
-        h, w, c = self.shape
-        total = tf.zeros((n, h, w), tf.float32)
-        for j in tf.range(tf.shape(grids)[0]):
-            m = self._upsample(grids[j], offsets[j])                       # (g,H,W)
-            pert = x[:, None] * m[None, ..., None]                           # (n,g,H,W,C)
-            pert = tf.reshape(pert, tf.concat([[n * g], tf.shape(x)[1:]], 0))
-            prob = class_probabilities(self.forward(pert, training=False))
-            prob = tf.reshape(prob, (n, g, -1))
-            score = tf.einsum("ngk,nk->ng", prob, onehot) * valid[j][None]
-            total += tf.einsum("ng,ghw->nhw", score, m)
-        return total
-
     def explain_batch(self, x, targets):
         n = len(x)
         g = max(1, min(self.n_masks, self.batch_size // n))

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from ..errors import InputError, MethodError
 from ..explainer import Explainer
-from ..keras_bridge import find_last_conv, find_layer, logits_model
+from ..keras_bridge import find_last_conv, logits_model
 from ..twin import tf_keras_twin
 
 OUTPUTS = ("logits", "probabilities")
@@ -88,8 +88,9 @@ class TfxGradCam(_TfxBase):
         name = self.params["layer"]
         if name is None:
             name = find_last_conv(self.twin, "tfx.gradcam").name
-        find_layer(self.twin, name)
-        self.layer_name = name
+        from .cam import resolve_layer     # the user's layer names, looked up in the explained copy
+
+        self.layer_name = resolve_layer(self.twin, self.tfx_model, name, "tfx.gradcam").name
 
     def explain_class(self, x, class_index):
         outputs, grads = self._core.get_gradients_and_filters(
