@@ -151,7 +151,7 @@ def test_foreign_corrupted_and_changed_stores_are_refused(env, reference, tmp_pa
         xaitf_main(argv(env, out))
     raw = (ref_out / "store.h5").read_bytes()                                # truncated store
     (out / "store.h5").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(runs.StoreError, match="not a readable HDF5 file|corrupted"):
+    with pytest.raises(runs.StoreError, match="damaged/truncated|corrupted"):
         xaitf_main(argv(env, out))
     with h5py.File(out / "store.h5", "w") as f:                              # some other HDF5
         f["x"] = np.zeros(3)

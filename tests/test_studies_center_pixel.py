@@ -118,11 +118,18 @@ def test_report_and_figures(study):
 
 # -- shared helpers and the command line -------------------------------------------------------
 def test_run_folder_never_overwrites(tmp_path):
-    a = C.run_folder(tmp_path, "demo", stamp="20240101-000000")
-    b = C.run_folder(tmp_path, "demo", stamp="20240101-000000")
-    assert a != b and a.is_dir() and b.name == "20240101-000000_1"
+    finals = []
+    for _ in range(2):
+        with C.study_session(tmp_path, "demo") as s:
+            work = C.run_folder(tmp_path, "demo", stamp="20240101-000000")
+            assert work.name.startswith(".") and work.is_dir()       # hidden until it finishes
+            C.write_report(work, "T", [])
+        finals.append(s.final)
+    a, b = finals
+    assert a.is_dir() and b.is_dir() and a.name == "20240101-000000" and b.name == "20240101-000000_1"
     assert (tmp_path / "demo" / "latest").read_text().strip() == b.name
     assert C.latest_folder(tmp_path, "demo") == b
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [a.name, b.name, "latest"]
 
 
 def test_write_json_and_report(tmp_path):

@@ -42,6 +42,13 @@ Why a killed run (SIGKILL, a crash, a power cut with an honest disk) never corru
   before the run stops (exit code 130). A second Ctrl-C aborts at once (still safe, see above).
 * A lock file (``<out>/.lock``, ``flock``) keeps two runs off one store.
 
+The store is xaitf's one exception to write-then-move (``docs/architecture.md``): it is appended
+in place, by design, with the guarantees above. Everything else in ``<out>`` (``run.json``,
+``summary.json``, ``metrics.json``, ``overview.png``) is written to a temporary file and renamed.
+A run that fails before it has written anything (data or model refused) removes the ``--out``
+folder it created (see :func:`out_lock`). An empty (0-byte) ``store.h5`` is refused, never
+rewritten: xaitf never leaves one (see :meth:`Store._open`).
+
 Engines
 -------
 * ``local``: methods one after the other, chunks in order, in this process.
@@ -223,16 +230,42 @@ class Store:
 
     # -- opening and validation ----------------------------------------------------------------
     def _open(self):
+        """Open the store for writing, or raise StoreError with one line saying which case it is:
+
+        * locked: another process has the file open (HDF5's file lock, ``errno`` EAGAIN/EWOULDBLOCK
+          or EACCES, "unable to lock file"): wait for it to end;
+        * empty (0 bytes): never one of ours (stores are fsynced under a temporary name and renamed
+          into place complete; the leftovers of a killed run are hidden ``.store.*.part.h5`` files,
+          removed by the next run): refused, and not touched (HDF5 would silently turn an empty
+          file opened for writing into a new, empty HDF5 file);
+        * damaged/truncated: HDF5 says "truncated file" (a partial copy, a full disk);
+        * not an HDF5 file at all, a foreign HDF5 file, or an inconsistent store.
+        """
+        import errno
+
         import h5py
 
         where = str(self.path)
         try:
+            empty = os.path.getsize(where) == 0
+        except OSError as e:
+            raise StoreError(f"cannot read run store {where}: {e.strerror}") from None
+        if empty:
+            raise StoreError(f"run store is empty (0 bytes, not written by xaitf): {where}; delete "
+                             "it, pass --force to start over, or use another --out")
+        try:
             self.f = h5py.File(where, "r+")
         except (OSError, ValueError) as e:
             text = cli.one_line(e)
-            if "lock" in text.lower():
-                raise StoreError(f"{where} is open in another process (HDF5 file lock): wait for "
-                                 "that run to end") from None
+            low = str(e).lower()
+            code = getattr(e, "errno", None)
+            if (code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) and "lock" in low) \
+                    or "unable to lock file" in low:
+                raise StoreError(f"run store is locked: {where} is open in another process (HDF5 "
+                                 "file lock); wait for that process to end") from None
+            if "truncated file" in low:
+                raise StoreError(f"run store damaged/truncated: {where} ({text}); delete it, pass "
+                                 "--force to start over, or use another --out") from None
             raise StoreError(f"{where} is not a readable HDF5 file ({text}); pass --force to start "
                              "over, or pick another --out") from None
         try:
@@ -594,7 +627,8 @@ class RayWorker:
     object-store arrays; ``sets``/``seed``/``batch_size`` are applied exactly as on the driver.
     """
 
-    def __init__(self, model_bytes, suffix, sha256, sets, seed, batch_size, keys, x, t):
+    def __init__(self, model_bytes, suffix, sha256, sets, seed, batch_size, keys, x, t,
+                 safe_mode=True):
         import tempfile
 
         for k, v in WORKER_ENV.items():
@@ -608,7 +642,7 @@ class RayWorker:
         with tempfile.TemporaryDirectory(prefix="xaitf-ray-") as d:
             path = Path(d) / f"model{suffix}"
             path.write_bytes(model_bytes)
-            self.model = load_model(path)
+            self.model = load_model(path, safe_mode=safe_mode)
         self.explainers = build_explainers(keys, self.model)
         self.x, self.t = x, t
 
@@ -637,7 +671,8 @@ def run_ray(ctx, todo, x, t, write, stop, session):
         model_ref = ray.put(ctx["model_bytes"])
         x_ref, t_ref = ray.put(x), ray.put(t)
         actors = [Worker.remote(model_ref, ctx["model_suffix"], ctx["model_sha256"], ctx["sets"],
-                                ctx["seed"], ctx["batch_size"], ctx["keys"], x_ref, t_ref)
+                                ctx["seed"], ctx["batch_size"], ctx["keys"], x_ref, t_ref,
+                                safe_mode=ctx.get("safe_mode", True))
                   for _ in range(n_workers)]
         print(f"ray: {n_workers} worker(s) on {cpus} CPU(s)"
               + (f" at {ctx['address']}" if ctx["address"] else " (local)"), flush=True)
@@ -832,6 +867,9 @@ def add_parser(subparsers):
     p.add_argument("--experiment", default="xaitf-runs", help="MLflow experiment name")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--chunk-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
+    p.add_argument("--unsafe-model", action="store_true",
+                   help="allow the model file to run Python code stored in it (Lambda layers) "
+                        "while it loads; only for files you trust (default: such files are refused)")
     cli.add_common_args(p)
     p.set_defaults(func=main)
     return p
@@ -839,23 +877,45 @@ def add_parser(subparsers):
 
 @contextlib.contextmanager
 def out_lock(out):
-    """An exclusive ``flock`` on ``<out>/.lock`` for the whole session (released on any exit)."""
+    """An exclusive ``flock`` on ``<out>/.lock`` for the whole session (released on any exit).
+
+    Under the lock, the hidden temporary files of a killed run (``.store.*.part.h5``, ...: this
+    program's own leftovers, never anything else) are removed. When the session ends with nothing
+    written (e.g. the data or the model was refused) and this session created ``out``, the lock
+    file and the folders it created are removed again: a failed run leaves no empty ``--out``.
+    """
     import fcntl
 
+    made = []
+    d = out
+    while not d.exists():
+        made.append(d)
+        d = d.parent
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = out / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino != os.stat(lock).st_ino:   # removed by a run that just failed
+                raise OSError
         except OSError:
-            raise StoreError(f"another run is using {out} (lock {out / '.lock'} is held); wait for "
+            raise StoreError(f"another run is using {out} (lock {lock} is held); wait for "
                              "it to end or pick another --out") from None
         for stem in ("store", "run", "summary", "metrics", "overview"):   # left by a killed run
             for stale in out.glob(f".{stem}.*.part.*"):
                 stale.unlink(missing_ok=True)
         yield
     finally:
-        os.close(fd)
+        try:
+            if made and [p.name for p in out.iterdir()] == [".lock"]:
+                lock.unlink()
+                for folder in made:                  # innermost first; stops at a non-empty one
+                    folder.rmdir()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _write_json(path, obj):
@@ -879,8 +939,9 @@ def main(args):
     model_path = Path(args.model)
     if not model_path.is_file():
         raise cli.CliError(f"model file not found: {model_path} (build one with create_model.py)")
-    if not args.scale > 0:
-        raise cli.CliError(f"--scale must be positive, got {args.scale}")
+    from .settings import positive_finite
+
+    args.scale = cli.check_flag("--scale", positive_finite, args.scale)   # inf: the model sees zeros
     if args.chunk_delay < 0 or args.worker_gpus < 0:
         raise cli.CliError("--chunk-delay and --worker-gpus must be >= 0")
     engine = "ray" if args.address else args.engine
@@ -933,7 +994,7 @@ def _run(args, keys, model_path, out, engine):
         cli.quiet_tensorflow()
         from .keras_bridge import input_shape, load_model
 
-        model = load_model(model_path)
+        model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
         shape = input_shape(model)
         if tuple(shape) != tuple(images.shape[1:]):
             raise cli.CliError(f"{model_path} expects images shaped {tuple(shape)}, {ds.name} images "
@@ -1003,7 +1064,8 @@ def _run(args, keys, model_path, out, engine):
                     ctx = {"address": args.address, "workers": args.workers,
                            "model_bytes": model_path.read_bytes(), "model_suffix": model_path.suffix,
                            "model_sha256": model_sha, "sets": list(args.sets), "seed": args.seed,
-                           "batch_size": args.batch_size, "keys": keys, "gpus": args.worker_gpus}
+                           "batch_size": args.batch_size, "keys": keys, "gpus": args.worker_gpus,
+                           "safe_mode": not getattr(args, "unsafe_model", False)}
                     run_ray(ctx, todo, x, t, write, stop, session)
                 elif todo:
                     run_local(store, explainers, todo, x, t, write, stop, session)

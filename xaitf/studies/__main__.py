@@ -8,15 +8,19 @@ Examples::
     python -m xaitf.studies interventional --set interventional.n_samples=50 --seed 1
 
 Each run writes ``<out>/<name>/<YYYYmmdd-HHMMSS>/`` (report.md, JSON, PNGs) and points
-``<out>/<name>/latest`` at it; earlier runs are never overwritten. ``--quick`` is a small run (under
-about 2 minutes on 2 CPU cores) with the same outputs; without it the study's real sizes are used.
+``<out>/<name>/latest`` at it; earlier runs are never overwritten. The folder is filled under a
+hidden name (``.<YYYYmmdd-HHMMSS>.partial``) and renamed, then ``latest`` moved, only when the study
+has finished: a failed run leaves the earlier runs and ``latest`` exactly as they were (its files
+are removed; with ``--debug`` they are kept as ``.<YYYYmmdd-HHMMSS>.failed`` and named on stderr).
+``--quick`` is a small run (under about 2 minutes on 2 CPU cores) with the same outputs; without it
+the study's real sizes are used.
 User errors end with one line on stderr and exit code 1.
 """
 import sys
 
 import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 from xaitf import cli
-from xaitf.studies import STUDIES, get_study
+from xaitf.studies import STUDIES, run_study
 
 
 def build_parser():
@@ -35,6 +39,10 @@ def build_parser():
                    help="where create_model.py put the zoo (default models/); a missing model is "
                         "built or trained in the run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--unsafe-model", action="store_true",
+                   help="allow model files in --models-dir to run Python code stored in them "
+                        "(Lambda layers) while they load; only for files you trust (default: "
+                        "such files are refused)")
     cli.add_common_args(p)
     return p
 
@@ -77,8 +85,7 @@ def main(argv=None):
         args.seed = int(S.GLOBAL["seed"])
     args.argv = list(sys.argv[1:] if argv is None else argv)
     cli.quiet_tensorflow()
-    result = get_study(args.study).run(args)
-    folder = result.get("folder") if isinstance(result, dict) else None
+    _, folder = run_study(args.study, args)     # write-then-move: published only on success
     if folder:
         print(f"done: {folder}/report.md")
     return 0

@@ -401,7 +401,8 @@ def run(args):
     folder = C.run_folder(getattr(args, "out", "results"), "center_pixel")
     C.log(f"center_pixel: {'quick' if quick else 'full'} run -> {folder}")
     model, minfo = C.get_model("center_pixel", getattr(args, "models_dir", "models"),
-                               getattr(args, "data_dir", None), quick=quick, seed=seed)
+                               getattr(args, "data_dir", None), quick=quick, seed=seed,
+                               safe_mode=C.load_safely(args))
     if int(model.inputs[0].shape[1]) != 227 or int(model.outputs[0].shape[-1]) != 256:
         raise MethodError("study 1 needs the 227x227, 256-class center-pixel model; got input "
                           f"{model.inputs[0].shape} and {model.outputs[0].shape[-1]} classes")

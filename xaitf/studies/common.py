@@ -1,8 +1,16 @@
 """Helpers shared by the studies (``python -m xaitf.studies <name>``).
 
-* :func:`run_folder`: ``<out>/<study>/<YYYYmmdd-HHMMSS>/`` (a suffix ``_1``, ``_2`` ... if that
-  second is taken: a previous run is never overwritten) and ``<out>/<study>/latest``, a text file
-  holding the newest folder's name.
+* :func:`study_session`, :func:`run_folder`: write-then-move. A study writes into a hidden work
+  folder ``<out>/<study>/.<YYYYmmdd-HHMMSS>[_k].partial/``; only when its ``run(args)`` has returned
+  is the folder renamed to ``<YYYYmmdd-HHMMSS>[_k]`` and then, last, ``<out>/<study>/latest`` (a text
+  file holding the newest folder's name) rewritten atomically. A failure (an exception, Ctrl-C)
+  removes the work folder, so earlier runs and ``latest`` stay exactly as they were (with ``--debug``
+  the failed run's files are kept, hidden, as ``.<stamp>.failed/`` and named on stderr). A work
+  folder left by a killed process (SIGKILL, power cut) is removed by the next run of that study:
+  a live run holds an ``flock`` on its work folder. Paths that a study prints (:func:`log`) or
+  writes into ``results.json``/``report.md`` (:func:`write_json`, :func:`write_report`) are the
+  final ones (:func:`final_paths`); report links are relative, so they survive the rename.
+  :func:`xaitf.studies.run_study` is the one place that opens the session around a study.
 * :class:`Table`, :func:`write_report`: ``report.md`` with Markdown tables (our numbers beside the
   original study's reference numbers).
 * :func:`write_json`, :func:`save_fig`: atomic writes (temp file + rename, see
@@ -13,9 +21,11 @@
 * :func:`map_panel`, :func:`rank_correlation`, :class:`Timer`, :func:`log`: small pieces the
   studies' figures and tables share.
 """
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -34,8 +44,9 @@ atomic = atomic_write
 
 
 def log(message):
-    """One progress line on stdout (flushed, so long runs show where they are)."""
-    print(message, flush=True)
+    """One progress line on stdout (flushed, so long runs show where they are); a path inside the
+    running study's work folder is shown as its final path (:func:`final_paths`)."""
+    print(final_paths(str(message)), flush=True)
 
 
 class Timer:
@@ -51,28 +62,233 @@ class Timer:
         return False
 
 
-# -- output folder -----------------------------------------------------------------------------
-def run_folder(out, study, stamp=None):
-    """Create and return ``<out>/<study>/<YYYYmmdd-HHMMSS>[_k]/``; update ``<out>/<study>/latest``.
+# -- output folder: write, then move (see the module docstring) -------------------------------------
+PARTIAL = ".partial"       # a running study's hidden work folder: .<name>.partial
+FAILED = ".failed"         # a failed run's files, kept only with --debug: .<name>.failed
+STALE_AFTER_S = 60         # an unlocked work folder older than this was left by a killed run
 
-    The folder is claimed with ``mkdir`` (fails if it exists), so two runs in the same second get
-    ``..._1``, ``..._2``; nothing of an earlier run is touched. ``latest`` is a one-line text file
-    (the folder's name), written atomically.
-    """
-    base = Path(out) / study
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = stamp or datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        folder = base / (stamp if i == 0 else f"{stamp}_{i}")
+_SESSIONS = []             # the open study sessions, innermost last
+
+
+class StudySession:
+    """The output folder of one study run: claimed by :func:`run_folder`, published by
+    :meth:`finish`, or removed by :meth:`abort`. Open it with :func:`study_session`."""
+
+    def __init__(self, out, study, keep_failed=False):
+        self.study = study
+        self.base = Path(out) / study
+        self.keep_failed = keep_failed
+        self.work = None           # .<name>.partial while the study runs
+        self.final = None          # <name>: where the folder goes when the study has finished
+        self._fd = None            # flock on the work folder: a live run's folder is never removed
+        self._made = []            # folders this session created (removed on failure if empty)
+
+    def claim(self, stamp=None):
+        """Create the hidden work folder; ``final`` is the name it will get. A name is free when
+        neither ``<name>`` nor ``.<name>.partial`` exists (``mkdir`` claims it, so two runs in the
+        same second get ``<stamp>``, ``<stamp>_1``, ...; an earlier run is never touched)."""
+        if self.work is not None:
+            raise RuntimeError(f"{self.study}: run_folder() was called twice in one run")
+        self._made = _make_dirs(self.base)
+        _remove_stale(self.base)
+        stamp = stamp or datetime.now().strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):
+            name = stamp if i == 0 else f"{stamp}_{i}"
+            work = self.base / f".{name}{PARTIAL}"
+            if (self.base / name).exists() or (self.base / f".{name}{FAILED}").exists():
+                continue
+            try:
+                work.mkdir()
+            except FileExistsError:
+                continue
+            if (self.base / name).exists():     # another run finished under this name meanwhile
+                work.rmdir()
+                continue
+            break
+        else:  # pragma: no cover
+            raise OSError(f"no free run folder under {self.base}")
+        self._fd = _lock_dir(work)
+        self.work, self.final = work, self.base / name
+        return work
+
+    def finish(self):
+        """Publish the run: rename the work folder to its final name, then rewrite ``latest``.
+        Returns the final folder (None when the study claimed none)."""
+        if self.work is None:
+            return None
+        if not (self.work / "report.md").is_file():
+            raise RuntimeError(f"{self.study} ended without writing report.md; nothing was published")
         try:
-            folder.mkdir()
+            os.rename(self.work, self.final)
+        except OSError as e:
+            self.keep_failed = True             # the files are complete: never delete them
+            raise OSError(f"could not rename {self.work} to {self.final} ({e.strerror}); the run's "
+                          "files are kept (see the note above)") from None
+        _fsync_dir(self.base)
+        atomic(self.base / "latest", lambda tmp: Path(tmp).write_text(self.final.name + "\n"))
+        _fsync_dir(self.base)
+        self._unlock()
+        return self.final
+
+    def abort(self):
+        """After a failure: remove the work folder (with ``keep_failed``: rename it to
+        ``.<name>.failed`` and say so on stderr) and the empty folders this session made."""
+        try:
+            if self.work is not None and self.work.is_dir():
+                if self.keep_failed:
+                    kept = self.base / f".{self.final.name}{FAILED}"
+                    try:
+                        os.rename(self.work, kept)
+                    except OSError:
+                        kept = self.work
+                    print(f"note: the failed run's files are kept in {kept}", file=sys.stderr, flush=True)
+                else:
+                    shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            self._unlock()
+            for d in reversed(self._made):
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+    def _unlock(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def study_session(out, study, keep_failed=False):
+    """``with study_session(out, study) as s: module.run(args)``: the study's :func:`run_folder`
+    is a hidden work folder; when the block ends normally it is renamed into place and
+    ``latest`` moves to it (``s.final``); when it raises, nothing of the run is left behind and
+    the exception propagates. ``keep_failed`` (``--debug``) keeps a failed run's files hidden."""
+    session = StudySession(out, study, keep_failed)
+    _SESSIONS.append(session)
+    try:
+        try:
+            yield session
+            session.finish()
+        except BaseException:
+            session.abort()
+            raise
+    finally:
+        _SESSIONS.remove(session)
+
+
+def run_folder(out, study, stamp=None):
+    """The run folder of the study running now: ``<out>/<study>/.<YYYYmmdd-HHMMSS>[_k].partial/``,
+    created empty, renamed to ``<YYYYmmdd-HHMMSS>[_k]`` when the study has finished (see
+    :func:`study_session`, which must be open: :func:`xaitf.studies.run_study` opens it)."""
+    base = Path(out) / study
+    for session in reversed(_SESSIONS):
+        if session.base == base:
+            return session.claim(stamp)
+    raise RuntimeError(f"run_folder({str(out)!r}, {study!r}) outside a study session: run studies "
+                       "through xaitf.studies.run_study (python -m xaitf.studies)")
+
+
+def final_path(path):
+    """``path`` with a running study's work folder replaced by its final folder."""
+    return Path(final_paths(str(path)))
+
+
+def final_paths(obj):
+    """``obj`` (a string, Path, or JSON-like dict/list of them) with every running study's work
+    folder name ``.<name>.partial`` replaced by ``<name>``: what a study records or prints refers
+    to the folder as it will be once published."""
+    pairs = [(s.work.name, s.final.name) for s in _SESSIONS if s.work is not None]
+    if not pairs:
+        return obj
+
+    def fix(v):
+        if isinstance(v, str):
+            for work, final in pairs:
+                v = v.replace(work, final)
+            return v
+        if isinstance(v, Path):
+            return Path(fix(str(v)))
+        if isinstance(v, dict):
+            return {fix(k): fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, tuple):
+            items = [fix(x) for x in v]
+            return type(v)(*items) if hasattr(v, "_fields") else tuple(items)
+        return v
+
+    return fix(obj)
+
+
+def _make_dirs(folder):
+    """``mkdir -p folder``; returns the folders it created, outermost first."""
+    made = []
+    d = Path(folder)
+    while not d.exists():
+        made.append(d)
+        d = d.parent
+    made.reverse()
+    for d in made:
+        try:
+            d.mkdir()
         except FileExistsError:
+            pass
+    return made
+
+
+def _lock_dir(folder):
+    """An fd of ``folder`` holding an exclusive ``flock`` (None where flock is unavailable)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # pragma: no cover - no fcntl / no directory fds
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # pragma: no cover - a fresh folder is never locked
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_stale(base):
+    """Remove the work folders of killed runs: ``.*.partial`` folders that no live run holds
+    locked, older than :data:`STALE_AFTER_S` (the age covers a new run's mkdir -> flock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return
+    for d in base.glob(f".*{PARTIAL}"):
+        try:
+            if not d.is_dir() or time.time() - d.stat().st_mtime < STALE_AFTER_S:
+                continue
+            fd = os.open(d, os.O_RDONLY)
+        except OSError:
             continue
-        break
-    else:  # pragma: no cover
-        raise OSError(f"no free run folder under {base}")
-    atomic(base / "latest", lambda tmp: Path(tmp).write_text(folder.name + "\n"))
-    return folder
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue                                 # a live run: leave it alone
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"removed {d}: the work folder of a run that was killed")
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def latest_folder(out, study):
@@ -107,9 +323,10 @@ def jsonable(obj):
 
 
 def write_json(folder, name, obj):
-    """Write ``obj`` (made :func:`jsonable`) to ``<folder>/<name>.json`` atomically; returns the path."""
+    """Write ``obj`` (made :func:`jsonable`, paths made :func:`final_paths`) to
+    ``<folder>/<name>.json`` atomically; returns the path."""
     path = Path(folder) / (name if name.endswith(".json") else f"{name}.json")
-    text = json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(final_paths(jsonable(obj)), indent=2, allow_nan=False) + "\n"
     return atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -199,6 +416,8 @@ def write_report(folder, title, sections, preamble=None):
         sections: ``[(heading, content), ...]``; content is a string (Markdown), a :class:`Table`,
             or a list of those.
         preamble: optional text under the title (command, settings, timing).
+
+    Paths in the text are made :func:`final_paths`; image links are relative (:func:`image_link`).
     """
     parts = [f"# {title}"]
     if preamble:
@@ -208,7 +427,7 @@ def write_report(folder, title, sections, preamble=None):
         body = _render(content)
         if body:
             parts.append(body)
-    text = "\n\n".join(parts) + "\n"
+    text = final_paths("\n\n".join(parts) + "\n")
     return atomic(Path(folder) / "report.md", lambda tmp: Path(tmp).write_text(text))
 
 
@@ -236,7 +455,7 @@ def _file_info(path):
 
 
 def get_model(name, models_dir="models", data_dir=None, quick=False, seed=0, epochs=None,
-              schedule=None, save_dir=None, progress=False):
+              schedule=None, save_dir=None, progress=False, safe_mode=True):
     """A zoo model for a study: loaded from ``<models_dir>/<name>.h5`` if present, else made now.
 
     Args:
@@ -263,7 +482,7 @@ def get_model(name, models_dir="models", data_dir=None, quick=False, seed=0, epo
     if path.is_file():
         from ..keras_bridge import load_model
 
-        model = load_model(path)
+        model = load_model(path, safe_mode=safe_mode)
         info = _file_info(path)
         acc = info["test_accuracy"]
         info["note"] = (f"loaded {path}" + (f" ({info['schedule']} schedule, {info['epochs']} epochs, "
@@ -383,8 +602,14 @@ def map_panel(fig, ax, a, title=None, kind="map", limits=None, fontsize=8, color
 
 
 # -- helpers added for studies 3-5 (xainn, mnist_cifar, svhn_iou) ------------------------------
+def load_safely(args):
+    """Whether model files load in safe mode: False only with ``--unsafe-model``."""
+    return not getattr(args, "unsafe_model", False)
+
+
 def get_model_subset(name, models_dir="models", data_dir=None, seed=0, schedule="quick", epochs=None,
-                     train_limit=None, data=None, file_stem=None, progress=False, eval_limit=None):
+                     train_limit=None, data=None, file_stem=None, progress=False, eval_limit=None,
+                     safe_mode=True):
     """:func:`get_model` with two extras a study's ``--quick`` and study 5 need.
 
     Args:
@@ -405,14 +630,15 @@ def get_model_subset(name, models_dir="models", data_dir=None, seed=0, schedule=
     stem = file_stem or name
     if train_limit is None and data is None and stem == name and eval_limit is None:
         return get_model(name, models_dir, data_dir, quick=schedule == "quick", seed=seed, epochs=epochs,
+                         safe_mode=safe_mode,
                          schedule=schedule, progress=progress)
     path = Path(models_dir) / f"{stem}.h5"
     if path.is_file():
         if stem == name:
-            return get_model(name, models_dir, data_dir, seed=seed, schedule=schedule)
+            return get_model(name, models_dir, data_dir, seed=seed, schedule=schedule, safe_mode=safe_mode)
         from ..keras_bridge import load_model
 
-        model = load_model(path)
+        model = load_model(path, safe_mode=safe_mode)
         return model, dict(_file_info(path), note=f"loaded {path}")
     from .. import data as D
     from ..training import fit, set_seed
@@ -481,8 +707,9 @@ def show_rgb(ax, image, title=None, fontsize=8):
 
 class RunStart:
     """The common start of a study run (:func:`begin_run`): ``quick``, ``seed``, ``params`` (the
-    study's sizes), ``folder`` (the new run folder), ``t_start``; ``say(message)`` logs a line with
-    the seconds since the start; ``seconds()`` the time so far."""
+    study's sizes), ``folder`` (the run's work folder, see :func:`run_folder`), ``final`` (where it
+    goes when the study has finished), ``t_start``; ``say(message)`` logs a line with the seconds
+    since the start; ``seconds()`` the time so far."""
 
     def __init__(self, args, study, quick_overrides):
         self.t_start = time.perf_counter()
@@ -490,7 +717,8 @@ class RunStart:
         self.seed = int(getattr(args, "seed", 0) or 0)
         self.params = study_params(args, study, quick_overrides)
         self.folder = run_folder(getattr(args, "out", "results"), study)
-        self.say(f"{study}: {'quick' if self.quick else 'full'} run -> {self.folder}")
+        self.final = final_path(self.folder)
+        self.say(f"{study}: {'quick' if self.quick else 'full'} run -> {self.final}")
 
     def seconds(self):
         return time.perf_counter() - self.t_start

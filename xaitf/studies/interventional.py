@@ -84,7 +84,8 @@ def run(args):
         model, minfo = C.get_model("lenet", getattr(args, "models_dir", "models"),
                                    getattr(args, "data_dir", None), quick=quick, seed=seed,
                                    epochs=QUICK["epochs"] if quick else None,
-                                   save_dir=folder / "model", progress=progress)
+                                   save_dir=folder / "model", progress=progress,
+                                   safe_mode=C.load_safely(args))
     timings["model"] = t.seconds
     C.log(f"model: {minfo['note']}")
     x_test, y_test, ds = C.load_split("lenet", getattr(args, "data_dir", None))

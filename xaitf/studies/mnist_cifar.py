@@ -265,7 +265,8 @@ def part_bayes(args, p, quick, folder, seed, say):
     model, info = C.get_model_subset("bayesian_mlp", getattr(args, "models_dir", "models"),
                                      getattr(args, "data_dir", None), seed=seed, schedule="quick",
                                      epochs=p.get("bayes_epochs"), train_limit=p["train_limit"],
-                                     eval_limit=p.get("eval_limit"), progress=bool(getattr(args, "progress", False)))
+                                     eval_limit=p.get("eval_limit"), progress=bool(getattr(args, "progress", False)),
+                                     safe_mode=C.load_safely(args))
     say(f"bayesian_mlp: {info['note']}")
     x, y, ds = C.load_split("bayesian_mlp", getattr(args, "data_dir", None))
     n = len(x) if p["bayes_test_images"] is None else min(int(p["bayes_test_images"]), len(x))
@@ -381,7 +382,8 @@ def run(args):
         model, info = C.get_model_subset(key, getattr(args, "models_dir", "models"),
                                          getattr(args, "data_dir", None), seed=seed, schedule="quick",
                                          epochs=p["epochs"], train_limit=limit, eval_limit=p.get("eval_limit"),
-                                         progress=bool(getattr(args, "progress", False)))
+                                         progress=bool(getattr(args, "progress", False)),
+                                         safe_mode=C.load_safely(args))
         say(f"{key}: {info['note']}")
         x, y, ds = C.load_split(key, getattr(args, "data_dir", None))
         result["models"][key] = info

@@ -264,7 +264,8 @@ def run(args):
     stem = MODEL if kind == "svhn" else f"{MODEL}_synthetic"
     model, info = C.get_model_subset(MODEL, getattr(args, "models_dir", "models"), getattr(args, "data_dir", None),
                                      seed=seed, schedule="quick", epochs=p["epochs"], train_limit=p["train_limit"],
-                                     data=ds, file_stem=stem, progress=bool(getattr(args, "progress", False)))
+                                     data=ds, file_stem=stem, progress=bool(getattr(args, "progress", False)),
+                                     safe_mode=C.load_safely(args))
     say(f"model: {info['note']}")
     if int(model.inputs[0].shape[1]) != int(p["size"]):
         raise XaitfError(f"the model takes {model.inputs[0].shape[1]}x{model.inputs[0].shape[2]} images but the "

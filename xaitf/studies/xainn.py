@@ -234,7 +234,8 @@ def run(args):
         model, info = C.get_model_subset(name, getattr(args, "models_dir", "models"),
                                          getattr(args, "data_dir", None), seed=seed, schedule="quick",
                                          epochs=p["epochs"], train_limit=p["train_limit"],
-                                         eval_limit=p["test_limit"], progress=progress)
+                                         eval_limit=p["test_limit"], progress=progress,
+                                         safe_mode=C.load_safely(args))
         say(f"{name}: {info['note']}")
         models[name], infos[name] = model, info
 
