@@ -17,6 +17,8 @@ import pytest
 
 from conftest import make_cnn
 from xaitf import runs
+from xaitf.errors import XaitfError
+from xaitf.runs import local as runs_local
 from xaitf.__main__ import main as xaitf_main
 
 N, CHUNK = 24, 4
@@ -178,23 +180,23 @@ def test_foreign_corrupted_and_changed_stores_are_refused(env, reference, tmp_pa
 def test_a_failing_method_is_reported_and_the_others_finish(env, reference, tmp_path, monkeypatch):
     _, ref = reference
     out = tmp_path / "fail"
-    real = runs.explain_chunk
+    real = runs_local.explain_chunk
 
     def flaky(explainer, x, targets):
         if explainer.name == "ig" and len(x) == CHUNK and np.array_equal(x, ref["inputs"][8:12]):
             raise ValueError("synthetic failure")
         return real(explainer, x, targets)
 
-    monkeypatch.setattr(runs, "explain_chunk", flaky)
-    with pytest.raises(runs.XaitfError, match=r"1 method\(s\) failed.*ig: images 8:12: ValueError: "
-                                              "synthetic failure"):
+    monkeypatch.setattr(runs_local, "explain_chunk", flaky)   # where run_local looks it up
+    with pytest.raises(XaitfError, match=r"1 method\(s\) failed.*ig: images 8:12: ValueError: "
+                                         "synthetic failure"):
         xaitf_main(argv(env, out))
     got = read_store(out / "store.h5")
     assert got["done"]["grad"].all() and got["done"]["occlusion"].all()
     assert got["done"]["ig"].tolist() == [True] * 8 + [False] * (N - 8)   # stopped at the failure
     summary = json.loads((out / "summary.json").read_text())
     assert "synthetic failure" in summary["methods"]["ig"]["failure"]
-    monkeypatch.setattr(runs, "explain_chunk", real)
+    monkeypatch.setattr(runs_local, "explain_chunk", real)
     assert xaitf_main(argv(env, out)) == 0                                  # the rest, once
     got = read_store(out / "store.h5")
     assert (got["computed"]["ig"] == 1).all() and np.array_equal(got["maps"]["ig"], ref["maps"]["ig"])

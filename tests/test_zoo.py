@@ -15,7 +15,8 @@ import pytest
 import xaitf  # noqa: F401
 import tensorflow as tf
 
-from xaitf.keras_bridge import load_model, logits_model, tfk
+from xaitf.keras_bridge import logits_model, tfk
+from xaitf.model_files import load_model
 from xaitf.zoo import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +224,7 @@ def test_bayesian_mlp_samples_and_weights_file_roundtrip(tmp_path):
     assert probs.shape == (6, 4, 10)
     assert probs.std(axis=0).max() > 1e-3            # different sampled networks
     assert len(model.losses) == 4                     # kernel and bias KL of both layers
-    # save as weights + builder, reload through keras_bridge.load_model
+    # save as weights + builder, reload through xaitf.model_files.load_model
     path = registry.save(model, "bayesian_mlp", tmp_path / "b.h5", kwargs)
     loaded = load_model(path)
     assert [w.name for w in loaded.weights] == names

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .errors import XaitfError
+from .extras import MLFLOW, require_extra
 
 KINDS = ("mlflow",)
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. :/]")
@@ -32,9 +33,7 @@ MAX_PARAM = 6000     # MLflow's limit on a parameter value
 
 
 def _mlflow():
-    from .runs import require_extra
-
-    return require_extra("mlflow", "track", "mlflow-skinny==3.17.*")
+    return require_extra(*MLFLOW)
 
 
 def tracking_uri(uri):

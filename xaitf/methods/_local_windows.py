@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..keras_bridge import input_shape, layer_type
+from ._patches import grid_index, place
 
 POINTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "BatchNormalization", "Dropout",
              "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Rescaling",
@@ -160,8 +161,6 @@ class LocalStack:
 
     def outputs(self, acts, cut, crops, b, r, c, patches):
         """Model outputs for images ``b`` with ``patches`` (B,kh,kw,C) written at ``(r, c)``."""
-        from .perturb import _grid_index, _place
-
         kh, kw = patches.shape[1], patches.shape[2]
         lo, hi, at = [r, c], [r + kh, c + kw], [r, c]
         crop, j = patches, 0
@@ -174,8 +173,8 @@ class LocalStack:
             need = [(crops[j][a] - 1) * st.s[a] + st.k[a] for a in (0, 1)]     # input crop size
             rows = (start[0] * st.s[0])[:, None] + tf.range(need[0])          # padded coordinates
             cols = (start[1] * st.s[1])[:, None] + tf.range(need[1])
-            region = tf.gather_nd(acts[j], _grid_index(b, rows, cols))
-            inside, new = _place(crop, at[0] + st.pads[0], at[1] + st.pads[2], rows, cols)
+            region = tf.gather_nd(acts[j], grid_index(b, rows, cols))
+            inside, new = place(crop, at[0] + st.pads[0], at[1] + st.pads[2], rows, cols)
             crop = st.apply(tf.where(inside, new, region))
             lo, hi, at = [span[0][0], span[1][0]], [span[0][1] + 1, span[1][1] + 1], start
             j += 1
@@ -183,7 +182,7 @@ class LocalStack:
         n = tf.shape(b)[0]
         rows = tf.broadcast_to(tf.range(full.shape[1])[None], tf.stack([n, full.shape[1]]))
         cols = tf.broadcast_to(tf.range(full.shape[2])[None], tf.stack([n, full.shape[2]]))
-        inside, new = _place(crop, at[0], at[1], rows, cols)
+        inside, new = place(crop, at[0], at[1], rows, cols)
         h = tf.where(inside, new, tf.gather(full, b))
         for layer in self.layers[cut:]:
             h = layer(h, training=False)

@@ -15,7 +15,7 @@ with 5 epochs of Adam lr 0.01 gives ~88% accuracy while refusing ~all uniform no
 original (pyro, 89%, noise 100/100 refused).
 
 Because tfp layers hold Python callables that tf-keras ``.h5`` files cannot restore, create_model.py
-saves this model as a weights file tagged with its builder and arguments; ``keras_bridge.load_model``
+saves this model as a weights file tagged with its builder and arguments; ``xaitf.load_model``
 rebuilds it from here (see :func:`xaitf.zoo.registry.load_weights_file`).
 """
 import numpy as np

@@ -1,0 +1,335 @@
+"""``python -m xaitf run``: dataset-scale explanations, resumable, crash-safe, optionally on Ray.
+
+``python -m xaitf run --model models/mnist_cnn.h5 --data mnist --methods ig occlusion lrp
+--limit 1000 --out results/runs/mnist_ig`` explains the first 1,000 test images with every method
+and writes the maps, chunk by chunk, to ``<out>/store.h5``. Run the same command again after an
+interruption and it continues where it stopped; nothing finished is computed twice.
+
+This module holds the command line (argparse, :func:`main`) and the summary. The store's layout
+and crash safety: :mod:`xaitf.runs.store`; the engines: :mod:`xaitf.runs.local`,
+:mod:`xaitf.runs.ray_engine`; ``--metrics``: :mod:`xaitf.runs.metrics`; ``--track``:
+:mod:`xaitf.runs.track`.
+"""
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import cli
+from ..errors import XaitfError
+from ..extras import MLFLOW, RAY, require_extra
+from .local import (Bars, Session, StopFlag, Writer, build_explainers, explainer_settings,
+                    plan_chunks, run_local)
+from .metrics import compute_metrics, find_metric
+from .ray_engine import run_ray
+from .store import (FORMAT, STORE_NAME, Store, array_sha256, atomic_write, check_identity,
+                    check_method_settings, file_sha256, jsonable, out_lock, versions)
+from .track import flat_params, track_session
+
+DEFAULT_CHUNK = 32
+
+
+@contextlib.contextmanager
+def settings_overrides(sets, seed=None, batch_size=None):
+    """Apply ``--set``/``--seed``/``--batch-size`` to xaitf.settings and undo them on exit."""
+    from .. import settings as S
+
+    saved = {name: copy.deepcopy(d) for name, d in S.SECTIONS.items()}
+    try:
+        yield cli.apply_sets(sets, seed=seed, batch_size=batch_size)
+    finally:
+        for name, d in S.SECTIONS.items():
+            d.clear()
+            d.update(saved[name])
+
+
+# -- command line --------------------------------------------------------------------------------
+def add_parser(subparsers):
+    """Add the ``run`` subcommand to ``python -m xaitf``."""
+    p = subparsers.add_parser(
+        "run", help="explain a dataset with several methods into a resumable HDF5 store",
+        description="Explain the images of a dataset with several methods and write the maps to "
+                    "<out>/store.h5, chunk by chunk. Rerun the same command after an interruption "
+                    "to resume; a store made for another model, data or settings is refused.")
+    p.add_argument("--model", required=True, help="model file (.h5 or .keras)")
+    p.add_argument("--data", required=True, help="dataset: mnist or cifar10")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the offline .npz files (default $XAITF_DATA_DIR)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="split (default test)")
+    p.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="the first N images of the split (default all)")
+    p.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
+                   help="methods (registry keys, aliases or groups such as lrp)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default results/runs/<model stem>-<data>)")
+    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                   help="class explained: the model's prediction (default) or the true label")
+    p.add_argument("--scale", type=float, default=255.0,
+                   help="pixel values are divided by this (default 255)")
+    p.add_argument("--chunk-size", type=cli.positive_int, default=None,
+                   help=f"images per stored chunk (default {DEFAULT_CHUNK}, or the store's)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (this process) or ray (pip install 'xaitf[ray]')")
+    p.add_argument("--workers", type=cli.positive_int, default=None,
+                   help="Ray workers (default: the CPUs of the local Ray or of the cluster)")
+    p.add_argument("--worker-gpus", type=float, default=0.0,
+                   help="GPUs per Ray worker (e.g. 0.5 puts two workers on one GPU; default 0: "
+                        "Ray hides GPUs from the workers)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (e.g. ray://host:10001 or auto); implies --engine ray")
+    p.add_argument("--force", action="store_true",
+                   help="discard an existing store in --out and start over")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                   help="compute these xaitf.metrics (e.g. deletion_curve degradation) from the "
+                        "store once every map is done")
+    p.add_argument("--track", choices=("mlflow",), default=None,
+                   help="log parameters, metrics and figures (pip install 'xaitf[track]')")
+    p.add_argument("--track-uri", default=None,
+                   help="MLflow tracking URI or folder (default <out>/mlruns, a file store)")
+    p.add_argument("--experiment", default="xaitf-runs", help="MLflow experiment name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--chunk-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
+    p.add_argument("--unsafe-model", action="store_true",
+                   help="allow the model file to run Python code stored in it (Lambda layers) "
+                        "while it loads; only for files you trust (default: such files are refused)")
+    cli.add_common_args(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def _write_json(path, obj):
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(args):
+    """``python -m xaitf run``: ``args`` is the argparse namespace of :func:`add_parser`."""
+    # ---- checks that need no TensorFlow ---------------------------------------------------------
+    from .. import registry
+
+    keys = registry.expand(args.methods)
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise cli.CliError(f"model file not found: {model_path} (build one with create_model.py)")
+    from ..settings import positive_finite
+
+    args.scale = cli.check_flag("--scale", positive_finite, args.scale)   # inf: the model sees zeros
+    if args.chunk_delay < 0 or args.worker_gpus < 0:
+        raise cli.CliError("--chunk-delay and --worker-gpus must be >= 0")
+    engine = "ray" if args.address else args.engine
+    if engine == "ray":
+        require_extra(*RAY)
+    if args.track:
+        require_extra(*MLFLOW)
+    if args.metrics:
+        for name in args.metrics:
+            find_metric(name)
+    out = Path(args.out) if args.out else Path("results") / "runs" / f"{model_path.stem}-{args.data}"
+    if out.exists() and not out.is_dir():
+        raise cli.CliError(f"--out {out} exists and is not a folder")
+    with settings_overrides(args.sets, seed=args.seed, batch_size=args.batch_size), out_lock(out):
+        return _run(args, keys, model_path, out, engine)
+
+
+def _run(args, keys, model_path, out, engine):
+    from .. import settings as S
+    from ..data import load_dataset
+
+    # ---- data -----------------------------------------------------------------------------------
+    ds = load_dataset(args.data, data_dir=args.data_dir)
+    images = ds.x_test if args.split == "test" else ds.x_train
+    labels = ds.y_test if args.split == "test" else ds.y_train
+    n = len(images) if args.limit is None else min(args.limit, len(images))
+    if args.limit is not None and args.limit > len(images):
+        print(f"note: --limit {args.limit} > {len(images)} images in the {args.split} split; "
+              f"using {n}", file=sys.stderr)
+    images, labels = images[:n], labels[:n]
+    store_path = out / STORE_NAME
+    model_sha = file_sha256(model_path)
+    meta = {
+        "format": FORMAT, "model_path": str(model_path), "model_sha256": model_sha,
+        "data": ds.name, "split": args.split, "data_source": ds.source, "data_split": ds.split,
+        "data_sha256": array_sha256(images, labels), "n": n, "scale": float(args.scale),
+        "target": args.target, "chunk": args.chunk_size or DEFAULT_CHUNK,
+        "versions": versions(engine), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+    # ---- an existing store: check it before any heavy work --------------------------------------
+    store = None
+    if store_path.exists() and not args.force:
+        store = Store.open(store_path)
+        if args.chunk_size is None:
+            meta["chunk"] = store.chunk
+        check_identity(store, meta)
+    try:
+        # ---- model and explainers ------------------------------------------------------------
+        cli.quiet_tensorflow()
+        from ..keras_bridge import input_shape
+        from ..model_files import load_model
+
+        model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
+        shape = input_shape(model)
+        if tuple(shape) != tuple(images.shape[1:]):
+            raise cli.CliError(f"{model_path} expects images shaped {tuple(shape)}, {ds.name} images "
+                               f"are {tuple(images.shape[1:])}")
+        x = (images.astype(np.float32) / np.float32(args.scale))
+        explainers = build_explainers(keys, model)
+        settings = {k: explainer_settings(e) for k, e in explainers.items()}
+        if store is not None:
+            for k in keys:
+                check_method_settings(store, k, settings[k])
+        else:
+            if args.target == "label":
+                targets = labels.astype(np.int64)
+            else:
+                bs = int(S.GLOBAL["batch_size"])
+                targets = np.concatenate([np.asarray(model(x[a:b], training=False)).argmax(-1)
+                                          for a, b in plan_chunks(n, bs)])
+            if args.force:
+                for name in ("run.json", "summary.json", "metrics.json", "overview.png"):
+                    (out / name).unlink(missing_ok=True)
+            store = Store.create(store_path, meta, x, labels, targets, np.arange(n))
+        x = store.array("inputs")
+        t = store.array("targets")
+
+        # ---- run.json: identity, versions and every session's command line -------------------
+        run_info = _read_json(out / "run.json")
+        sessions = list(run_info.get("sessions", []))
+        sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "engine": engine,
+                         "argv": sys.argv[1:], "methods": keys, "versions": versions(engine)})
+        _write_json(out / "run.json", {**store.meta, "store": str(store_path), "sessions": sessions,
+                                      "settings": settings})
+
+        chunks = plan_chunks(store.n, store.chunk)
+        todo = [(m, a, b) for m in keys for a, b in store.pending(m, chunks)]
+        done_before = {k: store.done_count(k) for k in keys}
+        print(f"run: {store_path} | {ds.name} {args.split} {store.n} images | model {model_path} "
+              f"(sha256 {model_sha[:12]}) | chunks of {store.chunk} | engine {engine}", flush=True)
+        print(f"data: {ds.source}")
+        for k, e in explainers.items():
+            cli.print_settings(f"{k} ({done_before[k]}/{store.n} done)", e.params,
+                               batch_size=e.batch_size, seed=e.seed)
+        if not todo:
+            print("nothing to do: every map is done")
+
+        tracker = None
+        if args.track:
+            from .. import tracking
+
+            uri = args.track_uri or str(out / "mlruns")
+            tracker = tracking.start_run(args.track, uri, args.experiment,
+                                         run_name=out.name, run_id=run_info.get("mlflow_run_id"),
+                                         tags={"store": str(store_path.resolve()), "engine": engine})
+            if tracker.run_id != run_info.get("mlflow_run_id"):
+                _write_json(out / "run.json", {**_read_json(out / "run.json"),
+                                               "mlflow_run_id": tracker.run_id,
+                                               "mlflow_uri": tracker.uri})
+            tracker.log_params(flat_params(store.meta, settings, args))
+
+        # ---- explain ----------------------------------------------------------------------------
+        session = Session(keys)
+        bars = Bars(store, enabled=bool(todo) and not args.no_progress
+                    and bool(S.GLOBAL.get("progress", True)))
+        write = Writer(store, settings, session, bars, delay=args.chunk_delay)
+        try:
+            with StopFlag() as stop:
+                if todo and engine == "ray":
+                    ctx = {"address": args.address, "workers": args.workers,
+                           "model_bytes": model_path.read_bytes(), "model_suffix": model_path.suffix,
+                           "model_sha256": model_sha, "sets": list(args.sets), "seed": args.seed,
+                           "batch_size": args.batch_size, "keys": keys, "gpus": args.worker_gpus,
+                           "safe_mode": not getattr(args, "unsafe_model", False)}
+                    run_ray(ctx, todo, x, t, write, stop, session)
+                elif todo:
+                    run_local(store, explainers, todo, x, t, write, stop, session)
+        except KeyboardInterrupt:
+            bars.close()
+            print(f"error: aborted; the store keeps every finished chunk "
+                  f"({_progress_line(store, keys)}); rerun the same command to resume",
+                  file=sys.stderr, flush=True)
+            if tracker:
+                tracker.end("KILLED")
+            raise SystemExit(130) from None
+        bars.close()
+
+        # ---- summary, metrics, figure, tracking ----------------------------------------------------
+        summary = _summary(store, keys, session, engine, out)
+        complete = all(store.done_count(k) == store.n for k in keys)
+        metric_values = {}
+        if args.metrics and complete and not session.interrupted:
+            print("metrics:")
+            metric_values = compute_metrics(store, model, keys, args.metrics,
+                                            int(S.GLOBAL["batch_size"]))
+            for m, vals in metric_values.items():
+                print(f"  {m}: " + ", ".join(f"{k}={v:.4g}" for k, v in vals.items()))
+            _write_json(out / "metrics.json", metric_values)
+        elif args.metrics:
+            print("metrics: skipped (not every map is done yet)")
+        if tracker:
+            track_session(tracker, store, keys, summary, metric_values, complete, out)
+    finally:
+        if store is not None:
+            store.close()
+
+    if session.interrupted:
+        print(f"interrupted: stopped after the current chunk ({_progress_line(store, keys)}); rerun "
+              "the same command to resume", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    if session.failures:
+        raise XaitfError(f"{len(session.failures)} method(s) failed (details in {out / 'summary.json'}): "
+                         + "; ".join(f"{k}: {v}" for k, v in session.failures.items()))
+    return 0
+
+
+def _progress_line(store, keys):
+    return ", ".join(f"{k} {store.done_count(k)}/{store.n}" for k in keys)
+
+
+def _summary(store, keys, session, engine, out):
+    """Print the table (images/s per method, failures) and write summary.json."""
+    wall = time.perf_counter() - session.t0
+    rows = {}
+    for k in keys:
+        done = store.done_count(k)
+        total_s = float(store.seconds(k)[store.done[k]].sum()) if k in store.done else 0.0
+        now_img, now_s = session.images[k], session.seconds[k]
+        rows[k] = {"done": done, "n": store.n, "computed_now": now_img, "seconds_now": now_s,
+                   "images_per_s_now": now_img / now_s if now_s > 0 else None,
+                   "seconds_total": total_s,
+                   "images_per_s_total": done / total_s if total_s > 0 else None,
+                   "recomputed": int((store.computed[k] > 1).sum()) if k in store.computed else 0,
+                   "failure": session.failures.get(k)}
+    print(f"summary ({store.path}, {wall:.1f} s wall, engine {engine}):")
+    width = max(len(k) for k in keys + ["method"])
+    print(f"  {'method':<{width}}  {'done':>13}  {'this run':>8}  {'compute s':>9}  {'images/s':>9}")
+    for k, r in rows.items():
+        ips = r["images_per_s_now"] or r["images_per_s_total"]
+        done = f"{r['done']}/{r['n']}"
+        print(f"  {k:<{width}}  {done:>13}  {r['computed_now']:>8}  {r['seconds_now']:>9.2f}  "
+              f"{'-' if ips is None else f'{ips:.1f}':>9}")
+    for k, why in session.failures.items():
+        print(f"  FAILED {k}: {why}")
+    for k, count in session.nonfinite.items():
+        if count:
+            print(f"  warning: {k}: {count} map(s) with NaN or infinite values (stored as they are)")
+    old = _read_json(out / "summary.json")
+    history = list(old.get("sessions", []))
+    history.append({"engine": engine, "wall_seconds": wall, "interrupted": session.interrupted,
+                    "images": session.images, "seconds": session.seconds,
+                    "nonfinite_maps": session.nonfinite,
+                    "failures": session.failures, "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    summary = {"store": str(store.path), "n": store.n, "methods": rows, "sessions": history}
+    _write_json(out / "summary.json", summary)
+    return summary
