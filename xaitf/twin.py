@@ -29,6 +29,8 @@ import numpy as np
 import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
+from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
+                     tf_keras_should_use_v2)
 from .errors import ModelError
 from .keras_bridge import (HEADS, input_shape, layer_type, logits_model, model_cache, model_kind, output_head,
                            tfk)
@@ -149,21 +151,10 @@ def _layer_config(layer):
 
 
 def _history(tensor):
-    hist = getattr(tensor, "_keras_history", None)
+    hist = keras_history(tensor)
     if hist is None:
         raise ModelError(f"cannot trace tensor {tensor!r} back to a layer: is the model built?")
-    return hist[0], int(hist[1]), int(hist[2])
-
-
-def _node_inputs(node):
-    """The flat list of symbolic tensors a layer call consumed (tf-keras or Keras 3 node)."""
-    if hasattr(node, "keras_inputs"):  # tf-keras
-        return list(node.keras_inputs)
-    return list(tf.nest.flatten(node.input_tensors))
-
-
-def _node_outputs(node):
-    return list(tf.nest.flatten(node.output_tensors if hasattr(node, "output_tensors") else node.outputs))
+    return hist
 
 
 def _source_io(model):
@@ -189,8 +180,8 @@ def _walk(model, visit):
             if id(t) in done:
                 continue
             layer, node_index, tensor_index = _history(t)
-            node = layer._inbound_nodes[node_index]
-            srcs = _node_inputs(node)
+            node = inbound_node(layer, node_index)
+            srcs = node_inputs(node)
             if not ready:
                 stack.append((t, True))
                 stack.extend((s, False) for s in srcs if id(s) not in done)
@@ -206,7 +197,7 @@ def _walk(model, visit):
                 results = run(layer, {id(i): a for i, a in zip(inner_ins, args)})
             else:
                 results = visit(layer, args)
-            for o, r in zip(_node_outputs(node), results):
+            for o, r in zip(node_outputs(node), results):
                 done[id(o)] = r
         return [done[id(t)] for t in outs]
 
@@ -463,53 +454,14 @@ class GraphTwin:
 # -- graph mode next to eager mode -------------------------------------------------------------
 # tf-keras picks a layer's base class (v2 eager ``Layer``/``Model`` or v1 graph ones) when a layer is
 # constructed, by rewriting the ``__bases__`` of the layer's class in place
-# (``tf_keras.src.utils.version_utils.swap_class``). Building a twin in a private graph therefore
+# (``tf_keras.src.utils.version_utils.swap_class``; xaitf's copy is
+# :func:`xaitf.compat.swap_tf_keras_bases`). Building a twin in a private graph therefore
 # turns Conv2D, Dense, Functional, ... into v1 classes for every existing instance, eager models
 # included ("Your Layer or Model is in an invalid state"), and building an eager layer afterwards
 # breaks the graph models the other way round. Every private-graph scope switches all tf-keras
 # layer classes to v1 on entry and back to v2 on exit (about 10 ms when anything changes), so
 # eager code never sees a v1 class and graph code never sees a v2 one.
 _DEPTH = [0]
-
-
-def _swap_bases(cls, v2, v1, use_v2, memo):
-    """``swap_class`` of tf-keras, writing ``__bases__`` only where it changes."""
-    if cls is object:
-        return cls
-    if cls is v2 or cls is v1:
-        return v2 if use_v2 else v1
-    if cls in memo:
-        return cls
-    memo.add(cls)
-    bases, changed = [], False
-    for b in cls.__bases__:
-        if (use_v2 and issubclass(b, v1)) or (not use_v2 and issubclass(b, v2)):
-            nb = _swap_bases(b, v2, v1, use_v2, memo)
-        else:
-            nb = b
-        bases.append(nb)
-        changed |= nb is not b
-    if changed:
-        cls.__bases__ = tuple(bases)
-    return cls
-
-
-def _keras_classes_mode(use_v2):
-    """Switch every tf-keras Layer/Model subclass to its v2 (eager) or v1 (graph) base classes."""
-    from tf_keras.src.engine import base_layer, base_layer_v1, training, training_v1
-
-    seen, stack, classes = set(), [base_layer.Layer], []
-    while stack:
-        for sub in stack.pop().__subclasses__():
-            if sub not in seen:
-                seen.add(sub)
-                classes.append(sub)
-                stack.append(sub)
-    memo_layer, memo_model = set(), set()
-    for c in classes:
-        _swap_bases(c, base_layer.Layer, base_layer_v1.Layer, use_v2, memo_layer)
-        if issubclass(c, training.Model):
-            _swap_bases(c, training.Model, training_v1.Model, use_v2, memo_model)
 
 
 class _Scope:
@@ -522,7 +474,7 @@ class _Scope:
         self._stack.enter_context(self.twin.graph.as_default())
         self._stack.enter_context(self.twin.session.as_default())
         if _DEPTH[0] == 0:
-            _keras_classes_mode(use_v2=False)
+            swap_tf_keras_bases(use_v2=False)
         _DEPTH[0] += 1
         return self.twin
 
@@ -530,9 +482,7 @@ class _Scope:
         _DEPTH[0] -= 1
         self._stack.close()
         if _DEPTH[0] == 0:  # back to whatever the surrounding code runs (eager, normally)
-            from tf_keras.src.utils.version_utils import should_use_v2
-
-            _keras_classes_mode(use_v2=should_use_v2())
+            swap_tf_keras_bases(use_v2=tf_keras_should_use_v2())
         return False
 
 

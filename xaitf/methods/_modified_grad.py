@@ -18,7 +18,10 @@ Rules (``g`` is the gradient arriving from above, ``z`` the pre-activation):
   ``[x_1..x_n, x0_1..x0_n]``. ``"rescale"`` shares one baseline: its pre-activations are recorded
   once by :func:`record_references` and handed to the clone's call inside
   :func:`use_references`, so only the inputs run (without them, the clone expects
-  ``[x_1..x_n, x0]``, the baseline as the last row).
+  ``[x_1..x_n, x0]``, the baseline as the last row). The references travel as explicit state:
+  each rescale op of the clone owns a :class:`ReferenceSlot` (kept in the clone's
+  :func:`~xaitf.keras_bridge.model_cache`), set only for the duration of one call of the clone,
+  from the traced function's own arguments; nothing module-level is read while tracing.
 
 The ReLU rules touch ``relu`` activations (a layer's ``activation``, ``Activation('relu')``) and
 ``ReLU`` layers without a negative slope or threshold (``max_value`` is allowed). The rescale rule
@@ -30,7 +33,6 @@ computed by one XLA-fused kernel where XLA is available (the same numbers, fewer
 recorded baseline pre-activations that kernel runs in the forward pass.
 """
 import contextlib
-import itertools
 import warnings
 
 import tensorflow as tf
@@ -97,66 +99,92 @@ RELU_MULTIPLIER, RELU_RESCALE = fused(_relu_multiplier), fused(_relu_rescale)
 
 
 # -- the baseline's pre-activations, for the shared-baseline rescale rule ------------------------
-_SCOPES = []                   # trace-time stack: ("record", {key: [z, ...]}) or ("use", {key: [z0, ...]})
-_KEYS = itertools.count()
+class ReferenceSlot:
+    """The reference state of one shared-baseline rescale op of one clone (no global state).
+
+    Idle (``mode`` None) outside :func:`record_references` / :func:`use_references`, which set it
+    on every slot of the clone for the duration of one call of the clone and restore it afterwards
+    (inside a ``tf.function`` that is the trace, and the references are the traced function's own
+    arguments). Recording appends each call's pre-activation to ``table[key]``; using hands out
+    ``table[key]`` one per call, in call order (a layer called twice takes two references).
+    """
+
+    __slots__ = ("key", "mode", "table")
+
+    def __init__(self, key):
+        self.key, self.mode, self.table = key, None, None
+
+    def take(self, z):
+        """At trace time: record ``z``, or return this call's reference (None when idle)."""
+        if self.mode is None:
+            return None
+        if self.mode == "record":
+            self.table.setdefault(self.key, []).append(z)
+            return None
+        queue = self.table.get(self.key)
+        if not queue:
+            raise RuntimeError(f"no baseline pre-activation recorded for {self.key!r}: record the "
+                               "references on the same clone")
+        return queue.pop(0)
+
+
+_SLOTS_KEY = ("modified_clone", "reference_slots")
+
+
+def _slots(clone):
+    slots = model_cache(clone).get(_SLOTS_KEY)
+    if slots is None:
+        raise ValueError(f"model {clone.name!r} is not a shared-baseline rescale clone "
+                         "(modified_clone(model, 'rescale'))")
+    return slots
 
 
 @contextlib.contextmanager
-def _scope(mode, table):
-    _SCOPES.append((mode, table))
+def _slots_set(clone, mode, table):
+    slots = _slots(clone)
+    saved = [(s.mode, s.table) for s in slots]
+    for s in slots:
+        s.mode, s.table = mode, table
     try:
         yield table
     finally:
-        _SCOPES.pop()
+        for s, (m, t) in zip(slots, saved):
+            s.mode, s.table = m, t
 
 
 def record_references(clone, x0):
-    """The pre-activation of every rescale nonlinearity of ``clone`` at the baseline ``x0``
-    (one row): ``{key: [z0, ...]}`` (one entry per call of the op), for :func:`use_references`.
-    Call it inside a ``tf.function`` or eagerly."""
-    with _scope("record", {}) as table:
+    """The pre-activation of every rescale nonlinearity of ``clone`` (``modified_clone(model,
+    "rescale")``) at the baseline ``x0`` (one row): ``{key: [z0, ...]}`` (one entry per call of
+    the op), for :func:`use_references`. Call it inside a ``tf.function`` or eagerly."""
+    with _slots_set(clone, "record", {}) as table:
         clone(x0, training=False)
     return {k: list(v) for k, v in table.items()}
 
 
 @contextlib.contextmanager
-def use_references(refs):
-    """Trace ``clone(x)`` inside this block and its rescale gradients take ``z0`` from ``refs``
-    (from :func:`record_references` on the same clone) instead of the batch's last row."""
-    with _scope("use", {k: list(v) for k, v in refs.items()}):
+def use_references(clone, refs):
+    """Call (trace) ``clone(x)`` inside this block and its rescale gradients take ``z0`` from
+    ``refs`` (from :func:`record_references` on the same clone; inside a ``tf.function``, pass
+    them as its arguments) instead of the batch's last row."""
+    with _slots_set(clone, "use", {k: list(v) for k, v in refs.items()}):
         yield
 
 
-def _reference(key, z):
-    """At trace time: record ``z`` under ``key``, or return the recorded reference (or None)."""
-    if not _SCOPES:
-        return None
-    mode, table = _SCOPES[-1]
-    if mode == "record":
-        table.setdefault(key, []).append(z)
-        return None
-    queue = table.get(key)
-    if not queue:
-        raise RuntimeError(f"no baseline pre-activation recorded for {key!r}: record the references "
-                           "on the same clone")
-    return queue.pop(0)
-
-
-def rescale_op(f, shared):
+def rescale_op(f, slot=None):
     """Elementwise ``f`` with DeepLIFT's rescale multiplier as its gradient.
 
-    ``shared=False``: the batch holds the inputs first and one baseline per input last; every row
-    is paired with its partner. ``shared=True``: one baseline for every row, its pre-activation
-    ``z0`` taken from :func:`use_references` when the call is traced inside it, else from the
-    batch's last row (the baseline row then gets ``f'(z0)``). Only the input rows' gradients are
-    meant to be used.
+    ``slot=None``: the batch holds the inputs first and one baseline per input last; every row
+    is paired with its partner. With a :class:`ReferenceSlot` (shared baseline): one baseline for
+    every row, its pre-activation ``z0`` taken from the slot when the call is traced inside
+    :func:`use_references`, else from the batch's last row (the baseline row then gets
+    ``f'(z0)``). Only the input rows' gradients are meant to be used.
     """
     is_relu = _fname(f) == "relu"
-    key = f"rescale_{_fname(f)}_{next(_KEYS)}"
+    shared = slot is not None
 
     @tf.custom_gradient
     def op(z):
-        ref = _reference(key, z) if shared else None
+        ref = slot.take(z) if shared else None
         if is_relu and ref is not None:
             m = RELU_MULTIPLIER(z, tf.cast(ref, z.dtype))
             return tf.nn.relu(z), lambda g: g * m
@@ -194,10 +222,16 @@ def _relu_layer_ok(layer):
     return float(cfg.get("negative_slope", 0) or 0) == 0 and float(cfg.get("threshold", 0) or 0) == 0
 
 
-def _rewrite(layer, new, rule, km):
-    """Return the layer to put in the clone (``new`` itself or a substitute) and whether it changed."""
+def _rewrite(layer, new, rule, km, slots):
+    """Return the layer to put in the clone (``new`` itself or a substitute) and whether it changed.
+    A shared-baseline rescale op's :class:`ReferenceSlot` is appended to ``slots``."""
     kind = layer_type(layer)
-    shared = rule == "rescale"
+
+    def slot(f):
+        if rule != "rescale":
+            return None
+        slots.append(ReferenceSlot(f"rescale_{_fname(f)}_{len(slots)}"))
+        return slots[-1]
     if kind in ACTIVATION_LAYERS and kind != "Activation":
         if rule in RELU_RULES:
             if kind != "ReLU" or not _relu_layer_ok(layer):
@@ -207,7 +241,8 @@ def _rewrite(layer, new, rule, km):
         else:
             plain = kind == "ReLU" and _relu_layer_ok(layer) and layer.get_config().get("max_value") is None
             # a weightless layer: its call is the function
-            op = rescale_op(tf.nn.relu if plain else layer.call, shared)
+            f = tf.nn.relu if plain else layer.call
+            op = rescale_op(f, slot(f))
         return km.layers.Activation(op, name=layer.name, dtype=layer.dtype_policy.name
                                     if hasattr(layer, "dtype_policy") else layer.dtype), True
     act = getattr(new, "activation", None)
@@ -221,7 +256,7 @@ def _rewrite(layer, new, rule, km):
     else:
         if name in _NOT_ELEMENTWISE:
             return new, False
-        new.activation = rescale_op(act, shared)
+        new.activation = rescale_op(act, slot(act))
     return new, True
 
 
@@ -236,14 +271,14 @@ def _fresh(layer):
         return type(layer).from_config(cfg)
 
 
-def _clone(model, rule, km, counter):
+def _clone(model, rule, km, counter, slots):
     def clone_fn(layer):
         if isinstance(layer, km.Model):
-            return _clone(layer, rule, km, counter)
+            return _clone(layer, rule, km, counter, slots)
         new = _fresh(layer)
         if layer_type(layer) == "InputLayer":
             return new
-        new, changed = _rewrite(layer, new, rule, km)
+        new, changed = _rewrite(layer, new, rule, km, slots)
         counter[0] += int(changed)
         return new
 
@@ -271,8 +306,10 @@ def modified_clone(model, rule):
     clone = cache.get(key)
     if clone is None:
         km = kmodule(model_kind(model))
-        counter = [0]
-        clone = _clone(model, rule, km, counter)
+        counter, slots = [0], []
+        clone = _clone(model, rule, km, counter, slots)
+        if rule == "rescale":
+            model_cache(clone)[_SLOTS_KEY] = tuple(slots)
         if counter[0] == 0:
             what = "ReLU" if rule in RELU_RULES else "elementwise nonlinearity"
             warnings.warn(f"model {model.name!r} has no {what}: the {rule} rule changes nothing "

@@ -17,7 +17,8 @@ not of two). One baseline per input runs stacked with its inputs, ``[x_1..x_n, x
 (``batch_size // 2`` pairs per call).
 
 Parameters (settings ``DEEPLIFT``):
-    baseline: x0, a scalar, an image (H,W,C) or one image per input (default 0.0).
+    baseline: x0, a scalar, one value per channel (C,), an image (H,W,C) or one image per input
+        (N,H,W,C) (default 0.0).
 """
 import numpy as np
 
@@ -57,7 +58,7 @@ class DeepLift(GradientFamily):
                 def fn(x, x0, t, refs):
                     with tf.GradientTape() as tape:
                         tape.watch(x)
-                        with use_references(refs):
+                        with use_references(clone, refs):     # refs: this function's argument
                             out = clone(x, training=False)
                         total = tf.reduce_sum(tf.gather(out, t, axis=1, batch_dims=1))
                     return (x if zero else x - x0) * tape.gradient(total, x)

@@ -34,6 +34,7 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
+from ..compat import quiet_retracing
 from ..errors import InputError, MethodError
 from ..explainer import Explainer
 from .perturb import as_pair, check_int, paint, probability_engine, window_grid, window_pairs
@@ -225,7 +226,7 @@ class PredictionDifference(Explainer):
             padded = np.pad(self.data, pad)
             self._data_t = tf.constant(np.transpose(padded, [1, 2, 0, 3]))     # (Hp,Wp,M,C)
             self._fit_fn = tf.function(lambda patches: self._fit(patches), reduce_retracing=True, autograph=False)
-            self._fit_fn._omit_frequent_tracing_warning = True
+            quiet_retracing(self._fit_fn)
 
     # -- the method -----------------------------------------------------------------------------
     def explain_batch(self, x, targets):
