@@ -109,7 +109,8 @@ def is_center_pixel(model):
 
 
 def load_or_build_model(path, overridden, safe_mode=True):
-    from xaitf.keras_bridge import check_classifier, load_model
+    from xaitf.keras_bridge import check_classifier
+    from xaitf.model_files import load_model
 
     if path is not None:
         model = load_model(path, safe_mode=safe_mode)

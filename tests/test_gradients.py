@@ -193,7 +193,7 @@ def test_per_input_baselines(linear_model):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError, match="5 baselines given for 3 inputs"):
         explain("ig", linear_model, x[:3], 1, baseline=x0)
-    with pytest.raises(MethodError, match="baseline must be"):
+    with pytest.raises(MethodError, match="needs baseline to be"):
         IntegratedGradients(linear_model, baseline=np.zeros((5, 5)))
 
 
@@ -333,7 +333,7 @@ def test_recorded_baseline_equals_the_stacked_baseline_row(kind):
             if refs is None:
                 out = clone(batch, training=False)
             else:
-                with MG.use_references(refs):
+                with MG.use_references(clone, refs):
                     out = clone(batch, training=False)
             total = tf.reduce_sum(out[:5, 1])
         return tape.gradient(total, batch)[:5].numpy()
@@ -480,7 +480,7 @@ def test_parameter_and_model_errors(linear_model, cnn28):
         GradCamPlusPlus(cnn28, layer="fc1")
     with pytest.raises(MethodError, match="postprocess"):
         SmoothGrad(cnn28, postprocess="cube")
-    with pytest.raises(MethodError, match="steps >= 1"):
+    with pytest.raises(MethodError, match="steps to be an integer >= 1"):
         IntegratedGradients(cnn28, steps=0)
     with pytest.raises(MethodError, match="unknown IG rule"):
         IntegratedGradients(cnn28, rule="simpson")

@@ -419,7 +419,7 @@ def test_bad_input_is_one_clear_line(rgb):
         (InputError, "do not match", lambda: M.degradation(model, x, maps[:, :7], y)),
         (InputError, "reduce the channels", lambda: M.deletion_curve(model, x, np.ones(x.shape), y)),
         (InputError, "NaN", lambda: M.sparseness(np.full((1, 2, 2), np.nan))),
-        (MethodError, r"keep must be a fraction in \(0, 1\]",
+        (MethodError, r"needs keep to be a number in \(0, 1\]",
          lambda: M.degradation(model, x, maps, y, keep=0)),
         (MethodError, "keep", lambda: M.degradation(model, x, maps, y, keep=1.5)),
         (MethodError, "unknown fill", lambda: M.degradation(model, x, maps, y, fill="pepper")),

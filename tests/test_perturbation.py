@@ -454,7 +454,7 @@ def test_model_never_sees_more_than_batch_size_inputs(images8):
     ("occlusion", dict(window=9), "larger than the image"),
     ("occlusion", dict(stride=0), "stride"),
     ("occlusion", dict(window=(2, 2, 2)), "window"),
-    ("occlusion", dict(output="softmax"), "output must be one of"),
+    ("occlusion", dict(output="softmax"), "needs output to be one of"),
     ("occlusion", dict(fill=[0.0, 1.0]), "fill"),
     ("pda", dict(values=1), "values"),
     ("pda", dict(window=9), "larger than the image"),

@@ -17,7 +17,8 @@ import pytest
 from conftest import ROOT, make_cnn
 from xaitf import cli
 from xaitf.errors import ModelError
-from xaitf.keras_bridge import keras3, load_model, tfk
+from xaitf.keras_bridge import keras3, tfk
+from xaitf.model_files import load_model
 from xaitf.safe_loading import UnsafeModelError, find_unsafe, scan_model_file
 
 SHAPE, CLASSES = (8, 8, 1), 3

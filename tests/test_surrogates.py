@@ -242,9 +242,9 @@ def test_gradient_shap_seed(tiny_cnn, rng):
 def test_surrogate_errors(tiny_cnn):
     cases = [("lime.lib", dict(output="softmax"), "output must be one of"),
              ("lime.lib", dict(segmenter="felzenszwalb"), "unknown segmenter"),
-             ("lime.lib", dict(num_samples=0), "num_samples >= 1"),
-             ("shap.lib", dict(background=np.zeros((3, 3))), "background must be"),
-             ("shap.lib", dict(nsamples=-5), "nsamples >= 1"),
+             ("lime.lib", dict(num_samples=0), "num_samples to be an integer >= 1"),
+             ("shap.lib", dict(background=np.zeros((3, 3))), "needs background to be"),
+             ("shap.lib", dict(nsamples=-5), "nsamples to be an integer >= 1"),
              ("shap.partition", dict(masker="gauss"), "masker must be"),
              ("shap.gradient", dict(steps=3), "unknown parameter")]
     for name, kw, msg in cases:

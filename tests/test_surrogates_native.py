@@ -315,7 +315,7 @@ def test_native_surrogate_errors(tiny_cnn, rng):
              ("lime", dict(jit_compile="yes"), "jit_compile must be"),
              ("kernelshap", dict(shortcut="dense"), "shortcut must be True or False"),
              ("kernelshap", dict(l1_reg="num_features(10)"), "use 'shap.lib'"),
-             ("kernelshap", dict(background=np.zeros((3, 3))), "background must be"),
+             ("kernelshap", dict(background=np.zeros((3, 3))), "needs background to be"),
              ("kernelshap", dict(nsamples=-5), "nsamples to be an integer >= 1"),
              ("kernelshap", dict(steps=3), "unknown parameter")]
     for name, kw, msg in cases:

@@ -38,10 +38,14 @@ def __getattr__(name):  # lazy public API: keeps `import xaitf` cheap
         from . import registry
 
         return getattr(registry, name)
-    if name in ("load_model", "model_kind"):
-        from . import keras_bridge
+    if name == "load_model":
+        from .model_files import load_model
 
-        return getattr(keras_bridge, name)
+        return load_model
+    if name == "model_kind":
+        from .keras_bridge import model_kind
+
+        return model_kind
     if name == "Explainer":
         from .explainer import Explainer
 

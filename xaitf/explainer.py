@@ -12,6 +12,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from . import settings as S
+from .compat import caller_frame
 from .errors import InputError, MethodError
 from .keras_bridge import check_classifier, input_shape, logit_activation, logits_model, model_kind
 
@@ -43,10 +44,9 @@ def progress(iterable, enabled=True, **kw):
 def _caller_stacklevel():
     """``warnings.warn`` stacklevel of the first frame outside the xaitf package (the user's call)."""
     import os
-    import sys
 
     pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    level, frame = 1, sys._getframe(1)
+    level, frame = 1, caller_frame(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
         level += 1
         frame = frame.f_back

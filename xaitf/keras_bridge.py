@@ -12,6 +12,7 @@ import zipfile
 import xaitf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
+from .compat import keras_history
 from .errors import ModelError
 
 tfk = tf.keras  # tf-keras, the Keras 2 API
@@ -74,8 +75,11 @@ def file_kind(path):
                          f"({one_line(e, 120)})") from None
 
 
-def load_model(path, *, custom_objects=None, safe_mode=True, kind=None):
+def load_keras_file(path, *, custom_objects=None, safe_mode=True, kind=None):
     """Load a tf-keras or Keras 3 model (.h5 or .keras file, or a SavedModel folder) uncompiled.
+
+    Keras files only: :func:`xaitf.model_files.load_model` (``xaitf.load_model``) is the entry
+    point that also opens the zoo's weights files, and calls this for everything else.
 
     ``safe_mode=True`` (the default) never runs code stored in the file: before any Keras loader
     reads it, the stored configuration (the .h5 ``model_config`` attribute, the .keras
@@ -97,12 +101,6 @@ def load_model(path, *, custom_objects=None, safe_mode=True, kind=None):
 
     path = os.fspath(path)
     fmt = model_format(path)      # ModelError: not found, a plain folder, wrong extension
-    if fmt == "h5":  # zoo models saved as weights + builder (tfp layers)
-        from .zoo.registry import load_weights_file
-
-        rebuilt = load_weights_file(path)
-        if rebuilt is not None:
-            return rebuilt
     if safe_mode:
         scan_model_file(path, custom_objects=custom_objects)
     if fmt == "savedmodel":
@@ -145,8 +143,11 @@ def input_shape(model):
 def _tensor_names(tensors):
     names = []
     for t in tensors:
-        hist = getattr(t, "_keras_history", None)
-        layer = getattr(hist, "layer", None) or (hist[0] if isinstance(hist, tuple) and hist else None)
+        try:
+            hist = keras_history(t)
+        except (TypeError, ValueError, IndexError):     # an odd history: the tensor's own name
+            hist = None
+        layer = hist[0] if hist else None
         names.append(str(getattr(layer, "name", None) or getattr(t, "name", "?")))
     return ", ".join(names)
 

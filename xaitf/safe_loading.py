@@ -30,7 +30,7 @@ Refused in safe mode:
   reads or writes files or runs Python (``tf.io.*``, ``tf.py_function``, ``tf.raw_ops.*``, ...).
 
 The refusal is one line naming the file, the layer and its class, and the opt-in:
-``safe_mode=False`` in Python (:func:`xaitf.keras_bridge.load_model`), ``--unsafe-model`` on the
+``safe_mode=False`` in Python (:func:`xaitf.load_model`), ``--unsafe-model`` on the
 command lines. What safe mode does not cover: a model's TensorFlow graph (a SavedModel's functions,
 the ops of a layer) is a program too, run when the model is called; load models from sources you
 trust.

@@ -57,9 +57,12 @@ DEEP_TAYLOR = {"low": 0.0, "high": 1.0}     # bounds for deep_taylor.bounded
 OCCLUSION = {                               # occlusion (Zeiler & Fergus 2014)
     "window": 1,                            # window side in pixels (int or (h, w)); covers all channels
     "stride": 1,                            # step between windows; the last window is flush with the border
-    "fill": 0.0,                            # value written into the window: number or one per channel
+    "fill": 0.0,                            # value written into the window: number, one per channel,
+                                            # an (H,W,C) image or one image per input (N,H,W,C)
     "output": "probabilities",              # probabilities (study 1) | logits
     "shortcut": True,                       # exact first-layer shortcut when the model allows it
+    "segments": None,                       # None: windows | segmenter name ("slic"), {"name": ..., kw},
+                                            # or an int label map (N,H,W)/(H,W): occlude one segment at a time
 }
 PDA = {                                     # prediction difference analysis (Zintgraf et al. 2017)
     "window": 1,                            # window side (int or (h, w)); covers all channels
@@ -77,9 +80,11 @@ PDA = {                                     # prediction difference analysis (Zi
 }
 SHAPLEY = {                                 # permutation sampling (Castro et al. 2009)
     "samples": 100,                         # permutations (study 1 settings: 100; its script used 2)
-    "baseline": 0.0,                        # value of a removed feature: number, per channel, or (H,W,C)
+    "baseline": 0.0,                        # value of a removed feature: number, per channel, (H,W,C), (N,H,W,C)
     "features": "pixels",                   # pixels (all channels together) | channels (pixels x channels)
     "shortcut": "dense",                    # first-layer shortcut: True | False | dense (only after Flatten->Dense)
+    "segments": None,                       # None: pixels/channels | segmenter name ("slic"), {"name": ..., kw},
+                                            # or an int label map (N,H,W)/(H,W): features = segments
 }
 MP = {"tv_beta": 3, "lr": 0.1, "max_iterations": 1000, "l1_coeff": 0.01, "tv_coeff": 0.2,
       "category_coeff": 1.0, "blur_size": 11, "mask_scale": 1,
@@ -193,39 +198,7 @@ SEED_MAX = 2 ** 32 - 1          # numpy's RandomState takes seeds 0..2**32-1
 # ValueError("expected ..., got ..."). The command-line flags (xaitf.cli), ``--set global.*`` and
 # the Python API (Explainer keyword arguments) use the same functions, so one mistake gets the same
 # words wherever it is made.
-def _integral(value):
-    """An int from an int, an integral float, or the text of one; None when it is none of these."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    try:
-        import numbers
-
-        if isinstance(value, numbers.Integral):
-            return int(value)
-        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-            return int(value)
-    except (TypeError, ValueError):  # pragma: no cover
-        pass
-    return None
-
-
-def _real(value):
-    """A float from a number (not a bool) or the text of one; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    import numbers
-
-    return float(value) if isinstance(value, numbers.Real) else None
+from .params import _integral, _real  # noqa: E402  (one parser of numbers: xaitf.params)
 
 
 def _shown(value, parsed):

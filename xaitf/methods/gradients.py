@@ -12,8 +12,10 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
+from ..compat import concrete_flat_call
 from ..errors import InputError, MethodError
 from ..explainer import Explainer, chunks
+from .. import params as _params
 from ..keras_bridge import model_cache
 from ._modified_grad import modified_clone
 from ._xla import fused
@@ -27,7 +29,7 @@ class FlatCall:
 
     def __init__(self, fn):
         self.concrete = fn.get_concrete_function()
-        self._flat = getattr(self.concrete, "_call_flat", None)     # absent: the structured call
+        self._flat = concrete_flat_call(self.concrete)     # None: the structured call
 
     def __call__(self, *args):
         if self._flat is None:
@@ -76,23 +78,10 @@ def as_int32(t):
 
 
 def parse_baseline(value, shape, method):
-    """A baseline as float32, shaped (1,1,1,1) (scalar), (1,H,W,C) (shared) or (N,H,W,C).
-
-    Accepts a scalar, an image (H,W,C), a grayscale image (H,W) when C == 1, or a batch (N,H,W,C).
+    """A baseline as float32: (1,1,1,1) (scalar), (1,1,1,C) (one value per channel), (1,H,W,C)
+    (one image; (H,W) when C == 1) or (N,H,W,C) (one per input): :func:`xaitf.params.parse_baseline`.
     """
-    b = np.asarray(value, dtype=np.float32)
-    if not np.all(np.isfinite(b)):
-        raise MethodError(f"{method} baseline contains NaN or infinite values")
-    if b.ndim == 0:
-        return np.full((1, 1, 1, 1), b, dtype=np.float32)  # broadcast against the images
-    if b.ndim == 2 and len(shape) == 3 and shape[-1] == 1:
-        b = b[..., None]
-    if b.ndim == 3:
-        b = b[None]
-    if b.ndim != 4 or any(s is not None and s != g for s, g in zip(shape, b.shape[1:])):
-        raise MethodError(f"{method} baseline must be a scalar, an image shaped {tuple(shape)} "
-                          f"or a batch (N,{','.join(map(str, shape))}); got {np.shape(value)}")
-    return np.ascontiguousarray(b)
+    return _params.parse_baseline(value, shape, owner=method)
 
 
 class GradientFamily(Explainer):
@@ -119,14 +108,7 @@ class GradientFamily(Explainer):
         return b if len(b) == 1 else b[start:stop]
 
     def _positive_int(self, name):
-        v = self.params[name]
-        try:
-            ok = not isinstance(v, bool) and int(v) == v and int(v) >= 1
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise MethodError(f"{type(self).__name__} needs {name} >= 1 (an integer), got {v!r}")
-        return int(v)
+        return _params.integer(self.params[name], name, type(self).__name__, low=1)
 
 
 class Gradient(GradientFamily):
@@ -189,7 +171,8 @@ class IntegratedGradients(GradientFamily):
 
     Parameters (settings ``IG``):
         steps: number of gradient evaluations on the path (default 64).
-        baseline: x0, a scalar, an image or one image per input (default 0.0).
+        baseline: x0, a scalar, one value per channel (C,), an image (H,W,C) or one image per input
+            (N,H,W,C) (default 0.0).
         rule: quadrature; ``"midpoint"`` (default: alpha_k = (k + 1/2)/steps, equal weights),
             ``"trapezoid"`` (alpha_k = k/(steps-1), end points weighted 1/2), ``"left"``,
             ``"right"``. Midpoint is the default: on smooth networks it and the trapezoid rule

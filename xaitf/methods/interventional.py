@@ -619,13 +619,17 @@ def learn_graph(model, images, labels, target, n_samples=None, soft=None, beta=N
         :class:`CausalGraph`.
     """
     chain = model if isinstance(model, Chain) else Chain(model)
-    n_samples = int(_setting({}, "n_samples") if n_samples is None else n_samples)
+    from .. import params as P
+
+    own = "learn_graph"
+    n_samples = P.integer(_setting({}, "n_samples") if n_samples is None else n_samples, "n_samples", own, low=1)
     soft = bool(_setting({}, "soft_interventions") if soft is None else soft)
-    beta = float(_setting({}, "beta") if beta is None else beta)
-    z = float(_setting({}, "z") if z is None else z)
-    fallback = float(_setting({}, "fallback") if fallback is None else fallback)
-    width = float(_setting({}, "soft_width") if soft_width is None else soft_width)
-    batch_size = int(_setting({}, "intervention_batch") if batch_size is None else batch_size)
+    beta = P.number(_setting({}, "beta") if beta is None else beta, "beta", own)
+    z = P.number(_setting({}, "z") if z is None else z, "z", own)
+    fallback = P.number(_setting({}, "fallback") if fallback is None else fallback, "fallback", own)
+    width = P.number(_setting({}, "soft_width") if soft_width is None else soft_width, "soft_width", own, low=0)
+    batch_size = P.integer(_setting({}, "intervention_batch") if batch_size is None else batch_size,
+                           "batch_size", own, low=1)
     target = int(target)
     if not 0 <= target < chain.num_outputs:
         raise InputError(f"target must lie in [0, {chain.num_outputs - 1}], got {target}")

@@ -13,13 +13,18 @@ Study-1 fix: window positions are ``0, stride, 2*stride, ...`` plus one last win
 bottom/right border, so every pixel is occluded at least once when ``stride <= window`` (study
 1's loop never occluded the last pixel). With ``stride > window`` the pixels between windows lie in
 no window and get 0.
+
+Segments (``segments=``): with a segmenter name (``"slic"``), a dict of a name and its keywords, a
+callable or a user's integer label map (N,H,W) (or (H,W) shared), one segment at a time is filled
+instead of a window: ``R(segment) = f_c(x) - f_c(x with the segment's pixels filled)``, painted
+onto the segment's pixels (``window`` and ``stride`` are not used).
 """
 import numpy as np
 
+from .. import params as _params
 from ..errors import MethodError
-from ..explainer import Explainer
-from .perturb import (Engine, as_pair, paint, pixel_values, probability_engine, window_grid,
-                      window_pairs)
+from ..explainer import Explainer, as_batch
+from .perturb import Engine, as_pair, paint, probability_engine, window_grid, window_pairs
 
 OUTPUTS = ("probabilities", "logits")
 
@@ -30,10 +35,16 @@ class Occlusion(Explainer):
     Parameters (``xaitf.settings.OCCLUSION``):
         window: window height and width in pixels (int or pair); it covers every channel.
         stride: step between windows (int or pair), >= 1.
-        fill: value written into the window: a number or one number per channel.
+        fill: value written into the window: a number, one number per channel (C,), one image
+            (H,W,C) (or (H,W) when C == 1: the window gets the image's pixels under it) or one
+            image per input (N,H,W,C).
         output: ``"probabilities"`` (study 1) or ``"logits"`` (pre-softmax output).
         shortcut: use the exact first-layer shortcut when the model allows it
             (``xaitf.methods.perturb``); False always runs the whole model.
+        segments: None (default: windows), or occlude segments instead: a segmenter name of
+            :mod:`xaitf.segmentation` (``"slic"``), a dict with its name and keywords
+            (``{"name": "slic", "n_segments": 8}``), a callable image -> labels, or an integer label
+            map (N,H,W) (or (H,W) shared). Segments run the whole model (no shortcut).
         batch_size: model evaluations (occluded images) per chunk.
 
     Returns (N,H,W) maps.
@@ -49,14 +60,14 @@ class Occlusion(Explainer):
         p = self.params
         self.window = as_pair(p["window"], "window", "Occlusion")
         self.stride = as_pair(p["stride"], "stride", "Occlusion")
-        if p["output"] not in OUTPUTS:
-            raise MethodError(f"Occlusion output must be one of {', '.join(OUTPUTS)}, got {p['output']!r}")
+        _params.choice(p["output"], "output", "Occlusion", OUTPUTS)
         channels = self.shape[-1]
         if channels is None:
             raise MethodError("Occlusion needs a model with a known number of input channels")
-        self.fill = pixel_values(p["fill"], channels, "Occlusion", "fill")
+        self.fill = _params.parse_baseline(p["fill"], self.shape, name="fill", owner="Occlusion")
+        self.segments = p.get("segments")
         h, w = self.shape[:2]
-        if h is not None and w is not None:
+        if h is not None and w is not None and self.segments is None:
             window_grid(h, w, self.window, self.stride, "Occlusion")   # fails early if too big
         kw = dict(shortcut=bool(p["shortcut"]), batch_size=self.batch_size,
                   show_progress=self.progress, desc="occlusion")
@@ -65,20 +76,50 @@ class Occlusion(Explainer):
         else:
             self.engine = Engine(self.forward, **kw)
 
+    def __call__(self, x, targets=None):
+        x = as_batch(x, self.model)
+        self._offset = 0
+        _params.parse_baseline(self.fill, x.shape[1:], len(x), name="fill", owner="Occlusion")
+        self._segments = _params.parse_segments(self.segments, x, "Occlusion", self.seed)
+        return super().__call__(x, targets)
+
     def chunk_size(self):
         h, w = self.shape[:2]
-        if h is None or w is None:
+        if h is None or w is None or self.segments is not None:
             return self.batch_size
         per_input = len(window_grid(h, w, self.window, self.stride, "Occlusion"))
         return max(1, (1 << 20) // per_input)
 
     def explain_batch(self, x, targets):
-        n, h, w = x.shape[:3]
+        n, h, w, c = x.shape
+        start = self._offset
+        self._offset = start + n
+        fill = _params.parse_baseline(self.fill, (h, w, c), name="fill", owner="Occlusion")
+        if len(fill) > 1:
+            fill = fill[start:start + n]
+        before = self.engine.target_outputs(x, targets)
+        if self._segments is not None:
+            seg, k = self._segments[0][start:start + n], self._segments[1]
+            b, lab = np.tile(np.arange(n), k), np.repeat(np.arange(k), n)   # segment-major pairs
+            after = self.engine.segment_scores(x, seg, b, lab, targets[b], fill)
+            rel = (before[b] - after).reshape(k, n).T                      # (n, K)
+            return np.take_along_axis(rel, seg.reshape(n, -1), axis=1).reshape(n, h, w)
         grid = window_grid(h, w, self.window, self.stride, "Occlusion")
         b, pos = window_pairs(n, grid)
-        before = self.engine.target_outputs(x, targets)
-        patch = np.broadcast_to(self.fill, self.window + (len(self.fill),))[None]
-        after = self.engine.window_scores(x, b, pos, targets[b], [1.0], shared=patch)
+        if fill.shape[1:3] == (1, 1) and len(fill) == 1:     # one value per channel: one shared patch
+            patch = np.broadcast_to(fill[0, 0, 0], self.window + (c,))[None]
+            after = self.engine.window_scores(x, b, pos, targets[b], [1.0], shared=patch)
+        else:                                                 # an image: the window's own pixels of it
+            full = np.broadcast_to(fill, (len(fill), h, w, c))
+            kh, kw = self.window
+
+            def patches(lo, hi):
+                r = pos[lo:hi, 0, None] + np.arange(kh)
+                col = pos[lo:hi, 1, None] + np.arange(kw)
+                i = (b[lo:hi] if len(full) > 1 else np.zeros(hi - lo, int))[:, None, None]
+                return full[i, r[:, :, None], col[:, None, :]][:, None]
+
+            after = self.engine.window_scores(x, b, pos, targets[b], [1.0], pair_values=patches)
         rel = (before[b] - after).reshape(len(grid), n).T
         return paint(rel, grid, self.window, h, w)
 

@@ -40,10 +40,14 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
+from .. import params as _params
+from ..compat import quiet_retracing
 from ..errors import MethodError
 from ..explainer import progress as _progress
 from ..keras_bridge import input_shape, layer_type, probability_head
 from ._local_windows import local_stack
+from ._patches import grid_index as _grid_index
+from ._patches import place as _place
 from ._xla import fused
 
 # elements a gathered intermediate may hold before a slower but leaner route is used
@@ -69,11 +73,8 @@ def as_pair(value, name, owner, minimum=1):
 
 
 def check_int(value, name, owner, minimum):
-    """``value`` as an int >= ``minimum``; MethodError otherwise."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or int(value) != value or value < minimum:
-        raise MethodError(f"{owner} needs {name} to be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """``value`` as an int >= ``minimum``; MethodError otherwise (:func:`xaitf.params.integer`)."""
+    return _params.integer(value, name, owner, low=minimum)
 
 
 def window_starts(size, window, stride):
@@ -126,36 +127,11 @@ def paint(values, grid, window, height, width):
 
 def pixel_values(value, channels, owner, name):
     """A fill/baseline given as a scalar or one value per channel -> float32 (C,)."""
-    v = np.asarray(value, dtype=np.float64)
-    if v.ndim == 0:
-        v = np.full(channels, float(v))
-    if v.shape != (channels,) or not np.all(np.isfinite(v)):
-        raise MethodError(f"{owner} needs {name} to be a finite number or {channels} numbers "
-                          f"(one per channel), got shape {v.shape}")
-    return v.astype(np.float32)
-
-
-def _place(values, r, c, rows, cols):
-    """Where a (B,kh,kw,C) patch placed at (r, c) lands in the region ``rows x cols``.
-
-    ``rows`` (B, R) and ``cols`` (B, Q) are absolute coordinates; returns the in-window mask
-    (B,R,Q,1) and the patch values gathered at every region pixel (B,R,Q,C).
-    """
-    kh, kw = values.shape[1], values.shape[2]
-    ri = rows - r[:, None]
-    ci = cols - c[:, None]
-    inside = (((ri >= 0) & (ri < kh))[:, :, None] & ((ci >= 0) & (ci < kw))[:, None, :])
-    vr = tf.gather(values, tf.clip_by_value(ri, 0, kh - 1), axis=1, batch_dims=1)
-    vrc = tf.gather(vr, tf.clip_by_value(ci, 0, kw - 1), axis=2, batch_dims=1)
-    return inside[..., None], vrc
-
-
-def _grid_index(b, rows, cols):
-    """(B,R,Q,3) gather_nd indices (b, row, col) for regions ``rows x cols`` of images ``b``."""
-    shape = tf.stack([tf.shape(b)[0], tf.shape(rows)[1], tf.shape(cols)[1]])
-    return tf.stack([tf.broadcast_to(b[:, None, None], shape),
-                     tf.broadcast_to(rows[:, :, None], shape),
-                     tf.broadcast_to(cols[:, None, :], shape)], -1)
+    v = _params.parse_baseline(value, (None, None, channels), name=name, owner=owner)
+    if v.shape[:3] != (1, 1, 1):
+        raise MethodError(f"{owner} needs {name} to be a number or {channels} numbers (one per "
+                          f"channel) here, got shape {np.shape(value)}")
+    return np.broadcast_to(v[0, 0, 0], (channels,)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -471,7 +447,7 @@ class Engine:
             fn = tf.function(make(), input_signature=signature, autograph=False)
             # each Engine traces its own closures once; TF would count those traces across
             # engines (same code object) and warn about "frequent retracing"
-            fn._omit_frequent_tracing_warning = True
+            quiet_retracing(fn)
             self._fns[key] = fn
         return self._fns[key]
 
@@ -693,6 +669,99 @@ class Engine:
             return tf.gather(scores, rank, batch_dims=1) - tf.gather(scores, rank + 1, batch_dims=1)
 
         return group
+
+    # -- features = segments (superpixels) -----------------------------------------------------
+    def shapley_segments(self, x, targets, perms, baseline, segments):
+        """:meth:`shapley` with segments as the features: a removed segment's pixels (all
+        channels) take the baseline.
+
+        Args:
+            x: (N,H,W,C) inputs; targets: (N,) classes.
+            perms: (S, K) permutations of the K segments (an image with fewer segments has empty
+                ones: null players, which change nothing and get 0).
+            baseline: (H,W,C) or broadcastable (1,1,C) values of removed pixels.
+            segments: (N,H,W) int labels 0..K-1.
+        Returns:
+            (N, K) float64 segment values. Always the plain path (the whole model per prefix).
+        """
+        n, (S, K) = len(x), perms.shape
+        L = K + 1
+        if L <= self.batch_size:
+            T, q_par = L, max(1, self.batch_size // L)
+        else:
+            T, q_par = -(-L // -(-L // self.batch_size)), 1
+        ranks = np.argsort(perms, axis=1).astype(np.int32)              # (S, K) rank of a segment
+        Q = n * S
+        q_par = min(q_par, Q)
+        fn = self._fn(("shapley_segments", T, q_par), lambda: self._segment_group(T, L))
+        X = tf.constant(x)
+        base = tf.constant(baseline, tf.float32)
+        seg = np.asarray(segments, np.int32).reshape(n, -1)
+        phi = np.zeros((n, K))
+        starts = list(range(0, Q, q_par))
+        show = self.show_progress and Q * L >= _LONG_RUN
+        for lo in _progress(starts, show, desc=self.desc):
+            q = np.minimum(np.arange(lo, lo + q_par), Q - 1)
+            i, s = q // S, q % S
+            pixel_rank = np.take_along_axis(ranks[s], seg[i], axis=1)     # (q, H*W)
+            res = fn(tf.gather(X, i), tf.constant(pixel_rank), tf.constant(ranks[s]),
+                     tf.constant(targets[i], tf.int32), base).numpy()
+            valid = min(q_par, Q - lo)
+            np.add.at(phi, i[:valid], res[:valid])
+        return phi / S
+
+    def _segment_group(self, T, L):
+        K = L - 1
+
+        def group(X, pixel_rank, rank, t, base):
+            q = tf.shape(X)[0]
+            H, W, C = X.shape[1], X.shape[2], X.shape[3]
+            n_chunks = -(-L // T)
+            tt = tf.repeat(t, T)
+
+            def body(i, ta):
+                steps = tf.minimum(i * T + tf.range(T), K)
+                limit = tf.broadcast_to(steps[None], tf.stack([q, T]))
+                xs = tf.reshape(prefix_images(X, pixel_rank, limit, base, False), [-1, H, W, C])
+                s = tf.cast(tf.gather(self._outputs(xs), tt, batch_dims=1), tf.float64)
+                return i + 1, ta.write(i, tf.reshape(s, tf.stack([q, T])))
+
+            ta = tf.TensorArray(tf.float64, size=n_chunks)
+            _, ta = tf.while_loop(lambda i, _: i < n_chunks, body, (tf.constant(0), ta),
+                                  parallel_iterations=1)
+            scores = tf.reshape(tf.transpose(ta.stack(), [1, 0, 2]), [q, n_chunks * T])[:, :L]
+            return tf.gather(scores, rank, batch_dims=1) - tf.gather(scores, rank + 1, batch_dims=1)
+
+        return group
+
+    def segment_scores(self, x, segments, b, labels, targets, baseline):
+        """(P,) float64 target output of ``x[b]`` with the pixels of segment ``labels[p]`` set to
+        the baseline, ``batch_size`` pairs per chunk (plain path).
+
+        ``segments`` (N,H,W) int labels; ``baseline`` (1 or N, H|1, W|1, C) float32 (per-input
+        rows are taken at ``b``).
+        """
+        per_input = len(baseline) > 1
+        fn = self._fn(("segment_scores", per_input), lambda: self._segment_scores_fn(per_input))
+        X, SEG = tf.constant(x), tf.constant(np.asarray(segments, np.int32))
+        base = tf.constant(np.asarray(baseline, np.float32))
+        out = np.empty(len(b))
+        starts = list(range(0, len(b), self.batch_size))
+        show = self.show_progress and len(b) >= _LONG_RUN
+        for lo in _progress(starts, show, desc=self.desc):
+            k = slice(lo, lo + self.batch_size)
+            out[k] = fn(X, SEG, base, tf.constant(b[k], tf.int32), tf.constant(labels[k], tf.int32),
+                        tf.constant(targets[k], tf.int32)).numpy()
+        return out
+
+    def _segment_scores_fn(self, per_input):
+        def fn(X, SEG, base, b, s, t):
+            mask = tf.equal(tf.gather(SEG, b), s[:, None, None])[..., None]
+            fill = tf.gather(base, b) if per_input else base
+            xs = tf.where(mask, fill, tf.gather(X, b))
+            return tf.cast(tf.gather(self._outputs(xs), t, batch_dims=1), tf.float64)
+
+        return fn
 
 
 def _prefix_images(X, rank, limit, base, channel_features):

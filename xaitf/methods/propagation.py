@@ -143,14 +143,23 @@ class InnvestigateExplainer(Explainer):
                 raise MethodError(f"deep_taylor.bounded needs low < high, got {p['low']!r}, {p['high']!r}")
             kwargs.update(low=float(p["low"]), high=float(p["high"]))
         elif name == "integrated_gradients":
-            if int(p["steps"]) < 1:
-                raise MethodError(f"integrated_gradients needs steps >= 1, got {p['steps']!r}")
-            base = np.asarray(p["baseline"], dtype=np.float32)
-            if base.ndim not in (0, len(self.shape)) or (base.ndim and base.shape != tuple(self.shape)):
-                raise MethodError(f"integrated_gradients baseline must be a scalar or an array shaped "
-                                  f"{tuple(self.shape)}, got shape {base.shape}")
-            kwargs.update(steps=int(p["steps"]),
-                          reference_inputs=float(base) if base.ndim == 0 else base[None])
+            from .. import params as _params
+
+            steps = _params.integer(p["steps"], "steps", "integrated_gradients", low=1)
+            if len(self.shape) == 3:
+                base = _params.parse_baseline(p["baseline"], self.shape, owner="integrated_gradients")
+            else:                               # not an image: a scalar or one input
+                base = np.asarray(p["baseline"], dtype=np.float32)
+                if base.ndim not in (0, len(self.shape)) or (base.ndim and base.shape != tuple(self.shape)):
+                    raise MethodError(f"integrated_gradients needs baseline to be a scalar or an array "
+                                      f"shaped {tuple(self.shape)}, got shape {base.shape}")
+                base = base.reshape((1,) * (len(self.shape) + 1) if base.ndim == 0 else (1,) + base.shape)
+            if len(base) > 1:
+                raise MethodError("integrated_gradients (iNNvestigate) takes one baseline: a scalar, one "
+                                  "value per channel or an image; use 'ig' for one image per input")
+            scalar = base.size == 1
+            kwargs.update(steps=steps, reference_inputs=float(base.flat[0]) if scalar else
+                          np.broadcast_to(base, (1,) + tuple(self.shape)).copy())
         elif name == "smoothgrad":
             if float(p["noise_scale"]) != 1.0:
                 raise MethodError(

@@ -28,24 +28,17 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
+from .. import params as _params
 from ..errors import MethodError
 from ..explainer import Explainer, class_probabilities
 from .gradients import cached_function, image_spec
 
 
 def _number(params, name, cls, low, high=None, low_open=False, owner="Rise"):
-    v = params[name]
-    ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
-    if ok and cls is int:
-        ok = int(v) == v
-    if ok:
-        v = cls(v)
-        ok = (v > low if low_open else v >= low) and (high is None or v <= high)
-    if not ok:
-        rng = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
-        kind = "an integer" if cls is int else "a number"
-        raise MethodError(f"{owner} needs {name} to be {kind} in {rng}, got {params[name]!r}")
-    return v
+    """``params[name]`` checked by :func:`xaitf.params.integer` (``cls=int``) or :func:`xaitf.params.number`."""
+    if cls is int:
+        return _params.integer(params[name], name, owner, low=low, high=high)
+    return _params.number(params[name], name, owner, low=low, high=high, low_open=low_open)
 
 
 def interpolation(cell, cell_side):

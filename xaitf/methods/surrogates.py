@@ -31,6 +31,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from .. import segmentation
+from ..compat import shap_handler, shap_op_handlers
 from ..errors import MethodError
 from ..explainer import Explainer
 from ..keras_bridge import kmodule, logits_model
@@ -95,39 +96,26 @@ def _deep_extra_ops():
     LeakyRelu, Relu6 and Elu-like element-wise activations take the rescale rule (shap's
     ``nonlinearity_1d``). The entries are removed afterwards.
     """
-    from shap.explainers._deep import deep_tf
-
-    extra = {"FusedBatchNormV3": deep_tf.linearity_1d(0), "FusedBatchNormV2": deep_tf.linearity_1d(0),
-             "FusedBatchNorm": deep_tf.linearity_1d(0), "LeakyRelu": deep_tf.nonlinearity_1d(0),
-             "Relu6": deep_tf.nonlinearity_1d(0)}
-    added = [k for k in extra if k not in deep_tf.op_handlers]
+    handlers = shap_op_handlers()
+    extra = {"FusedBatchNormV3": shap_handler("linearity_1d"), "FusedBatchNormV2": shap_handler("linearity_1d"),
+             "FusedBatchNorm": shap_handler("linearity_1d"), "LeakyRelu": shap_handler("nonlinearity_1d"),
+             "Relu6": shap_handler("nonlinearity_1d")}
+    added = [k for k in extra if k not in handlers]
     for k in added:
-        deep_tf.op_handlers[k] = extra[k]
+        handlers[k] = extra[k]
     try:
         yield
     finally:
         for k in added:
-            deep_tf.op_handlers.pop(k, None)
+            handlers.pop(k, None)
 
 
-def _background(value, shape, owner):
-    """A background/fill as float32 (B,H,W,C): a scalar, one value per channel, an image or a batch."""
-    b = np.asarray(value, dtype=np.float32)
-    if not np.all(np.isfinite(b)):
-        raise MethodError(f"{owner} background contains NaN or infinite values")
-    try:
-        if b.ndim <= 1:
-            return np.broadcast_to(b, shape)[None].copy()
-        if b.ndim == 2 and shape[-1] == 1:
-            b = b[..., None]
-        if b.ndim == 3:
-            b = b[None]
-        if b.ndim == 4 and tuple(b.shape[1:]) == tuple(shape):
-            return np.ascontiguousarray(b)
-    except ValueError:
-        pass
-    raise MethodError(f"{owner} background must be a scalar, one value per channel, an image shaped "
-                      f"{tuple(shape)} or a batch (B,{','.join(map(str, shape))}); got shape {np.shape(value)}")
+def _background(value, shape, owner, name="background"):
+    """A background/fill as float32 (B,H,W,C): a scalar, one value per channel, an image or a batch
+    (:func:`xaitf.params.full_baseline`)."""
+    from .. import params
+
+    return params.full_baseline(value, shape, name=name, owner=owner)
 
 
 class SuperpixelMixin:
@@ -179,10 +167,9 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
         return np.concatenate(outs) if outs else np.zeros((0, self.num_classes))
 
     def _int(self, name, low=1):
-        v = self.params[name]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < low:
-            raise MethodError(f"{type(self).__name__} needs {name} >= {low} (an integer), got {v!r}")
-        return int(v)
+        from .. import params
+
+        return params.integer(self.params[name], name, type(self).__name__, low=low)
 
 
     def _keras_head(self, target=None):

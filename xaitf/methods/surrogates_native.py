@@ -40,6 +40,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from .. import segmentation
+from ..compat import quiet_retracing
 from ..errors import InputError, MethodError
 from ..explainer import Explainer, as_batch, as_targets
 from ..explainer import progress as _progress
@@ -274,6 +275,35 @@ class _Surrogate(SuperpixelMixin, Explainer):
     def fixed_params(self):
         return {"jit_compile": "auto", "shortcut": True}
 
+    def __call__(self, x, targets=None):
+        self._offset = 0
+        fill = getattr(self, "_fill", None)
+        if fill is not None and len(fill) > 1:
+            from ..params import parse_baseline
+            parse_baseline(fill, self.shape, len(as_batch(x, self.model)), owner=type(self).__name__,
+                           name="hide_color" if self.key == "lime" else "background")
+        return super().__call__(x, targets)
+
+    def _fit_rows(self, x, targets):
+        """:meth:`fit` of the next chunk of a call (per-input fills are taken at its rows)."""
+        self._rows_from = getattr(self, "_offset", 0)
+        try:
+            return self.fit(x, targets)
+        finally:
+            self._offset = self._rows_from + len(x)
+            self._rows_from = None
+
+    def _fill_rows(self, fill, n):
+        """The fill of the ``n`` images being fitted: the shared one, or their rows of one per input."""
+        if fill is None or len(fill) == 1:
+            return fill
+        lo = getattr(self, "_rows_from", None)
+        if (lo is None and n != len(fill)) or (lo is not None and lo + n > len(fill)):
+            raise InputError(f"{type(self).__name__}: {len(fill)} fill images given for {n} inputs; "
+                             "give one or one per input")
+        lo = lo or 0
+        return fill[lo:lo + n]
+
     def setup(self):
         out = self.params.get("output", "probabilities")
         if out not in OUTPUTS:
@@ -346,7 +376,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
         if "scores" not in self._fns:
             fn = tf.function(self._scores, input_signature=[tf.TensorSpec([None, h, w, c], tf.float32),
                                                              tf.TensorSpec([None], tf.int32)], autograph=False)
-            fn._omit_frequent_tracing_warning = True
+            quiet_retracing(fn)
             self._fns["scores"] = fn
         fn = self._fns["scores"]
         x = np.asarray(x, np.float32)
@@ -426,7 +456,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
                 tf.TensorSpec([None, None, None], self._z_dtype()), _stat_specs(), tf.TensorSpec([], i32),
                 tf.TensorSpec([], i32)]
         fn = tf.function(run, input_signature=spec, autograph=False)
-        fn._omit_frequent_tracing_warning = True
+        quiet_retracing(fn)
         self._fns[key] = fn
         return fn
 
@@ -513,8 +543,8 @@ class Lime(_Surrogate):
 
     Parameters (``xaitf.settings.LIME``, shared with ``lime.lib``):
         num_samples: masks per image (study 1: 1000).
-        hide_color: value of hidden segments (study 1: 0), one value per channel, an image, or
-            None (each segment's mean colour, per channel, as lime).
+        hide_color: value of hidden segments (study 1: 0), one value per channel, an image, one
+            image per input (N,H,W,C), or None (each segment's mean colour, per channel, as lime).
         kernel_width: width of the exponential kernel on cosine distances (lime default 0.25).
         segmenter and its settings: see :mod:`xaitf.segmentation`.
         output: "probabilities" (study 1, lime's convention) or "logits".
@@ -545,9 +575,7 @@ class Lime(_Surrogate):
         if self.params["sampler"] not in ("device", "lime"):
             raise MethodError(f"Lime sampler must be 'device' or 'lime', got {self.params['sampler']!r}")
         hc = self.params["hide_color"]
-        self._fill = None if hc is None else _background(hc, self.shape, "Lime hide_color")
-        if self._fill is not None and len(self._fill) != 1:
-            raise MethodError("Lime hide_color must be one value, one per channel or one image, not a batch")
+        self._fill = None if hc is None else _background(hc, self.shape, "Lime", "hide_color")
         self._key = _stream_key(self.seed, _LIME_BITS)
 
     def _extra_spec(self):
@@ -567,7 +595,7 @@ class Lime(_Surrogate):
 
     def _fills(self, x, seg, counts):
         if self._fill is not None:
-            return self._fill
+            return self._fill_rows(self._fill, len(x))
         out = np.empty_like(x)
         for i in range(len(x)):           # per-segment mean colour (lime's hide_color=None)
             flat = seg[i].ravel()
@@ -628,7 +656,7 @@ class Lime(_Surrogate):
         return res
 
     def explain_batch(self, x, targets):
-        fit = self.fit(x, targets)
+        fit = self._fit_rows(x, targets)
         w, seg = fit["weights"], fit["segments"]
         if not self.params["mask_output"]:
             return self.paint(w, seg).astype(np.float32)
@@ -691,7 +719,8 @@ class KernelShap(_Surrogate):
 
     Parameters (``xaitf.settings.SHAP``, shared with ``shap.lib``):
         nsamples: coalitions per image (study 1: 1000), or "auto" (shap's 2 M + 2048).
-        background: fill of removed segments: a number (0), one per channel, or an image.
+        background: fill of removed segments: a number (0), one per channel, an image, or one
+            image per input (N,H,W,C).
         segmenter and its settings: see :mod:`xaitf.segmentation` (SLIC by default).
         output: "probabilities" (study 1) or "logits".
         l1_reg: must be False (or 0): no feature selection (use ``shap.lib`` for shap's l1 options).
@@ -711,8 +740,6 @@ class KernelShap(_Surrogate):
             raise MethodError(f"KernelShap solves without l1 regularisation (l1_reg=False), got "
                               f"l1_reg={self.params['l1_reg']!r}; use 'shap.lib' for shap's feature selection")
         self._fill = _background(self.params["background"], self.shape, "KernelShap")
-        if len(self._fill) != 1:
-            raise MethodError("KernelShap background must be one image (or a scalar), not a batch")
         self._size_key = _stream_key(self.seed, _SHAP_SIZE)
         self._perm_key = _stream_key(self.seed, _SHAP_PERM)
 
@@ -762,7 +789,8 @@ class KernelShap(_Surrogate):
         n, smax = len(x), int(counts.max())
         ns = self.params["nsamples"]
         fx = self.target_scores(x, t)
-        fnull = self.target_scores(np.broadcast_to(self._fill, x.shape), t)
+        fill = self._fill_rows(self._fill, n)
+        fnull = self.target_scores(np.broadcast_to(fill, x.shape), t)
         values = np.zeros((n, smax))
         samples = np.zeros(n, np.int64)
         for g in self._groups(counts):
@@ -783,13 +811,14 @@ class KernelShap(_Surrogate):
             extra = (tf.constant(total), tf.constant(enum_w), tf.constant([p["sample_weight"] for p in plans],
                                                                           tf.float64),
                      tf.constant(cdf), tf.constant([p["full"] for p in plans], tf.int32))
-            stats = self._accumulate(x[g], self._fill, seg[g], t[g], cg, tables, extra, int(total.max()))
+            stats = self._accumulate(x[g], fill if len(fill) == 1 else fill[g], seg[g], t[g], cg, tables,
+                                     extra, int(total.max()))
             values[g, :sg] = _shap_solve(stats[3], stats[4], stats[5], cg, fx[g], fnull[g])
         return {"values": values, "fx": fx, "fnull": fnull, "segments": seg, "num_segments": counts,
                 "samples": samples, "targets": t}
 
     def explain_batch(self, x, targets):
-        fit = self.fit(x, targets)
+        fit = self._fit_rows(x, targets)
         return self.paint(fit["values"], fit["segments"]).astype(np.float32)
 
 

@@ -1,7 +1,8 @@
 """Pure-numpy checks and pixel orders of the metrics (no TensorFlow import)."""
 import numpy as np
 
-from ..errors import InputError, MethodError
+from .. import params
+from ..errors import InputError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -32,18 +33,14 @@ def check_maps(maps, shape=None, name="maps"):
     return m
 
 
-def check_int(value, name, minimum=1):
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or int(value) != value or value < minimum:
-        raise MethodError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def check_int(value, name, minimum=1, owner="The metric"):
+    """:func:`xaitf.params.integer` ``>= minimum``."""
+    return params.integer(value, name, owner, low=minimum)
 
 
-def check_fraction(value, name):
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or not 0 < float(value) <= 1:
-        raise MethodError(f"{name} must be a fraction in (0, 1], got {value!r}")
-    return float(value)
+def check_fraction(value, name, owner="The metric"):
+    """:func:`xaitf.params.fraction`: a number in (0, 1]."""
+    return params.fraction(value, name, owner)
 
 
 def count_of(fraction, n):

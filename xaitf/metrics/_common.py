@@ -76,6 +76,8 @@ def fill_image(x, fill, seed=0, blur_sigma=5.0):
                           f"got {fill!r}") from None
     if f.ndim > 4:
         raise InputError(f"fill shaped {f.shape} does not broadcast to the images {x.shape}")
+    if f.ndim == 2 and c == 1 and f.shape == (h, w):     # a gray image (H,W), as the methods take it
+        f = f[..., None]
     f = f.reshape((1,) * (4 - f.ndim) + f.shape)
     try:
         np.broadcast_shapes(f.shape, x.shape)

@@ -480,7 +480,7 @@ def get_model(name, models_dir="models", data_dir=None, quick=False, seed=0, epo
     entry = registry.get(name)
     path = Path(models_dir) / f"{name}.h5"
     if path.is_file():
-        from ..keras_bridge import load_model
+        from ..model_files import load_model
 
         model = load_model(path, safe_mode=safe_mode)
         info = _file_info(path)
@@ -636,7 +636,7 @@ def get_model_subset(name, models_dir="models", data_dir=None, seed=0, schedule=
     if path.is_file():
         if stem == name:
             return get_model(name, models_dir, data_dir, seed=seed, schedule=schedule, safe_mode=safe_mode)
-        from ..keras_bridge import load_model
+        from ..model_files import load_model
 
         model = load_model(path, safe_mode=safe_mode)
         return model, dict(_file_info(path), note=f"loaded {path}")

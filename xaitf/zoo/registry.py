@@ -281,7 +281,7 @@ def save(model, name, path, builder_kwargs=None):
     ``save_format == "model"``: a complete tf-keras .h5 (loads with any Keras). ``"weights"``:
     ``model.save_weights`` plus two root attributes, the zoo name (``xaitf_zoo_builder``) and the
     builder's keyword arguments as JSON (``xaitf_zoo_kwargs``); :func:`load_weights_file` (called by
-    :func:`xaitf.keras_bridge.load_model`) rebuilds the model and loads the weights.
+    :func:`xaitf.load_model`) rebuilds the model and loads the weights.
     """
     from ..cli import atomic_write
 
