@@ -221,7 +221,7 @@ def main(argv=None):
     explainers = []
     for k in keys:
         try:
-            explainers.append(registry.create_explainer(k, model))
+            explainers.append(registry.create_from_presets(k, model))
         except Exception as e:
             if isinstance(e, XaitfError):
                 raise type(e)(f"{k}: {cli.one_line(e)}") from e

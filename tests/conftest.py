@@ -24,6 +24,20 @@ def data_dir():
     return Path(d).resolve()
 
 
+@pytest.fixture
+def restore_settings():
+    """``--set`` changes xaitf.settings' presets in place; put every section back afterwards."""
+    import copy
+
+    from xaitf import settings as S
+
+    saved = copy.deepcopy(S.SECTIONS)
+    yield
+    for name, section in S.SECTIONS.items():
+        section.clear()
+        section.update(saved[name])
+
+
 def make_cnn(shape=(8, 8, 1), classes=5, seed=0, softmax=True):
     """A small conv -> pool -> dense classifier with fixed random weights (tf-keras)."""
     tf.keras.utils.set_random_seed(seed)

@@ -149,17 +149,6 @@ def test_debug_last_line_does_not_ask_for_debug(capsys):
     assert "--debug" not in err[-1]
 
 
-@pytest.fixture
-def restore_settings():
-    from xaitf import settings as S
-
-    saved = {name: dict(section) for name, section in S.SECTIONS.items()}
-    yield
-    for name, section in S.SECTIONS.items():
-        section.clear()
-        section.update(saved[name])
-
-
 @pytest.mark.parametrize("text, message", [
     ("deconvnet.x=1", "deconvnet has no settings"),
     ("global.image_size=16", "global.image_size: expected an odd positive integer"),

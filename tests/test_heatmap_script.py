@@ -1,5 +1,4 @@
 """heatmap_script.py end to end, through subprocesses, on tiny models (study 1's CLI)."""
-import copy
 import os
 import re
 import subprocess
@@ -74,18 +73,6 @@ def test_end_to_end_figure_arrays_settings_and_no_overwrite(files, tmp_path, cap
 
 
 # -- in-process runs (TensorFlow is already loaded here): same code path, exit codes, stderr -----
-@pytest.fixture
-def restore_settings():
-    """--set changes xaitf.settings in place; put every section back after an in-process run."""
-    from xaitf import settings as S
-
-    saved = copy.deepcopy(S.SECTIONS)
-    yield
-    for name, section in S.SECTIONS.items():
-        section.clear()
-        section.update(saved[name])
-
-
 def run_main(capsys, *args):
     """``heatmap_script.py args`` in this process: (exit code, stdout, stderr)."""
     import heatmap_script

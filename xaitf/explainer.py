@@ -169,16 +169,48 @@ def reduce_channels(maps, how):
     raise MethodError(f"unknown channel_reduce {how!r}; valid: {', '.join(REDUCTIONS)}")
 
 
+# the arguments every method takes (the ``**common`` of a method's signature), with their defaults
+COMMON = {"batch_size": 256, "channel_reduce": "sum", "seed": 0, "progress": True}
+
+
+def _check_keywords(init):
+    """Wrap a method's ``__init__``: an unknown keyword gets one MethodError line listing the valid
+    ones (from the signature) instead of Python's TypeError. ``functools.wraps`` keeps the real
+    signature for ``inspect.signature`` and ``help()``."""
+    import functools
+
+    @functools.wraps(init)
+    def checked(self, model, *args, **kwargs):
+        if type(self).__init__ is checked:            # the outermost call only
+            valid = type(self).parameters()
+            unknown = sorted(set(kwargs) - set(valid))
+            if unknown:
+                own = ", ".join(k for k in valid if k not in COMMON) or "none"
+                raise MethodError(f"{type(self).__name__} got unknown parameter(s) {', '.join(unknown)}; "
+                                  f"valid: {own} (plus {', '.join(COMMON)})")
+        init(self, model, *args, **kwargs)
+
+    checked._keywords_checked = True
+    return checked
+
+
 class Explainer:
     """Base class of every method.
 
+    A method declares its parameters, with their defaults, in its own ``__init__`` signature and
+    docstring (``inspect.signature`` / ``help()`` show them) and passes them on as ``params``; the
+    common arguments below come through its ``**common``. Nothing is read from
+    :mod:`xaitf.settings` here: the command lines and studies turn its presets into keyword
+    arguments (:func:`xaitf.registry.preset_kwargs`).
+
     Args:
         model: a tf-keras or Keras 3 image classifier (N,H,W,C) -> (N,K).
-        batch_size: model evaluations per chunk, an integer >= 1 (defaults to settings.GLOBAL).
-        channel_reduce: how per-channel maps become one map per pixel (see ``REDUCTIONS``).
-        seed: seed of stochastic methods, an integer 0..2**32-1; the same seed gives the same maps.
-        progress: show tqdm bars on long work (True/False).
-        **params: the method's own hyperparameters (its section of ``xaitf.settings``).
+        params: the method's own parameters (name -> value), as its ``__init__`` received them.
+        batch_size: model evaluations per chunk, an integer >= 1 (256).
+        channel_reduce: how per-channel maps become one map per pixel (see ``REDUCTIONS``; "sum").
+        seed: seed of stochastic methods, an integer 0..2**32-1 (0); the same seed gives the same
+            maps.
+        progress: show tqdm bars on long work (True).
 
     The four common arguments are checked by the validators of :mod:`xaitf.settings` that the
     command lines use: a wrong one (``batch_size=0``, ``seed="abc"``) raises MethodError with one
@@ -191,33 +223,28 @@ class Explainer:
     boolean or string targets raise InputError.
     """
 
-    key = None            # settings section
+    key = None            # the preset section of xaitf.settings (command lines and studies)
     name = None           # registry name, set by the registry
     title = None          # figure title
     uses_logits = True    # explain the pre-softmax output
     stochastic = False
 
-    def __init__(self, model, *, batch_size=None, channel_reduce=None, seed=None, progress=None,
-                 **params):
-        g = S.section("global")
-        defaults = S.section(self.key) if self.key else {}
-        defaults.update(self.fixed_params())
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            valid = ", ".join(sorted(defaults)) or "none"
-            raise MethodError(f"{type(self).__name__} got unknown parameter(s) {', '.join(unknown)}; "
-                              f"valid: {valid} (plus batch_size, channel_reduce, seed, progress)")
-        self.params = {**defaults, **params}
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_keywords_checked", False):
+            cls.__init__ = _check_keywords(init)
+
+    def __init__(self, model, *, params=None, batch_size=256, channel_reduce="sum", seed=0,
+                 progress=True):
+        self.params = dict(params or {})
         self.model = model
         self.kind = model_kind(model)
         owner = type(self).__name__
-        self.batch_size = _setting(owner, "batch_size", S.positive_int,
-                                   g["batch_size"] if batch_size is None else batch_size)
-        self.channel_reduce = _setting(owner, "channel_reduce", S.channel_reduce,
-                                       g["channel_reduce"] if channel_reduce is None else channel_reduce)
-        self.seed = _setting(owner, "seed", S.seed_int, g["seed"] if seed is None else seed)
-        self.progress = _setting(owner, "progress", S.boolean,
-                                 g["progress"] if progress is None else progress)
+        self.batch_size = _setting(owner, "batch_size", S.positive_int, batch_size)
+        self.channel_reduce = _setting(owner, "channel_reduce", S.channel_reduce, channel_reduce)
+        self.seed = _setting(owner, "seed", S.seed_int, seed)
+        self.progress = _setting(owner, "progress", S.boolean, progress)
         check_classifier(model)   # one image input, one (N,K) output: one line otherwise
         self.shape = input_shape(model)
         self.num_classes = int(model.outputs[0].shape[-1])
@@ -230,11 +257,22 @@ class Explainer:
             self.forward, self.output_note = model, "model output (probabilities if softmax)"
         self.setup()
 
-    # -- hooks for subclasses ------------------------------------------------------------------
-    def fixed_params(self):
-        """Extra accepted parameters beyond the settings section (name -> default)."""
-        return {}
+    @classmethod
+    def parameters(cls):
+        """``{name: default}`` of the keyword arguments the method accepts, in signature order:
+        its own parameters, then the common ones (:data:`COMMON`)."""
+        import inspect
 
+        out = {}
+        sig = inspect.signature(cls.__init__)            # follows _check_keywords' wrapper
+        for name, p in list(sig.parameters.items())[2:]:  # self, model
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name == "params":
+                continue
+            out[name] = p.default
+        out.update({k: v for k, v in COMMON.items() if k not in out})
+        return out
+
+    # -- hooks for subclasses ------------------------------------------------------------------
     def setup(self):
         """Validate parameters and build anything reusable (tf.functions) once per model."""
 
@@ -276,3 +314,6 @@ class Explainer:
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+
+Explainer.__init__ = _check_keywords(Explainer.__init__)   # methods without parameters of their own

@@ -88,7 +88,28 @@ STUDY1_ORDER = ["grad", "gb", "deconvnet", "sg", "inpgrad", "ig", "lrp.z", "lrp.
 
 def _available(name):
     module = _METHODS[name][0]
+    if not isinstance(module, str):          # a class registered by register()
+        return True
     return importlib.util.find_spec(f"xaitf.methods.{module}") is not None
+
+
+def register(name, cls, title=None, **fixed):
+    """Register a method class of your own under ``name`` (lower case), so that
+    :func:`create_explainer`, the command lines' ``-hm`` and the studies' tables can use it.
+
+    ``cls`` subclasses :class:`xaitf.explainer.Explainer`; ``fixed`` are keyword arguments the name
+    always passes (as ``vargrad`` passes ``postprocess="variance"``). Replacing a built-in name is
+    refused. See docs/architecture.md, "Adding a method".
+    """
+    from .explainer import Explainer
+
+    key = str(name).strip().lower()
+    if not (isinstance(cls, type) and issubclass(cls, Explainer)):
+        raise MethodError(f"register({name!r}, ...) needs a subclass of xaitf.Explainer, got {cls!r}")
+    if key in _METHODS and _METHODS[key][0] is not cls and isinstance(_METHODS[key][0], str):
+        raise MethodError(f"method name {key!r} is built in; choose another name")
+    _METHODS[key] = (cls, cls.__name__, dict(fixed), title or cls.__name__)
+    return cls
 
 
 def list_methods(include_groups=False):
@@ -124,6 +145,8 @@ def get_method(name):
     """The Explainer class behind a name (aliases accepted)."""
     key = canonical(name)
     module, cls, _, _ = _METHODS[key]
+    if not isinstance(module, str):
+        return module
     return getattr(importlib.import_module(f"xaitf.methods.{module}"), cls)
 
 
@@ -132,12 +155,16 @@ def title(name):
 
 
 def create_explainer(name, model, **params):
-    """Build the explainer ``name`` for ``model``; keyword arguments override settings.py.
+    """Build the explainer ``name`` for ``model`` with the method's own defaults (its signature:
+    ``help(xaitf.get_method(name))``) and the keyword arguments given.
 
     Example::
 
         ig = xaitf.create_explainer("ig", model, steps=128)
         maps = ig(x, targets)        # (N, H, W)
+
+    An unknown keyword raises MethodError listing the valid ones. The command lines and studies
+    use :func:`create_from_presets` instead, which starts from :mod:`xaitf.settings`' presets.
     """
     key = canonical(name)
     cls = get_method(key)
@@ -147,3 +174,42 @@ def create_explainer(name, model, **params):
     explainer.name = key
     explainer.title = _METHODS[key][3]
     return explainer
+
+
+def preset_section(name):
+    """The :mod:`xaitf.settings` section that holds the presets of method ``name``."""
+    key = canonical(name)
+    cls = get_method(key)
+    section = getattr(cls, "preset_section", None)
+    return section(**_METHODS[key][2]) if callable(section) else cls.key
+
+
+def preset_kwargs(name):
+    """Keyword arguments of method ``name`` from :mod:`xaitf.settings` as it is now (study 1's
+    presets plus any ``--set``): GLOBAL's batch_size, channel_reduce, seed and progress, and the
+    method's section, keeping the keys the method's signature accepts (less those the name fixes,
+    e.g. vargrad's postprocess). Read once, when called:
+    an explainer built from them does not change when the settings change later."""
+    from . import settings as S
+
+    key = canonical(name)
+    fixed = _METHODS[key][2]           # what the name itself sets (vargrad: postprocess="variance")
+    accepted = {k for k in get_method(key).parameters() if k not in fixed}
+    from .explainer import COMMON
+
+    own = get_method(key).parameters()
+    # a common argument whose default the method sets itself (PDA's batch_size=None: "from
+    # windows_per_batch") is passed only when the preset was changed from the common default
+    kwargs = {k: v for k, v in S.section("global").items()
+              if k in COMMON and k in accepted and (own[k] == COMMON[k] or v != COMMON[k])}
+    section = preset_section(key)
+    if section:
+        kwargs.update({k: v for k, v in S.section(section).items()
+                       if k in accepted and k not in S.STUDY_SWITCHES.get(section, ())})
+    return kwargs
+
+
+def create_from_presets(name, model, **params):
+    """:func:`create_explainer` starting from the settings presets (:func:`preset_kwargs`), then
+    ``params``: what the command lines and studies build their explainers with."""
+    return create_explainer(name, model, **{**preset_kwargs(name), **params})

@@ -1,13 +1,17 @@
-"""Every hyperparameter of xaitf: global settings and one dict per method.
+"""Presets: the values the command lines and studies start from (global settings, one dict per
+method, the studies' sizes).
 
-Plain Python, so it is easy to read and tune. Defaults follow study 1 (the center-pixel model,
-see docs/reproduction.md) unless a comment says otherwise. Three ways to change a value:
+Plain Python, so it is easy to read and tune. Values follow study 1 (the center-pixel model, see
+docs/reproduction.md) unless a comment says otherwise. The methods themselves never read this
+module: each declares its parameters and defaults in its ``__init__`` signature (equal to these
+presets today), and ``xaitf.create_explainer("ig", model, steps=128)`` uses those. The command
+lines and studies turn the presets into keyword arguments when they build an explainer
+(:func:`xaitf.registry.create_from_presets`), so a value can be changed for a run:
 
-* edit this file (the package is installed editable);
-* pass keyword arguments: ``xaitf.create_explainer("ig", model, steps=128)``;
-* on the command line: ``heatmap_script.py --set ig.steps=128 --set global.seed=1``.
+* on the command line: ``heatmap_script.py --set ig.steps=128 --set global.seed=1``;
+* or by editing this file (the package is installed editable).
 
-A method's dict lists every parameter it accepts; anything else is rejected with the valid names.
+A method's dict lists parameters its signature accepts; anything else is rejected with the valid names.
 ``--set`` refuses, with one line, an unknown section or key (sections of methods without settings
 take none), a GLOBAL value of the wrong type or range (the validators below, shared with the flags
 ``--seed``/``--batch-size`` and the Python API) and a method value of the wrong kind for its
@@ -175,6 +179,14 @@ SVHN_IOU_STUDY = {
     "iou_images": 200,       # label-1 test images whose maps are scored
     "threshold": 0.8,        # IoU rule "threshold": min-max normalised |map| >= this (the study's 0.8)
     "figure_images": 6,
+}
+
+# keys of a method's section that only its study reads (python -m xaitf.studies interventional):
+# not parameters of the method, never passed to it
+STUDY_SWITCHES = {
+    "interventional": ("target_idx", "graph_stab", "layer_name_soft", "repeats", "beta_max",
+                       "beta_step", "dataset_name", "model_name", "learn_explainer", "gen_attr",
+                       "save_attr", "vis_attr", "eval_attr", "baseline_attr"),
 }
 
 SECTIONS = {

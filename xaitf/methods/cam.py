@@ -4,7 +4,7 @@ Both weight the feature maps ``A_k`` (n,h,w,K) of a convolutional layer by a per
 from the gradient ``g = d f_c / d A`` of the pre-softmax target output, sum over channels, keep the
 positive part and upsample bilinearly to the input size. Maps are (N,H,W), not normalised.
 
-Parameters (settings ``GRADCAM`` / ``GRADCAMPP``):
+Parameters (preset sections ``GRADCAM`` / ``GRADCAMPP`` of :mod:`xaitf.settings`):
     layer: name of the layer whose output is ``A``, as the user's model names it (the layer whose
         softmax was replaced in the logits copy is found under its twin, see
         :func:`resolve_layer`); it must have a 4-D (N,h,w,K) output. ``None`` = the last
@@ -72,10 +72,21 @@ def resolve_layer(model, forward, name, method, rank=4):
 
 
 class GradCam(GradientFamily):
-    """Grad-CAM: ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = mean_ij d f_c / d A_ij^k``."""
+    """Grad-CAM (Selvaraju et al. 2017): ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = mean_ij
+    d f_c / d A_ij^k``, upsampled bilinearly to the input size.
 
-    key = "gradcam"
+    Args:
+        model: tf-keras or Keras 3 image classifier with a convolutional layer.
+        layer: name of the layer whose (N,h,w,K) output is ``A``, as the user's model names it;
+            None = the last Conv2D-like layer (None). See the module docstring.
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+    """
+
+    key = "gradcam"     # the settings preset section (command lines and studies)
     title_name = "Grad-CAM"
+
+    def __init__(self, model, *, layer=None, **common):
+        super().__init__(model, params=dict(layer=layer), **common)
 
     def setup(self):
         name = self.params["layer"]
@@ -120,10 +131,17 @@ class GradCamPlusPlus(GradCam):
     ``a_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3)`` (0 where the denominator is 0).
 
     This is the closed form for an exponential output ``Y = exp(f_c)``; the positive factor
-    ``exp(f_c)`` is common to all channels and dropped (it scales the map only).
+    ``exp(f_c)`` is common to all channels and dropped (it scales the map only)
+    (Chattopadhyay et al. 2018).
+
+    Args:
+        model: tf-keras or Keras 3 image classifier with a convolutional layer.
+        layer: name of the layer whose (N,h,w,K) output is ``A``; None = the last Conv2D-like
+            layer (None). See :class:`GradCam`.
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
     """
 
-    key = "gradcampp"
+    key = "gradcampp"     # the settings preset section (command lines and studies)
     title_name = "Grad-CAM++"
 
     @staticmethod

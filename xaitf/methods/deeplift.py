@@ -16,7 +16,7 @@ pre-activations are recorded when the explainer is made and every batch holds on
 not of two). One baseline per input runs stacked with its inputs, ``[x_1..x_n, x0_1..x0_n]``
 (``batch_size // 2`` pairs per call).
 
-Parameters (settings ``DEEPLIFT``):
+Parameters (preset section ``DEEPLIFT`` of :mod:`xaitf.settings`):
     baseline: x0, a scalar, one value per channel (C,), an image (H,W,C) or one image per input
         (N,H,W,C) (default 0.0).
 """
@@ -31,9 +31,21 @@ from .gradients import (INDEX_SPEC, GradientFamily, as_int32, cached_function, i
 
 
 class DeepLift(GradientFamily):
-    """DeepLIFT rescale: ``a = (x - x0) * m``, m the rescale multiplier of ``f_c`` (see module)."""
+    """DeepLIFT rescale (Shrikumar et al. 2017): ``a = (x - x0) * m``, m the rescale multiplier of
+    ``f_c`` (see the module docstring); ``sum(a) = f_c(x) - f_c(x0)`` on networks of linear layers
+    and elementwise nonlinearities.
 
-    key = "deeplift"
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        baseline: x0, a scalar, one value per channel (C,), an image (H,W,C) or one image per input
+            (N,H,W,C) (0.0).
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+    """
+
+    key = "deeplift"     # the settings preset section (command lines and studies)
+
+    def __init__(self, model, *, baseline=0.0, **common):
+        super().__init__(model, params=dict(baseline=baseline), **common)
 
     def setup(self):
         self._baseline = parse_baseline(self.params["baseline"], self.shape, "DeepLift")

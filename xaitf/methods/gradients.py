@@ -112,7 +112,12 @@ class GradientFamily(Explainer):
 
 
 class Gradient(GradientFamily):
-    """Saliency as the signed gradient (Simonyan et al. 2014): ``a = d f_c(x) / d x``."""
+    """Saliency as the signed gradient (Simonyan et al. 2014): ``a = d f_c(x) / d x``.
+
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+    """
 
     key = "grad"
 
@@ -133,7 +138,12 @@ class Gradient(GradientFamily):
 
 
 class InputXGradient(Gradient):
-    """Input x Gradient (Shrikumar et al. 2016): ``a = x * d f_c(x) / d x``."""
+    """Input x Gradient (Shrikumar et al. 2016): ``a = x * d f_c(x) / d x``.
+
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+    """
 
     key = "inpgrad"
 
@@ -169,23 +179,29 @@ class IntegratedGradients(GradientFamily):
     ``(x - x0) * int_0^1 grad f_c(x0 + alpha (x - x0)) d alpha``, so that (completeness)
     ``sum(a) ~ f_c(x) - f_c(x0)``.
 
-    Parameters (settings ``IG``):
-        steps: number of gradient evaluations on the path (default 64).
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        steps: number of gradient evaluations on the path, an integer >= 1 (64).
         baseline: x0, a scalar, one value per channel (C,), an image (H,W,C) or one image per input
-            (N,H,W,C) (default 0.0).
-        rule: quadrature; ``"midpoint"`` (default: alpha_k = (k + 1/2)/steps, equal weights),
-            ``"trapezoid"`` (alpha_k = k/(steps-1), end points weighted 1/2), ``"left"``,
-            ``"right"``. Midpoint is the default: on smooth networks it and the trapezoid rule
-            converge as 1/steps^2 (left/right sums as 1/steps) and midpoint has the smaller error
-            constant and never spends an evaluation on the baseline; on ReLU networks the
-            integrand is piecewise constant, every rule converges as 1/steps, and midpoint had
-            the smallest median completeness error in our measurements on small CNNs.
+            (N,H,W,C) (0.0).
+        rule: quadrature rule, "midpoint" | "trapezoid" | "left" | "right" ("midpoint").
+            ``"midpoint"``: alpha_k = (k + 1/2)/steps, equal weights; ``"trapezoid"``: alpha_k =
+            k/(steps-1), end points weighted 1/2; ``"left"`` / ``"right"``: Riemann sums.
+            Midpoint is the default: on smooth networks it and the trapezoid rule converge as
+            1/steps^2 (left/right sums as 1/steps) and midpoint has the smaller error constant and
+            never spends an evaluation on the baseline; on ReLU networks the integrand is
+            piecewise constant, every rule converges as 1/steps, and midpoint had the smallest
+            median completeness error in our measurements on small CNNs.
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
 
     Each call evaluates at most ``batch_size`` interpolated images: ``batch_size // steps`` inputs
     at a time, or one input with its steps split in groups when ``steps > batch_size``.
     """
 
-    key = "ig"
+    key = "ig"     # the settings preset section (command lines and studies)
+
+    def __init__(self, model, *, steps=64, baseline=0.0, rule="midpoint", **common):
+        super().__init__(model, params=dict(steps=steps, baseline=baseline, rule=rule), **common)
 
     def setup(self):
         steps = self._positive_int("steps")
@@ -293,13 +309,24 @@ class SmoothGrad(GradientFamily):
     * ``"square"``: SquareGrad ``mean_j g_j^2`` (Hooker et al. 2019);
     * ``"variance"``: VarGrad ``mean_j (g_j - mean g)^2`` (Adebayo et al. 2018).
 
-    Parameters (settings ``SG``): samples, noise_scale, postprocess. The noise of sample j of
-    input i is a fixed function of (seed, i, j): the same seed gives the same maps, whatever
-    ``batch_size`` is. Each call evaluates at most ``batch_size`` noisy images.
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        samples: noisy copies per input, an integer >= 1 (16, study 1's augment_by_n).
+        noise_scale: sigma as a fraction of each input's range max(x) - min(x), >= 0 (0.1).
+        postprocess: "none" (SmoothGrad) | "square" (SquareGrad) | "variance" (VarGrad) ("square").
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+
+    The noise of sample j of input i is a fixed function of (seed, i, j): the same seed gives the
+    same maps, whatever ``batch_size`` is. Each call evaluates at most ``batch_size`` noisy images.
+    The registry names ``vargrad`` and ``squaregrad`` are this class with ``postprocess`` fixed.
     """
 
-    key = "sg"
+    key = "sg"     # the settings preset section (command lines and studies)
     stochastic = True
+
+    def __init__(self, model, *, samples=16, noise_scale=0.1, postprocess="square", **common):
+        super().__init__(model, params=dict(samples=samples, noise_scale=noise_scale,
+                                            postprocess=postprocess), **common)
 
     def setup(self):
         self._samples = self._positive_int("samples")
@@ -393,6 +420,10 @@ class GuidedBackprop(_ModifiedReLUGradient):
     ReLU model (ReLU as a layer's activation, ``Activation('relu')`` or a ``ReLU`` layer) via a
     cached clone with custom-gradient ReLUs; other layers (pooling, batch norm in inference mode)
     keep their ordinary gradient.
+
+    Args:
+        model: tf-keras or Keras 3 image classifier (ReLU network).
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "gb"
@@ -404,6 +435,10 @@ class DeconvNet(_ModifiedReLUGradient):
 
     The gradient of ``f_c`` where every ReLU passes back ``relu(g)``, whatever its input was
     (max pooling keeps its switches). Same model support as :class:`GuidedBackprop`.
+
+    Args:
+        model: tf-keras or Keras 3 image classifier (ReLU network).
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "deconvnet"

@@ -51,7 +51,6 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
-from .. import settings as S
 from ..errors import DataError, InputError, MethodError, ModelError
 from ..explainer import Explainer, as_batch, chunks, progress
 from ..keras_bridge import activation_name, is_softmax_layer, layer_type, model_kind
@@ -551,10 +550,6 @@ def load_graph(path):
 # ----------------------------------------------------------------------------------------------
 # learning
 # ----------------------------------------------------------------------------------------------
-def _setting(params, name):
-    return params[name] if name in params else S.INTERVENTIONAL[name]
-
-
 def class_samples(chain, images, labels, target, n_samples, batch_size=256):
     """The first ``n_samples`` inputs of class ``target`` that the model classifies correctly."""
     images = np.asarray(images, np.float32)
@@ -600,8 +595,8 @@ def learn_layer(chain, layer, effects, target, x, cache=None, soft=False, low=0.
     return res
 
 
-def learn_graph(model, images, labels, target, n_samples=None, soft=None, beta=None, z=None,
-                fallback=None, soft_width=None, seed=0, batch_size=None, show=False):
+def learn_graph(model, images, labels, target, n_samples=100, soft=True, beta=0.0, z=1.65,
+                fallback=-0.001, soft_width=0.01, seed=0, batch_size=4096, show=False):
     """Learn the causal path graph of class ``target`` top-down (see the module docstring).
 
     Args:
@@ -612,9 +607,10 @@ def learn_graph(model, images, labels, target, n_samples=None, soft=None, beta=N
         soft: soft interventions ``u ~ U(beta, beta + soft_width)`` per weight (default True);
             False: hard, u = 0.
         beta, soft_width: soft draws ``U(beta, beta + soft_width)`` (0 and 0.01).
-        z, fallback: see :func:`select_units` (defaults from settings.INTERVENTIONAL).
-        seed: seeds the soft draws.
-        batch_size: (unit, sample) pairs per forward chunk (``intervention_batch``).
+        z, fallback: see :func:`select_units` (1.65 and -0.001).
+        seed: seeds the soft draws (0).
+        batch_size: (unit, sample) pairs per forward chunk (``intervention_batch``, 4096).
+        show: progress bars (False).
     Returns:
         :class:`CausalGraph`.
     """
@@ -622,14 +618,13 @@ def learn_graph(model, images, labels, target, n_samples=None, soft=None, beta=N
     from .. import params as P
 
     own = "learn_graph"
-    n_samples = P.integer(_setting({}, "n_samples") if n_samples is None else n_samples, "n_samples", own, low=1)
-    soft = bool(_setting({}, "soft_interventions") if soft is None else soft)
-    beta = P.number(_setting({}, "beta") if beta is None else beta, "beta", own)
-    z = P.number(_setting({}, "z") if z is None else z, "z", own)
-    fallback = P.number(_setting({}, "fallback") if fallback is None else fallback, "fallback", own)
-    width = P.number(_setting({}, "soft_width") if soft_width is None else soft_width, "soft_width", own, low=0)
-    batch_size = P.integer(_setting({}, "intervention_batch") if batch_size is None else batch_size,
-                           "batch_size", own, low=1)
+    n_samples = P.integer(n_samples, "n_samples", own, low=1)
+    soft = bool(soft)
+    beta = P.number(beta, "beta", own)
+    z = P.number(z, "z", own)
+    fallback = P.number(fallback, "fallback", own)
+    width = P.number(soft_width, "soft_width", own, low=0)
+    batch_size = P.integer(batch_size, "batch_size", own, low=1)
     target = int(target)
     if not 0 <= target < chain.num_outputs:
         raise InputError(f"target must lie in [0, {chain.num_outputs - 1}], got {target}")
@@ -658,8 +653,8 @@ def learn_graph(model, images, labels, target, n_samples=None, soft=None, beta=N
 # ----------------------------------------------------------------------------------------------
 # attributions
 # ----------------------------------------------------------------------------------------------
-def node_attributions(model, graph, x, layer_name=None, resize=True, batch_size=256):
-    """Per-node maps at conv layer ``layer_name`` (study 2: conv2).
+def node_attributions(model, graph, x, layer_name="conv2", resize=True, batch_size=256):
+    """Per-node maps at conv layer ``layer_name`` (study 2: conv2, the default).
 
     For each effect channel c of ``graph[layer_name]`` and parent channel i::
 
@@ -673,7 +668,6 @@ def node_attributions(model, graph, x, layer_name=None, resize=True, batch_size=
         ``(maps, channels)``: (N, H, W, n_nodes) float32 and the effect channel of each node.
     """
     chain = model if isinstance(model, Chain) else Chain(model)
-    layer_name = layer_name or S.INTERVENTIONAL["layer_name"]
     k = chain.index(layer_name)
     if chain.entries[k].role != "conv":
         raise ModelError(f"interventional attributions need a Conv2D layer_name, {layer_name!r} is "
@@ -721,7 +715,7 @@ def _prefix(chain, p, x):
     return h, chain.preact(p, h), None
 
 
-def combined_attribution(model, graph, x, layer_name=None, batch_size=256):
+def combined_attribution(model, graph, x, layer_name="conv2", batch_size=256):
     """The sum of the per-node maps (N, H, W): the single map used for metrics."""
     maps, _ = node_attributions(model, graph, x, layer_name, batch_size=batch_size)
     return maps.sum(-1)
@@ -730,14 +724,16 @@ def combined_attribution(model, graph, x, layer_name=None, batch_size=256):
 # ----------------------------------------------------------------------------------------------
 # graph stability
 # ----------------------------------------------------------------------------------------------
-def graph_stability(model, images, labels, graph, layer_name_soft=None, betas=None, repeats=None,
-                    n_samples=None, z=None, fallback=None, seed=0, batch_size=None, show=False):
+def graph_stability(model, images, labels, graph, layer_name_soft="fc3", betas=None, repeats=10,
+                    n_samples=None, z=None, fallback=None, seed=0, batch_size=4096, show=False):
     """Appearance rate of the graph's nodes at ``layer_name_soft`` under soft interventions.
 
-    For every ``beta`` (default ``0, 0.01, ..., 0.5``) and repeat r (default 10), the link of
-    ``layer_name_soft`` is re-learned with every intervened weight drawn from ``U(0, beta)``
-    (seeded by ``(seed, beta index, r)``), keeping the graph's effect set. A node's appearance
-    rate is the fraction of repeats that select it.
+    For every ``beta`` (default None: ``0, 0.01, ..., 0.5``) and repeat r (``repeats``, 10), the
+    link of ``layer_name_soft`` (study 2: "fc3") is re-learned with every intervened weight drawn
+    from ``U(0, beta)`` (seeded by ``(seed, beta index, r)``), keeping the graph's effect set. A
+    node's appearance rate is the fraction of repeats that select it. ``n_samples``, ``z`` and
+    ``fallback`` default (None) to the graph's own (else 100, 1.65, -0.001); ``batch_size`` is
+    the (unit, sample) pairs per forward chunk (4096).
 
     Returns:
         dict: ``betas`` (B,), ``nodes`` (the graph's parents at that layer), ``counts``
@@ -745,17 +741,16 @@ def graph_stability(model, images, labels, graph, layer_name_soft=None, betas=No
         ``mean_rate`` (B,) in percent, ``repeats``, ``layer``, ``target``.
     """
     chain = model if isinstance(model, Chain) else Chain(model)
-    layer = layer_name_soft or S.INTERVENTIONAL["layer_name_soft"]
+    layer = layer_name_soft
     if betas is None:
-        step, top = S.INTERVENTIONAL["beta_step"], S.INTERVENTIONAL["beta_max"]
+        step, top = 0.01, 0.5           # study 2: beta_step, beta_max
         betas = np.round(np.arange(0.0, top + step / 2, step), 10)
     betas = np.asarray(betas, np.float64)
-    repeats = int(S.INTERVENTIONAL["repeats"] if repeats is None else repeats)
-    n_samples = int(graph.n_samples or S.INTERVENTIONAL["n_samples"]) if n_samples is None else int(n_samples)
-    z = float(graph.settings.get("z", S.INTERVENTIONAL["z"]) if z is None else z)
-    fallback = float(graph.settings.get("fallback", S.INTERVENTIONAL["fallback"]) if fallback is None
-                     else fallback)
-    batch_size = int(S.INTERVENTIONAL["intervention_batch"] if batch_size is None else batch_size)
+    repeats = int(repeats)
+    n_samples = int(graph.n_samples or 100) if n_samples is None else int(n_samples)
+    z = float(graph.settings.get("z", 1.65) if z is None else z)
+    fallback = float(graph.settings.get("fallback", -0.001) if fallback is None else fallback)
+    batch_size = int(batch_size)
     nodes, effects = graph[layer]
     if not effects:
         raise MethodError(f"graph link {layer!r} has no effects: nothing to re-learn")
@@ -786,15 +781,25 @@ class Interventional(Explainer):
     ``data = (images, labels)`` or taken from ``graph``; the returned map (N, H, W) is the sum of
     the node maps at ``layer_name`` (see :func:`node_attributions`).
 
-    Parameters (``xaitf.settings.INTERVENTIONAL``):
-        data: (images, labels) to draw the correctly classified samples of each class from.
+    Args:
+        model: a chain model (Conv2D / Dense / pooling / Flatten / activation layers), tf-keras
+            or Keras 3.
+        n_samples: at most this many correctly classified inputs of a class learn its graph (100).
+        soft_interventions: soft interventions ``u ~ U(beta, beta + soft_width)`` per weight
+            (True); False: hard, u = 0.
+        layer_name: conv layer of the attributions, fed by another conv layer ("conv2").
+        beta: lower end of the soft draws (0.0).
+        z: one-sided z-test threshold of :func:`select_units` (1.65, p = 0.05).
+        soft_width: width of the soft draws (0.01).
+        fallback: keep the units with ``mean(Y_w / Y_obs - 1) < fallback`` when none passes the
+            z-test (-0.001).
+        intervention_batch: (unit, sample) pairs per forward chunk of graph learning (4096).
+        data: (images, labels) to draw the correctly classified samples of each class from
+            (None: every explained class needs a ``graph``).
         graph: a :class:`CausalGraph`, a JSON path, or ``{class: graph or path}``; classes
-            without one are learned from ``data``.
-        n_samples, soft_interventions, beta, soft_width, z, fallback: graph learning (see
-            :func:`learn_graph`).
-        layer_name: conv layer of the attributions (conv2).
-        intervention_batch: (unit, sample) pairs per forward chunk.
-        seed: seeds the soft interventions.
+            without one are learned from ``data`` (None).
+        **common: batch_size (inputs per attribution chunk), channel_reduce, seed (seeds the soft
+            interventions), progress (see :class:`xaitf.explainer.Explainer`).
 
     Example::
 
@@ -802,12 +807,17 @@ class Interventional(Explainer):
         maps = ex(x, targets)
     """
 
-    key = "interventional"
+    key = "interventional"    # the preset section of xaitf.settings
     uses_logits = True
     stochastic = True
 
-    def fixed_params(self):
-        return {"data": None, "graph": None}
+    def __init__(self, model, *, n_samples=100, soft_interventions=True, layer_name="conv2",
+                 beta=0.0, z=1.65, soft_width=0.01, fallback=-0.001, intervention_batch=4096,
+                 data=None, graph=None, **common):
+        super().__init__(model, params=dict(
+            n_samples=n_samples, soft_interventions=soft_interventions, layer_name=layer_name,
+            beta=beta, z=z, soft_width=soft_width, fallback=fallback,
+            intervention_batch=intervention_batch, data=data, graph=graph), **common)
 
     def setup(self):
         self.chain = Chain(self.model)

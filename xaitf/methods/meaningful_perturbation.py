@@ -138,27 +138,37 @@ MASK_UPDATE = fused(mask_update)
 
 
 class MeaningfulPerturbation(Explainer):
-    """Meaningful Perturbation (Fong & Vedaldi 2017).
+    """Meaningful Perturbation (Fong & Vedaldi 2017); the defaults are study 1's.
 
-    Parameters (``xaitf.settings.MP``, study-1 defaults):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         tv_beta: exponent of the total-variation term (3; at least 1).
         lr: Adam learning rate (0.1).
         max_iterations: optimisation steps (1000).
         l1_coeff: weight of the mask-area term mean|1 - m| (0.01).
         tv_coeff: weight of the total-variation term (0.2).
-        category_coeff: weight of the class probability (1).
+        category_coeff: weight of the class probability (1.0).
         blur_size: side of the median filter that makes the "deleted" image (11).
         mask_scale: the mask has (H/mask_scale, W/mask_scale) cells, upsampled bilinearly (1 = full
             resolution); must divide H and W.
-        normalize: "study1" | "minmax" | "none" (see the module docstring).
-        batch_size: images optimised together (one model evaluation per image and step).
-        seed: seed of the random {0,1} initial mask.
+        normalize: "study1" | "minmax" | "none" (see the module docstring) ("study1").
+        **common: batch_size (images optimised together: one model evaluation per image and
+            step), channel_reduce, seed (of the random {0,1} initial mask), progress (see
+            :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W) maps in [0,1]: the normalised deletion mask.
     """
 
-    key = "mp"
+    key = "mp"            # the preset section of xaitf.settings
     stochastic = True
+
+    def __init__(self, model, *, tv_beta=3, lr=0.1, max_iterations=1000, l1_coeff=0.01,
+                 tv_coeff=0.2, category_coeff=1.0, blur_size=11, mask_scale=1, normalize="study1",
+                 **common):
+        super().__init__(model, params=dict(tv_beta=tv_beta, lr=lr, max_iterations=max_iterations,
+                                            l1_coeff=l1_coeff, tv_coeff=tv_coeff,
+                                            category_coeff=category_coeff, blur_size=blur_size,
+                                            mask_scale=mask_scale, normalize=normalize), **common)
 
     def setup(self):
         p = self.params

@@ -32,20 +32,24 @@ OUTPUTS = ("probabilities", "logits")
 class Occlusion(Explainer):
     """Occlusion sensitivity, batched over inputs and windows.
 
-    Parameters (``xaitf.settings.OCCLUSION``):
-        window: window height and width in pixels (int or pair); it covers every channel.
-        stride: step between windows (int or pair), >= 1.
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        window: window height and width in pixels (int or pair); it covers every channel (1).
+        stride: step between windows (int or pair), >= 1; the last window is flush with the
+            border (1).
         fill: value written into the window: a number, one number per channel (C,), one image
             (H,W,C) (or (H,W) when C == 1: the window gets the image's pixels under it) or one
-            image per input (N,H,W,C).
-        output: ``"probabilities"`` (study 1) or ``"logits"`` (pre-softmax output).
+            image per input (N,H,W,C) (0.0).
+        output: ``"probabilities"`` (study 1) or ``"logits"`` (pre-softmax output)
+            ("probabilities").
         shortcut: use the exact first-layer shortcut when the model allows it
-            (``xaitf.methods.perturb``); False always runs the whole model.
+            (``xaitf.methods.perturb``); False always runs the whole model (True).
         segments: None (default: windows), or occlude segments instead: a segmenter name of
             :mod:`xaitf.segmentation` (``"slic"``), a dict with its name and keywords
             (``{"name": "slic", "n_segments": 8}``), a callable image -> labels, or an integer label
             map (N,H,W) (or (H,W) shared). Segments run the whole model (no shortcut).
-        batch_size: model evaluations (occluded images) per chunk.
+        **common: batch_size (model evaluations, i.e. occluded images, per chunk), channel_reduce,
+            seed, progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W) maps.
 
@@ -54,7 +58,12 @@ class Occlusion(Explainer):
         maps = xaitf.create_explainer("occlusion", model, window=3, stride=2)(x)
     """
 
-    key = "occlusion"
+    key = "occlusion"     # the preset section of xaitf.settings
+
+    def __init__(self, model, *, window=1, stride=1, fill=0.0, output="probabilities",
+                 shortcut=True, segments=None, **common):
+        super().__init__(model, params=dict(window=window, stride=stride, fill=fill, output=output,
+                                            shortcut=shortcut, segments=segments), **common)
 
     def setup(self):
         p = self.params

@@ -55,32 +55,44 @@ def log2_odds(p):
 class PredictionDifference(Explainer):
     """Prediction difference analysis (Zintgraf et al. 2017), batched over inputs and windows.
 
-    Parameters (``xaitf.settings.PDA``):
-        window: window height and width (int or pair), covering every channel.
-        stride: step between windows (int or pair); the last window is flush with the border.
-        sampling: ``"marginal"`` or ``"conditional"`` (see the module docstring).
-        values: number of evenly spaced intensities of [0, 1] (marginal sampling without data), >= 2.
-        train_samples: N of the Laplace correction (study 1: 256,000).
-        num_classes: K of the Laplace correction; None = the model's number of outputs.
-        patch: width of the surrounding patch that conditional sampling conditions on, >= 1.
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        window: window height and width (int or pair), covering every channel (1).
+        stride: step between windows (int or pair); the last window is flush with the border (1).
+        sampling: ``"marginal"`` or ``"conditional"`` (see the module docstring) ("marginal").
+        values: number of evenly spaced intensities of [0, 1] (marginal sampling without data),
+            >= 2 (256).
+        train_samples: N of the Laplace correction (study 1: 256000).
+        num_classes: K of the Laplace correction; None = the model's number of outputs (None).
+        patch: width of the surrounding patch that conditional sampling conditions on, >= 1 (2).
         data: (M,H,W,C) images the sampling distributions are estimated from (None: value grid).
-        samples: draws per window for data-based marginal and conditional sampling.
-        ridge: added to the covariance diagonals of conditional sampling.
-        windows_per_batch: windows per chunk when ``batch_size`` is not given (study 1: 11), so a
+        samples: draws per window for data-based marginal and conditional sampling (10).
+        ridge: added to the covariance diagonals of conditional sampling (1e-4).
+        windows_per_batch: windows per chunk when ``batch_size`` is None (study 1: 11), so a
             chunk holds ``windows_per_batch x samples`` model evaluations.
-        shortcut: use the exact first-layer shortcut when the model allows it.
-        batch_size: model evaluations per chunk (windows x samples); overrides windows_per_batch.
+        shortcut: use the exact first-layer shortcut when the model allows it (True).
+        batch_size: model evaluations per chunk (windows x samples); None (the default) lets
+            ``windows_per_batch`` decide (``windows_per_batch x samples``); a number overrides it.
+        **common: channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W) maps of weights of evidence (bits).
     """
 
-    key = "pda"
+    key = "pda"           # the preset section of xaitf.settings
     uses_logits = False
     stochastic = True
 
-    def __init__(self, model, *, batch_size=None, **kw):
+    def __init__(self, model, *, window=1, stride=1, sampling="marginal", values=256,
+                 train_samples=256000, num_classes=None, patch=2, data=None, samples=10,
+                 ridge=1e-4, windows_per_batch=11, shortcut=True, batch_size=None, **common):
         self._batch_given = batch_size is not None
-        super().__init__(model, batch_size=batch_size, **kw)
+        super().__init__(model, params=dict(window=window, stride=stride, sampling=sampling,
+                                            values=values, train_samples=train_samples,
+                                            num_classes=num_classes, patch=patch, data=data,
+                                            samples=samples, ridge=ridge,
+                                            windows_per_batch=windows_per_batch, shortcut=shortcut),
+                         # None: validated as the common default, then set by setup()
+                         batch_size=256 if batch_size is None else batch_size, **common)
 
     def setup(self):
         p = self.params

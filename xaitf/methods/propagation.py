@@ -11,25 +11,25 @@ Analyzers (the ``analyzer`` fixed parameter; registry names in brackets):
 * ``lrp.z`` [lrp.z] LRP-0 (Bach et al. 2015): ``R_i = sum_j x_i w_ij / z_j R_j``, ``z_j = sum_i x_i
   w_ij + b_j``; the bias is a constant input, so relevance is conserved up to the bias share.
 * ``lrp.epsilon`` [lrp.epsilon]: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j`` (sign(0) = 1);
-  parameter ``epsilon`` (settings LRP, study 1: 1.0).
+  parameter ``epsilon`` (default 1.0, study 1; preset section LRP).
 * ``lrp.alpha_1_beta_0``, ``lrp.alpha_2_beta_1``: ``R_i = sum_j (alpha (x_i w_ij)^+ / z_j^+ - beta
   (x_i w_ij)^- / z_j^-) R_j`` with alpha - beta = 1 (biases counted in z^+ and z^-).
 * ``deep_taylor`` (Montavon et al. 2017, Pattern Recognition 65): z+ rule on ReLU layers, w^2 rule on
   the others, applied to relu(output); ``deep_taylor.bounded`` uses the z^B rule with the input
-  bounds ``low``/``high`` (settings DEEP_TAYLOR) at the first layer.
+  bounds ``low``/``high`` (defaults 0.0 / 1.0; preset section DEEP_TAYLOR) at the first layer.
 * ``gradient``, ``input_t_gradient``, ``guided_backprop``, ``deconvnet`` [inn.*]: iNNvestigate's
   own versions of the native ``grad``, ``inpgrad``, ``gb`` and ``deconvnet``.
 * ``integrated_gradients`` [inn.integrated_gradients] (Sundararajan et al. 2017): ``(x - x0) *
   mean_k grad f(x0 + k/m (x - x0))``, k = 0..m-1 (always the left Riemann sum: the native ``ig``
-  with ``rule="left"`` computes the same); ``steps`` m and ``baseline`` x0 (a scalar or one image)
-  default to settings IG.
+  with ``rule="left"`` computes the same); ``steps`` m (default 64) and ``baseline`` x0 (a scalar
+  or one image; default 0.0), the native ``ig``'s defaults.
 * ``smoothgrad`` [inn.smoothgrad] (Smilkov et al. 2017): ``mean_k grad f(x + n_k)``. iNNvestigate
   2.1.2 stores ``noise_scale`` but never uses it: the noise is always N(0, 1). It is exposed for
   comparison at its real noise 1.0 only (``noise_scale`` must be 1.0); use the native ``sg`` for
-  study 1's noise 0.1. ``samples`` (default settings SG) noisy copies per input; ``postprocess``
-  none|abs|square is applied to each gradient before averaging. The noise comes from a TF1 op in
-  the private graph, seeded through the graph seed: maps repeat for a fresh process and seed, not
-  from one call to the next.
+  study 1's noise 0.1. ``samples`` (default 16, as the native ``sg``) noisy copies per input;
+  ``postprocess`` none|abs|square (default none) is applied to each gradient before averaging. The
+  noise comes from a TF1 op in the private graph, seeded through the graph seed: maps repeat for a
+  fresh process and seed, not from one call to the next.
 
 Every analyzer explains the pre-softmax output ``f_c`` of the target class and returns
 per-channel (N,H,W,C) maps (channel reduction by the Explainer base). Like LRP and Deep Taylor,
@@ -50,11 +50,10 @@ import tensorflow as tf
 from ..errors import MethodError, ModelError
 from ..explainer import Explainer
 from ..keras_bridge import activation_name, is_softmax_layer, layer_type
-from .. import settings as S
 from .. import twin as T
 
 RELU_ONLY = ("deep_taylor", "deep_taylor.bounded", "guided_backprop", "deconvnet")
-# analyzer -> settings section its parameters come from (None: no parameters)
+# analyzer -> the xaitf.settings preset section of its parameters (None: no preset section)
 SECTIONS = {
     "lrp.z": None, "lrp.epsilon": "lrp", "lrp.alpha_1_beta_0": None, "lrp.alpha_2_beta_1": None,
     "deep_taylor": None, "deep_taylor.bounded": "deep_taylor",
@@ -62,6 +61,12 @@ SECTIONS = {
     "integrated_gradients": None, "smoothgrad": None,
 }
 ANALYZERS = tuple(SECTIONS)
+# analyzer -> the keys of its ``params``, in order (the other parameters of the signature are not its own)
+ANALYZER_PARAMS = {
+    "lrp.epsilon": ("epsilon", "analyzer"), "deep_taylor.bounded": ("low", "high", "analyzer"),
+    "integrated_gradients": ("analyzer", "steps", "baseline"),
+    "smoothgrad": ("analyzer", "samples", "noise_scale", "postprocess"),
+}
 _LINEAR_ACTS = ("linear", "relu", None)
 
 # module-wide count of analyzers built (tests and benchmarks read it)
@@ -85,6 +90,18 @@ def _relu_only_violation(model):
     return None
 
 
+def _same(value, default):
+    """Whether a parameter was left at its default (arrays never count as a scalar default)."""
+    if value is default:
+        return True
+    if isinstance(value, (bool, np.ndarray)) or isinstance(default, (bool, np.ndarray)):
+        return False
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError):
+        return False
+
+
 def _inner_softmax(model):
     """The first softmax that is not the model's final one (iNNvestigate cannot analyze it)."""
     out_layer = T._history(model.outputs[0])[0]
@@ -99,35 +116,53 @@ def _inner_softmax(model):
 class InnvestigateExplainer(Explainer):
     """One iNNvestigate analyzer on the pre-softmax output (see the module docstring).
 
+    Each analyzer takes only its own parameters (:data:`ANALYZER_PARAMS`); a value other than the
+    default for another analyzer's parameter (``epsilon=0.1`` with ``lrp.z``) raises MethodError.
+
     Args:
         model: tf-keras or Keras 3 model of the layers in :data:`xaitf.twin.SUPPORTED`.
-        analyzer: one of :data:`ANALYZERS` (the registry passes it).
-        epsilon: LRP-epsilon stabiliser (``lrp.epsilon``), > 0.
-        low, high: input bounds of ``deep_taylor.bounded``, low < high.
-        steps, baseline: integration steps and baseline of ``integrated_gradients``.
-        samples, noise_scale, postprocess: ``smoothgrad`` (noise_scale must be 1.0, see above).
-        batch_size: inputs x steps/samples per analyzer call.
+        analyzer: one of :data:`ANALYZERS` (the registry passes it) (None: refused).
+        epsilon: LRP-epsilon stabiliser (``lrp.epsilon``), > 0 (1.0, study 1).
+        low: lower input bound of ``deep_taylor.bounded``, low < high (0.0).
+        high: upper input bound of ``deep_taylor.bounded`` (1.0).
+        steps: integration steps of ``integrated_gradients``, an integer >= 1 (64).
+        baseline: baseline x0 of ``integrated_gradients``: a scalar, one value per channel or one
+            image (0.0).
+        samples: noisy copies per input of ``smoothgrad``, an integer >= 1 (16).
+        noise_scale: ``smoothgrad``'s noise_scale; must be 1.0, iNNvestigate's real noise (1.0,
+            see the module docstring).
+        postprocess: ``smoothgrad``'s per-gradient postprocessing, "none" | "abs" | "square"
+            ("none").
+        **common: batch_size (inputs x steps/samples per analyzer call), channel_reduce, seed,
+            progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (from ``__call__``): maps (N,H,W) after channel reduction, or (N,H,W,C) with
     ``channel_reduce="none"``.
     """
 
-    def __init__(self, model, analyzer=None, **params):
+    def __init__(self, model, analyzer=None, *, epsilon=1.0, low=0.0, high=1.0, steps=64, baseline=0.0,
+                 samples=16, noise_scale=1.0, postprocess="none", **common):
         name = str(analyzer).strip().lower() if analyzer is not None else None
         if name not in SECTIONS:
             raise MethodError(f"unknown iNNvestigate analyzer {analyzer!r}; valid: {', '.join(ANALYZERS)}")
+        given = dict(analyzer=name, epsilon=epsilon, low=low, high=high, steps=steps, baseline=baseline,
+                     samples=samples, noise_scale=noise_scale, postprocess=postprocess)
+        own = ANALYZER_PARAMS.get(name, ("analyzer",))
+        defaults = InnvestigateExplainer.parameters()
+        foreign = [k for k in given if k not in own and not _same(given[k], defaults[k])]
+        if foreign:
+            valid = ", ".join(k for k in own if k != "analyzer") or "none"
+            raise MethodError(f"InnvestigateExplainer ({name}) got unknown parameter(s) {', '.join(foreign)}; "
+                              f"valid for {name}: {valid} (plus batch_size, channel_reduce, seed, progress)")
         self.analyzer_name = name
         self.key = SECTIONS[name]
-        super().__init__(model, analyzer=name, **params)
+        super().__init__(model, params={k: given[k] for k in own}, **common)
 
-    def fixed_params(self):
-        extra = {"analyzer": None}
-        if self.analyzer_name == "integrated_gradients":  # settings IG, less its quadrature rule
-            ig = S.section("ig")
-            extra.update(steps=ig.get("steps", 64), baseline=ig.get("baseline", 0.0))
-        elif self.analyzer_name == "smoothgrad":
-            extra.update(samples=S.section("sg").get("samples", 16), noise_scale=1.0, postprocess="none")
-        return extra
+    @staticmethod
+    def preset_section(analyzer=None, **_):
+        """The :mod:`xaitf.settings` section of ``analyzer``'s presets (:data:`SECTIONS`; None: none)."""
+        name = str(analyzer).strip().lower() if analyzer is not None else None
+        return SECTIONS.get(name)
 
     # -- setup: cheap checks first, then the twin and the analyzer ---------------------------
     def setup(self):

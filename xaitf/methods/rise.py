@@ -97,18 +97,23 @@ def saliency_function(forward, shape, cell, activation):
 class Rise(Explainer):
     """RISE saliency (Petsiuk et al. 2018).
 
-    Parameters (``xaitf.settings.RISE``):
-        masks: number of random masks N (paper: 4000 for ResNet50 / 8000 for VGG16).
-        cell: the random grid has ``cell x cell`` cells (paper: s = 7).
-        p: probability of keeping a cell (paper: 0.5).
-        batch_size: perturbed images per model evaluation (inputs x masks).
-        seed: the same seed gives the same masks and maps.
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        masks: number of random masks N (4000; paper: 4000 for ResNet50 / 8000 for VGG16).
+        cell: the random grid has ``cell x cell`` cells (7; paper: s = 7).
+        p: probability of keeping a cell (0.5; paper: 0.5).
+        **common: batch_size (perturbed images, inputs x masks, per model evaluation),
+            channel_reduce, seed (the same seed gives the same masks and maps), progress (see
+            :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W): one map per pixel (a mask covers every channel of a pixel).
     """
 
-    key = "rise"
+    key = "rise"          # the preset section of xaitf.settings
     stochastic = True
+
+    def __init__(self, model, *, masks=4000, cell=7, p=0.5, **common):
+        super().__init__(model, params=dict(masks=masks, cell=cell, p=p), **common)
 
     def setup(self):
         self.n_masks = _number(self.params, "masks", int, 1)

@@ -39,11 +39,13 @@ FEATURES = ("pixels", "channels")
 class ShapleySampling(Explainer):
     """Shapley value sampling (Castro et al. 2009) of the pre-softmax target output.
 
-    Parameters (``xaitf.settings.SHAPLEY``):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         samples: number of random permutations S (study 1: 100; its script used 2).
         baseline: value of a removed feature: a number, one number per channel (C,), one image
-            (H,W,C) (or (H,W) when C == 1) or one image per input (N,H,W,C).
-        features: ``"pixels"`` (a feature is a pixel with all its channels) or ``"channels"``.
+            (H,W,C) (or (H,W) when C == 1) or one image per input (N,H,W,C) (0.0).
+        features: ``"pixels"`` (a feature is a pixel with all its channels) or ``"channels"``
+            ("pixels").
         shortcut: the exact first-layer shortcut: True (whenever the model allows it), False, or
             "dense" (default: only after Flatten -> Dense; measured on small CNNs, the Conv2D
             shortcut's cumulative prefix maps cost more than recomputing the first convolution).
@@ -51,14 +53,20 @@ class ShapleySampling(Explainer):
             segments: a segmenter name of :mod:`xaitf.segmentation` (``"slic"``), a dict with its
             name and keywords (``{"name": "slic", "n_segments": 8}``), a callable image -> labels, or
             an integer label map (N,H,W) (or (H,W) shared). Always the plain path (no shortcut).
-        batch_size: model evaluations (prefixes) per chunk.
-        seed: seed of the permutations (and of a seeded segmenter).
+        **common: batch_size (model evaluations, i.e. prefixes, per chunk), channel_reduce, seed
+            (of the permutations and of a seeded segmenter), progress (see
+            :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W) maps (``"channels"``: per-channel maps reduced by ``channel_reduce``).
     """
 
-    key = "shapley"
+    key = "shapley"       # the preset section of xaitf.settings
     stochastic = True
+
+    def __init__(self, model, *, samples=100, baseline=0.0, features="pixels", shortcut="dense",
+                 segments=None, **common):
+        super().__init__(model, params=dict(samples=samples, baseline=baseline, features=features,
+                                            shortcut=shortcut, segments=segments), **common)
 
     def setup(self):
         p = self.params

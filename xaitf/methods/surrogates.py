@@ -213,28 +213,42 @@ class LimeExplainer(_LibraryExplainer):
     weighted ridge regression (alpha 1) of the target score on z; the coefficients are the segment
     weights.
 
-    Parameters (``xaitf.settings.LIME``):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         num_samples: perturbed images per explanation (study 1: 1000).
-        hide_color: value of hidden segments (study 1: 0); None = each segment's mean colour
+        hide_color: value of hidden segments (study 1: 0.0); None = each segment's mean colour
             (1- or 3-channel images only).
         kernel_width: width of LIME's exponential kernel on cosine distances (lime default 0.25).
-        segmenter: "quickshift" | "slic" | "grid" or a callable image -> int map.
-        kernel_size, max_dist, ratio: quickshift settings; None = chosen by image size
+        segmenter: "quickshift" (default) | "slic" | "grid" or a callable image -> int map.
+        kernel_size, max_dist, ratio: quickshift settings; None (default) = chosen by image size
             (study 1's 4 / 200 / 0.2 at 227x227; see :mod:`xaitf.segmentation`).
-        n_segments, compactness, sigma: SLIC settings. cell: grid cell side in pixels.
-        output: "probabilities" (study 1) or "logits".
-        mask_output: True (study 1): the map is lime's ``get_image_and_mask(label,
+        n_segments, compactness, sigma: SLIC settings (50, 30, 3).
+        cell: grid cell side in pixels (4).
+        output: "probabilities" (study 1; default) or "logits".
+        positive_only, num_features: the mask's selection (study 1: True, 1 = top positive segment).
+        mask_output: True (study 1; default): the map is lime's ``get_image_and_mask(label,
             positive_only, num_features, hide_rest=True)`` mask (1 on the chosen segments, -1 on
             negative ones when positive_only is False, 0 elsewhere); False: every segment's weight
             painted on its pixels.
-        positive_only, num_features: the mask's selection (study 1: True, 1 = top positive segment).
-        batch_size: images per classifier call. seed: lime's sampling and quickshift's seed.
+        **common: batch_size (images per classifier call), channel_reduce, seed (lime's sampling
+            and quickshift's seed), progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W).
     """
 
-    key = "lime"
+    key = "lime"          # the preset section of xaitf.settings (shared with the native ``lime``)
     stochastic = True
+
+    def __init__(self, model, *, num_samples=1000, hide_color=0.0, kernel_width=0.25,
+                 segmenter="quickshift", kernel_size=None, max_dist=None, ratio=None,
+                 n_segments=50, compactness=30, sigma=3, cell=4, output="probabilities",
+                 positive_only=True, num_features=1, mask_output=True, **common):
+        super().__init__(model, params=dict(
+            num_samples=num_samples, hide_color=hide_color, kernel_width=kernel_width,
+            segmenter=segmenter, kernel_size=kernel_size, max_dist=max_dist, ratio=ratio,
+            n_segments=n_segments, compactness=compactness, sigma=sigma, cell=cell, output=output,
+            positive_only=positive_only, num_features=num_features, mask_output=mask_output),
+            **common)
 
     def setup_method(self):
         self._int("num_samples")
@@ -287,7 +301,8 @@ class LimeExplainer(_LibraryExplainer):
 
 # ---------------------------------------------------------------------------------------------
 class KernelShapExplainer(_LibraryExplainer):
-    """Kernel SHAP over superpixels (Lundberg & Lee, NeurIPS 2017) through ``shap.KernelExplainer``.
+    """Kernel SHAP over superpixels (Lundberg & Lee, NeurIPS 2017) through ``shap.KernelExplainer``;
+    the defaults are study 1's.
 
     The features are the S segments of each image; the game is ``v(z) = f_c(x_z)`` where ``x_z``
     keeps the segments with z_s = 1 and fills the others with ``background``. Kernel SHAP fits
@@ -295,23 +310,34 @@ class KernelShapExplainer(_LibraryExplainer):
     that is fewer: then the values are the exact Shapley values); they sum to
     ``f_c(x) - f_c(background image)``.
 
-    Parameters (``xaitf.settings.SHAP``, study 1 defaults):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         nsamples: coalitions evaluated per image (1000).
-        background: fill of removed segments: scalar (0), one value per channel, or an image.
+        background: fill of removed segments: scalar (0.0), one value per channel, or an image.
         segmenter: "slic" (default) | "quickshift" | "grid" | a callable image -> int map.
         n_segments, compactness, sigma: SLIC settings (50, 30, 3, on the image; gray images are
             segmented as 3 equal channels, as study 1 did).
-        cell: grid cell side; kernel_size, max_dist, ratio: quickshift settings (None = by size).
-        output: "probabilities" (study 1) or "logits".
+        cell: grid cell side (4).
+        kernel_size, max_dist, ratio: quickshift settings (None = by size).
+        output: "probabilities" (study 1; default) or "logits".
         l1_reg: shap's feature selection; False (default) keeps every segment.
-        batch_size: images per model call. seed: shap's coalition sampling (numpy's global
-            generator is seeded for the call and restored afterwards).
+        **common: batch_size (images per model call), channel_reduce, seed (shap's coalition
+            sampling: numpy's global generator is seeded for the call and restored afterwards),
+            progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W): each segment's SHAP value painted on its pixels.
     """
 
-    key = "shap"
+    key = "shap"          # the preset section of xaitf.settings (shared with ``kernelshap``)
     stochastic = True
+
+    def __init__(self, model, *, nsamples=1000, background=0.0, segmenter="slic", n_segments=50,
+                 compactness=30, sigma=3, cell=4, kernel_size=None, max_dist=None, ratio=None,
+                 output="probabilities", l1_reg=False, **common):
+        super().__init__(model, params=dict(
+            nsamples=nsamples, background=background, segmenter=segmenter, n_segments=n_segments,
+            compactness=compactness, sigma=sigma, cell=cell, kernel_size=kernel_size,
+            max_dist=max_dist, ratio=ratio, output=output, l1_reg=l1_reg), **common)
 
     def setup_method(self):
         self._int("nsamples")
@@ -372,20 +398,28 @@ class ShapGradientExplainer(_LibraryExplainer):
     with ``nsamples`` draws per image. With a constant background (the default: one all-zero image)
     this is integrated gradients from that baseline with random path points.
 
-    Parameters (``xaitf.settings.SHAP_GRADIENT``):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         nsamples: gradient evaluations per image (shap default 200).
-        background: scalar (0: one all-zero image), an image, or a batch (B,H,W,C) of reference
+        background: scalar (0.0: one all-zero image), an image, or a batch (B,H,W,C) of reference
             images (e.g. a few training images); several identical images add nothing.
-        local_smoothing: std of Gaussian noise added to x before each sample (shap option, 0).
+        local_smoothing: std of Gaussian noise added to x before each sample (shap option, 0.0).
         output: "logits" (default) or "probabilities".
-        batch_size: gradient evaluations per model call. seed: shap's ``rseed`` (numpy's global
-            generator is restored afterwards); each image is explained with the same seed.
+        **common: batch_size (gradient evaluations per model call), channel_reduce, seed (shap's
+            ``rseed``; numpy's global generator is restored afterwards; each image is explained
+            with the same seed), progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W,C) per-channel values (reduced by ``channel_reduce``).
     """
 
-    key = "shap_gradient"
+    key = "shap_gradient"     # the preset section of xaitf.settings
     stochastic = True
+
+    def __init__(self, model, *, nsamples=200, background=0.0, local_smoothing=0.0,
+                 output="logits", **common):
+        super().__init__(model, params=dict(nsamples=nsamples, background=background,
+                                            local_smoothing=local_smoothing, output=output),
+                         **common)
 
     def setup_method(self):
         shap = _shap()
@@ -421,17 +455,26 @@ class ShapDeepExplainer(_LibraryExplainer):
     ...); it only explains a fixed output column, so xaitf builds one head model per target class
     (input -> column t, in the output's dtype) and caches its explainer.
 
-    Parameters (``xaitf.settings.SHAP_DEEP``):
-        background: scalar (0: one all-zero image), an image, or a batch (B,H,W,C).
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        background: scalar (0.0: one all-zero image), an image, or a batch (B,H,W,C).
         output: "logits" (default) or "probabilities".
-        check_additivity: check ``sum phi = f_c(x) - E_b f_c(b)``: xaitf checks it itself within
-            ``1e-2 + 1e-6 * max(|f_c(x)|, |E f_c|)``: shap's own check uses an absolute 1e-2 that
-            float32 rounding exceeds on models with large outputs (the center-pixel logits ~3e7).
+        check_additivity: check ``sum phi = f_c(x) - E_b f_c(b)`` (True): xaitf checks it itself
+            within ``1e-2 + 1e-6 * max(|f_c(x)|, |E f_c|)``: shap's own check uses an absolute 1e-2
+            that float32 rounding exceeds on models with large outputs (the center-pixel logits
+            ~3e7).
+        **common: batch_size, channel_reduce, seed, progress (see
+            :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W,C) per-channel values.
     """
 
-    key = "shap_deep"
+    key = "shap_deep"         # the preset section of xaitf.settings
+
+    def __init__(self, model, *, background=0.0, output="logits", check_additivity=True,
+                 **common):
+        super().__init__(model, params=dict(background=background, output=output,
+                                            check_additivity=check_additivity), **common)
 
     def setup_method(self):
         self._bg = _background(self.params["background"], self.shape, "ShapDeepExplainer")
@@ -476,16 +519,23 @@ class ShapPartitionExplainer(_LibraryExplainer):
     ``"inpaint_telea"`` / ``"inpaint_ns"`` (OpenCV inpainting), or a number (a constant fill).
     Values over all pixels sum to ``f_c(x) - f_c(fully masked x)``. Works at any image size.
 
-    Parameters (``xaitf.settings.SHAP_PARTITION``):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         max_evals: model evaluations per image (shap default 500).
         masker: see above (default "blur(8,8)").
         output: "logits" (default) or "probabilities".
-        batch_size: images per model call. Deterministic (the partition tree is fixed).
+        **common: batch_size (images per model call), channel_reduce, seed (unused:
+            deterministic, the partition tree is fixed), progress (see
+            :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W,C) per-channel values.
     """
 
-    key = "shap_partition"
+    key = "shap_partition"    # the preset section of xaitf.settings
+
+    def __init__(self, model, *, max_evals=500, masker="blur(8,8)", output="logits", **common):
+        super().__init__(model, params=dict(max_evals=max_evals, masker=masker, output=output),
+                         **common)
 
     def setup_method(self):
         shap = _shap()

@@ -268,12 +268,14 @@ def _stat_specs():
 
 
 class _Surrogate(SuperpixelMixin, Explainer):
-    """Shared plumbing of the native surrogates: settings, segments, the chunked program."""
+    """Shared plumbing of the native surrogates: parameter checks, segments, the chunked program.
+
+    Both subclasses take, besides their own parameters, ``jit_compile`` ("auto": XLA for large
+    plain-path runs when XLA works here | True | False) and ``shortcut`` (True: the exact
+    first-layer shortcut after a ``Flatten -> Dense`` first layer | False: always the plain path).
+    """
 
     stochastic = True
-
-    def fixed_params(self):
-        return {"jit_compile": "auto", "shortcut": True}
 
     def __call__(self, x, targets=None):
         self._offset = 0
@@ -541,31 +543,50 @@ class Lime(_Surrogate):
     ``num_features`` at least the number of segments (the library path passes 100000) keeps every
     segment, so every segment is fitted here (no selection step).
 
-    Parameters (``xaitf.settings.LIME``, shared with ``lime.lib``):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         num_samples: masks per image (study 1: 1000).
-        hide_color: value of hidden segments (study 1: 0), one value per channel, an image, one
+        hide_color: value of hidden segments (study 1: 0.0), one value per channel, an image, one
             image per input (N,H,W,C), or None (each segment's mean colour, per channel, as lime).
         kernel_width: width of the exponential kernel on cosine distances (lime default 0.25).
-        segmenter and its settings: see :mod:`xaitf.segmentation`.
-        output: "probabilities" (study 1, lime's convention) or "logits".
+        segmenter: "quickshift" (default) | "slic" | "grid" (see :mod:`xaitf.segmentation`).
+        kernel_size, max_dist, ratio: quickshift settings; None (default) = chosen by image size
+            (study 1's 4 / 200 / 0.2 at >= 128 px; 1 / 5 / 0.2 below 64 px).
+        n_segments, compactness, sigma: SLIC settings (50, 30, 3).
+        cell: grid cell side in pixels (4).
+        output: "probabilities" (study 1, lime's convention; default) or "logits".
+        positive_only, num_features: the mask's selection (study 1: True, 1).
         mask_output: True (study 1): the map is lime's ``get_image_and_mask(label,
             positive_only, num_features, hide_rest=True)`` mask: 1 on the chosen segments (-1 on
             negative ones when positive_only is False), 0 elsewhere; False: each segment's
             weight painted on its pixels.
-        positive_only, num_features: the mask's selection (study 1: True, 1).
-        sampler (keyword only): "device" (default) draws the masks on the device from the seed;
-            "lime" uses lime's own numpy stream (``RandomState(seed)``, per image), so that with
-            the same segments the result equals ``lime.lib``'s.
-        batch_size: model evaluations per chunk. seed: the masks (and quickshift's seed).
+        jit_compile: "auto" (default: XLA for large plain-path runs, when XLA works here), True
+            or False.
+        shortcut: True (default): the exact first-layer shortcut after a ``Flatten -> Dense``
+            first layer; False: always the plain path.
+        sampler: "device" (default) draws the masks on the device from the seed; "lime" uses
+            lime's own numpy stream (``RandomState(seed)``, per image), so that with the same
+            segments the result equals ``lime.lib``'s.
+        **common: batch_size (model evaluations per chunk), channel_reduce, seed (the masks, and
+            quickshift's seed), progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W). :meth:`fit` gives the weights, intercepts, R^2 and local predictions, and
     takes your own segments and masks.
     """
 
-    key = "lime"
+    key = "lime"          # the preset section of xaitf.settings (shared with ``lime.lib``)
 
-    def fixed_params(self):
-        return {**super().fixed_params(), "sampler": "device"}
+    def __init__(self, model, *, num_samples=1000, hide_color=0.0, kernel_width=0.25,
+                 segmenter="quickshift", kernel_size=None, max_dist=None, ratio=None,
+                 n_segments=50, compactness=30, sigma=3, cell=4, output="probabilities",
+                 positive_only=True, num_features=1, mask_output=True, jit_compile="auto",
+                 shortcut=True, sampler="device", **common):
+        super().__init__(model, params=dict(
+            num_samples=num_samples, hide_color=hide_color, kernel_width=kernel_width,
+            segmenter=segmenter, kernel_size=kernel_size, max_dist=max_dist, ratio=ratio,
+            n_segments=n_segments, compactness=compactness, sigma=sigma, cell=cell, output=output,
+            positive_only=positive_only, num_features=num_features, mask_output=mask_output,
+            jit_compile=jit_compile, shortcut=shortcut, sampler=sampler), **common)
 
     def setup_method(self):
         check_int(self.params["num_samples"], "num_samples", "Lime", 1)
@@ -717,20 +738,39 @@ class KernelShap(_Surrogate):
     twice instead of once with double weight (the same weighted fit); all 2^M - 2 coalitions
     (nsamples >= 2^M - 2) give the exact Shapley values.
 
-    Parameters (``xaitf.settings.SHAP``, shared with ``shap.lib``):
+    Args:
+        model: tf-keras or Keras 3 image classifier.
         nsamples: coalitions per image (study 1: 1000), or "auto" (shap's 2 M + 2048).
-        background: fill of removed segments: a number (0), one per channel, an image, or one
+        background: fill of removed segments: a number (0.0), one per channel, an image, or one
             image per input (N,H,W,C).
-        segmenter and its settings: see :mod:`xaitf.segmentation` (SLIC by default).
-        output: "probabilities" (study 1) or "logits".
-        l1_reg: must be False (or 0): no feature selection (use ``shap.lib`` for shap's l1 options).
-        batch_size: model evaluations per chunk. seed: the sampled coalitions.
+        segmenter: "slic" (default) | "quickshift" | "grid" (see :mod:`xaitf.segmentation`).
+        n_segments, compactness, sigma: SLIC settings (50, 30, 3).
+        cell: grid cell side in pixels (4).
+        kernel_size, max_dist, ratio: quickshift settings; None (default) = chosen by image size.
+        output: "probabilities" (study 1; default) or "logits".
+        l1_reg: must be False (default) or 0: no feature selection (use ``shap.lib`` for shap's l1
+            options).
+        jit_compile: "auto" (default: XLA for large plain-path runs, when XLA works here), True
+            or False.
+        shortcut: True (default): the exact first-layer shortcut after a ``Flatten -> Dense``
+            first layer; False: always the plain path.
+        **common: batch_size (model evaluations per chunk), channel_reduce, seed (the sampled
+            coalitions), progress (see :class:`xaitf.explainer.Explainer`).
 
     Returns (N,H,W): each segment's SHAP value painted on its pixels. :meth:`fit` gives the values
     with f(x) and f(background), and takes your own segments.
     """
 
-    key = "shap"
+    key = "shap"          # the preset section of xaitf.settings (shared with ``shap.lib``)
+
+    def __init__(self, model, *, nsamples=1000, background=0.0, segmenter="slic", n_segments=50,
+                 compactness=30, sigma=3, cell=4, kernel_size=None, max_dist=None, ratio=None,
+                 output="probabilities", l1_reg=False, jit_compile="auto", shortcut=True, **common):
+        super().__init__(model, params=dict(
+            nsamples=nsamples, background=background, segmenter=segmenter, n_segments=n_segments,
+            compactness=compactness, sigma=sigma, cell=cell, kernel_size=kernel_size,
+            max_dist=max_dist, ratio=ratio, output=output, l1_reg=l1_reg, jit_compile=jit_compile,
+            shortcut=shortcut), **common)
 
     def setup_method(self):
         ns = self.params["nsamples"]

@@ -74,12 +74,21 @@ class TfxGradCam(_TfxBase):
     first masked by ``A > 0`` and ``grad > 0``. No ReLU is applied. The (h,w) map is resized to the
     input size bilinearly (as tf-explain's display does).
 
-    Settings (TFX_GRADCAM): ``layer`` conv layer name (None: the last Conv2D; tf-explain itself
-    needs the name), ``use_guided_grads``, ``output`` "logits" (y_c pre-softmax, default) or
-    "probabilities" (tf-explain's own usage, the model as given).
+    Args:
+        model: tf-keras or Keras 3 image classifier with a convolutional layer.
+        layer: conv layer name; None = the last Conv2D (tf-explain itself needs the name) (None).
+        use_guided_grads: mask the gradients by ``A > 0`` and ``grad > 0`` (tf-explain's default)
+            (True).
+        output: "logits" (y_c pre-softmax) | "probabilities" (tf-explain's own usage, the model as
+            given) ("logits").
+        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
     """
 
-    key = "tfx_gradcam"
+    key = "tfx_gradcam"     # the settings preset section (command lines and studies)
+
+    def __init__(self, model, *, layer=None, use_guided_grads=True, output="logits", **common):
+        super().__init__(model, params=dict(layer=layer, use_guided_grads=use_guided_grads,
+                                            output=output), **common)
 
     def _setup(self):
         from tf_explain.core.grad_cam import GradCAM
@@ -106,12 +115,20 @@ class TfxOcclusion(_TfxBase):
     127.5; the coarse map holds ``1 - y_c(occluded)`` and is resized to the input size (cv2
     bilinear). Square images only (tf-explain mixes up height and width otherwise).
 
-    Settings (TFX_OCCLUSION): ``patch_size``; ``output`` "probabilities" (default; what
-    tf-explain's 1 - confidence assumes) or "logits". ``batch_size`` = occluded images per
-    forward pass.
+    Args:
+        model: tf-keras or Keras 3 image classifier (square images).
+        patch_size: patch side = stride in pixels, an integer >= 1 (4); the fill is tf-explain's
+            fixed 127.5.
+        output: "probabilities" (what tf-explain's 1 - confidence assumes) | "logits"
+            ("probabilities").
+        **common: batch_size (occluded images per forward pass), channel_reduce, seed, progress
+            (see :class:`xaitf.explainer.Explainer`).
     """
 
-    key = "tfx_occlusion"
+    key = "tfx_occlusion"     # the settings preset section (command lines and studies)
+
+    def __init__(self, model, *, patch_size=4, output="probabilities", **common):
+        super().__init__(model, params=dict(patch_size=patch_size, output=output), **common)
 
     def _setup(self):
         from tf_explain.core.occlusion_sensitivity import OcclusionSensitivity
@@ -156,13 +173,22 @@ class TfxSmoothGrad(_TfxBase):
     cross-entropy assumes ``y`` are softmax probabilities, hence ``output="probabilities"`` by
     default.
 
-    Settings (TFX_SMOOTHGRAD): ``samples`` noisy copies per input, ``noise`` the absolute noise std
-    (tf-explain's default 1.0, not a fraction of the input range), ``output``. ``batch_size`` =
-    inputs x samples per gradient call.
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        samples: noisy copies per input, an integer >= 1 (16).
+        noise: the absolute std of the Gaussian noise, >= 0 (tf-explain's default 1.0, not a
+            fraction of the input range) (1.0).
+        output: "probabilities" (its cross-entropy loss assumes softmax outputs) | "logits"
+            ("probabilities").
+        **common: batch_size (inputs x samples per gradient call), channel_reduce, seed, progress
+            (see :class:`xaitf.explainer.Explainer`).
     """
 
-    key = "tfx_smoothgrad"
+    key = "tfx_smoothgrad"     # the settings preset section (command lines and studies)
     stochastic = True
+
+    def __init__(self, model, *, samples=16, noise=1.0, output="probabilities", **common):
+        super().__init__(model, params=dict(samples=samples, noise=noise, output=output), **common)
 
     def _setup(self):
         from tf_explain.core.smoothgrad import SmoothGrad
@@ -196,11 +222,18 @@ class TfxIntegratedGradients(_TfxBase):
     ``g = mean_k grad y_c(k/(m-1) x)``, k = 0..m-1 (baseline 0, both ends included), WITHOUT the
     ``(x - baseline)`` factor of the paper, so completeness does not hold; map = ``sum_c |g_c|``.
 
-    Settings (TFX_IG): ``steps`` m (>= 2), ``output`` "logits" (default) or "probabilities".
-    ``batch_size`` = inputs x steps per gradient call.
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        steps: m, path points, an integer >= 2 (64).
+        output: "logits" | "probabilities" ("logits").
+        **common: batch_size (inputs x steps per gradient call), channel_reduce, seed, progress
+            (see :class:`xaitf.explainer.Explainer`).
     """
 
-    key = "tfx_ig"
+    key = "tfx_ig"     # the settings preset section (command lines and studies)
+
+    def __init__(self, model, *, steps=64, output="logits", **common):
+        super().__init__(model, params=dict(steps=steps, output=output), **common)
 
     def _setup(self):
         from tf_explain.core.integrated_gradients import IntegratedGradients

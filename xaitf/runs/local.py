@@ -61,7 +61,7 @@ def build_explainers(keys, model):
     out = {}
     for k in keys:
         try:
-            out[k] = registry.create_explainer(k, model, progress=False)
+            out[k] = registry.create_from_presets(k, model, progress=False)
         except XaitfError as e:
             raise type(e)(f"{k}: {cli.one_line(e)}") from e
     return out

@@ -100,12 +100,12 @@ class Runner:
     def explain(self, method, x, target, alpha=None, **params):
         """Raw (H, W) map of ``method`` (study-1 settings + quick overrides + ``params``), seconds."""
         kw = {**self.extra.get(method, {}), **params}
-        full = {**S.section(registry.get_method(method).key or ""), **kw}
+        full = {**registry.preset_kwargs(method), **kw}
         key = (method, float(S.GLOBAL["alpha"] if alpha is None else alpha),
                tuple(sorted((k, repr(v)) for k, v in full.items())), hash(x.tobytes()), int(target))
         if key not in self.cache:
-            e = registry.create_explainer(method, self.model(alpha), seed=self.seed,
-                                          progress=self.progress, **kw)
+            e = registry.create_from_presets(method, self.model(alpha), seed=self.seed,
+                                             progress=self.progress, **kw)
             t0 = time.perf_counter()
             m = np.asarray(e(x, np.array([int(target)])))[0].astype(np.float64)
             self.cache[key] = (m, time.perf_counter() - t0, e)

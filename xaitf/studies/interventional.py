@@ -178,8 +178,8 @@ def run(args):
 
 
 def causal_explainer(model, graph, cfg, seed, progress):
-    return registry.create_explainer("interventional", model, graph={int(graph.target): graph},
-                                     layer_name=cfg["layer_name"], seed=seed, progress=progress)
+    return registry.create_from_presets("interventional", model, graph={int(graph.target): graph},
+                                        layer_name=cfg["layer_name"], seed=seed, progress=progress)
 
 
 class Memo:
@@ -207,8 +207,8 @@ def score_methods(model, graph, x, targets, cfg, seed, progress):
 
     methods = [("Causal", "interventional", causal_explainer(model, graph, cfg, seed, progress))]
     for name, key, kw in BASELINES:
-        methods.append((name, key, registry.create_explainer(key, model, seed=seed, progress=progress,
-                                                             **kw)))
+        methods.append((name, key, registry.create_from_presets(key, model, seed=seed, progress=progress,
+                                                                **kw)))
     rows, examples = [], {}
     for name, key, ex in methods:
         C.log(f"  metrics: {name} ({key})")

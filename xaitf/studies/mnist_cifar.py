@@ -111,11 +111,11 @@ class Maps:
             full = rng.random((len(self.x),) + self.x.shape[1:3])
             out = full[todo]
         elif len(todo):
-            from .. import create_explainer
+            from ..registry import create_from_presets
 
             if name not in self._ex:
-                self._ex[name] = create_explainer(registry_name(name, self.p), self.model, seed=self.seed,
-                                                  **method_params(name, self.p, self.quick))
+                self._ex[name] = create_from_presets(registry_name(name, self.p), self.model, seed=self.seed,
+                                                     **method_params(name, self.p, self.quick))
                 self.notes[name] = getattr(self._ex[name], "output_note", "")
             out = self._ex[name](self.x[todo], self.predicted(todo))
         if len(todo):

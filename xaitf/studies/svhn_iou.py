@@ -253,7 +253,7 @@ def _f(v):
 
 def run(args):
     """Run study 5; returns a dict with the run folder and the numbers written to results.json."""
-    from .. import create_explainer
+    from ..registry import create_from_presets as create_explainer
     from ..zoo import registry
 
     start = C.begin_run(args, STUDY, QUICK)   # settings section (full sizes), QUICK with --quick

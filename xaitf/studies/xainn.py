@@ -213,7 +213,7 @@ def lime_figure(x, y, masks, preds, names, titles, data_note, samples):
 # -- the study ---------------------------------------------------------------------------------
 def run(args):
     """Run study 3; returns a dict with the run folder and the numbers written to results.json."""
-    from .. import create_explainer
+    from ..registry import create_from_presets as create_explainer
     from .. import data as D
     from ..keras_bridge import logits_model
     from ..segmentation import quickshift_params
