@@ -435,18 +435,18 @@ def test_smoothgrad_seeds(cnn28, x28):
     g = explain("grad", cnn28, x28, 3)
     np.testing.assert_allclose(explain("sg", cnn28, x28, 3, noise_scale=0.0, postprocess="none"), g,
                                rtol=1e-5, atol=1e-8)
-    # one image explained alone gets the same noise as inside the batch (noise keyed by position)
+    # one image explained alone gets the same noise as inside the batch (noise keyed by sample only)
     np.testing.assert_array_equal(explain("sg", cnn28, x28[:1], 3, seed=1, postprocess="none"), a[:1])
 
 
 def test_smoothgrad_against_reference(cnn28, x28):
     """Mean, mean square and variance of gradients at x + sigma * noise, recomputed by hand from
-    the documented noise (id = input index * samples + sample index); batch_size 3 splits the 5
-    samples into groups of 3 and 2, so the group merge is checked too."""
+    the documented noise (id = sample index, the same noise for every input); batch_size 3 splits
+    the 5 samples into groups of 3 and 2, so the group merge is checked too."""
     x = x28[:2]
     m, seed, scale = 5, 3, 0.2
-    ids = tf.range(2 * m, dtype=tf.int64)
-    noise = hashed_normal(ids, tf.constant(seed, tf.int64), (28, 28, 1)).numpy().reshape(2, m, 28, 28, 1)
+    ids = tf.range(m, dtype=tf.int64)
+    noise = hashed_normal(ids, tf.constant(seed, tf.int64), (28, 28, 1)).numpy()[None]
     sigma = scale * (x.max((1, 2, 3)) - x.min((1, 2, 3)))
     xs = (x[:, None] + sigma[:, None, None, None, None] * noise).reshape(2 * m, 28, 28, 1)
     g = Gradient(cnn28, channel_reduce="none", progress=False)(xs, 4)
@@ -577,10 +577,10 @@ def test_registry_classes():
 
 def test_hashed_uniforms_fused_equal_plain():
     """The XLA-fused hashing gives the same bits as the plain TF ops (so the same noise)."""
-    from xaitf.methods import gradients as G
+    from xaitf.methods import _random as G
 
     ids, seed = tf.constant([0, 5, 2 ** 33 + 7], tf.int64), tf.constant(-3, tf.int64)
-    plain = [v.numpy() for v in G._hashed_uniforms(ids, seed, 37)]
+    plain = [v.numpy() for v in G.hashed_uniforms(ids, seed, 37)]
     assert plain[0].min() > 0 and plain[0].max() < 1 and plain[1].max() < 2 * np.pi
     if xla_available():
         fused = [v.numpy() for v in G.HASHED_UNIFORMS.xla(ids, seed, 37)]

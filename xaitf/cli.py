@@ -200,6 +200,20 @@ def atomic_write(path, write_fn, overwrite=True):
             os.unlink(tmp)
 
 
+def fsync_dir(path):
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
 def _claim(tmp, path):
     """Give ``tmp`` the first free name among path, path_1, path_2, ... without replacing any."""
     for i in range(10_000):

@@ -800,6 +800,7 @@ class Interventional(Explainer):
             without one are learned from ``data`` (None).
         **common: batch_size (inputs per attribution chunk), channel_reduce, seed (seeds the soft
             interventions), progress (see :class:`xaitf.explainer.Explainer`).
+        seed: the soft interventions' draws, keyed by (seed, unit, repeat) (counter-based: independent of batch_size and of the other inputs).
 
     Example::
 

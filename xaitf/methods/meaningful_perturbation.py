@@ -155,6 +155,7 @@ class MeaningfulPerturbation(Explainer):
         **common: batch_size (images optimised together: one model evaluation per image and
             step), channel_reduce, seed (of the random {0,1} initial mask), progress (see
             :class:`xaitf.explainer.Explainer`).
+        seed: the random {0,1} initial mask, the same for every input (counter-based: independent of batch_size and of the other inputs).
 
     Returns (N,H,W) maps in [0,1]: the normalised deletion mask.
     """

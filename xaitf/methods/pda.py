@@ -74,6 +74,8 @@ class PredictionDifference(Explainer):
         batch_size: model evaluations per chunk (windows x samples); None (the default) lets
             ``windows_per_batch`` decide (``windows_per_batch x samples``); a number overrides it.
         **common: channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        seed: the data-based draws (marginal / conditional samples per window), keyed by (seed,
+            window block) (counter-based: independent of batch_size and of the other inputs); unused by the value grid.
 
     Returns (N,H,W) maps of weights of evidence (bits).
     """

@@ -135,6 +135,9 @@ class InnvestigateExplainer(Explainer):
             ("none").
         **common: batch_size (inputs x steps/samples per analyzer call), channel_reduce, seed,
             progress (see :class:`xaitf.explainer.Explainer`).
+        seed: ``smoothgrad`` only: seeds the library's own generator (the TF1 graph seed of
+            iNNvestigate's noise op); its noise follows the batch, so an input's map may depend
+            on batch_size and on the other inputs (unlike the native ``sg``).
 
     Returns (from ``__call__``): maps (N,H,W) after channel reduction, or (N,H,W,C) with
     ``channel_reduce="none"``.

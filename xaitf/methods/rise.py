@@ -105,6 +105,8 @@ class Rise(Explainer):
         **common: batch_size (perturbed images, inputs x masks, per model evaluation),
             channel_reduce, seed (the same seed gives the same masks and maps), progress (see
             :class:`xaitf.explainer.Explainer`).
+        seed: the masks' grids and offsets, shared by every input (stateless draws of the seed
+            alone) (counter-based: independent of batch_size and of the other inputs).
 
     Returns (N,H,W): one map per pixel (a mask covers every channel of a pixel).
     """

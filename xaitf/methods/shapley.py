@@ -56,6 +56,7 @@ class ShapleySampling(Explainer):
         **common: batch_size (model evaluations, i.e. prefixes, per chunk), channel_reduce, seed
             (of the permutations and of a seeded segmenter), progress (see
             :class:`xaitf.explainer.Explainer`).
+        seed: the permutations, the same for every input (counter-based: independent of batch_size and of the other inputs).
 
     Returns (N,H,W) maps (``"channels"``: per-channel maps reduced by ``channel_reduce``).
     """

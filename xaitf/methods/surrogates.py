@@ -232,6 +232,9 @@ class LimeExplainer(_LibraryExplainer):
             painted on its pixels.
         **common: batch_size (images per classifier call), channel_reduce, seed (lime's sampling
             and quickshift's seed), progress (see :class:`xaitf.explainer.Explainer`).
+        seed: seeds the library's own generator (lime's ``RandomState(seed)``, reseeded per
+            image); measured independent of batch_size and of the other inputs, but that is the
+            library's behaviour, not a guarantee of xaitf.
 
     Returns (N,H,W).
     """
@@ -324,6 +327,9 @@ class KernelShapExplainer(_LibraryExplainer):
         **common: batch_size (images per model call), channel_reduce, seed (shap's coalition
             sampling: numpy's global generator is seeded for the call and restored afterwards),
             progress (see :class:`xaitf.explainer.Explainer`).
+        seed: seeds the library's own generator (numpy's global one, for shap's coalitions); maps
+            may depend on the batch composition if shap draws across images (measured: not in
+            the current shap version).
 
     Returns (N,H,W): each segment's SHAP value painted on its pixels.
     """
@@ -408,6 +414,9 @@ class ShapGradientExplainer(_LibraryExplainer):
         **common: batch_size (gradient evaluations per model call), channel_reduce, seed (shap's
             ``rseed``; numpy's global generator is restored afterwards; each image is explained
             with the same seed), progress (see :class:`xaitf.explainer.Explainer`).
+        seed: seeds the library's own generator (shap's ``rseed``, the same for each image); maps
+            may depend on the batch composition if shap changes how it draws (measured: not in
+            the current shap version).
 
     Returns (N,H,W,C) per-channel values (reduced by ``channel_reduce``).
     """

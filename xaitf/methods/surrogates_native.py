@@ -20,7 +20,8 @@ Images with fewer segments than the largest in the batch are padded: a padded fe
 on, has its own row and column of the normal matrix replaced by the identity (or the ridge term),
 and gets weight 0; it does not change the other weights.
 
-Masks are a deterministic hash of (seed, sample index, feature index), the same for every image:
+Masks are a deterministic hash of (seed, stream, sample index, feature index)
+(:mod:`xaitf.methods._random`), the same for every image:
 an image's map depends on the seed and on its own segments only, not on ``batch_size`` nor on the
 other images of the batch (like the library paths, which reseed per image).
 
@@ -44,6 +45,7 @@ from ..compat import quiet_retracing
 from ..errors import InputError, MethodError
 from ..explainer import Explainer, as_batch, as_targets
 from ..explainer import progress as _progress
+from ._random import GOLDEN, LIME_BITS, SHAP_PERM, SHAP_SIZE, hash_bits, mul32, stream_key
 from .perturb import _DenseFirst, check_int, split_chain
 from .surrogates import OUTPUTS, SuperpixelMixin, _background
 
@@ -51,51 +53,6 @@ from .surrogates import OUTPUTS, SuperpixelMixin, _background
 _STAT_BUDGET = 1 << 24
 # model evaluations from which a run shows a progress bar
 _LONG_RUN = 1 << 16
-_M32 = 0xFFFFFFFF
-_GOLDEN = 0x9E3779B1
-# hash streams
-_LIME_BITS, _SHAP_SIZE, _SHAP_PERM = 1, 2, 3
-
-
-# ------------------------------------------------------------------------------------------------
-# counter-based hashing: random bits from (seed, sample, feature), the same on every device
-# ------------------------------------------------------------------------------------------------
-def _fmix_py(h):
-    """MurmurHash3's 32-bit finaliser (a bijection of 32-bit integers), on Python ints."""
-    h &= _M32
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    return h ^ (h >> 16)
-
-
-def _stream_key(seed, stream):
-    return _fmix_py((int(seed) & _M32) ^ _fmix_py(stream * _GOLDEN))
-
-
-def _mul32(a, c):
-    """``(a * c) mod 2^32`` for int64 tensors ``a`` in [0, 2^32) without int64 overflow."""
-    lo, hi = c & 0xFFFF, c >> 16
-    mask16 = tf.constant(0xFFFF, tf.int64)
-    return tf.bitwise.bitwise_and(a * lo + tf.bitwise.bitwise_and(a * hi, mask16) * 65536,
-                                  tf.constant(_M32, tf.int64))
-
-
-def _fmix(h):
-    """:func:`_fmix_py` on int64 tensors holding 32-bit values."""
-    x, r = tf.bitwise.bitwise_xor, tf.bitwise.right_shift
-    h = x(h, r(h, tf.constant(16, tf.int64)))
-    h = _mul32(h, 0x85EBCA6B)
-    h = x(h, r(h, tf.constant(13, tf.int64)))
-    h = _mul32(h, 0xC2B2AE35)
-    return x(h, r(h, tf.constant(16, tf.int64)))
-
-
-def _hash(key, a):
-    """32-bit hash of the int tensor ``a`` under ``key`` (an int or an int64 tensor); int64 out."""
-    key = tf.constant(key, tf.int64) if isinstance(key, int) else tf.cast(key, tf.int64)
-    return _fmix(tf.bitwise.bitwise_xor(tf.cast(a, tf.int64), key))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -569,6 +526,8 @@ class Lime(_Surrogate):
             segments the result equals ``lime.lib``'s.
         **common: batch_size (model evaluations per chunk), channel_reduce, seed (the masks, and
             quickshift's seed), progress (see :class:`xaitf.explainer.Explainer`).
+        seed: the masks, hashed from (seed, sample, feature) (counter-based: independent of batch_size and of the other inputs); with
+            ``sampler="lime"``, lime's ``RandomState(seed)`` per image (also independent of them).
 
     Returns (N,H,W). :meth:`fit` gives the weights, intercepts, R^2 and local predictions, and
     takes your own segments and masks.
@@ -597,7 +556,7 @@ class Lime(_Surrogate):
             raise MethodError(f"Lime sampler must be 'device' or 'lime', got {self.params['sampler']!r}")
         hc = self.params["hide_color"]
         self._fill = None if hc is None else _background(hc, self.shape, "Lime", "hide_color")
-        self._key = _stream_key(self.seed, _LIME_BITS)
+        self._key = stream_key(self.seed, LIME_BITS)
 
     def _extra_spec(self):
         return (tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float64))
@@ -605,7 +564,7 @@ class Lime(_Surrogate):
     def _rows(self, j, active, M, tlen, table_bits, extra):
         N, width = extra
         s = tf.range(tf.shape(active)[1])
-        h = _hash(_hash(self._key, j)[:, None], _mul32(tf.cast(s, tf.int64)[None, :], _GOLDEN))
+        h = hash_bits(hash_bits(self._key, j)[:, None], mul32(tf.cast(s, tf.int64)[None, :], GOLDEN))
         rnd = (tf.bitwise.right_shift(h, tf.constant(31, tf.int64)) > 0) | (j[:, None] == 0)   # (k,S)
         use = (j[None, :] < tlen[:, None])[..., None]
         m = tf.where(use, table_bits(j), rnd[None]) & active[:, None, :]
@@ -756,6 +715,8 @@ class KernelShap(_Surrogate):
             first layer; False: always the plain path.
         **common: batch_size (model evaluations per chunk), channel_reduce, seed (the sampled
             coalitions), progress (see :class:`xaitf.explainer.Explainer`).
+        seed: the sampled coalition sizes and permutations, hashed from (seed, sample, feature)
+            (counter-based: independent of batch_size and of the other inputs).
 
     Returns (N,H,W): each segment's SHAP value painted on its pixels. :meth:`fit` gives the values
     with f(x) and f(background), and takes your own segments.
@@ -780,8 +741,8 @@ class KernelShap(_Surrogate):
             raise MethodError(f"KernelShap solves without l1 regularisation (l1_reg=False), got "
                               f"l1_reg={self.params['l1_reg']!r}; use 'shap.lib' for shap's feature selection")
         self._fill = _background(self.params["background"], self.shape, "KernelShap")
-        self._size_key = _stream_key(self.seed, _SHAP_SIZE)
-        self._perm_key = _stream_key(self.seed, _SHAP_PERM)
+        self._size_key = stream_key(self.seed, SHAP_SIZE)
+        self._perm_key = stream_key(self.seed, SHAP_PERM)
 
     def _extra_spec(self):
         f, i = tf.float64, tf.int32
@@ -795,14 +756,14 @@ class KernelShap(_Surrogate):
         enum = jn < tlen[:, None]                                           # (n,k)
         r = tf.maximum(jn - tlen[:, None], 0)
         unit, comp = r // 2, tf.equal(r % 2, 1)
-        u01 = tf.cast(_hash(self._size_key, unit), tf.float64) * 2.0 ** -32
+        u01 = tf.cast(hash_bits(self._size_key, unit), tf.float64) * 2.0 ** -32
         idx = tf.reduce_sum(tf.cast(u01[..., None] >= cdf[:, None, :], tf.int32), -1)
         size = full[:, None] + 1 + idx
         # a uniform subset of `size` features: the `size` smallest of random keys (hash, then the
         # feature index to break ties; inactive features last)
-        hp = _hash(self._perm_key, unit)                                    # (n,k)
+        hp = hash_bits(self._perm_key, unit)                                # (n,k)
         s64 = tf.cast(tf.range(S), tf.int64)
-        keys = _hash(hp[..., None], _mul32(s64, _GOLDEN)[None, None, :])
+        keys = hash_bits(hp[..., None], mul32(s64, GOLDEN)[None, None, :])
         keys = tf.cast(keys, tf.float64) * 2.0 ** 20 + tf.cast(s64, tf.float64)     # < 2^53: exact
         keys = tf.where(active[:, None, :], keys, tf.fill(tf.shape(keys), tf.constant(2.0 ** 60, tf.float64)))
         cut = tf.gather(tf.sort(keys, axis=-1), tf.minimum(size, S)[..., None] - 1, batch_dims=2)

@@ -182,6 +182,9 @@ class TfxSmoothGrad(_TfxBase):
             ("probabilities").
         **common: batch_size (inputs x samples per gradient call), channel_reduce, seed, progress
             (see :class:`xaitf.explainer.Explainer`).
+        seed: seeds the library's own generator (numpy's global one) for the call: the noise is
+            drawn in call order, so an input's map may depend on batch_size and on the other
+            inputs (unlike the native ``sg``).
     """
 
     key = "tfx_smoothgrad"     # the settings preset section (command lines and studies)

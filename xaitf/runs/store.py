@@ -157,17 +157,7 @@ def _fsync_file(path):
         os.close(fd)
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = cli.fsync_dir
 
 
 # temporary file + rename, usual permissions

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import atomic_write
+from ..cli import atomic_write, fsync_dir
 from ..errors import DataError, ModelError
 
 DIVERGING = "RdBu_r"       # as xaitf.plotting: blue (negative) / white (0) / red (positive)
@@ -278,17 +278,7 @@ def _remove_stale(base):
             os.close(fd)
 
 
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def latest_folder(out, study):
