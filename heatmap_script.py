@@ -253,8 +253,7 @@ def main(argv=None):
     info = {"predicted": predicted, "target": target, "probability": float(probs[target]), "top5": top5}
     if center_model:
         info["true"] = true
-    other = [e.title for e in explainers if getattr(e, "output_note", note) != note
-             or e.params.get("output") == "probabilities"]
+    other = [e.title for e in explainers if e.output_spec.kind == "probabilities"]
     header = (f"{getattr(model, 'name', 'model')} ({model_kind(model)}, {model_source}) | explained: "
               f"class {target}, {explained} ({note})"
               + (f"; probabilities for {', '.join(other)}" if other else ""))

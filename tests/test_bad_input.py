@@ -31,7 +31,7 @@ COMMANDS = {
     "studies": [sys.executable, "-m", "xaitf.studies"],
     "xaitf": [sys.executable, "-m", "xaitf"],
 }
-SEED_RANGE = "expected an integer 0..4294967295"
+SEED_RANGE = "an integer in [0, 4294967295]"
 HM = "heatmap -ip {png} -mp {model} -op {out}"          # a valid heatmap_script.py start
 RUN = "xaitf run --model {model} --data mnist --out {out}"
 
@@ -44,14 +44,14 @@ CASES = [
     (f"{HM} -hm grad --scale 0", 1, "--scale: expected a finite number > 0, got 0.0"),
     (f"{HM} -hm grad --scale inf", 1, "--scale: expected a finite number > 0, got inf"),
     (f"{HM} -hm grad -cl -1", 1, "-cl must be a class index >= 0, got -1"),
-    (f"{HM} -hm grad --batch-size 0", 2, "argument --batch-size: expected a positive integer, got 0"),
-    (f"{HM} -hm grad --seed -1", 2, f"argument --seed: {SEED_RANGE}, got -1"),
+    (f"{HM} -hm grad --batch-size 0", 2, "argument --batch-size: expected an integer >= 1, got 0"),
+    (f"{HM} -hm grad --seed -1", 2, f"argument --seed: expected {SEED_RANGE}, got -1"),
     # --set: the same validators and words as the flags
-    (f"{HM} -hm grad --set global.batch_size=0", 1, "global.batch_size: expected a positive integer, got 0"),
-    (f"{HM} -hm grad --set global.batch_size=-1", 1, "global.batch_size: expected a positive integer, got -1"),
-    (f"{HM} -hm grad --set global.seed=abc", 1, f"global.seed: {SEED_RANGE}, got 'abc'"),
+    (f"{HM} -hm grad --set global.batch_size=0", 1, "global.batch_size: expected an integer >= 1, got 0"),
+    (f"{HM} -hm grad --set global.batch_size=-1", 1, "global.batch_size: expected an integer >= 1, got -1"),
+    (f"{HM} -hm grad --set global.seed=abc", 1, f"global.seed: expected {SEED_RANGE}, got 'abc'"),
     ("heatmap -hm grad -op {out} --set global.image_size=0", 1,
-     "global.image_size: expected an odd positive integer"),
+     "global.image_size: expected an odd integer >= 1"),
     (f"{HM} -hm grad --set grad.foo=1", 1, "bad --set 'grad.foo=1': grad has no settings"),
     (f"{HM} -hm ig --set ig.steps=abc", 1, "ig.steps: expected a number (default 64), got 'abc'"),
     # after TensorFlow is imported: still one line (no absl / oneDNN lines before it)
@@ -62,17 +62,17 @@ CASES = [
     # python -m xaitf.studies
     ("studies nosuch --out {out}", 1, "unknown study 'nosuch'; valid: "),
     ("studies center_pixel --quick --out {out} --batch-size 0", 2,
-     "argument --batch-size: expected a positive integer, got 0"),
+     "argument --batch-size: expected an integer >= 1, got 0"),
     ("studies center_pixel --quick --out {out} --set global.alpha=inf", 1,
      "global.alpha: expected a finite number > 0, got inf"),
     # create_model.py (usage errors: exit code 2)
     ("create_model nosuch --out {out}", 2, "unknown model 'nosuch'; valid: "),
     ("create_model center_pixel --epochs 0 --out {out}", 2,
-     "argument --epochs: expected a positive integer, got 0"),
+     "argument --epochs: expected an integer >= 1, got 0"),
     # python -m xaitf run
     (f"{RUN} --methods grad nosuch", 1, "unknown method 'nosuch'; valid: "),
     (f"{RUN} --methods grad --scale inf", 1, "--scale: expected a finite number > 0, got inf"),
-    (f"{RUN} --methods grad --set global.seed=-1", 1, f"global.seed: {SEED_RANGE}, got -1"),
+    (f"{RUN} --methods grad --set global.seed=-1", 1, f"global.seed: expected {SEED_RANGE}, got -1"),
 ]
 
 
@@ -151,7 +151,7 @@ def test_debug_last_line_does_not_ask_for_debug(capsys):
 
 @pytest.mark.parametrize("text, message", [
     ("deconvnet.x=1", "deconvnet has no settings"),
-    ("global.image_size=16", "global.image_size: expected an odd positive integer"),
+    ("global.image_size=16", "global.image_size: expected an odd integer >= 1"),
     ("global.num_classes=1", "global.num_classes: expected an integer >= 2, got 1"),
     ("global.alpha=nan", "global.alpha: expected a finite number > 0, got nan"),
     ("global.progress=maybe", "global.progress: expected True or False, got 'maybe'"),
@@ -196,7 +196,7 @@ def test_flag_and_set_share_the_validator():
         cli.positive_int("0")
     with pytest.raises(MethodError) as setting:
         S.parse_override("global.batch_size=0")
-    assert str(flag.value) == "expected a positive integer, got 0"
+    assert str(flag.value) == "expected an integer >= 1, got 0"
     assert str(setting.value).endswith(": global.batch_size: " + str(flag.value))
 
 
@@ -251,11 +251,11 @@ def test_api_refuses_non_integer_targets(grad, targets, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"batch_size": 0}, "Gradient batch_size: expected a positive integer, got 0"),
-    ({"batch_size": -1}, "Gradient batch_size: expected a positive integer, got -1"),
-    ({"seed": "abc"}, f"Gradient seed: {SEED_RANGE}, got 'abc'"),
-    ({"seed": -1}, f"Gradient seed: {SEED_RANGE}, got -1"),
-    ({"channel_reduce": "median"}, "Gradient channel_reduce: expected one of sum, mean"),
+    ({"batch_size": 0}, "Gradient needs batch_size to be an integer >= 1, got 0"),
+    ({"batch_size": -1}, "Gradient needs batch_size to be an integer >= 1, got -1"),
+    ({"seed": "abc"}, f"Gradient needs seed to be {SEED_RANGE}, got 'abc'"),
+    ({"seed": -1}, f"Gradient needs seed to be {SEED_RANGE}, got -1"),
+    ({"channel_reduce": "median"}, "Gradient needs channel_reduce to be one of sum, mean"),
 ])
 def test_api_refuses_bad_common_arguments(tiny_cnn, kwargs, message):
     import xaitf

@@ -56,7 +56,7 @@ def test_unknown_keyword_lists_the_signatures_parameters():
                                           r"valid: steps, baseline, rule"):
         xaitf.create_explainer("ig", MODEL, stepz=3)
     with pytest.raises(MethodError, match=r"Gradient got unknown parameter\(s\) steps; valid: none "
-                                          r"\(plus batch_size, channel_reduce, seed, progress\)"):
+                                          r"\(plus batch_size, channel_reduce, seed, progress, output\)"):
         xaitf.create_explainer("grad", MODEL, steps=3)
 
 
@@ -94,6 +94,11 @@ def test_the_adding_a_method_example_runs_and_is_short():
         maps = scope["maps"]
         grads = xaitf.create_explainer("grad", MODEL, channel_reduce="none")(X)
         np.testing.assert_allclose(maps, (grads ** 2).sum(-1), rtol=1e-5, atol=1e-7)
+        # the output contract reaches a user's method through self.forward / self.select
+        probs = xaitf.create_explainer("absgrad", MODEL, power=2.0, output="probabilities")(X)
+        g = xaitf.create_explainer("grad", MODEL, channel_reduce="none", output="probabilities")(X)
+        np.testing.assert_allclose(probs, (g ** 2).sum(-1), rtol=1e-5, atol=1e-9)
+        assert not np.allclose(probs, maps)
         assert registry.title("absgrad") == "|Gradient|"
         with pytest.raises(MethodError, match="AbsGradient needs power to be a number > 0"):
             xaitf.create_explainer("absgrad", MODEL, power=0)

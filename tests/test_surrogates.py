@@ -240,7 +240,7 @@ def test_gradient_shap_seed(tiny_cnn, rng):
 
 
 def test_surrogate_errors(tiny_cnn):
-    cases = [("lime.lib", dict(output="softmax"), "output must be one of"),
+    cases = [("lime.lib", dict(output="softmax"), "needs output to be one of"),
              ("lime.lib", dict(segmenter="felzenszwalb"), "unknown segmenter"),
              ("lime.lib", dict(num_samples=0), "num_samples to be an integer >= 1"),
              ("shap.lib", dict(background=np.zeros((3, 3))), "needs background to be"),

@@ -307,7 +307,7 @@ def test_dense_first_shortcut_equals_the_composed_images(kind):
 
 
 def test_native_surrogate_errors(tiny_cnn, rng):
-    cases = [("lime", dict(output="softmax"), "output must be one of"),
+    cases = [("lime", dict(output="softmax"), "needs output to be one of"),
              ("lime", dict(segmenter="felzenszwalb"), "unknown segmenter"),
              ("lime", dict(num_samples=0), "num_samples to be an integer >= 1"),
              ("lime", dict(sampler="numpy"), "sampler must be"),

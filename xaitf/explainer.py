@@ -14,15 +14,11 @@ import tensorflow as tf
 from . import settings as S
 from .compat import caller_frame
 from .errors import InputError, MethodError
-from .keras_bridge import check_classifier, input_shape, logit_activation, logits_model, model_kind
+from .params import needs_error
+from .keras_bridge import check_classifier, input_shape, logit_activation, model_kind
+from .outputs import KINDS, Output, class_probabilities  # noqa: F401  (re-exported)
 
 REDUCTIONS = S.CHANNEL_REDUCE    # ("sum", "mean", "abs_sum", "max_abs", "none")
-
-
-def class_probabilities(logits, activation="softmax"):
-    """Softmax (or sigmoid) of logits in their own precision (float64 heads keep it), as float32."""
-    p = tf.nn.sigmoid(logits) if activation == "sigmoid" else tf.nn.softmax(logits, axis=-1)
-    return tf.cast(p, tf.float32)
 
 
 def chunks(n, size):
@@ -133,11 +129,12 @@ def _short(value):
 
 
 def _setting(owner, name, check, value):
-    """``check(value)`` (a validator of :mod:`xaitf.settings`); MethodError ``owner name: ...``."""
+    """``check(value)`` (a validator of :mod:`xaitf.settings`); MethodError ``"<owner> needs <name>
+    to be ..., got ..."`` (the wording of every method parameter, :mod:`xaitf.params`)."""
     try:
         return check(value)
     except ValueError as e:
-        raise MethodError(f"{owner} {name}: {e}") from None
+        raise needs_error(owner, name, e) from None
 
 
 def _channel_fold(maps, op, f=None):
@@ -170,7 +167,8 @@ def reduce_channels(maps, how):
 
 
 # the arguments every method takes (the ``**common`` of a method's signature), with their defaults
-COMMON = {"batch_size": 256, "channel_reduce": "sum", "seed": 0, "progress": True}
+# (``output``'s default is the method's own: ``default_output``)
+COMMON = {"batch_size": 256, "channel_reduce": "sum", "seed": 0, "progress": True, "output": None}
 
 
 def _check_keywords(init):
@@ -211,6 +209,12 @@ class Explainer:
         seed: seed of stochastic methods, an integer 0..2**32-1 (0); the same seed gives the same
             maps.
         progress: show tqdm bars on long work (True).
+        output: what is explained (:mod:`xaitf.outputs`): ``"logits"`` (the pre-softmax output
+            f_c), ``"probabilities"`` (softmax, or sigmoid for a sigmoid head) or a callable
+            ``(model outputs (N,K), int targets (N,)) -> (N,)`` scores; None = the method's
+            ``default_output`` ("logits" for the gradient family, "probabilities" for occlusion,
+            PDA, RISE, meaningful perturbation, LIME and Kernel SHAP). ``outputs`` lists what a
+            method accepts; ``output_note`` says in words what was explained (figure headers).
 
     The four common arguments are checked by the validators of :mod:`xaitf.settings` that the
     command lines use: a wrong one (``batch_size=0``, ``seed="abc"``) raises MethodError with one
@@ -226,7 +230,8 @@ class Explainer:
     key = None            # the preset section of xaitf.settings (command lines and studies)
     name = None           # registry name, set by the registry
     title = None          # figure title
-    uses_logits = True    # explain the pre-softmax output
+    default_output = "logits"   # what ``output=None`` explains
+    outputs = KINDS             # the output kinds the method can explain (xaitf.outputs)
     stochastic = False
 
     def __init_subclass__(cls, **kw):
@@ -236,7 +241,7 @@ class Explainer:
             cls.__init__ = _check_keywords(init)
 
     def __init__(self, model, *, params=None, batch_size=256, channel_reduce="sum", seed=0,
-                 progress=True):
+                 progress=True, output=None):
         self.params = dict(params or {})
         self.model = model
         self.kind = model_kind(model)
@@ -251,10 +256,13 @@ class Explainer:
         # what turns self.forward's logits into probabilities: softmax, or sigmoid for binary and
         # multi-label (sigmoid) heads (:func:`xaitf.keras_bridge.logit_activation`)
         self.logit_activation = logit_activation(model)
-        if self.uses_logits:
-            self.forward, self.output_note = logits_model(model)
-        else:
-            self.forward, self.output_note = model, "model output (probabilities if softmax)"
+        # one output contract: a method that declares ``output`` itself keeps it in its params
+        if "output" in self.params:
+            output = self.params["output"]
+        self.output = self.default_output if output is None else output
+        self.output_spec = Output(model, self.output, owner, self.outputs)
+        # the model whose outputs ``self.select`` reads, and what is explained in words
+        self.forward, self.output_note = self.output_spec.forward, self.output_spec.note
         self.setup()
 
     @classmethod
@@ -270,11 +278,18 @@ class Explainer:
                 continue
             out[name] = p.default
         out.update({k: v for k, v in COMMON.items() if k not in out})
+        if out["output"] is None:
+            out["output"] = cls.default_output
         return out
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def setup(self):
         """Validate parameters and build anything reusable (tf.functions) once per model."""
+
+    def select(self, outputs, targets):
+        """The explained score (N,) of ``self.forward``'s outputs for int targets (N,)
+        (:meth:`xaitf.outputs.Output.select`): logit, probability or the user's function."""
+        return self.output_spec.select(outputs, targets)
 
     def probabilities_of(self, logits):
         """Class probabilities (float32) of ``self.forward``'s output: softmax, or sigmoid for a

@@ -68,6 +68,23 @@ def _real(value):
     return float(value) if isinstance(value, numbers.Real) else None
 
 
+class Expected(ValueError):
+    """A refused value, ``"expected <what>, got <shown>"`` (the flags' wording);
+    :func:`needs_error` words it as a parameter's ``"<owner> needs <name> to be <what>, got <shown>"``."""
+
+    def __init__(self, what, shown):
+        super().__init__(f"expected {what}, got {shown}")
+        self.what, self.shown = what, shown
+
+
+def needs_error(owner, name, err):
+    """The MethodError of parameter ``name`` of ``owner`` for a validator's :class:`Expected`."""
+    who = f"{owner} needs" if owner else "needs"
+    if isinstance(err, Expected):
+        return MethodError(f"{who} {name} to be {err.what}, got {err.shown}")
+    return MethodError(f"{owner} {name}: {err}")
+
+
 def _needs(owner, name, what, value):
     who = f"{owner} needs" if owner else "needs"
     return MethodError(f"{who} {name} to be {what}, got {value!r}")

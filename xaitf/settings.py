@@ -207,10 +207,11 @@ SEED_MAX = 2 ** 32 - 1          # numpy's RandomState takes seeds 0..2**32-1
 
 # -- validators --------------------------------------------------------------------------------
 # Each takes a value (a number, or the text of a flag) and returns it normalised, or raises
-# ValueError("expected ..., got ..."). The command-line flags (xaitf.cli), ``--set global.*`` and
+# ValueError("expected ..., got ...") (:class:`xaitf.params.Expected`, worded like the method parameters'
+# "<owner> needs <name> to be ..., got ..."). The command-line flags (xaitf.cli), ``--set global.*`` and
 # the Python API (Explainer keyword arguments) use the same functions, so one mistake gets the same
 # words wherever it is made.
-from .params import _integral, _real  # noqa: E402  (one parser of numbers: xaitf.params)
+from .params import Expected, _integral, _real  # noqa: E402  (one parser of numbers: xaitf.params)
 
 
 def _shown(value, parsed):
@@ -223,7 +224,7 @@ def positive_int(value):
     """An integer >= 1 (``--batch-size``, ``global.batch_size``, ``batch_size=``)."""
     v = _integral(value)
     if v is None or v < 1:
-        raise ValueError(f"expected a positive integer, got {_shown(value, v)}")
+        raise Expected("an integer >= 1", _shown(value, v))
     return v
 
 
@@ -231,7 +232,7 @@ def seed_int(value):
     """A seed: an integer 0..2**32-1 (``--seed``, ``global.seed``, ``seed=``)."""
     v = _integral(value)
     if v is None or not 0 <= v <= SEED_MAX:
-        raise ValueError(f"expected an integer 0..{SEED_MAX}, got {_shown(value, v)}")
+        raise Expected(f"an integer in [0, {SEED_MAX}]", _shown(value, v))
     return v
 
 
@@ -239,8 +240,7 @@ def odd_positive_int(value):
     """An odd integer >= 1 (``global.image_size``: the center-pixel model needs a centre pixel)."""
     v = _integral(value)
     if v is None or v < 1 or v % 2 == 0:
-        raise ValueError(f"expected an odd positive integer (the center-pixel model has a centre "
-                         f"pixel), got {_shown(value, v)}")
+        raise Expected("an odd integer >= 1 (the center-pixel model has a centre pixel)", _shown(value, v))
     return v
 
 
@@ -248,7 +248,7 @@ def class_count(value):
     """A number of classes: an integer >= 2."""
     v = _integral(value)
     if v is None or v < 2:
-        raise ValueError(f"expected an integer >= 2, got {_shown(value, v)}")
+        raise Expected("an integer >= 2", _shown(value, v))
     return v
 
 
@@ -256,7 +256,7 @@ def positive_finite(value):
     """A finite number > 0 (``global.alpha``, ``--scale``)."""
     v = _real(value)
     if v is None or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"expected a finite number > 0, got {_shown(value, v)}")
+        raise Expected("a finite number > 0", _shown(value, v))
     return v
 
 
@@ -270,14 +270,14 @@ def boolean(value):
         return words[value.strip().lower()]
     if _integral(value) in (0, 1) and not isinstance(value, str):
         return bool(_integral(value))
-    raise ValueError(f"expected True or False, got {value!r}")
+    raise Expected("True or False", repr(value))
 
 
 def channel_reduce(value):
     """One of :data:`CHANNEL_REDUCE`."""
     if isinstance(value, str) and value in CHANNEL_REDUCE:
         return value
-    raise ValueError(f"expected one of {', '.join(CHANNEL_REDUCE)}, got {value!r}")
+    raise Expected(f"one of {', '.join(CHANNEL_REDUCE)}", repr(value))
 
 
 GLOBAL_CHECKS = {

@@ -1,8 +1,9 @@
 """Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhyay et al. 2018), native TensorFlow.
 
 Both weight the feature maps ``A_k`` (n,h,w,K) of a convolutional layer by a per-channel weight
-from the gradient ``g = d f_c / d A`` of the pre-softmax target output, sum over channels, keep the
-positive part and upsample bilinearly to the input size. Maps are (N,H,W), not normalised.
+from the gradient ``g = d f_c / d A`` of the explained target output (the pre-softmax ``f_c`` by
+default, or what ``output=`` says), sum over channels, keep the positive part and upsample
+bilinearly to the input size. Maps are (N,H,W), not normalised.
 
 Parameters (preset sections ``GRADCAM`` / ``GRADCAMPP`` of :mod:`xaitf.settings`):
     layer: name of the layer whose output is ``A``, as the user's model names it (the layer whose
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from ..errors import ModelError
 from ..keras_bridge import find_last_conv, submodel
-from .gradients import INDEX_SPEC, GradientFamily, as_int32, cached_function, image_spec
+from .gradients import INDEX_SPEC, GradientFamily, as_int32, image_spec
 
 
 def _output_shape(layer):
@@ -79,7 +80,7 @@ class GradCam(GradientFamily):
         model: tf-keras or Keras 3 image classifier with a convolutional layer.
         layer: name of the layer whose (N,h,w,K) output is ``A``, as the user's model names it;
             None = the last Conv2D-like layer (None). See the module docstring.
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "gradcam"     # the settings preset section (command lines and studies)
@@ -100,14 +101,14 @@ class GradCam(GradientFamily):
                              f"gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
         self.layer = layer
         sub = submodel(self.forward, [out, self.forward.outputs[0]])
-        weigh = self.channel_weights
+        weigh, select = self.channel_weights, self.select
 
         def build():
             @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
             def fn(x, t):
                 with tf.GradientTape() as tape:
-                    acts, logits = sub(x, training=False)
-                    total = tf.reduce_sum(tf.gather(logits, t, axis=1, batch_dims=1))
+                    acts, outputs = sub(x, training=False)
+                    total = tf.reduce_sum(select(outputs, t))
                 grads = tf.cast(tape.gradient(total, acts), acts.dtype)
                 w = weigh(acts, grads)                                   # (n, 1, 1, K)
                 cam = tf.nn.relu(tf.reduce_sum(w * acts, axis=-1, keepdims=True))
@@ -116,7 +117,7 @@ class GradCam(GradientFamily):
 
             return fn
 
-        self._fn = cached_function(self.forward, f"{self.key}:{layer.name}", build)
+        self._fn = self._compiled(self.forward, f"{self.key}:{layer.name}", build)
 
     @staticmethod
     def channel_weights(acts, grads):
@@ -138,7 +139,7 @@ class GradCamPlusPlus(GradCam):
         model: tf-keras or Keras 3 image classifier with a convolutional layer.
         layer: name of the layer whose (N,h,w,K) output is ``A``; None = the last Conv2D-like
             layer (None). See :class:`GradCam`.
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "gradcampp"     # the settings preset section (command lines and studies)

@@ -39,10 +39,11 @@ class DeepLift(GradientFamily):
         model: tf-keras or Keras 3 image classifier.
         baseline: x0, a scalar, one value per channel (C,), an image (H,W,C) or one image per input
             (N,H,W,C) (0.0).
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "deeplift"     # the settings preset section (command lines and studies)
+    outputs = ("logits",)  # the rescale rule has no multiplier for a softmax or a user's function
 
     def __init__(self, model, *, baseline=0.0, **common):
         super().__init__(model, params=dict(baseline=baseline), **common)

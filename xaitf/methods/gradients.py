@@ -60,15 +60,18 @@ INDEX_SPEC = tf.TensorSpec([None], tf.int32)
 VECTOR_SPEC = tf.TensorSpec([None], tf.float32)
 
 
-def target_gradients(model, x, targets):
+def target_gradients(model, x, targets, select=None):
     """d f_{t_i}(x_i) / d x_i for a batch: the gradient of the sum of the selected outputs.
 
-    Works for float64 heads too (the gradient comes back in the input's dtype).
+    ``select(outputs, targets) -> (N,)`` picks the explained score (an explainer's
+    :meth:`~xaitf.explainer.Explainer.select`); None = the target's output as it is (the logit
+    when ``model`` is the logit model). Works for float64 heads too (the gradient comes back in
+    the input's dtype).
     """
     with tf.GradientTape() as tape:
         tape.watch(x)
         out = model(x, training=False)
-        sel = tf.gather(out, targets, axis=1, batch_dims=1)
+        sel = tf.gather(out, targets, axis=1, batch_dims=1) if select is None else select(out, targets)
         total = tf.reduce_sum(sel)
     return tape.gradient(total, x)
 
@@ -85,7 +88,20 @@ def parse_baseline(value, shape, method):
 
 
 class GradientFamily(Explainer):
-    """Shared plumbing: input offsets (for per-input baselines) and the baseline."""
+    """Shared plumbing: the explained output, input offsets (for per-input baselines), the baseline."""
+
+    def _selector(self):
+        """``select`` for :func:`target_gradients`: None for logits (the target's output as it is)."""
+        return None if self.output_spec.kind == "logits" else self.select
+
+    def _compiled(self, owner, tag, build):
+        """:func:`cached_function` keyed by the explained output too; a user's output callable gets
+        its own function (not shared through the model's cache)."""
+        out = self.output_spec.tag
+        if out is None:
+            fn = build()
+            return FlatCall(fn) if getattr(fn, "input_signature", None) is not None else fn
+        return cached_function(owner, tag if out == "logits" else f"{tag}|{out}", build)
 
     def __call__(self, x, targets=None):
         self._offset = 0
@@ -116,22 +132,22 @@ class Gradient(GradientFamily):
 
     Args:
         model: tf-keras or Keras 3 image classifier.
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "grad"
 
     def setup(self):
-        fwd = self.forward
+        fwd, select = self.forward, self._selector()
 
         def build():
             @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
             def fn(x, t):
-                return target_gradients(fwd, x, t)
+                return target_gradients(fwd, x, t, select)
 
             return fn
 
-        self._fn = cached_function(fwd, "grad", build)
+        self._fn = self._compiled(fwd, "grad", build)
 
     def explain_batch(self, x, targets):
         return self._fn(tf.constant(x), as_int32(targets))
@@ -142,7 +158,7 @@ class InputXGradient(Gradient):
 
     Args:
         model: tf-keras or Keras 3 image classifier.
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "inpgrad"
@@ -192,7 +208,7 @@ class IntegratedGradients(GradientFamily):
             never spends an evaluation on the baseline; on ReLU networks the integrand is
             piecewise constant, every rule converges as 1/steps, and midpoint had the smallest
             median completeness error in our measurements on small CNNs.
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
 
     Each call evaluates at most ``batch_size`` interpolated images: ``batch_size // steps`` inputs
     at a time, or one input with its steps split in groups when ``steps > batch_size``.
@@ -207,7 +223,7 @@ class IntegratedGradients(GradientFamily):
         steps = self._positive_int("steps")
         self._alphas, self._weights = path_points(steps, self.params["rule"])
         self._baseline = parse_baseline(self.params["baseline"], self.shape, "IntegratedGradients")
-        fwd = self.forward
+        fwd, select = self.forward, self._selector()
 
         def build():
             base_spec = tf.TensorSpec([None] * 4, tf.float32)  # broadcast against x
@@ -221,13 +237,13 @@ class IntegratedGradients(GradientFamily):
                 a = tf.reshape(alphas, [1, -1, 1, 1, 1])
                 path = x0[:, None] + a * delta[:, None]                  # (n, m, H, W, C)
                 path = tf.reshape(path, tf.concat([[n * m], tf.shape(x)[1:]], 0))
-                g = target_gradients(fwd, path, tf.repeat(t, m))
+                g = target_gradients(fwd, path, tf.repeat(t, m), select)
                 g = tf.reshape(g, tf.concat([[n, m], tf.shape(x)[1:]], 0))
                 return tf.einsum("nmhwc,m->nhwc", g, weights), delta
 
             return fn
 
-        self._fn = cached_function(fwd, "ig", build)
+        self._fn = self._compiled(fwd, "ig", build)
 
     def chunk_size(self):
         return max(1, self.batch_size // len(self._alphas))
@@ -261,7 +277,7 @@ class SmoothGrad(GradientFamily):
         samples: noisy copies per input, an integer >= 1 (16, study 1's augment_by_n).
         noise_scale: sigma as a fraction of each input's range max(x) - min(x), >= 0 (0.1).
         postprocess: "none" (SmoothGrad) | "square" (SquareGrad) | "variance" (VarGrad) ("square").
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
 
     seed: the noise (counter-based: independent of batch_size and of the other inputs).
     noise ``e_j`` = Box-Muller normals of a hash of (seed, sample j, element)
@@ -288,6 +304,7 @@ class SmoothGrad(GradientFamily):
             raise MethodError(f"unknown SmoothGrad postprocess {self.params['postprocess']!r}; "
                               f"valid: {', '.join(POSTPROCESS)}")
         fwd, shape, post = self.forward, self.shape, self.params["postprocess"]
+        select = self._selector()
 
         def build():
             @tf.function(input_signature=[image_spec(shape), INDEX_SPEC, tf.TensorSpec([None], tf.int64),
@@ -300,7 +317,8 @@ class SmoothGrad(GradientFamily):
                 sigma = scale * (tf.reduce_max(x, axis=[1, 2, 3]) - tf.reduce_min(x, axis=[1, 2, 3]))
                 noise = hashed_normal(ids, seed, img)          # (m, H, W, C), shared by the inputs
                 xs = x[:, None] + sigma[:, None, None, None, None] * noise[None]
-                g = target_gradients(fwd, tf.reshape(xs, tf.concat([[n * m], img], 0)), tf.repeat(t, m))
+                g = target_gradients(fwd, tf.reshape(xs, tf.concat([[n * m], img], 0)), tf.repeat(t, m),
+                                     select)
                 g = tf.reshape(g, tf.concat([[n, m], img], 0))
                 if post == "square":
                     return tf.reduce_mean(tf.square(g), axis=1), tf.zeros([])
@@ -311,7 +329,7 @@ class SmoothGrad(GradientFamily):
 
             return fn
 
-        self._fn = cached_function(fwd, f"sg:{post}", build)
+        self._fn = self._compiled(fwd, f"sg:{post}", build)
 
     def chunk_size(self):
         return max(1, self.batch_size // self._samples)
@@ -345,16 +363,16 @@ class _ModifiedReLUGradient(GradientFamily):
     rule = None
 
     def setup(self):
-        clone = modified_clone(self.forward, self.rule)
+        clone, select = modified_clone(self.forward, self.rule), self._selector()
 
         def build():
             @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
             def fn(x, t):
-                return target_gradients(clone, x, t)
+                return target_gradients(clone, x, t, select)
 
             return fn
 
-        self._fn = cached_function(clone, self.rule, build)
+        self._fn = self._compiled(clone, self.rule, build)
 
     def explain_batch(self, x, targets):
         return self._fn(tf.constant(x), as_int32(targets))
@@ -371,7 +389,7 @@ class GuidedBackprop(_ModifiedReLUGradient):
 
     Args:
         model: tf-keras or Keras 3 image classifier (ReLU network).
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "gb"
@@ -386,7 +404,7 @@ class DeconvNet(_ModifiedReLUGradient):
 
     Args:
         model: tf-keras or Keras 3 image classifier (ReLU network).
-        **common: batch_size, channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "deconvnet"

@@ -799,7 +799,7 @@ class Interventional(Explainer):
         graph: a :class:`CausalGraph`, a JSON path, or ``{class: graph or path}``; classes
             without one are learned from ``data`` (None).
         **common: batch_size (inputs per attribution chunk), channel_reduce, seed (seeds the soft
-            interventions), progress (see :class:`xaitf.explainer.Explainer`).
+            interventions), progress, output (see :class:`xaitf.explainer.Explainer`).
         seed: the soft interventions' draws, keyed by (seed, unit, repeat) (counter-based: independent of batch_size and of the other inputs).
 
     Example::
@@ -809,7 +809,7 @@ class Interventional(Explainer):
     """
 
     key = "interventional"    # the preset section of xaitf.settings
-    uses_logits = True
+    outputs = ("logits",)     # the causal effects are measured on the target logit (Chain)
     stochastic = True
 
     def __init__(self, model, *, n_samples=100, soft_interventions=True, layer_name="conv2",

@@ -26,8 +26,9 @@ mask that only needs to dip to 0.97 at one pixel gives a study-1 map in [0.97, 1
 the map afterwards, which removes the difference. High values = pixels whose deletion destroys
 the class.
 
-The class probability is the softmax of the pre-softmax output (``keras_bridge.logits_model``),
-computed in the model's own precision (the center-pixel model's float64 head keeps its precision).
+The class probability (``output="probabilities"``, the default; ``output=`` takes the logit or a
+user's function too, :mod:`xaitf.outputs`) is the softmax of the pre-softmax output
+(``keras_bridge.logits_model``), computed in the model's own precision (the center-pixel model's float64 head keeps its precision).
 The blur uses ``scipy.ndimage.median_filter`` with edge replication (``mode="nearest"``, as
 OpenCV's medianBlur).
 """
@@ -153,7 +154,7 @@ class MeaningfulPerturbation(Explainer):
             resolution); must divide H and W.
         normalize: "study1" | "minmax" | "none" (see the module docstring) ("study1").
         **common: batch_size (images optimised together: one model evaluation per image and
-            step), channel_reduce, seed (of the random {0,1} initial mask), progress (see
+            step), channel_reduce, seed (of the random {0,1} initial mask), progress, output (see
             :class:`xaitf.explainer.Explainer`).
         seed: the random {0,1} initial mask, the same for every input (counter-based: independent of batch_size and of the other inputs).
 
@@ -161,6 +162,7 @@ class MeaningfulPerturbation(Explainer):
     """
 
     key = "mp"            # the preset section of xaitf.settings
+    default_output = "probabilities"
     stochastic = True
 
     def __init__(self, model, *, tv_beta=3, lr=0.1, max_iterations=1000, l1_coeff=0.01,
@@ -195,7 +197,6 @@ class MeaningfulPerturbation(Explainer):
         if p["normalize"] not in NORMALIZE:
             raise MethodError(f"{name} normalize must be one of {', '.join(NORMALIZE)}, got {p['normalize']!r}")
         self._step_fns = {}
-        self.output_note = f"{self.logit_activation} probabilities of the logits ({self.output_note})"
 
     def chunk_size(self):
         return self.batch_size
@@ -209,9 +210,9 @@ class MeaningfulPerturbation(Explainer):
         """Per-image loss terms (area, tv, probability) for masks m (n,h,w,1)."""
         up = self._upsample(m)
         perturbed = x * up + blurred * (1.0 - up)
-        prob = self.probabilities_of(self.forward(perturbed, training=False))
+        score = self.output_spec.select_onehot(self.forward(perturbed, training=False), onehot)
         area = tf.reduce_mean(tf.abs(1.0 - m), axis=[1, 2, 3])
-        return area, tv_norm(m, self.tv_beta), tf.reduce_sum(prob * onehot, axis=-1)
+        return area, tv_norm(m, self.tv_beta), score
 
     def _adam_steps(self, k, i, m, mom, vel, blurred, diff, onehot):
         """``k`` Adam steps (PyTorch's update) of every mask of the chunk, each followed by the clamp
@@ -222,8 +223,9 @@ class MeaningfulPerturbation(Explainer):
                 tape.watch(m)
                 up = self._upsample(m)
                 # blurred + up * (x - blurred) = x * up + blurred * (1 - up)
-                prob = self.probabilities_of(self.forward(blurred + up * diff, training=False))
-                loss = self.category_coeff * tf.reduce_sum(prob * onehot)
+                score = self.output_spec.select_onehot(self.forward(blurred + up * diff, training=False),
+                                                       onehot)
+                loss = self.category_coeff * tf.reduce_sum(score)
             i = i + 1
             m, mom, vel = MASK_UPDATE(m, tape.gradient(loss, m), mom, vel, tf.cast(i, tf.float32), self.lr,
                                  self.l1_coeff, self.tv_coeff, self.tv_beta)

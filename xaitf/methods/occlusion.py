@@ -24,9 +24,8 @@ import numpy as np
 from .. import params as _params
 from ..errors import MethodError
 from ..explainer import Explainer, as_batch
-from .perturb import Engine, as_pair, paint, probability_engine, window_grid, window_pairs
+from .perturb import as_pair, output_engine, paint, window_grid, window_pairs
 
-OUTPUTS = ("probabilities", "logits")
 
 
 class Occlusion(Explainer):
@@ -40,8 +39,8 @@ class Occlusion(Explainer):
         fill: value written into the window: a number, one number per channel (C,), one image
             (H,W,C) (or (H,W) when C == 1: the window gets the image's pixels under it) or one
             image per input (N,H,W,C) (0.0).
-        output: ``"probabilities"`` (study 1) or ``"logits"`` (pre-softmax output)
-            ("probabilities").
+        output: ``"probabilities"`` (study 1), ``"logits"`` (pre-softmax output) or a callable
+            ``(model outputs, targets) -> (N,)`` (:mod:`xaitf.outputs`) ("probabilities").
         shortcut: use the exact first-layer shortcut when the model allows it
             (``xaitf.methods.perturb``); False always runs the whole model (True).
         segments: None (default: windows), or occlude segments instead: a segmenter name of
@@ -59,6 +58,7 @@ class Occlusion(Explainer):
     """
 
     key = "occlusion"     # the preset section of xaitf.settings
+    default_output = "probabilities"
 
     def __init__(self, model, *, window=1, stride=1, fill=0.0, output="probabilities",
                  shortcut=True, segments=None, **common):
@@ -69,7 +69,6 @@ class Occlusion(Explainer):
         p = self.params
         self.window = as_pair(p["window"], "window", "Occlusion")
         self.stride = as_pair(p["stride"], "stride", "Occlusion")
-        _params.choice(p["output"], "output", "Occlusion", OUTPUTS)
         channels = self.shape[-1]
         if channels is None:
             raise MethodError("Occlusion needs a model with a known number of input channels")
@@ -80,10 +79,7 @@ class Occlusion(Explainer):
             window_grid(h, w, self.window, self.stride, "Occlusion")   # fails early if too big
         kw = dict(shortcut=bool(p["shortcut"]), batch_size=self.batch_size,
                   show_progress=self.progress, desc="occlusion")
-        if p["output"] == "probabilities":
-            self.engine = probability_engine(self.model, **kw)
-        else:
-            self.engine = Engine(self.forward, **kw)
+        self.engine = output_engine(self, **kw)
 
     def __call__(self, x, targets=None):
         x = as_batch(x, self.model)

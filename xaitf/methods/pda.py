@@ -73,7 +73,7 @@ class PredictionDifference(Explainer):
         shortcut: use the exact first-layer shortcut when the model allows it (True).
         batch_size: model evaluations per chunk (windows x samples); None (the default) lets
             ``windows_per_batch`` decide (``windows_per_batch x samples``); a number overrides it.
-        **common: channel_reduce, seed, progress (see :class:`xaitf.explainer.Explainer`).
+        **common: channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
         seed: the data-based draws (marginal / conditional samples per window), keyed by (seed,
             window block) (counter-based: independent of batch_size and of the other inputs); unused by the value grid.
 
@@ -81,7 +81,8 @@ class PredictionDifference(Explainer):
     """
 
     key = "pda"           # the preset section of xaitf.settings
-    uses_logits = False
+    default_output = "probabilities"
+    outputs = ("probabilities",)   # weights of evidence are log-odds of class probabilities
     stochastic = True
 
     def __init__(self, model, *, window=1, stride=1, sampling="marginal", values=256,

@@ -360,11 +360,15 @@ class Engine:
         batch_size: model evaluations per chunk.
         show_progress: tqdm bar over the calls of long runs.
         desc: label of the progress bar.
+        score: None (the target's output, after ``post``) or a callable ``(outputs, targets) ->
+            (N,)`` giving the explained score of each row (a user's ``output=`` function,
+            :mod:`xaitf.outputs`; ``model`` is then the full model and ``post`` None).
     """
 
     def __init__(self, model, *, post=None, shortcut=True, batch_size=256, show_progress=True,
-                 desc=None):
+                 desc=None, score=None):
         self.model = model
+        self.score = score
         self.post = {None: None, "softmax": lambda h: tf.nn.softmax(h, axis=-1),
                      "sigmoid": tf.nn.sigmoid}[post]
         self.batch_size = max(1, int(batch_size))
@@ -438,8 +442,13 @@ class Engine:
                           tf.constant(targets[s:s + self.batch_size], tf.int32)).numpy())
         return np.concatenate(res)
 
+    def _select(self, outputs, targets):
+        """(N,) float64 explained scores of model outputs (after ``post``) at int targets."""
+        s = tf.gather(outputs, targets, batch_dims=1) if self.score is None else self.score(outputs, targets)
+        return tf.cast(s, tf.float64)
+
     def _outputs_fn(self, x, t):
-        return tf.cast(tf.gather(self._outputs(x), t, batch_dims=1), tf.float64)
+        return self._select(self._outputs(x), t)
 
     def _fn(self, key, make, signature=None):
         """A tf.function cached per key; ``signature`` leaves the batch axes free (no retracing)."""
@@ -543,7 +552,7 @@ class Engine:
         v = tf.reshape(tf.broadcast_to(v, tf.stack([n, S, kh, kw, ch])), [-1, kh, kw, ch])
         bb, rr, cc = (tf.repeat(a, S) for a in (b, r, c))
         out = self.local.outputs(acts, *plan, bb, rr, cc, v)
-        s = tf.cast(tf.gather(out, tf.repeat(t, S), batch_dims=1), tf.float64)
+        s = self._select(out, tf.repeat(t, S))
         return tf.linalg.matvec(tf.reshape(s, [n, S]), w)
 
     def _window_chunk(self, state, b, r, c, t, v, w):
@@ -565,7 +574,7 @@ class Engine:
             cols = tf.broadcast_to(tf.range(tf.shape(X)[2])[None], tf.stack([m, tf.shape(X)[2]]))
             inside, new = _place(v, rr, cc, rows, cols)
             out = self._outputs(tf.where(inside, new, xb))
-        s = tf.cast(tf.gather(out, tt, batch_dims=1), tf.float64)
+        s = self._select(out, tt)
         return tf.linalg.matvec(tf.reshape(s, [n, S]), w)
 
     def _window_loop(self, bw, shared, chunk):
@@ -658,7 +667,7 @@ class Engine:
                         dz = tf.reshape(dz, tf.concat([[q, T - 1], tf.shape(dz)[2:]], 0))
                         z = tf.concat([z, za[:, None] + tf.cumsum(dz, axis=1)], 1)
                     out = self.chain.head(tf.reshape(z, tf.concat([[-1], tf.shape(z)[2:]], 0)))
-                s = tf.cast(tf.gather(out, tt, batch_dims=1), tf.float64)
+                s = self._select(out, tt)
                 return i + 1, ta.write(i, tf.reshape(s, tf.stack([q, T])))
 
             ta = tf.TensorArray(tf.float64, size=n_chunks)
@@ -723,7 +732,7 @@ class Engine:
                 steps = tf.minimum(i * T + tf.range(T), K)
                 limit = tf.broadcast_to(steps[None], tf.stack([q, T]))
                 xs = tf.reshape(prefix_images(X, pixel_rank, limit, base, False), [-1, H, W, C])
-                s = tf.cast(tf.gather(self._outputs(xs), tt, batch_dims=1), tf.float64)
+                s = self._select(self._outputs(xs), tt)
                 return i + 1, ta.write(i, tf.reshape(s, tf.stack([q, T])))
 
             ta = tf.TensorArray(tf.float64, size=n_chunks)
@@ -759,7 +768,7 @@ class Engine:
             mask = tf.equal(tf.gather(SEG, b), s[:, None, None])[..., None]
             fill = tf.gather(base, b) if per_input else base
             xs = tf.where(mask, fill, tf.gather(X, b))
-            return tf.cast(tf.gather(self._outputs(xs), t, batch_dims=1), tf.float64)
+            return self._select(self._outputs(xs), t)
 
         return fn
 
@@ -782,6 +791,18 @@ prefix_images = fused(_prefix_images)
 def _spec(shape, dtype):
     """A TensorSpec with a free leading (batch) axis."""
     return tf.TensorSpec((None,) + tuple(shape), dtype)
+
+
+def output_engine(explainer, **kw):
+    """The Engine of an explainer's ``output`` (:mod:`xaitf.outputs`): over the logit model for
+    ``"logits"``, over class probabilities (:func:`probability_engine`) for ``"probabilities"``,
+    over the model's own outputs scored by the user's function for a callable."""
+    spec = explainer.output_spec
+    if spec.kind == "probabilities":
+        return probability_engine(explainer.model, **kw)
+    if spec.kind == "callable":
+        return Engine(explainer.model, score=spec.call_user, **kw)
+    return Engine(spec.forward, **kw)
 
 
 def probability_engine(model, **kw):

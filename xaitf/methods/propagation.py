@@ -134,7 +134,7 @@ class InnvestigateExplainer(Explainer):
         postprocess: ``smoothgrad``'s per-gradient postprocessing, "none" | "abs" | "square"
             ("none").
         **common: batch_size (inputs x steps/samples per analyzer call), channel_reduce, seed,
-            progress (see :class:`xaitf.explainer.Explainer`).
+            progress, output (see :class:`xaitf.explainer.Explainer`).
         seed: ``smoothgrad`` only: seeds the library's own generator (the TF1 graph seed of
             iNNvestigate's noise op); its noise follows the batch, so an input's map may depend
             on batch_size and on the other inputs (unlike the native ``sg``).
@@ -142,6 +142,8 @@ class InnvestigateExplainer(Explainer):
     Returns (from ``__call__``): maps (N,H,W) after channel reduction, or (N,H,W,C) with
     ``channel_reduce="none"``.
     """
+
+    outputs = ("logits",)   # iNNvestigate selects one pre-softmax neuron (neuron_selection "index")
 
     def __init__(self, model, analyzer=None, *, epsilon=1.0, low=0.0, high=1.0, steps=64, baseline=0.0,
                  samples=16, noise_scale=1.0, postprocess="none", **common):
@@ -156,7 +158,7 @@ class InnvestigateExplainer(Explainer):
         if foreign:
             valid = ", ".join(k for k in own if k != "analyzer") or "none"
             raise MethodError(f"InnvestigateExplainer ({name}) got unknown parameter(s) {', '.join(foreign)}; "
-                              f"valid for {name}: {valid} (plus batch_size, channel_reduce, seed, progress)")
+                              f"valid for {name}: {valid} (plus batch_size, channel_reduce, seed, progress, output)")
         self.analyzer_name = name
         self.key = SECTIONS[name]
         super().__init__(model, params={k: given[k] for k in own}, **common)

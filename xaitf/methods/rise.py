@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from .. import params as _params
 from ..errors import MethodError
-from ..explainer import Explainer, class_probabilities
+from ..explainer import Explainer
 from .gradients import cached_function, image_spec
 
 
@@ -62,8 +62,10 @@ def upsample(grids, offsets, ry, rx, h, w):
     return tf.matmul(tf.matmul(ay, grids), ax, transpose_b=True)
 
 
-def saliency_function(forward, shape, cell, activation):
-    """The compiled ``sum_i P_t(x * M_i) M_i`` for one model, image shape, cell and probability head.
+def saliency_function(forward, shape, cell, score):
+    """The compiled ``sum_i S_t(x * M_i) M_i`` for one model, image shape, cell and explained score
+    ``score(outputs, onehot) -> (N,)`` (:meth:`xaitf.outputs.Output.select_onehot`; the class
+    probability P_t by default).
 
     Arguments of the returned function: x (n,H,W,C) float32, onehot (n,K) float32, grids
     (chunks,g,cell,cell) float32, offsets (chunks,g,2) int32, valid (chunks,g) float32 (1 for real
@@ -85,10 +87,9 @@ def saliency_function(forward, shape, cell, activation):
                          interpolation(cell, cell_w), h, w)                   # (g,H,W)
             pert = x[:, None] * m[None, ..., None]                           # (n,g,H,W,C)
             pert = tf.reshape(pert, tf.concat([[n * g], tf.shape(x)[1:]], 0))
-            prob = class_probabilities(forward(pert, training=False), activation)
-            prob = tf.reshape(prob, (n, g, -1))
-            score = tf.einsum("ngk,nk->ng", prob, onehot) * valid[j][None]
-            total += tf.einsum("ng,ghw->nhw", score, m)
+            s = score(forward(pert, training=False), tf.repeat(onehot, g, axis=0))   # (n*g,)
+            s = tf.reshape(s, (n, g)) * valid[j][None]
+            total += tf.einsum("ng,ghw->nhw", s, m)
         return total
 
     return saliency
@@ -103,7 +104,7 @@ class Rise(Explainer):
         cell: the random grid has ``cell x cell`` cells (7; paper: s = 7).
         p: probability of keeping a cell (0.5; paper: 0.5).
         **common: batch_size (perturbed images, inputs x masks, per model evaluation),
-            channel_reduce, seed (the same seed gives the same masks and maps), progress (see
+            channel_reduce, seed (the same seed gives the same masks and maps), progress, output (see
             :class:`xaitf.explainer.Explainer`).
         seed: the masks' grids and offsets, shared by every input (stateless draws of the seed
             alone) (counter-based: independent of batch_size and of the other inputs).
@@ -112,6 +113,7 @@ class Rise(Explainer):
     """
 
     key = "rise"          # the preset section of xaitf.settings
+    default_output = "probabilities"
     stochastic = True
 
     def __init__(self, model, *, masks=4000, cell=7, p=0.5, **common):
@@ -127,10 +129,12 @@ class Rise(Explainer):
         if self.cell > min(h, w):
             raise MethodError(f"Rise cell must be at most the image side {min(h, w)}, got {self.cell}")
         self.cell_h, self.cell_w = math.ceil(h / self.cell), math.ceil(w / self.cell)
-        forward, shape, cell, head = self.forward, self.shape, self.cell, self.logit_activation
-        self._fn = cached_function(forward, f"rise:{cell}:{head}",
-                                   lambda: saliency_function(forward, shape, cell, head))
-        self.output_note = f"{self.logit_activation} probabilities of the logits ({self.output_note})"
+        forward, shape, cell, spec = self.forward, self.shape, self.cell, self.output_spec
+        build = lambda: saliency_function(forward, shape, cell, spec.select_onehot)  # noqa: E731
+        if spec.tag is None:           # a user's output function: not shared through the cache
+            self._fn = build()
+        else:
+            self._fn = cached_function(forward, f"rise:{cell}:{self.logit_activation}:{spec.tag}", build)
 
     def chunk_size(self):
         return self.batch_size

@@ -31,7 +31,7 @@ import numpy as np
 from .. import params as _params
 from ..errors import MethodError
 from ..explainer import Explainer, as_batch
-from .perturb import Engine, check_int
+from .perturb import check_int, output_engine
 
 FEATURES = ("pixels", "channels")
 
@@ -54,7 +54,7 @@ class ShapleySampling(Explainer):
             name and keywords (``{"name": "slic", "n_segments": 8}``), a callable image -> labels, or
             an integer label map (N,H,W) (or (H,W) shared). Always the plain path (no shortcut).
         **common: batch_size (model evaluations, i.e. prefixes, per chunk), channel_reduce, seed
-            (of the permutations and of a seeded segmenter), progress (see
+            (of the permutations and of a seeded segmenter), progress, output (see
             :class:`xaitf.explainer.Explainer`).
         seed: the permutations, the same for every input (counter-based: independent of batch_size and of the other inputs).
 
@@ -81,8 +81,8 @@ class ShapleySampling(Explainer):
         if self.segments is not None and self.channel_features:
             raise MethodError("ShapleySampling takes segments with features='pixels' only, "
                                       "got features='channels'")
-        self.engine = Engine(self.forward, shortcut=p["shortcut"], batch_size=self.batch_size,
-                             show_progress=self.progress, desc="shapley")
+        self.engine = output_engine(self, shortcut=p["shortcut"], batch_size=self.batch_size,
+                                    show_progress=self.progress, desc="shapley")
         self._perms = {}
 
     def permutations(self, n_features):

@@ -139,19 +139,19 @@ class SuperpixelMixin:
 class _LibraryExplainer(SuperpixelMixin, Explainer):
     """Shared plumbing: output choice, batched scores, parameter checks."""
 
+    # the libraries take a model or a function of the whole (M,K) output: the two named outputs
+    outputs = OUTPUTS
+
     def setup(self):
-        out = self.params.get("output", "logits")
-        if out not in OUTPUTS:
-            raise MethodError(f"{type(self).__name__} output must be one of {', '.join(OUTPUTS)}, got {out!r}")
         if any(d is None for d in self.shape):
             raise MethodError(f"{type(self).__name__} needs a model with a fixed input shape")
-        fwd, probs = self.forward, out == "probabilities"
-        if probs:
-            self.output_note = f"softmax probabilities of the pre-softmax output ({self.output_note})"
+        fwd, probs, sigmoid = self.forward, self.output == "probabilities", self.logit_activation == "sigmoid"
 
         def scores(z):
             y = fwd(z, training=False)
-            return tf.nn.softmax(y, axis=-1) if probs else y
+            if not probs:
+                return y
+            return tf.nn.sigmoid(y) if sigmoid else tf.nn.softmax(y, axis=-1)
 
         self._scores_fn = tf.function(scores, input_signature=[tf.TensorSpec([None, *self.shape], tf.float32)], autograph=False)
         self.setup_method()
@@ -180,7 +180,7 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
         float32 tf-keras twin (:func:`xaitf.twin.tf_keras_twin`, checked against the model), since
         shap's TF explainers accept tf-keras models only.
         """
-        probs = self.params["output"] == "probabilities"
+        probs = self.output == "probabilities"
         sigmoid = self.logit_activation == "sigmoid"
         forward = self.forward
         if self.kind == "keras3":  # shap 0.51's Gradient/Deep explainers refuse Keras 3 models

@@ -47,7 +47,7 @@ from ..explainer import Explainer, as_batch, as_targets
 from ..explainer import progress as _progress
 from ._random import GOLDEN, LIME_BITS, SHAP_PERM, SHAP_SIZE, hash_bits, mul32, stream_key
 from .perturb import _DenseFirst, check_int, split_chain
-from .surrogates import OUTPUTS, SuperpixelMixin, _background
+from .surrogates import SuperpixelMixin, _background
 
 # float64 elements of one group's normal equations (images x S x S) before images are split up
 _STAT_BUDGET = 1 << 24
@@ -232,6 +232,8 @@ class _Surrogate(SuperpixelMixin, Explainer):
     first-layer shortcut after a ``Flatten -> Dense`` first layer | False: always the plain path).
     """
 
+    default_output = "probabilities"
+
     stochastic = True
 
     def __call__(self, x, targets=None):
@@ -264,15 +266,9 @@ class _Surrogate(SuperpixelMixin, Explainer):
         return fill[lo:lo + n]
 
     def setup(self):
-        out = self.params.get("output", "probabilities")
-        if out not in OUTPUTS:
-            raise MethodError(f"{type(self).__name__} output must be one of {', '.join(OUTPUTS)}, got {out!r}")
         if len(self.shape) != 3 or any(d is None for d in self.shape):
             raise MethodError(f"{type(self).__name__} needs an image model with a fixed input shape "
                               f"(H,W,C), got {self.shape}")
-        self._probs = out == "probabilities"
-        if self._probs:
-            self.output_note = f"{self.logit_activation} probabilities of the logits ({self.output_note})"
         self._fns = {}
         self.xla = False
         self._check_jit()
@@ -325,9 +321,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
         return self._output_scores(self.forward(images, training=False), t)
 
     def _output_scores(self, out, t):
-        if self._probs:
-            out = tf.nn.sigmoid(out) if self.logit_activation == "sigmoid" else tf.nn.softmax(out, axis=-1)
-        return tf.cast(tf.gather(out, t, batch_dims=1), tf.float64)
+        return tf.cast(self.select(out, t), tf.float64)
 
     def target_scores(self, x, targets):
         """(N,) float64: the explained output of images x at their targets, ``batch_size`` at a time."""

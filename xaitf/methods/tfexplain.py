@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from ..errors import InputError, MethodError
 from ..explainer import Explainer
-from ..keras_bridge import find_last_conv, logits_model
+from ..keras_bridge import find_last_conv, kmodule, logits_model, output_head
 from ..twin import tf_keras_twin
 
 OUTPUTS = ("logits", "probabilities")
@@ -38,17 +38,19 @@ OUTPUTS = ("logits", "probabilities")
 class _TfxBase(Explainer):
     """Shared plumbing: the tf-keras twin, the explained output, per-class grouping."""
 
-    uses_logits = False   # the explained output is chosen by the ``output`` setting
+    outputs = OUTPUTS     # tf-explain takes a model: the two named outputs (xaitf.outputs)
 
     def setup(self):
-        out = self.params.get("output", "logits")
-        if out not in OUTPUTS:
-            raise MethodError(f"{type(self).__name__} output must be one of {', '.join(OUTPUTS)}, got {out!r}")
         self.twin = tf_keras_twin(self.model)
-        if out == "logits":
-            self.tfx_model, self.output_note = logits_model(self.twin)
-        else:
-            self.tfx_model, self.output_note = self.twin, "model output (probabilities if softmax)"
+        logits = logits_model(self.twin)[0]
+        if self.output == "logits":
+            self.tfx_model = logits
+        elif output_head(self.model) is not None:
+            self.tfx_model = self.twin                   # its own softmax / sigmoid output
+        else:                                            # no final softmax: add one to the twin
+            km = kmodule("tf-keras")
+            head = km.layers.Activation(self.logit_activation, name="xaitf_probabilities")
+            self.tfx_model = km.Model(logits.inputs, head(logits.outputs[0]))
         self._setup()
 
     def _setup(self):

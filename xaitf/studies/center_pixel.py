@@ -170,8 +170,7 @@ def part_heatmaps(runner, x, folder, quick):
         rows.append({"method": k, "title": e.title, "seconds": sec, "pixel": mass["pixel"],
                      "crop": mass["crop"], "min": float(m.min()), "max": float(m.max()),
                      "z_centre": float(z[c, c]), "z_min": float(z.min()), "z_max": float(z.max()),
-                     "explains": e.output_note if e.params.get("output") != "probabilities"
-                     else "softmax probabilities",
+                     "explains": e.output_note,
                      "params": {**e.params, "batch_size": e.batch_size}})
         maps[e.title] = m
         raw[k] = m.astype(np.float32)
