@@ -51,6 +51,17 @@ def make_cnn(shape=(8, 8, 1), classes=5, seed=0, softmax=True):
     return tfk.Model(inp, out, name="tiny_cnn")
 
 
+def write_mnist_npz(folder, n_train, n_test, seed=0):
+    """A small random MNIST-format ``mnist.npz`` (uint8 28x28 images, labels 0..9) in ``folder``
+    (created), for the loaders' ``--data-dir``; returns the folder."""
+    rs = np.random.RandomState(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "mnist.npz",
+             x_train=rs.randint(0, 256, (n_train, 28, 28), dtype=np.uint8), y_train=rs.randint(0, 10, n_train),
+             x_test=rs.randint(0, 256, (n_test, 28, 28), dtype=np.uint8), y_test=rs.randint(0, 10, n_test))
+    return folder
+
+
 def make_linear(shape=(6, 6, 1), classes=3, seed=0):
     """logits = W . flatten(x) + b: every attribution method has an analytic answer here."""
     rs = np.random.RandomState(seed)

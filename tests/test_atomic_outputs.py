@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_cnn
+from conftest import make_cnn, write_mnist_npz
 
 import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 from xaitf import cli, settings as S
@@ -220,12 +220,7 @@ N = 8
 @pytest.fixture(scope="module")
 def renv(tmp_path_factory):
     root = tmp_path_factory.mktemp("atomic_runs")
-    rs = np.random.RandomState(0)
-    data = root / "data"
-    data.mkdir()
-    np.savez(data / "mnist.npz",
-             x_train=rs.randint(0, 256, (4, 28, 28), dtype=np.uint8), y_train=rs.randint(0, 10, 4),
-             x_test=rs.randint(0, 256, (N, 28, 28), dtype=np.uint8), y_test=rs.randint(0, 10, N))
+    data = write_mnist_npz(root / "data", 4, N)
     bad = root / "bad_data"
     bad.mkdir()
     np.savez(bad / "mnist.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4),

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import make_cnn
+from conftest import make_cnn, write_mnist_npz
 from xaitf import runs
 from xaitf.errors import XaitfError
 from xaitf.runs import local as runs_local
@@ -29,12 +29,7 @@ SETS = ["--set", "ig.steps=8", "--set", "occlusion.window=4", "--set", "occlusio
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    rs = np.random.RandomState(0)
-    data = root / "data"
-    data.mkdir()
-    np.savez(data / "mnist.npz",
-             x_train=rs.randint(0, 256, (8, 28, 28), dtype=np.uint8), y_train=rs.randint(0, 10, 8),
-             x_test=rs.randint(0, 256, (N + 6, 28, 28), dtype=np.uint8), y_test=rs.randint(0, 10, N + 6))
+    data = write_mnist_npz(root / "data", 8, N + 6)
     model = make_cnn(shape=(28, 28, 1), classes=10, seed=0)
     model.save(root / "tiny.h5")
     make_cnn(shape=(28, 28, 1), classes=10, seed=5).save(root / "other.h5")

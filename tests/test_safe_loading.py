@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_cnn
+from conftest import ROOT, make_cnn, write_mnist_npz
 from xaitf import cli
 from xaitf.errors import ModelError
 from xaitf.keras_bridge import keras3, tfk
@@ -193,12 +193,7 @@ def test_unsafe_model_flag_on_every_command_line():
 def test_xaitf_run_refuses_lambda_unless_unsafe_model(tmp_path, capsys):
     from xaitf.__main__ import main as xaitf_main
 
-    rs = np.random.RandomState(0)
-    data = tmp_path / "data"
-    data.mkdir()
-    np.savez(data / "mnist.npz", x_train=rs.randint(0, 256, (4, 28, 28), dtype=np.uint8),
-             y_train=rs.randint(0, 3, 4), x_test=rs.randint(0, 256, (4, 28, 28), dtype=np.uint8),
-             y_test=rs.randint(0, 3, 4))
+    data = write_mnist_npz(tmp_path / "data", 4, 4)
     path, marker = write_lambda_model(tmp_path, "tfk", "h5", shape=(28, 28, 1))
     out = tmp_path / "run"
     argv = ["run", "--model", str(path), "--data", "mnist", "--data-dir", str(data), "--limit", "4",

@@ -26,7 +26,7 @@ from ._checks import check_fraction, check_int, check_maps, count_of, pixel_orde
 
 OUTPUTS = ("probabilities", "logits", "raw")
 FILLS = ("mean", "blur", "salt_pepper")
-# model evaluations from which a metric shows a progress bar (when settings' global progress is on)
+# model evaluations from which a metric shows a progress bar (when its ``progress`` is on)
 _LONG_RUN = 1 << 14
 
 
@@ -163,7 +163,8 @@ class Scorer:
         score = tf.gather(out, tgt, batch_dims=1)
         return score, tf.argmax(out, axis=-1, output_type=tf.int32), tf.reduce_max(out, axis=-1)
 
-    def run(self, x, base, order, idx, thr, targets, insert=False, batch_size=256, desc="metric"):
+    def run(self, x, base, order, idx, thr, targets, insert=False, batch_size=256, desc="metric",
+            show_progress=True):
         """Scores of ``len(idx)`` perturbed images.
 
         Args:
@@ -171,6 +172,7 @@ class Scorer:
             order: (N,H,W) int32 pixel order. idx: (P,) image of each pair. thr: (P,) pixel counts.
             targets: (N,) classes scored. insert: keep pixels ``order < thr`` (else remove them).
             batch_size: perturbed images per model call.
+            show_progress: a tqdm bar for long runs (``_LONG_RUN`` model evaluations or more).
 
         Returns:
             ``(score, predicted, top)``: (P,) target score, (P,) argmax class, (P,) max score.
@@ -182,9 +184,7 @@ class Scorer:
         base_t = tf.constant(base, tf.float32)
         order_t = tf.constant(order, tf.int32)
         tgt = np.asarray(targets, np.int32)[idx]
-        from .. import settings as S
-
-        show = S.section("global")["progress"] and len(idx) >= _LONG_RUN
+        show = bool(show_progress) and len(idx) >= _LONG_RUN
         run = self._compiled(tuple(int(d) for d in x.shape[1:]))
         ins = tf.constant(bool(insert))
         out = ([], [], [])

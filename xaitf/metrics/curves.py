@@ -23,7 +23,7 @@ def _steps(steps, n_pixels):
 
 
 def _curve(model, x, maps, targets, steps, fill, batch_size, output, insert, start, blur_sigma,
-           seed, desc):
+           seed, desc, progress):
     sc, x, m, t, bs = prepare(model, x, maps, targets, output, batch_size)
     n, h, w = m.shape
     counts = _steps(steps, h * w)
@@ -32,14 +32,15 @@ def _curve(model, x, maps, targets, steps, fill, batch_size, output, insert, sta
     s1 = len(counts)
     idx = np.repeat(np.arange(n), s1)
     thr = np.tile(counts, n)
-    score, _, _ = sc.run(x, base, order, idx, thr, t, insert=insert, batch_size=bs, desc=desc)
+    score, _, _ = sc.run(x, base, order, idx, thr, t, insert=insert, batch_size=bs, desc=desc,
+                         show_progress=progress)
     scores = score.reshape(n, s1)
     fractions = counts / float(h * w)
     return Curve(fractions, scores, np.trapezoid(scores, fractions, axis=1))
 
 
 def deletion_curve(model, x, maps, targets, steps=20, fill=0.0, batch_size=256,
-                   output="probabilities", seed=0):
+                   output="probabilities", seed=0, progress=True):
     """Deletion curve (Petsiuk et al. 2018, RISE): remove pixels in order of relevance.
 
     At step ``s = 0..S`` the ``t_s = floor(s/S * H*W + 1/2)`` pixels with the highest map values
@@ -57,16 +58,17 @@ def deletion_curve(model, x, maps, targets, steps=20, fill=0.0, batch_size=256,
         batch_size: perturbed images per model call.
         output: ``"probabilities"`` (default), ``"logits"`` or ``"raw"``.
         seed: seed of ``"salt_pepper"`` (one noise image per input, the same at every step).
+        progress: a progress bar on long runs (True).
 
     Returns:
         :class:`Curve` ``(fractions (S+1,), scores (N,S+1), auc (N,))``.
     """
     return _curve(model, x, maps, targets, steps, fill, batch_size, output, False, "fill", 5.0,
-                  seed, "deletion")
+                  seed, "deletion", progress)
 
 
 def insertion_curve(model, x, maps, targets, steps=20, fill=0.0, batch_size=256,
-                    output="probabilities", start="fill", blur_sigma=5.0, seed=0):
+                    output="probabilities", start="fill", blur_sigma=5.0, seed=0, progress=True):
     """Insertion curve (Petsiuk et al. 2018, RISE): put pixels back in order of relevance.
 
     Starts from the ``fill`` image (``start="fill"``) or from a Gaussian-blurred copy of each image
@@ -80,7 +82,7 @@ def insertion_curve(model, x, maps, targets, steps=20, fill=0.0, batch_size=256,
     if start not in STARTS:
         raise MethodError(f"unknown start {start!r}; valid: {', '.join(STARTS)}")
     return _curve(model, x, maps, targets, steps, fill, batch_size, output, True, start,
-                  blur_sigma, seed, "insertion")
+                  blur_sigma, seed, "insertion", progress)
 
 
 def _segment_order(maps, segments):
@@ -109,7 +111,7 @@ def _segment_order(maps, segments):
 
 
 def irof(model, x, maps, targets, segments=None, batch_size=256, output="probabilities",
-         segment_params=None):
+         segment_params=None, progress=True):
     """IROF, Iterative Removal Of Features (Rieger & Hansen 2020).
 
     Each image is cut into superpixels; they are ranked by their mean map value (highest first)
@@ -131,6 +133,7 @@ def irof(model, x, maps, targets, segments=None, batch_size=256, output="probabi
         batch_size: perturbed images per model call.
         output: ``"probabilities"`` (default), ``"logits"`` or ``"raw"``.
         segment_params: keyword arguments of :func:`xaitf.segmentation.segment`.
+        progress: a progress bar on long runs (True).
 
     Returns:
         (N,) areas in [0, 1] for scores that only fall (NaN where ``P_y(x) = 0``).
@@ -153,7 +156,8 @@ def irof(model, x, maps, targets, segments=None, batch_size=256, output="probabi
     base = fill_image(x, "mean")
     idx = np.repeat(np.arange(n), nseg + 1)
     thr = np.concatenate([np.arange(s + 1) for s in nseg])
-    score, _, _ = sc.run(x, base, order, idx, thr, t, insert=False, batch_size=bs, desc="irof")
+    score, _, _ = sc.run(x, base, order, idx, thr, t, insert=False, batch_size=bs, desc="irof",
+                         show_progress=progress)
     out = np.empty(n)
     start = np.concatenate([[0], np.cumsum(nseg + 1)])
     for i in range(n):  # per image: its own number of segments

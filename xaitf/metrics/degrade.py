@@ -30,7 +30,7 @@ def degrade_images(x, maps, keep=0.2, fill=0.0, seed=0):
     return np.where(kept, x, base).astype(np.float32)
 
 
-def degradation(model, x, maps, labels, keep=0.2, fill=0.0, batch_size=256, seed=0):
+def degradation(model, x, maps, labels, keep=0.2, fill=0.0, batch_size=256, seed=0, progress=True):
     """Accuracy and confidence after keeping only the top ``keep`` fraction of pixels by map value.
 
     Pixels are ranked by their (signed) map value, highest first; ties go to the pixel that comes
@@ -50,6 +50,7 @@ def degradation(model, x, maps, labels, keep=0.2, fill=0.0, batch_size=256, seed
             images scaled to [0, 1] (0 or 255 of the 8-bit scale); drawn with ``seed``.
         batch_size: images per model call.
         seed: seed of ``"salt_pepper"`` (the same seed gives the same degraded images).
+        progress: a progress bar on long runs (True).
 
     Returns:
         dict with ``accuracy`` (degraded images), ``confidence_true`` and ``confidence_predicted``
@@ -67,7 +68,7 @@ def degradation(model, x, maps, labels, keep=0.2, fill=0.0, batch_size=256, seed
     idx = np.concatenate([np.arange(n), np.arange(n)])
     thr = np.concatenate([np.full(n, m.shape[1] * m.shape[2]), np.full(n, k)])
     p_true, pred, p_pred = sc.run(x, base, order, idx, thr, y, insert=True, batch_size=bs,
-                                  desc="degradation")
+                                  desc="degradation", show_progress=progress)
     p0, pred0 = p_true[:n], pred[:n]
     p_true, pred, p_pred = p_true[n:], pred[n:], p_pred[n:]
     return {

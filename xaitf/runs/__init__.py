@@ -20,7 +20,7 @@ of them without a circle.
 from ..extras import ExtraMissing, require_extra
 from .cli import DEFAULT_CHUNK, add_parser, main, settings_overrides
 from .local import (Bars, Session, StopFlag, Writer, build_explainers, explain_chunk,
-                    explainer_settings, plan_chunks, run_local)
+                    explainer_settings, plan_chunks, preset_arguments, run_local)
 from .metrics import compute_metrics, find_metric, overview_figure
 from .ray_engine import WORKER_ENV, RayWorker, run_ray
 from .store import (FORMAT, IDENTITY_KEYS, STORE_NAME, Store, StoreError, array_sha256,
@@ -31,6 +31,6 @@ __all__ = [
     "Session", "StopFlag", "Store", "StoreError", "WORKER_ENV", "Writer", "add_parser",
     "array_sha256", "build_explainers", "check_identity", "check_method_settings",
     "compute_metrics", "explain_chunk", "explainer_settings", "file_sha256", "find_metric", "main",
-    "out_lock", "overview_figure", "plan_chunks", "require_extra", "run_local", "run_ray",
+    "out_lock", "overview_figure", "plan_chunks", "preset_arguments", "require_extra", "run_local", "run_ray",
     "settings_overrides", "versions",
 ]

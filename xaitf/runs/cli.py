@@ -24,6 +24,7 @@ from .. import cli
 from ..errors import XaitfError
 from ..extras import MLFLOW, RAY, require_extra
 from .local import (Bars, Session, StopFlag, Writer, build_explainers, explainer_settings,
+                    preset_arguments,
                     plan_chunks, run_local)
 from .metrics import compute_metrics, find_metric
 from .ray_engine import run_ray
@@ -185,7 +186,10 @@ def _run(args, keys, model_path, out, engine):
             raise cli.CliError(f"{model_path} expects images shaped {tuple(shape)}, {ds.name} images "
                                f"are {tuple(images.shape[1:])}")
         x = (images.astype(np.float32) / np.float32(args.scale))
-        explainers = build_explainers(keys, model)
+        # the presets (with --set/--seed/--batch-size) become keyword arguments once, here: the
+        # explainers, and the Ray workers', are built from them (no worker replays --set)
+        method_kwargs = preset_arguments(keys)
+        explainers = build_explainers(keys, model, method_kwargs)
         settings = {k: explainer_settings(e) for k, e in explainers.items()}
         if store is not None:
             for k in keys:
@@ -248,8 +252,8 @@ def _run(args, keys, model_path, out, engine):
                 if todo and engine == "ray":
                     ctx = {"address": args.address, "workers": args.workers,
                            "model_bytes": model_path.read_bytes(), "model_suffix": model_path.suffix,
-                           "model_sha256": model_sha, "sets": list(args.sets), "seed": args.seed,
-                           "batch_size": args.batch_size, "keys": keys, "gpus": args.worker_gpus,
+                           "model_sha256": model_sha, "method_kwargs": method_kwargs,
+                           "keys": keys, "gpus": args.worker_gpus,
                            "safe_mode": not getattr(args, "unsafe_model", False)}
                     run_ray(ctx, todo, x, t, write, stop, session)
                 elif todo:

@@ -55,13 +55,24 @@ def explain_chunk(explainer, x, targets):
     return maps, time.perf_counter() - t0
 
 
-def build_explainers(keys, model):
+def preset_arguments(keys):
+    """``{method: keyword arguments}`` from the presets as they are now (``--set`` applied):
+    what every engine builds its explainers from (:func:`xaitf.registry.preset_kwargs`)."""
     from .. import registry
 
+    return {k: registry.preset_kwargs(k) for k in keys}
+
+
+def build_explainers(keys, model, method_kwargs=None):
+    """The explainers of ``keys`` for ``model`` from ``method_kwargs`` (:func:`preset_arguments`;
+    None: the presets now), without progress bars (the run shows its own)."""
+    from .. import registry
+
+    method_kwargs = preset_arguments(keys) if method_kwargs is None else method_kwargs
     out = {}
     for k in keys:
         try:
-            out[k] = registry.create_from_presets(k, model, progress=False)
+            out[k] = registry.create_explainer(k, model, **{**method_kwargs[k], "progress": False})
         except XaitfError as e:
             raise type(e)(f"{k}: {cli.one_line(e)}") from e
     return out

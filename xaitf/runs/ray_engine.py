@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cli
 from ..extras import RAY, require_extra
 from .local import build_explainers, explain_chunk
 from .store import StoreError
@@ -26,11 +25,11 @@ class RayWorker:
     """A Ray actor: one model and every explainer, built once; explains chunks on request.
 
     The model arrives as file bytes (checked against its sha256), the images and targets as
-    object-store arrays; ``sets``/``seed``/``batch_size`` are applied exactly as on the driver.
+    object-store arrays; the explainers are built from the driver's keyword arguments
+    (``method_kwargs``, the presets with ``--set`` applied there): no settings are replayed here.
     """
 
-    def __init__(self, model_bytes, suffix, sha256, sets, seed, batch_size, keys, x, t,
-                 safe_mode=True):
+    def __init__(self, model_bytes, suffix, sha256, method_kwargs, keys, x, t, safe_mode=True):
         import tempfile
 
         for k, v in WORKER_ENV.items():
@@ -40,12 +39,11 @@ class RayWorker:
 
         if hashlib.sha256(model_bytes).hexdigest() != sha256:
             raise StoreError("the model bytes reached the worker damaged (sha256 differs)")
-        cli.apply_sets(sets, seed=seed, batch_size=batch_size)
         with tempfile.TemporaryDirectory(prefix="xaitf-ray-") as d:
             path = Path(d) / f"model{suffix}"
             path.write_bytes(model_bytes)
             self.model = load_model(path, safe_mode=safe_mode)
-        self.explainers = build_explainers(keys, self.model)
+        self.explainers = build_explainers(keys, self.model, method_kwargs)
         self.x, self.t = x, t
 
     def explain(self, method, a, b):
@@ -72,9 +70,8 @@ def run_ray(ctx, todo, x, t, write, stop, session):
         Worker = ray.remote(num_cpus=1, num_gpus=ctx.get("gpus") or 0, max_restarts=0)(RayWorker)
         model_ref = ray.put(ctx["model_bytes"])
         x_ref, t_ref = ray.put(x), ray.put(t)
-        actors = [Worker.remote(model_ref, ctx["model_suffix"], ctx["model_sha256"], ctx["sets"],
-                                ctx["seed"], ctx["batch_size"], ctx["keys"], x_ref, t_ref,
-                                safe_mode=ctx.get("safe_mode", True))
+        actors = [Worker.remote(model_ref, ctx["model_suffix"], ctx["model_sha256"], ctx["method_kwargs"],
+                                ctx["keys"], x_ref, t_ref, safe_mode=ctx.get("safe_mode", True))
                   for _ in range(n_workers)]
         print(f"ray: {n_workers} worker(s) on {cpus} CPU(s)"
               + (f" at {ctx['address']}" if ctx["address"] else " (local)"), flush=True)

@@ -43,6 +43,13 @@ DIVERGING = "RdBu_r"       # as xaitf.plotting: blue (negative) / white (0) / re
 atomic = atomic_write
 
 
+def progress_enabled():
+    """The run's ``global.progress`` preset (``--set global.progress=false`` silences the bars)."""
+    from .. import settings as S
+
+    return bool(S.section("global")["progress"])
+
+
 def log(message):
     """One progress line on stdout (flushed, so long runs show where they are); a path inside the
     running study's work folder is shown as its final path (:func:`final_paths`)."""

@@ -218,7 +218,7 @@ def score_methods(model, graph, x, targets, cfg, seed, progress):
         memo = Memo(ex)       # the noisy batches are the same for both normalisations: explain once
         lip_raw = M.local_lipschitz(memo, x, targets, seed=seed, **LIPSCHITZ)
         lip_neg = M.local_lipschitz(memo, x, targets, seed=seed, normalise="negative", **LIPSCHITZ)
-        irof = M.irof(model, x, maps, targets)
+        irof = M.irof(model, x, maps, targets, progress=C.progress_enabled())
         rows.append({"name": name, "method": key, "title": ex.title,
                      "lipschitz_raw": float(np.nanmean(lip_raw)),
                      "lipschitz_raw_std": float(np.nanstd(lip_raw)),

@@ -212,7 +212,8 @@ def part_degradation(key, model, maps, idx, y, p, methods, say):
         if m in maps.failed:
             continue
         a = maps(m, idx)
-        r = degradation(model, xs, a, ys, keep=float(p["keep"]), fill=p["fill"], seed=0)
+        r = degradation(model, xs, a, ys, keep=float(p["keep"]), fill=p["fill"], seed=0,
+                        progress=C.progress_enabled())
         rows.append({"method": m, "title": _title(m), "accuracy": r["accuracy"],
                      "confidence_true": r["confidence_true"], "accuracy_original": r["accuracy_original"],
                      "kept_pixels": r["kept_pixels"], "images": int(len(idx)),
