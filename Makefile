@@ -27,13 +27,29 @@ $(VENV)/.extras: $(VENV)/.installed requirements-extras.txt
 setup-extras: $(VENV)/.extras
 
 # The default models (the CIFAR ones take ~20 CPU minutes: `python create_model.py cifar_vgg ...`);
-# MNIST models are skipped with a message when no MNIST copy is found.
+# MNIST models are skipped with a message when no MNIST copy is found. With a data directory the
+# MNIST figure explains a real test digit (written as a PNG by xaitf.data.sample_image) and a small
+# dataset run writes results/runs/demo-mnist_cnn/report.html; without one, only a random image is
+# explained (its figure lies under results/no_data/random/). Ends with the path of results/index.html.
 DEMO_MODELS := center_pixel mnist_cnn lenet bayesian_mlp
+DEMO_METHODS := grad gb deconvnet sg inpgrad ig lrp deeplift gradcam occlusion lime
+DEMO_DIGIT := results/demo/mnist_test_digit_0.png
 demo: setup
 	$(PY) create_model.py $(DEMO_MODELS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --skip-missing
 	$(PY) heatmap_script.py -hm grad gb deconvnet sg inpgrad ig lrp deeplift occlusion pda
-	test ! -f models/mnist_cnn.h5 || $(PY) heatmap_script.py -mp models/mnist_cnn.h5 \
-	  -hm grad gb deconvnet sg inpgrad ig lrp deeplift gradcam occlusion lime
+ifneq ($(DATA_DIR),)
+	$(PY) -m xaitf.data.sample_image --data mnist --index 0 --data-dir $(DATA_DIR) --out $(DEMO_DIGIT)
+	test ! -f models/mnist_cnn.h5 || $(PY) heatmap_script.py -ip $(DEMO_DIGIT) -mp models/mnist_cnn.h5 \
+	  -hm $(DEMO_METHODS)
+	test ! -f models/mnist_cnn.h5 || $(PY) -m xaitf run --model models/mnist_cnn.h5 --data mnist \
+	  --data-dir $(DATA_DIR) --limit 64 --methods grad ig lime --out results/runs/demo-mnist_cnn --no-progress
+else
+	@echo "demo: no data directory (DATA_DIR / XAITF_DATA_DIR): no real digits; a RANDOM image is explained"
+	test ! -f models/mnist_cnn.h5 || $(PY) heatmap_script.py -mp models/mnist_cnn.h5 -op results/no_data/ \
+	  -hm $(DEMO_METHODS)
+endif
+	@echo "results index:"
+	@$(PY) -m xaitf.reports results
 
 test: setup-extras
 	$(PY) -m pytest -q

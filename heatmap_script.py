@@ -1,18 +1,27 @@
 #!/usr/bin/env python
-"""Study 1's command line: explain one image with several methods and save one figure.
+"""Study 1's command line: explain images with several methods and save figures.
 
 Examples::
 
     python heatmap_script.py -hm grad lrp                  # center-pixel model, random image
     python heatmap_script.py -ip digit.png -mp models/mnist_cnn.h5 -hm grad ig lrp gradcam
     python heatmap_script.py -hm ig --set ig.steps=128 -cp 42 --save-arrays
+    python heatmap_script.py -ip photos/ -mp r50.keras --preprocess resnet50 -hm grad ig occlusion
     python heatmap_script.py --list                        # methods and their figure titles
 
-The figure goes to ``<out>/<image stem>/heatmap_<YYYYmmdd-HHMMSS>.png`` (stem ``random`` without
-``-ip``); an existing file is never replaced. Every user error ends with one line on stderr and
-exit code 1, before any heavy work where it can be detected early, and nothing half-written.
+Each figure goes to ``<out>/<image stem>/heatmap_<YYYYmmdd-HHMMSS>.png`` (stem ``random`` without
+``-ip``); with several images (files, folders or globs after ``-ip``) a summary grid (images x
+methods) goes to ``<out>/heatmap_summary_<YYYYmmdd-HHMMSS>.png``; an existing file is never
+replaced. Before any method runs, each method's cost is estimated (its model evaluations x a
+measured time per evaluation, :mod:`xaitf.budget`) and printed; above ``--budget`` (default 10
+minutes) the command stops with one line naming the setting to change. For models other than
+study 1's center-pixel model, window methods (occlusion, PDA, tf-explain occlusion) default to a
+window scaled to the input (:func:`xaitf.budget.scaled_defaults`); ``--set`` wins. Every user error
+ends with one line on stderr and a non-zero exit code, before any heavy work where it can be
+detected early, and nothing half-written.
 """
 import argparse
+import glob
 import sys
 import time
 from datetime import datetime
@@ -29,6 +38,7 @@ from xaitf.errors import XaitfError  # noqa: E402
 
 DEFAULT_MODEL = HERE / "models" / "center_pixel.h5"
 CENTER_PIXEL_GLOBALS = ("image_size", "num_classes", "alpha", "relu_flag")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def build_parser():
@@ -39,9 +49,11 @@ def build_parser():
         epilog="Method keys (case-insensitive; aliases such as 'gradient' or 'integrated_gradients' "
                "accepted; 'lrp' = lrp.z lrp.epsilon lrp.alpha_1_beta_0 lrp.alpha_2_beta_1): "
                "see --list.")
-    p.add_argument("-ip", "--img_path", default=None,
-                   help="image file (png/jpg/...); default: study 1's random image "
-                        "(RandomState(0).randint(256, (227,227))), saved under the stem 'random'")
+    p.add_argument("-ip", "--img_path", nargs="+", default=None, metavar="IMAGE",
+                   help="image files (png/jpg/...), folders of images or globs ('photos/*.jpg'): "
+                        "one figure per image, plus a summary grid when there are several; "
+                        "default: study 1's random image (RandomState(0).randint(256, (227,227))), "
+                        "saved under the stem 'random'")
     p.add_argument("-mp", "--model_path", default=None,
                    help="Keras model file (.h5 or .keras, tf-keras or Keras 3) or tf-keras SavedModel "
                         "folder; default: the "
@@ -62,10 +74,11 @@ def build_parser():
                       help="add the centre 5x5 crop row (default for the center-pixel model)")
     crop.add_argument("--no-crop", dest="crop", action="store_false", help="no crop row")
     p.add_argument("--scale", type=float, default=255.0,
-                   help="pixel values are divided by this before the model sees them (default 255)")
+                   help="--preprocess scale divides pixel values by this (default 255)")
     p.add_argument("--unsafe-model", action="store_true",
                    help="allow the model file to run Python code stored in it (Lambda layers) "
                         "while it loads; only for files you trust (default: such files are refused)")
+    cli.add_image_args(p)
     cli.add_common_args(p)
     return p
 
@@ -135,7 +148,92 @@ def probabilities(model, x):
     return probs(model, x)[0], probability_head(model)[1]
 
 
+def image_paths(specs):
+    """The image files named by ``-ip``: files, folders (their image files, sorted) and globs, in
+    the order given, without repeats. CliError (one line) for a missing file, a folder or glob with
+    no images."""
+    kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
+    paths = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise cli.CliError(f"image path {p} is a folder with no image files ({kinds})")
+        elif p.is_file():
+            found = [p]
+        elif any(ch in str(spec) for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(str(spec))
+                           if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise cli.CliError(f"no image files match {spec!r} ({kinds})")
+        else:
+            raise cli.CliError(f"image file not found: {spec}")
+        paths += [f for f in found if f not in paths]
+    return paths
+
+
+def unique_stems(paths):
+    """One output folder name per image: its stem, with the suffix added where stems repeat."""
+    stems = [p.stem for p in paths]
+    out = []
+    for p, s in zip(paths, stems):
+        name = s if stems.count(s) == 1 else f"{s}_{p.suffix.lstrip('.').lower()}"
+        while name in out:
+            name += "_"
+        out.append(name)
+    return out
+
+
+def summary_figure(images, maps, rows, header=None, dpi=100):
+    """Images x methods grid: the input, then each method's map with its own colour bar.
+
+    Args:
+        images: list of (H,W) or (H,W,3) images in 0..1 (as displayed, before preprocessing).
+        maps: ``{title: (N,H,W) maps}`` in column order.
+        rows: one label per image (name, predicted and explained class).
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from xaitf import plotting
+
+    titles = list(maps)
+    n, m = len(images), len(titles) + 1
+    fig = Figure(figsize=(1.2 + 2.3 * m, 0.6 + 2.15 * n), dpi=dpi)
+    axes = fig.subplots(n, m, squeeze=False)
+    for i, img in enumerate(images):
+        ax = axes[i][0]
+        shown, kw = plotting._input_display(img)
+        ax.imshow(shown, **kw)
+        ax.set_title("Input" if i == 0 else "", fontsize=9)
+        ax.set_ylabel(rows[i], fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for j, t in enumerate(titles, start=1):
+            a = plotting.as_map(maps[t][i])
+            z = plotting.should_zscore(t)
+            a = plotting.zscore(a) if z else a
+            lim = plotting.symmetric_limits(a)[1]
+            ax = axes[i][j]
+            im = ax.imshow(a, cmap=plotting.DIVERGING, vmin=-lim, vmax=lim)
+            ax.set_title(f"{t}{' (z)' if z else ''}" if i == 0 else "", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0, lim])
+            cb.ax.tick_params(labelsize=6)
+            cb.ax.set_yticklabels([plotting._fmt(-lim), "0", plotting._fmt(lim)])
+    if header:
+        fig.suptitle(header, fontsize=9, x=0.01, ha="left", color="0.25")
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if header else 1))
+    return fig
+
+
 def main(argv=None):
+    try:
+        sys.stdout.reconfigure(line_buffering=True)   # logs: printed lines keep their order with
+    except (AttributeError, ValueError):              # the progress lines on stderr
+        pass
     args = build_parser().parse_args(argv)
     if args.list:
         list_methods()
@@ -146,10 +244,7 @@ def main(argv=None):
         raise cli.CliError("no methods given: pass -hm METHOD [METHOD ...] "
                            f"(valid: {', '.join(registry.list_methods(include_groups=True))})")
     keys = registry.expand(args.heatmap_methods)
-    if args.img_path is not None and Path(args.img_path).is_dir():
-        raise cli.CliError(f"image path {args.img_path} is a folder, expected an image file")
-    if args.img_path is not None and not Path(args.img_path).is_file():
-        raise cli.CliError(f"image file not found: {args.img_path}")
+    paths = image_paths(args.img_path) if args.img_path else []
     if args.model_path is not None and Path(args.model_path).is_dir():
         from xaitf.safe_loading import model_path_problem   # no TensorFlow: a SavedModel is valid
 
@@ -164,22 +259,31 @@ def main(argv=None):
     if out_root.exists() and not out_root.is_dir():
         raise cli.CliError(f"output path {out_root} exists and is not a folder")
     args.scale = cli.check_flag("--scale", S.positive_finite, args.scale)   # inf would give zeros
+    if args.preprocess not in (None, "scale") and args.scale != 255.0:
+        raise cli.CliError(f"--scale applies to --preprocess scale only, not {args.preprocess}")
     if args.clamp_label is not None and args.clamp_label < 0:
         raise cli.CliError(f"-cl must be a class index >= 0, got {args.clamp_label}")
 
     from xaitf.data import images  # PIL and numpy only: a bad image file fails before TensorFlow
 
-    if args.img_path is not None:
-        raw = images.load_image(args.img_path)
-        stem, source = Path(args.img_path).stem, args.img_path
+    if paths:
+        raws = [images.load_image(p) for p in paths]
+        stems, sources = unique_stems(paths), [str(p) for p in paths]
+        sizes = sorted({f"{r.shape[1]}x{r.shape[0]}" for r in raws})
+        if len(sizes) > 1 and args.resize is None:
+            raise cli.CliError(f"the images have different sizes ({', '.join(sizes[:4])}"
+                               f"{', ...' if len(sizes) > 4 else ''}): choose how each is fitted to "
+                               f"the model with --resize {{{','.join(images.RESIZE_POLICIES)}}}")
     else:
         size = int(S.GLOBAL["image_size"])
-        raw = images.random_image(size, 0)
-        stem, source = "random", f"random {size}x{size} image (RandomState(0))"
+        raws = [images.random_image(size, 0)]
+        stems, sources = ["random"], [f"random {size}x{size} image (RandomState(0))"]
 
     # ---- model --------------------------------------------------------------------------------
     import numpy as np
 
+    from xaitf import budget
+    from xaitf.data.preprocess import describe, model_preprocessing, preprocess
     from xaitf.keras_bridge import input_shape, logits_model, model_kind
     cli.quiet_tensorflow()
 
@@ -189,39 +293,58 @@ def main(argv=None):
     shape = input_shape(model)
     if len(shape) != 3 or None in shape[:2]:
         raise cli.CliError(f"expected an image classifier with input (H,W,C), got input shape {shape}")
-    img = np.array(images.fit_to_model(raw, shape, scale=1.0)[0], dtype=np.float32)  # 0..255, (H,W,C)
+    center_model = is_center_pixel(model)
+    resize = args.resize or ("pil" if center_model else "bilinear")
+    own = None if center_model else model_preprocessing(model)
+    prep = args.preprocess or ("none" if own else "scale")
+    imgs = np.concatenate([images.fit_to_model(r, shape, scale=1.0, resize=resize) for r in raws])
     centre = (shape[0] // 2, shape[1] // 2)
     if args.centre_pixel is not None:
-        img[centre[0], centre[1], :] = args.centre_pixel
-    x = (img / np.float32(args.scale))[None]
-    center_model = is_center_pixel(model)
+        imgs[:, centre[0], centre[1], :] = args.centre_pixel
+    x = preprocess(imgs, prep, scale=args.scale)          # imgs: 0..255, what the figures show
+    prep_note = describe(prep, args.scale) + (f"; the model has a {own}" if own else "")
     crop = center_model if args.crop is None else args.crop
+    n = len(x)
 
-    probs, prob_note = probabilities(model, x)
-    num_classes = probs.shape[-1]
-    predicted = int(np.argmax(probs))
-    target = predicted if args.clamp_label is None else int(args.clamp_label)
-    if target >= num_classes:
-        raise cli.CliError(f"-cl {target} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    top5 = [(int(c), float(probs[c])) for c in np.argsort(-probs, kind="stable")[:5]]
-    true = int(round(float(img[centre[0], centre[1], 0]))) if center_model else None
+    from xaitf.keras_bridge import probabilities as class_probs, probability_head
+
+    probs_all = class_probs(model, x)
+    prob_note = probability_head(model)[1]
+    num_classes = probs_all.shape[-1]
+    predicted = [int(np.argmax(p)) for p in probs_all]
+    if args.clamp_label is not None and args.clamp_label >= num_classes:
+        raise cli.CliError(f"-cl {args.clamp_label} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    targets = [p if args.clamp_label is None else int(args.clamp_label) for p in predicted]
 
     _, note = logits_model(model)
     sigmoid = "sigmoid" in prob_note     # binary / multi-label head: logit per unit, p = sigmoid
     explained = "pre-sigmoid logit" if sigmoid else "pre-softmax logits"
     print(f"model: {model_kind(model)} {getattr(model, 'name', '')!s} from {model_source}; input "
           f"{'x'.join(map(str, shape))}, {num_classes} classes")
-    print(f"image: {source} -> fitted to {shape[0]}x{shape[1]}x{shape[2]}, pixels / {args.scale:g}"
-          + (f", centre pixel set to {args.centre_pixel}" if args.centre_pixel is not None else ""))
+    for i in range(n):
+        print(f"image: {sources[i]} -> fitted to {shape[0]}x{shape[1]}x{shape[2]} (resize {resize}), "
+              f"preprocessing {prep_note}"
+              + (f", centre pixel set to {args.centre_pixel}" if args.centre_pixel is not None else ""))
     print(f"explained output: {explained} ({note})")
-    print(f"predicted {'unit' if sigmoid else 'class'} {predicted} (p={probs[predicted]:.5g}, {prob_note}); explaining class "
-          f"{target}" + (f"; true label (centre pixel) {true}" if true is not None else ""))
+    for i in range(n):
+        true = int(round(float(imgs[i, centre[0], centre[1], 0]))) if center_model else None
+        print(f"{stems[i] + ': ' if n > 1 else ''}predicted {'unit' if sigmoid else 'class'} "
+              f"{predicted[i]} (p={probs_all[i][predicted[i]]:.5g}, {prob_note}); explaining class "
+              f"{targets[i]}" + (f"; true label (centre pixel) {true}" if true is not None else ""))
 
     # ---- build every explainer first: a method that cannot handle the model fails here -------
-    explainers = []
+    set_keys = {(sec, key) for sec, key, _ in applied}
+    explainers, scaled = [], []
     for k in keys:
         try:
-            explainers.append(registry.create_from_presets(k, model))
+            extra = {}
+            if not center_model:
+                section = registry.preset_section(k)
+                extra = {p: v for p, v in budget.scaled_defaults(k, shape).items()
+                         if (section, p) not in set_keys}
+                if extra:
+                    scaled.append(f"{k} " + " ".join(f"{p}={v}" for p, v in extra.items()))
+            explainers.append(registry.create_from_presets(k, model, **extra))
         except Exception as e:
             if isinstance(e, XaitfError):
                 raise type(e)(f"{k}: {cli.one_line(e)}") from e
@@ -234,38 +357,82 @@ def main(argv=None):
         if getattr(e, "output_note", note) != note:
             extra["explains"] = e.output_note
         cli.print_settings(f"{e.title} ({e.name})", e.params, **extra)
+    if scaled:
+        print(f"  window defaults scaled to the {shape[0]}x{shape[1]} input (window = stride = "
+              f"max(1, round(min(H,W)/{budget.WINDOWS_PER_SIDE})); --set wins): {'; '.join(scaled)}")
+
+    # ---- cost estimate: stop before any work when above --budget -------------------------------
+    costs = {}
+    for e in explainers:
+        try:
+            costs[e.name] = budget.cost(e.name, e)
+        except (KeyError, AttributeError, TypeError):
+            costs[e.name] = None
+    timing = budget.measure(model, backward=any(c and c[1] for c in costs.values()))
+    per = f"{timing['forward'] * 1e3:.0f} ms per forward"
+    if "backward" in timing:
+        per += f", {timing['backward'] * 1e3:.0f} ms per forward+backward"
+    print(f"estimate ({n} image{'s' if n > 1 else ''}; measured {per}; budget "
+          f"{budget.duration(args.budget)[1:] if args.budget else 'none'}):")
+    rows, estimates = [], {}
+    for e in explainers:
+        if costs[e.name] is None:
+            print(f"  {e.name}: no estimate (not in xaitf.budget.COSTS)")
+            continue
+        sec, evals, cnote = budget.seconds(e.name, e, n, timing)
+        rows.append((e.name, e, sec))
+        estimates[e.name] = sec
+        print(f"  {e.name}: {budget.duration(sec)} ({evals} evaluations per image: {cnote})")
+    total = budget.check(rows, args.budget, n, timing)
+    print(f"  total: {budget.duration(total)}")
 
     # ---- explain -------------------------------------------------------------------------------
     maps, raw_maps = {}, {}
+    t_all = time.perf_counter()
     for e in explainers:
         t0 = time.perf_counter()
-        m = np.asarray(e(x, np.array([target])))[0]
+        m = np.asarray(e(x, np.array(targets)))
         if not np.all(np.isfinite(m)):
             print(f"  warning: {e.name} map has non-finite values", file=sys.stderr)
         maps[e.title] = m
         raw_maps[e.name] = m.astype(np.float32)
-        print(f"  {e.name}: {time.perf_counter() - t0:.2f} s, map {m.shape}, range "
-              f"[{np.nanmin(m):.4g}, {np.nanmax(m):.4g}]")
+        est = f" (estimate {budget.duration(estimates[e.name])})" if e.name in estimates else ""
+        print(f"  {e.name}: {time.perf_counter() - t0:.2f} s{est}, map {m.shape[1:]}, range "
+              f"[{np.nanmin(m):.4g}, {np.nanmax(m):.4g}]", flush=True)
+    print(f"  all methods: {time.perf_counter() - t_all:.1f} s (estimate {budget.duration(total)})")
 
-    # ---- figure (atomic, never overwriting) ----------------------------------------------------
+    # ---- figures (atomic, never overwriting) ---------------------------------------------------
     from xaitf import plotting
 
-    info = {"predicted": predicted, "target": target, "probability": float(probs[target]), "top5": top5}
-    if center_model:
-        info["true"] = true
     other = [e.title for e in explainers if e.output_spec.kind == "probabilities"]
-    header = (f"{getattr(model, 'name', 'model')} ({model_kind(model)}, {model_source}) | explained: "
-              f"class {target}, {explained} ({note})"
+    header = (f"{getattr(model, 'name', 'model')} ({model_kind(model)}, {model_source}) | "
+              f"preprocessing: {prep_note} | explained: {explained} ({note})"
               + (f"; probabilities for {', '.join(other)}" if other else ""))
-    fig = plotting.heatmap_figure(img[..., 0] / args.scale if shape[-1] == 1 else img / args.scale,
-                                  maps, info, crop=crop, header=header)
+    shown = [im[..., 0] / 255.0 if shape[-1] == 1 else im / 255.0 for im in imgs]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = plotting.save_figure(fig, out_root / stem / f"heatmap_{stamp}.png")
-    print(f"figure: {path}")
-    if args.save_arrays:
-        npz = cli.atomic_write(path.with_suffix(".npz"), lambda tmp: np.savez(tmp, **raw_maps),
-                               overwrite=False)
-        print(f"arrays: {npz} ({', '.join(raw_maps)})")
+    for i in range(n):
+        probs = probs_all[i]
+        top5 = [(int(c), float(probs[c])) for c in np.argsort(-probs, kind="stable")[:5]]
+        info = {"predicted": predicted[i], "target": targets[i],
+                "probability": float(probs[targets[i]]), "top5": top5}
+        if center_model:
+            info["true"] = int(round(float(imgs[i, centre[0], centre[1], 0])))
+        fig = plotting.heatmap_figure(shown[i], {t: m[i] for t, m in maps.items()}, info, crop=crop,
+                                      header=header.replace(" | explained: ",
+                                                                     f" | explained: class {targets[i]}, "))
+        path = plotting.save_figure(fig, out_root / stems[i] / f"heatmap_{stamp}.png")
+        print(f"figure: {path}")
+        if args.save_arrays:
+            arrays = {k: v[i] for k, v in raw_maps.items()}
+            npz = cli.atomic_write(path.with_suffix(".npz"), lambda tmp: np.savez(tmp, **arrays),
+                                   overwrite=False)
+            print(f"arrays: {npz} ({', '.join(raw_maps)})")
+    if n > 1:
+        labels = [f"{stems[i]}\npred {predicted[i]}, expl. {targets[i]}\np={probs_all[i][targets[i]]:.3g}"
+                  for i in range(n)]
+        fig = summary_figure(shown, maps, labels, header=header)
+        path = plotting.save_figure(fig, out_root / f"heatmap_summary_{stamp}.png")
+        print(f"summary: {path}")
     return 0
 
 

@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 if "XAITF_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["XAITF_DATA_DIR"] = str(SHARED_DATA)
+# dataset runs list themselves in <index root>/index.html: never the repository's results/ in tests
+if "XAITF_INDEX_ROOT" not in os.environ:
+    import tempfile
+
+    os.environ["XAITF_INDEX_ROOT"] = tempfile.mkdtemp(prefix="xaitf-test-index-")
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +41,18 @@ def restore_settings():
     for name, section in S.SECTIONS.items():
         section.clear()
         section.update(saved[name])
+
+
+def run_heatmap(capsys, *args):
+    """``heatmap_script.py args`` in this process: (exit code, stdout, stderr)."""
+    import heatmap_script
+    from xaitf import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.run(heatmap_script.main, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
 
 
 def make_cnn(shape=(8, 8, 1), classes=5, seed=0, softmax=True):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_cnn
+from conftest import ROOT, make_cnn, run_heatmap
 
 SCRIPT = ROOT / "heatmap_script.py"
 NAME = re.compile(r"^heatmap_\d{8}-\d{6}(_\d+)?\.png$")
@@ -74,15 +74,7 @@ def test_end_to_end_figure_arrays_settings_and_no_overwrite(files, tmp_path, cap
 
 # -- in-process runs (TensorFlow is already loaded here): same code path, exit codes, stderr -----
 def run_main(capsys, *args):
-    """``heatmap_script.py args`` in this process: (exit code, stdout, stderr)."""
-    import heatmap_script
-    from xaitf import cli
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        cli.run(heatmap_script.main, [str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+    return run_heatmap(capsys, *args)
 
 
 def test_center_pixel_model_default_image_and_centre_pixel(tmp_path, capsys, restore_settings):

@@ -40,7 +40,8 @@ def env(tmp_path_factory):
 def argv(env, out, *extra, model=None, methods=METHODS):
     return (["run", "--model", str(model or env["model"]), "--data", "mnist", "--data-dir",
              str(env["data"]), "--limit", str(N), "--chunk-size", str(CHUNK), "--out", str(out),
-             "--methods", *methods, "--no-progress", *SETS, *extra])
+             "--methods", *methods, "--no-progress", "--index-root", str(env["root"] / "results"),
+             *SETS, *extra])
 
 
 def read_store(path):

@@ -137,6 +137,64 @@ def seed_int(text):
     return _flag_type(S.seed_int)(text)
 
 
+def budget_seconds(text):
+    """argparse type of ``--budget``: ``none`` (None) or a duration (``600``, ``90s``, ``10m``,
+    ``1h``) in seconds (:func:`xaitf.budget.parse_budget`)."""
+    from .budget import parse_budget
+
+    return _flag_type(parse_budget)(text)
+
+
+def preprocess_name(text):
+    """argparse type of ``--preprocess``: a name of :data:`xaitf.data.preprocess.PREPROCESS_NAMES`."""
+    from .data.preprocess import check_name
+
+    try:
+        return check_name(text)
+    except XaitfError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def resize_policy(text):
+    """argparse type of ``--resize``: one of :data:`xaitf.data.images.RESIZE_POLICIES`."""
+    from .data.images import check_resize
+
+    try:
+        return check_resize(text)
+    except XaitfError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_image_args(parser, budget="10m"):
+    """``--preprocess``, ``--resize`` and ``--budget``: how images become model inputs and how long
+    a command may run (shared by the command lines that explain image files).
+
+    Defaults are None for ``--preprocess``/``--resize`` (the command decides from the model);
+    ``--budget`` defaults to ``budget`` (``None``: no limit).
+    """
+    from .data.images import RESIZE_POLICIES
+    from .data.preprocess import PREPROCESS_NAMES
+
+    parser.add_argument("--preprocess", type=preprocess_name, default=None, metavar="NAME",
+                        help="how 0..255 pixels become model inputs: scale (/ --scale), none, a "
+                             "keras.applications family (its preprocess_input), or a mode "
+                             f"(caffe, tf, torch); valid: {', '.join(PREPROCESS_NAMES)}. Default: "
+                             "none for a model with a Rescaling/Normalization layer at its input, "
+                             "else scale")
+    parser.add_argument("--resize", type=resize_policy, default=None,
+                        metavar="{" + ",".join(RESIZE_POLICIES) + "}",
+                        help="how an image is fitted to the model's input size: pil (uint8, "
+                             "Pillow's default filter, then channels: study 1's script), bilinear, "
+                             "bicubic, nearest (on float values), crop (centre crop to the aspect "
+                             "ratio, then bilinear). Default: pil for the center-pixel model, else "
+                             "bilinear; images of different sizes need it given")
+    parser.add_argument("--budget", type=budget_seconds, default=budget_seconds(budget) if budget else None,
+                        metavar="DURATION",
+                        help="refuse to start when the estimated time is above this: seconds or "
+                             f"90s / 10m / 1h, or none (default {budget or 'none'})")
+    return parser
+
+
 def check_flag(flag, check, value):
     """``check(value)`` (a validator of :mod:`xaitf.settings`); CliError ``flag: expected ...``."""
     try:

@@ -145,9 +145,9 @@ def _images(name, x, where):
     return np.ascontiguousarray(x)
 
 
-def _labels(name, y, n, where):
-    """Check and normalise labels to int64 (N,); Keras' CIFAR-10 gives (N,1)."""
-    classes = SPECS[name][1]
+def check_labels(y, n, where, classes=None):
+    """Check and normalise labels to int64 (N,) (Keras' CIFAR-10 gives (N,1)): integers >= 0, one
+    per image, below ``classes`` when given; DataError naming ``where`` otherwise."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -155,9 +155,15 @@ def _labels(name, y, n, where):
         raise DataError(f"{where}: expected integer labels shaped (N,), got {y.dtype} {y.shape}")
     if len(y) != n:
         raise DataError(f"{where}: {n} images but {len(y)} labels")
-    if y.size and (y.min() < 0 or y.max() >= classes):
+    if y.size and classes is not None and (y.min() < 0 or y.max() >= classes):
         raise DataError(f"{where}: labels must lie in 0..{classes - 1}, got {y.min()}..{y.max()}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, got {y.min()}")
     return y.astype(np.int64)
+
+
+def _labels(name, y, n, where):
+    return check_labels(y, n, where, SPECS[name][1])
 
 
 def _make(name, x_train, y_train, x_test, y_test, source, split, where):

@@ -1,7 +1,9 @@
 """Single images: read a file, fit it to a model's input, and study 1's default random image.
 
 ``load_image`` keeps the file's intensities (0..255, float32, (H,W,C)); ``fit_to_model`` resizes to
-the model's (H,W), converts channels and scales, giving the (1,H,W,C) batch a model takes.
+the model's (H,W) (``resize=``: one of :data:`RESIZE_POLICIES`, ``"pil"`` being study 1's script),
+converts channels and scales, giving the (1,H,W,C) batch a model takes. Model-specific
+preprocessing (keras.applications families, caffe/tf/torch) is :mod:`xaitf.data.preprocess`.
 """
 from pathlib import Path
 
@@ -13,6 +15,9 @@ from ..errors import InputError
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 _RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4}
+
+#: ``fit_to_model(..., resize=)`` / ``--resize`` policies (see :func:`fit_to_model`)
+RESIZE_POLICIES = ("pil", "bilinear", "bicubic", "nearest", "crop")
 
 
 def load_image(path):
@@ -74,7 +79,7 @@ def _resize(a, h, w, resample):
     return out
 
 
-def fit_to_model(img, input_shape, scale=255.0, resample="bilinear"):
+def fit_to_model(img, input_shape, scale=255.0, resample="bilinear", resize=None):
     """Fit one image to a model's input: resize, convert channels, scale.
 
     Channel conversion: RGB -> gray by luminance ``Y = 0.299 R + 0.587 G + 0.114 B``; gray -> RGB by
@@ -85,7 +90,16 @@ def fit_to_model(img, input_shape, scale=255.0, resample="bilinear"):
         img: (H,W), (H,W,C) or (1,H,W,C) array, C in {1,3,4}, e.g. from :func:`load_image`.
         input_shape: the model's input shape (H,W,C) (a leading batch entry is ignored), C in {1,3}.
         scale: the result is divided by this (255 gives 0..1 inputs; 1 keeps 0..255).
-        resample: "bilinear" (default), "bicubic", "lanczos", "box" or "nearest".
+        resample: "bilinear" (default), "bicubic", "lanczos", "box" or "nearest"; used when
+            ``resize`` is None.
+        resize: a resize policy of :data:`RESIZE_POLICIES`, or None (``resample`` on floats):
+
+            * ``"pil"``: study 1's script: the image as uint8 (rounded, clipped to 0..255),
+              ``PIL.Image.resize((W, H))`` with Pillow's default filter, then the channels
+              converted by Pillow (``convert("L")`` / ``convert("RGB")``, rounded to integers);
+            * ``"bilinear"``, ``"bicubic"``, ``"nearest"``: that PIL filter on float values
+              (channels converted first when going to gray, as with ``resample``);
+            * ``"crop"``: the largest centred crop with the model's aspect ratio, then bilinear.
 
     Returns:
         float32 array (1,H,W,C).
@@ -112,10 +126,18 @@ def fit_to_model(img, input_shape, scale=255.0, resample="bilinear"):
     if len(shape) != 3 or shape[2] not in (1, 3) or any(d is None or int(d) < 1 for d in shape[:2]):
         raise InputError(f"fit_to_model needs a model input (H,W,1) or (H,W,3), got {tuple(input_shape)}")
     h, w, c = (int(d) for d in shape)
+    if resize is not None:
+        resize = check_resize(resize)
+        if resize == "pil":
+            return (_pil_fit(a, h, w, c) / np.float32(_check_scale(scale))).astype(np.float32)[None]
+        if resize == "crop":
+            a = center_crop(a, h / w)
+            resample = "bilinear"
+        else:
+            resample = resize
     if resample not in _RESAMPLE:
         raise InputError(f"unknown resample {resample!r}; valid: {', '.join(_RESAMPLE)}")
-    if not scale or not np.isfinite(scale):
-        raise InputError(f"scale must be a non-zero finite number, got {scale!r}")
+    _check_scale(scale)
     if a.shape[2] == 4:
         a = a[..., :3]
     if c == 1 and a.shape[2] == 3:  # convert before resizing: fewer channels to resize (both linear)
@@ -124,6 +146,45 @@ def fit_to_model(img, input_shape, scale=255.0, resample="bilinear"):
     if c == 3 and a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     return (a / np.float32(scale)).astype(np.float32)[None]
+
+
+def check_resize(name):
+    """A resize policy of :data:`RESIZE_POLICIES` (lower case), or InputError listing them."""
+    key = str(name).strip().lower()
+    if key not in RESIZE_POLICIES:
+        raise InputError(f"unknown resize policy {name!r}; valid: {', '.join(RESIZE_POLICIES)}")
+    return key
+
+
+def _check_scale(scale):
+    if not scale or not np.isfinite(scale):
+        raise InputError(f"scale must be a non-zero finite number, got {scale!r}")
+    return scale
+
+
+def _pil_fit(a, h, w, c):
+    """Study 1's resize: uint8 image, Pillow's default ``resize`` filter, then Pillow's channel
+    conversion. ``a`` is float32 (H,W,1|3) in 0..255; returns float32 (h,w,c) with integer values."""
+    from PIL import Image
+
+    u8 = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    im = Image.fromarray(u8[..., 0] if u8.shape[2] == 1 else u8)
+    if im.size != (w, h):
+        im = im.resize((w, h))                      # Pillow's default filter, as study 1's script
+    im = im.convert("L" if c == 1 else "RGB")
+    out = np.asarray(im, dtype=np.float32)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def center_crop(a, aspect):
+    """The largest centred crop of (H,W,C) ``a`` whose height/width is ``aspect`` (>= 1 pixel a side)."""
+    hh, ww = a.shape[:2]
+    if hh / ww > aspect:                 # too tall: crop rows
+        ch, cw = max(1, int(round(ww * aspect))), ww
+    else:                                # too wide: crop columns
+        ch, cw = hh, max(1, int(round(hh / aspect)))
+    top, left = (hh - ch) // 2, (ww - cw) // 2
+    return a[top:top + ch, left:left + cw]
 
 
 def random_image(size=227, seed=0):

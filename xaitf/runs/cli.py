@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,10 @@ from .metrics import compute_metrics, find_metric
 from .ray_engine import run_ray
 from .store import (FORMAT, STORE_NAME, Store, array_sha256, atomic_write, check_identity,
                     check_method_settings, file_sha256, jsonable, out_lock, versions)
+from ..reports import update_index
+from .report import index_entry, write_run_report
 from .track import flat_params, track_session
+from ..data.sources import RESIZE_CHOICES
 
 DEFAULT_CHUNK = 32
 
@@ -58,10 +62,18 @@ def add_parser(subparsers):
                     "<out>/store.h5, chunk by chunk. Rerun the same command after an interruption "
                     "to resume; a store made for another model, data or settings is refused.")
     p.add_argument("--model", required=True, help="model file (.h5 or .keras)")
-    p.add_argument("--data", required=True, help="dataset: mnist or cifar10")
+    p.add_argument("--data", required=True,
+                   help="images: mnist, cifar10, a folder of images (class sub-folders give labels, "
+                        "sorted by name; a flat folder has none), a .npz (x/images [+ y/labels], or "
+                        "x_test/y_test) or .npy file, or an HDF5 dataset file.h5:/group/dataset")
     p.add_argument("--data-dir", default=None,
                    help="folder with the offline .npz files (default $XAITF_DATA_DIR)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="split (default test)")
+    p.add_argument("--split", choices=("test", "train"), default=None,
+                   help="split of mnist/cifar10 or of an .npz with x_train/x_test (default test)")
+    p.add_argument("--resize", choices=RESIZE_CHOICES, default="auto",
+                   help="fit image sizes to the model: auto (default: the model's size as is, a zoo "
+                        "model's own rule such as LeNet's 28->32, else refused), none, pad (zero-pad/"
+                        "crop centred) or a filter (bilinear, bicubic, nearest, lanczos, box)")
     p.add_argument("--limit", type=cli.positive_int, default=None,
                    help="the first N images of the split (default all)")
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
@@ -70,8 +82,13 @@ def add_parser(subparsers):
                    help="run folder (default results/runs/<model stem>-<data>)")
     p.add_argument("--target", choices=("predicted", "label"), default="predicted",
                    help="class explained: the model's prediction (default) or the true label")
-    p.add_argument("--scale", type=float, default=255.0,
-                   help="pixel values are divided by this (default 255)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="pixel values are divided by this (default 255 for integer pixels and image "
+                        "files, 1 for float arrays)")
+    p.add_argument("--preprocess", default=None, metavar="NAME",
+                   help="the model's own input preprocessing (xaitf.data.preprocess: scale, none, "
+                        "caffe, tf, torch, resnet50, vgg16, mobilenet_v2, ...), applied to the "
+                        "0..255 values after the fit instead of dividing by --scale")
     p.add_argument("--chunk-size", type=cli.positive_int, default=None,
                    help=f"images per stored chunk (default {DEFAULT_CHUNK}, or the store's)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -93,6 +110,9 @@ def add_parser(subparsers):
     p.add_argument("--track-uri", default=None,
                    help="MLflow tracking URI or folder (default <out>/mlruns, a file store)")
     p.add_argument("--experiment", default="xaitf-runs", help="MLflow experiment name")
+    p.add_argument("--index-root", default=os.environ.get("XAITF_INDEX_ROOT", "results"),
+                   help="results folder whose index.html lists this run (default $XAITF_INDEX_ROOT "
+                        "or results/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--chunk-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
     p.add_argument("--unsafe-model", action="store_true",
@@ -126,7 +146,12 @@ def main(args):
         raise cli.CliError(f"model file not found: {model_path} (build one with create_model.py)")
     from ..settings import positive_finite
 
-    args.scale = cli.check_flag("--scale", positive_finite, args.scale)   # inf: the model sees zeros
+    if args.scale is not None:
+        args.scale = cli.check_flag("--scale", positive_finite, args.scale)   # inf: the model sees zeros
+    if args.preprocess is not None:
+        from ..data.preprocess import check_name
+
+        args.preprocess = check_name(args.preprocess)
     if args.chunk_delay < 0 or args.worker_gpus < 0:
         raise cli.CliError("--chunk-delay and --worker-gpus must be >= 0")
     engine = "ray" if args.address else args.engine
@@ -137,7 +162,10 @@ def main(args):
     if args.metrics:
         for name in args.metrics:
             find_metric(name)
-    out = Path(args.out) if args.out else Path("results") / "runs" / f"{model_path.stem}-{args.data}"
+    from ..data.sources import is_builtin
+
+    data_name = args.data if is_builtin(args.data) else Path(args.data.split(":")[0]).stem
+    out = Path(args.out) if args.out else Path("results") / "runs" / f"{model_path.stem}-{data_name}"
     if out.exists() and not out.is_dir():
         raise cli.CliError(f"--out {out} exists and is not a folder")
     with settings_overrides(args.sets, seed=args.seed, batch_size=args.batch_size), out_lock(out):
@@ -146,24 +174,34 @@ def main(args):
 
 def _run(args, keys, model_path, out, engine):
     from .. import settings as S
-    from ..data import load_dataset
+    from ..data.sources import adapt, load_source, source_info, zoo_name
 
-    # ---- data -----------------------------------------------------------------------------------
-    ds = load_dataset(args.data, data_dir=args.data_dir)
-    images = ds.x_test if args.split == "test" else ds.x_train
-    labels = ds.y_test if args.split == "test" else ds.y_train
-    n = len(images) if args.limit is None else min(args.limit, len(images))
-    if args.limit is not None and args.limit > len(images):
-        print(f"note: --limit {args.limit} > {len(images)} images in the {args.split} split; "
-              f"using {n}", file=sys.stderr)
-    images, labels = images[:n], labels[:n]
+    # ---- data (no TensorFlow yet): one line and nothing written when it is refused ---------------
+    src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
+    if args.limit is not None and args.limit > len(src):
+        print(f"note: --limit {args.limit} > {len(src)} images in {src.name}; using {len(src)}",
+              file=sys.stderr)
+    n = len(src)
+    if src.labels is None and args.target == "label":
+        raise cli.CliError(f"--target label: {src.description} has no labels; use --target predicted")
+    if src.labels is None and args.metrics:
+        from .metrics import needs_labels
+
+        wanting = [m for m in args.metrics if needs_labels(m)]
+        if wanting:
+            raise cli.CliError(f"--metrics {' '.join(wanting)} need true labels; {src.description} has none")
+    labels = src.labels if src.labels is not None else np.full(n, -1, np.int64)
+    scale = float(args.scale if args.scale is not None else src.default_scale)
     store_path = out / STORE_NAME
     model_sha = file_sha256(model_path)
+    data_sha = (array_sha256(src.images, labels) if not isinstance(src.images, list)
+                else array_sha256(*src.images, labels))
     meta = {
         "format": FORMAT, "model_path": str(model_path), "model_sha256": model_sha,
-        "data": ds.name, "split": args.split, "data_source": ds.source, "data_split": ds.split,
-        "data_sha256": array_sha256(images, labels), "n": n, "scale": float(args.scale),
-        "target": args.target, "chunk": args.chunk_size or DEFAULT_CHUNK,
+        "data": src.name, "split": src.split, "data_source": src.description,
+        "data_split": "; ".join(src.notes) if src.kind == "builtin" else None,
+        "data_kind": src.kind, "data_sha256": data_sha, "source_sha256": src.content_sha256,
+        "n": n, "scale": scale, "target": args.target, "chunk": args.chunk_size or DEFAULT_CHUNK,
         "versions": versions(engine), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -181,11 +219,18 @@ def _run(args, keys, model_path, out, engine):
         from ..model_files import load_model
 
         model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
-        shape = input_shape(model)
-        if tuple(shape) != tuple(images.shape[1:]):
-            raise cli.CliError(f"{model_path} expects images shaped {tuple(shape)}, {ds.name} images "
-                               f"are {tuple(images.shape[1:])}")
-        x = (images.astype(np.float32) / np.float32(args.scale))
+        shape = tuple(input_shape(model))
+        if len(shape) != 3 or None in shape:
+            raise cli.CliError(f"{model_path}: expected an image classifier with input (H,W,C), got "
+                               f"input shape {shape}")
+        x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
+                          zoo=zoo_name(model_path))
+        x, policy = _preprocess(args, x, policy, scale)
+        meta["resize"] = policy["rule"]
+        meta["preprocess"] = policy.get("preprocess_name")
+        meta["adapt"] = policy
+        if store is not None:
+            check_identity(store, meta)
         # the presets (with --set/--seed/--batch-size) become keyword arguments once, here: the
         # explainers, and the Ray workers', are built from them (no worker replays --set)
         method_kwargs = preset_arguments(keys)
@@ -202,7 +247,8 @@ def _run(args, keys, model_path, out, engine):
                 targets = np.concatenate([np.asarray(model(x[a:b], training=False)).argmax(-1)
                                           for a, b in plan_chunks(n, bs)])
             if args.force:
-                for name in ("run.json", "summary.json", "metrics.json", "overview.png"):
+                for name in ("run.json", "summary.json", "metrics.json", "overview.png", "report.md",
+                             "report.html"):
                     (out / name).unlink(missing_ok=True)
             store = Store.create(store_path, meta, x, labels, targets, np.arange(n))
         x = store.array("inputs")
@@ -213,15 +259,24 @@ def _run(args, keys, model_path, out, engine):
         sessions = list(run_info.get("sessions", []))
         sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "engine": engine,
                          "argv": sys.argv[1:], "methods": keys, "versions": versions(engine)})
-        _write_json(out / "run.json", {**store.meta, "store": str(store_path), "sessions": sessions,
-                                      "settings": settings})
+        run_info = {**store.meta, "store": str(store_path), "sessions": sessions, "settings": settings,
+                    "source": source_info(src), "adapt": policy}
+        if src.files is not None:
+            run_info["files"] = src.files
+        _write_json(out / "run.json", run_info)
 
         chunks = plan_chunks(store.n, store.chunk)
         todo = [(m, a, b) for m in keys for a, b in store.pending(m, chunks)]
         done_before = {k: store.done_count(k) for k in keys}
-        print(f"run: {store_path} | {ds.name} {args.split} {store.n} images | model {model_path} "
-              f"(sha256 {model_sha[:12]}) | chunks of {store.chunk} | engine {engine}", flush=True)
-        print(f"data: {ds.source}")
+        print(f"run: {store_path} | {src.name}{' ' + src.split if src.split else ''} {store.n} images "
+              f"| model {model_path} (sha256 {model_sha[:12]}) | chunks of {store.chunk} | engine "
+              f"{engine}", flush=True)
+        print(f"data: {src.description}")
+        print(f"fit to the model {'x'.join(map(str, shape))}: resize {policy['resize']}; channels "
+              f"{policy['channels']}; divided by {scale:g}"
+              + (f"; preprocess {policy['preprocess']}" if policy.get("preprocess") else ""))
+        for note in src.notes if src.kind != "builtin" else []:
+            print(f"note: {note}")
         for k, e in explainers.items():
             cli.print_settings(f"{k} ({done_before[k]}/{store.n} done)", e.params,
                                batch_size=e.batch_size, seed=e.seed)
@@ -283,6 +338,12 @@ def _run(args, keys, model_path, out, engine):
             print("metrics: skipped (not every map is done yet)")
         if tracker:
             track_session(tracker, store, keys, summary, metric_values, complete, out)
+        # ---- report.md / report.html, then the results index ---------------------------------
+        html_path = write_run_report(out, store, keys, summary, metric_values, run_info,
+                                     source_info(src), policy, getattr(args, "argv", None) or sys.argv[1:], complete)
+        index = update_index(args.index_root,
+                             index_entry(out, store, keys, summary, metric_values, complete))
+        print(f"report: {html_path}\nindex: {index}")
     finally:
         if store is not None:
             store.close()
@@ -295,6 +356,24 @@ def _run(args, keys, model_path, out, engine):
         raise XaitfError(f"{len(session.failures)} method(s) failed (details in {out / 'summary.json'}): "
                          + "; ".join(f"{k}: {v}" for k, v in session.failures.items()))
     return 0
+
+
+def _preprocess(args, x, policy, scale):
+    """``--preprocess NAME``: :func:`xaitf.data.preprocess.preprocess` on the fitted images' 0..255
+    values (the source's values as they are), instead of dividing by ``--scale`` (which stays the
+    divisor of the name ``scale``); recorded in the policy. Returns ``(x, policy)``."""
+    name = args.preprocess
+    if not name:
+        return x, policy
+    from ..data.preprocess import describe, preprocess
+
+    if policy["rule"].startswith("zoo:"):
+        raise cli.CliError(f"--preprocess {name}: {policy['rule'][4:]} is a zoo model, which takes "
+                           "[0, 1] inputs through its own rule; drop --preprocess (or pass --resize)")
+    x = np.asarray(preprocess(x, name, scale=scale), np.float32)
+    return x, {**policy, "scale": 1.0, "preprocess_name": name,
+               "preprocess": f"{describe(name, scale)} (xaitf.data.preprocess.preprocess on the "
+                             "0..255 values, after the fit)"}
 
 
 def _progress_line(store, keys):

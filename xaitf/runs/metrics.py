@@ -50,6 +50,14 @@ def find_metric(name):
     return fn
 
 
+def needs_labels(name):
+    """Whether metric ``name`` reads true labels (``f(model, x, maps, labels, ...)``)."""
+    import inspect
+
+    params = list(inspect.signature(find_metric(name)).parameters)
+    return len(params) > 3 and params[3] == "labels"
+
+
 def _scalars(result):
     """The scalar summary of a metric's result: a dict's numbers, a curve's mean AUC, an array's mean."""
     if isinstance(result, dict):

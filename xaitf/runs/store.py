@@ -42,21 +42,22 @@ folder it created (see :func:`out_lock`). An empty (0-byte) ``store.h5`` is refu
 rewritten: xaitf never leaves one (see :meth:`Store._open`).
 """
 import contextlib
-import hashlib
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .. import cli
+from ..data.sources import array_sha256, file_sha256  # noqa: F401 (re-exported)
 from ..errors import XaitfError
 
 FORMAT = "xaitf.runs/1"
 STORE_NAME = "store.h5"
 IDENTITY_KEYS = ("model_sha256", "data_sha256", "n", "scale", "target", "chunk")
+#: compared when the store has them (stores written before they existed lack them)
+LATER_IDENTITY_KEYS = ("source_sha256", "resize", "preprocess")
 
 
 class StoreError(XaitfError):
@@ -64,23 +65,6 @@ class StoreError(XaitfError):
 
 
 # -- hashing and JSON ----------------------------------------------------------------------------
-def file_sha256(path, block=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(block), b""):
-            h.update(piece)
-    return h.hexdigest()
-
-
-def array_sha256(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def jsonable(v):
     """JSON-safe copy: numpy scalars as numbers, arrays as shape/dtype/sha256, tuples as lists."""
     if isinstance(v, dict):
@@ -120,22 +104,9 @@ def _first_difference(old, new, prefix=""):
 
 def versions(engine="local"):
     """Versions of what produced the maps (informational; not part of the identity)."""
-    from importlib import metadata
+    from ..reports import versions as _versions
 
-    import h5py
-
-    import xaitf
-
-    out = {"xaitf": xaitf.__version__, "python": platform.python_version(), "numpy": np.__version__,
-           "h5py": h5py.__version__, "platform": platform.platform()}
-    for dist in ("tensorflow", "tensorflow-cpu", "tf-keras", "keras", "innvestigate"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    if engine == "ray":
-        out["ray"] = metadata.version("ray")
-    return out
+    return _versions(extra=("ray",) if engine == "ray" else ())
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -366,8 +337,12 @@ def check_identity(store, meta):
     """StoreError when ``store`` was made for another model, data or run definition."""
     old = store.meta
     labels = {"model_sha256": "model", "data_sha256": "data", "n": "number of images",
-              "scale": "scale", "target": "target rule", "chunk": "chunk size"}
-    for key in IDENTITY_KEYS:
+              "scale": "scale", "target": "target rule", "chunk": "chunk size",
+              "resize": "resize rule", "preprocess": "preprocessing"}
+    later = [k for k in LATER_IDENTITY_KEYS if k in old and k in meta]
+    keys = [k for k in ("model_sha256", "source_sha256") if k in IDENTITY_KEYS or k in later]
+    keys += [k for k in IDENTITY_KEYS + tuple(later) if k not in keys]
+    for key in keys:
         if old.get(key) != meta.get(key):
             a, b = old.get(key), meta.get(key)
             if key == "model_sha256":
@@ -377,6 +352,9 @@ def check_identity(store, meta):
                 what = (f"data sha256 {str(a)[:12]} ({old.get('data')} {old.get('split')} "
                         f"{old.get('n')} images) there, {str(b)[:12]} ({meta.get('data')} "
                         f"{meta.get('split')} {meta.get('n')} images) now")
+            elif key == "source_sha256":
+                what = (f"data source content sha256 {str(a)[:12]} ({old.get('data_source')}) there, "
+                        f"{str(b)[:12]} ({meta.get('data_source')}) now: the source changed")
             else:
                 what = f"{labels[key]} {a!r} there, {b!r} now"
             raise StoreError(f"{store.path} belongs to another run: {what}; rerun with --force to "
@@ -421,9 +399,11 @@ def out_lock(out):
         except OSError:
             raise StoreError(f"another run is using {out} (lock {lock} is held); wait for "
                              "it to end or pick another --out") from None
-        for stem in ("store", "run", "summary", "metrics", "overview"):   # left by a killed run
+        for stem in ("store", "run", "summary", "metrics", "overview", "report"):   # a killed run's
             for stale in out.glob(f".{stem}.*.part.*"):
                 stale.unlink(missing_ok=True)
+        for stale in out.glob("report_files/.*.part.png"):
+            stale.unlink(missing_ok=True)
         yield
     finally:
         try:

@@ -7,8 +7,8 @@ Examples::
     python -m xaitf.studies interventional --data-dir ../shared/data
     python -m xaitf.studies interventional --set interventional.n_samples=50 --seed 1
 
-Each run writes ``<out>/<name>/<YYYYmmdd-HHMMSS>/`` (report.md, JSON, PNGs) and points
-``<out>/<name>/latest`` at it; earlier runs are never overwritten. The folder is filled under a
+Each run writes ``<out>/<name>/<YYYYmmdd-HHMMSS>/`` (report.md and report.html, JSON, PNGs), points
+``<out>/<name>/latest`` at it and then rewrites ``<out>/index.html`` (every study and run); earlier runs are never overwritten. The folder is filled under a
 hidden name (``.<YYYYmmdd-HHMMSS>.partial``) and renamed, then ``latest`` moved, only when the study
 has finished: a failed run leaves the earlier runs and ``latest`` exactly as they were (its files
 are removed; with ``--debug`` they are kept as ``.<YYYYmmdd-HHMMSS>.failed`` and named on stderr).
@@ -87,7 +87,10 @@ def main(argv=None):
     cli.quiet_tensorflow()
     _, folder = run_study(args.study, args)     # write-then-move: published only on success
     if folder:
-        print(f"done: {folder}/report.md")
+        from xaitf import reports
+
+        index = reports.update_index(out)      # results/index.html lists the new run (atomic)
+        print(f"done: {folder}/report.md\nreport: {folder}/report.html\nindex: {index}")
     return 0
 
 

@@ -12,7 +12,8 @@
   final ones (:func:`final_paths`); report links are relative, so they survive the rename.
   :func:`xaitf.studies.run_study` is the one place that opens the session around a study.
 * :class:`Table`, :func:`write_report`: ``report.md`` with Markdown tables (our numbers beside the
-  original study's reference numbers).
+  original study's reference numbers), a closing "Settings and versions" section, and the same
+  content as ``report.html`` beside it (:mod:`xaitf.reports`).
 * :func:`write_json`, :func:`save_fig`: atomic writes (temp file + rename, see
   :func:`xaitf.cli.atomic_write`); NumPy values are converted to plain JSON.
 * :func:`get_model`: ``<models dir>/<name>.h5`` if present, else the model built (center_pixel) or
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import reports
 from ..cli import atomic_write, fsync_dir
 from ..errors import DataError, ModelError
 
@@ -424,8 +426,15 @@ def write_report(folder, title, sections, preamble=None):
         body = _render(content)
         if body:
             parts.append(body)
+    parts.append("## Settings and versions")
+    params = ("[results.json](results.json)" if (Path(folder) / "results.json").is_file()
+              else "the study's JSON files")
+    parts.append(f"Command: `{command_line()}`. Every parameter the study used is in {params}.")
+    parts.append(reports.versions_markdown(reports.versions()))
     text = final_paths("\n\n".join(parts) + "\n")
-    return atomic(Path(folder) / "report.md", lambda tmp: Path(tmp).write_text(text))
+    path = atomic(Path(folder) / "report.md", lambda tmp: Path(tmp).write_text(text))
+    reports.write_html_report(folder, text)      # report.html beside it: same content, browsable
+    return path
 
 
 def command_line(argv=None):

@@ -1,0 +1,185 @@
+"""Cost estimates and the budget check (xaitf.budget), scaled window defaults, and progress lines
+in logs (xaitf.explainer.progress): fast, offline."""
+import warnings
+
+import numpy as np
+import pytest
+
+import xaitf
+from conftest import make_cnn, run_heatmap
+from xaitf import budget
+from xaitf.errors import InputError
+
+TIMING = {"forward": 0.01, "forward_1": 0.012, "trace": 0.5,
+          "backward": 0.03, "backward_1": 0.035, "trace_backward": 1.0}
+
+
+def test_bench_costs_is_the_same_table():
+    from bench import costs
+
+    assert costs.COSTS is budget.COSTS and costs.cost is budget.cost
+    assert costs.floor_chunk is budget.floor_chunk and costs.SEQUENTIAL is budget.SEQUENTIAL
+
+
+def test_evaluation_counts_and_seconds(tiny_rgb_cnn):
+    ex = xaitf.create_explainer("occlusion", tiny_rgb_cnn, window=2, stride=2)
+    evals, backward, note = budget.cost("occlusion", ex)
+    assert (evals, backward) == (4 * 4 + 1, False) and "16 windows" in note
+    s, _, _ = budget.seconds("occlusion", ex, 3, TIMING)
+    assert s == pytest.approx(0.5 + budget.MARGIN * 2.0 * 3 * 17 * 0.01)   # occlusion: x2
+    ig = xaitf.create_explainer("ig", tiny_rgb_cnn, steps=10)
+    assert budget.seconds("ig", ig, 2, TIMING)[0] == pytest.approx(1.0 + budget.MARGIN * 2 * 10 * 0.03)
+    mp = xaitf.create_explainer("mp", tiny_rgb_cnn, max_iterations=7, blur_size=3)
+    assert budget.seconds("mp", mp, 1, TIMING)[0] == pytest.approx(1.0 + budget.MARGIN * 7 * 0.035)   # sequential
+    shap = xaitf.create_explainer("shapley", tiny_rgb_cnn, samples=3, segments={"name": "grid", "cell": 4})
+    assert budget.cost("shapley", shap)[0] == 3 * (4 + 1)                # 4 grid cells, not 64 px
+
+
+def test_scaled_defaults_rule():
+    assert budget.default_window(224, 224) == 16 and budget.default_window(32, 32) == 2
+    assert budget.default_window(8, 8) == 1 and budget.default_window(227, 300) == 16
+    assert budget.scaled_defaults("occlusion", (224, 224, 3)) == {"window": 16, "stride": 16}
+    assert budget.scaled_defaults("pda", (224, 224, 3)) == {"window": 16, "stride": 16, "values": 16}
+    assert budget.scaled_defaults("tfx.occlusion", (64, 64, 3)) == {"patch_size": 5}
+    assert budget.scaled_defaults("ig", (224, 224, 3)) == {}
+
+
+def test_parse_budget_and_duration():
+    assert budget.parse_budget("none") is None
+    assert budget.parse_budget("600") == 600 and budget.parse_budget("10m") == 600
+    assert budget.parse_budget("90s") == 90 and budget.parse_budget("1.5h") == 5400
+    for bad in ("0", "-3", "ten", "nan", "5d"):
+        with pytest.raises(ValueError, match="expected 'none' or a duration"):
+            budget.parse_budget(bad)
+    assert budget.duration(40.2) == "~40 s" and budget.duration(600) == "~10 min"
+    assert budget.duration(3 * 3600) == "~3 h" and budget.duration(5400) == "~1.5 h"
+
+
+def test_check_names_the_setting_and_what_it_would_cost(tiny_rgb_cnn, monkeypatch):
+    monkeypatch.setattr(budget, "MARGIN", 1.0)
+    monkeypatch.setattr(budget, "FACTOR", {})
+    ex = xaitf.create_explainer("occlusion", tiny_rgb_cnn)          # window 1: 64 windows
+    slow = dict(TIMING, forward=1.0, trace=0.0)
+    s, _, _ = budget.seconds("occlusion", ex, 1, slow)
+    assert s == 65.0
+    with pytest.raises(InputError) as e:
+        budget.check([("occlusion", ex, s)], 30.0, 1, slow)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("occlusion: ~65 s with window 1 stride 1; --set occlusion.window=2 "
+                          "--set occlusion.stride=2 would take ~17 s"), msg
+    assert msg.endswith("above --budget 30 s (--budget none runs it anyway)")
+    assert budget.check([("occlusion", ex, s)], None, 1, slow) == 65.0
+    rise = xaitf.create_explainer("rise", tiny_rgb_cnn, masks=4000)
+    s = budget.seconds("rise", rise, 1, slow)[0]
+    with pytest.raises(InputError, match=r"rise: ~67 min with masks=4000; --set rise.masks=500 "
+                                         r"would take ~8 min"):
+        budget.check([("rise", rise, s)], 600.0, 1, slow)
+
+
+# -- the command line stops before any explainer runs ------------------------------------------
+def run_main(capsys, *args):
+    return run_heatmap(capsys, *args)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every explainer call recorded (and passed through); budget.measure returns TIMING x 100
+    (1 s per forward, 3 s per forward + backward), no tracing time."""
+    from xaitf.explainer import Explainer
+
+    calls = []
+    real = Explainer.__call__
+
+    def call(self, x, targets=None):
+        calls.append(self.name)
+        return real(self, x, targets)
+
+    monkeypatch.setattr(Explainer, "__call__", call)
+    monkeypatch.setattr(budget, "MARGIN", 1.0)
+    monkeypatch.setattr(budget, "FACTOR", {})
+    monkeypatch.setattr(budget, "measure", lambda model, backward=False, batch=8:
+                        {k: 0.0 if k.startswith("trace") else v * 100 for k, v in TIMING.items()})
+    return calls
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("budget")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_cnn(shape=(28, 28, 3), classes=4, seed=2).save(d / "cnn.h5")
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (28, 28, 3)).astype(np.uint8)).save(d / "p.png")
+    return d
+
+
+def test_over_budget_exits_before_any_explainer_runs(model_file, tmp_path, capsys, recorded,
+                                                      restore_settings):
+    args = ("-ip", model_file / "p.png", "-mp", model_file / "cnn.h5", "-op", tmp_path / "res")
+    code, out, err = run_main(capsys, *args, "-hm", "grad", "occlusion", "--set", "occlusion.window=1",
+                              "--set", "occlusion.stride=1", "--budget", "5m")
+    assert code == 1 and recorded == []                                 # nothing explained
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: occlusion: ~13 min with window 1 stride 1; --set "
+                               "occlusion.window=2 --set occlusion.stride=2 would take ~3 min; the other "
+                               "methods ~3 s: the estimate ~13 min is above --budget 5 min")
+    assert "occlusion: ~13 min (785 evaluations per image" in out        # the printed estimate
+    assert not (tmp_path / "res").exists()
+    # the scaled default (28x28 -> window 2) fits: it runs, and --set is what made it refuse above
+    code, out, err = run_main(capsys, *args, "-hm", "grad", "occlusion", "--budget", "5m")
+    assert code == 0, err
+    assert recorded == ["grad", "occlusion"]
+    assert "window defaults scaled to the 28x28 input" in out and "occlusion window=2 stride=2" in out
+    assert "occlusion: ~3 min (197 evaluations per image: 196 windows (2 stride 2) + 1)" in out
+
+
+# -- progress lines in logs ---------------------------------------------------------------------
+class Clock:
+    def __init__(self, step):
+        self.t, self.step = 0.0, step
+
+    def __call__(self):
+        self.t += self.step
+        return self.t
+
+
+def test_progress_lines_with_eta_when_not_a_terminal(monkeypatch, capsys):
+    import time
+
+    from xaitf.explainer import progress
+
+    monkeypatch.setattr(time, "monotonic", Clock(1.0))
+    got = list(progress(range(20), desc="occlusion"))
+    assert got == list(range(20))
+    lines = capsys.readouterr().err.strip().splitlines()
+    # every 10% (2 pieces), once 2 s have passed; then a last line
+    assert lines[0] == "occlusion: 2/20 (10%), 2 s elapsed, ETA 18 s"
+    assert lines[-2] == "occlusion: 18/20 (90%), 18 s elapsed, ETA 2 s"
+    assert lines[-1] == "occlusion: 20/20 done in 20 s" and len(lines) == 10
+    # slow pieces: at least one line every 30 s even between 10% steps
+    monkeypatch.setattr(time, "monotonic", Clock(20.0))
+    list(progress(range(100), desc="rise"))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "rise: 2/100 (2%), 40 s elapsed, ETA 32.7 min"      # 40 s since the start
+    assert lines[1].startswith("rise: 4/100 (4%), 80 s elapsed")           # 40 s since the last
+    # short work prints nothing; disabled or one piece returns the items as they are
+    monkeypatch.setattr(time, "monotonic", Clock(0.01))
+    list(progress(range(50), desc="grad"))
+    assert capsys.readouterr().err == ""
+    assert progress([1, 2], enabled=False) == [1, 2] and progress([3]) == [3]
+
+
+def test_dense_first_shortcut_is_estimated_cheaper(center_pixel_small, tiny_rgb_cnn):
+    """Study 1's Flatten -> Dense model: occlusion / PDA take the first-layer shortcut, a window
+    costs a small fraction of a forward pass (window 1 stays affordable); a CNN gets x2."""
+    occ = xaitf.create_explainer("occlusion", center_pixel_small)
+    s = budget.seconds("occlusion", occ, 1, TIMING)[0]
+    assert s == pytest.approx(0.5 + budget.MARGIN * 0.05 * (15 * 15 + 1) * 0.01)
+    pda = xaitf.create_explainer("pda", center_pixel_small)
+    s = budget.seconds("pda", pda, 1, TIMING)[0]
+    assert s == pytest.approx(0.5 + budget.MARGIN * 0.005 * (225 * 256 + 1) * 0.01)
+    cnn = xaitf.create_explainer("occlusion", tiny_rgb_cnn)
+    assert budget._factor("occlusion", cnn) == 2.0

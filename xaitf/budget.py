@@ -1,0 +1,431 @@
+"""What a run will cost before it runs: model evaluations per method, a measured time per
+evaluation, the estimate, the budget check, and input-scaled defaults of window methods.
+
+* :func:`cost` (``COSTS``): ``(evals_per_input, backward, note)`` of a built explainer: model
+  evaluations (whole images through the model) per input, whether each also needs a backward pass,
+  and where the number comes from. This is each method's published algorithm at its settings (what a
+  straightforward implementation evaluates); methods with the first-layer or local-window shortcut
+  (occlusion, PDA, Shapley sampling on simple chains) can run below it, so estimates are on the safe
+  side. The benchmark's floors (``bench/costs.py``) use the same table.
+* :func:`measure`: one timed batch forward (and forward + backward when a method needs it) of the
+  actual model, after one untimed tracing call: seconds per evaluation.
+* :func:`seconds` / :func:`check`: seconds per method = setup (the measured tracing time) +
+  inputs x evaluations x seconds per evaluation x 1.25 (``MARGIN``); above the budget, one line naming the most costly
+  method, the setting to change and what it would cost then (:func:`suggest`).
+* :func:`scaled_defaults`: the window methods' defaults for models other than study 1's
+  center-pixel model (see its docstring for the rule).
+
+Nothing here imports TensorFlow at import time.
+"""
+import math
+import time
+import types
+
+from .errors import InputError
+
+
+# -- evaluations per input --------------------------------------------------------------------
+def _windows(ex):
+    from .methods.perturb import window_grid
+
+    h, w = ex.shape[:2]
+    return len(window_grid(h, w, ex.window, ex.stride, "budget"))
+
+
+def _segments_count(ex, segments):
+    """Features of ``segments=`` (a name, a dict or a label map): its number of segments, or the
+    segmenter's own target count (``n_segments``, 50 by default; grid: cells)."""
+    import numpy as np
+
+    h, w = ex.shape[:2]
+    if isinstance(segments, str):
+        segments = {"name": segments}
+    if isinstance(segments, dict):
+        if segments.get("name") == "grid":
+            cell = int(segments.get("cell", 4))
+            return math.ceil(h / cell) * math.ceil(w / cell)
+        return int(segments.get("n_segments", 50))
+    try:
+        return int(np.max(np.asarray(segments))) + 1
+    except (TypeError, ValueError):
+        return 50
+
+
+def _pixels(ex):
+    segments = ex.params.get("segments")
+    if segments is not None:
+        return _segments_count(ex, segments)
+    h, w, c = ex.shape
+    return h * w * (c if ex.params.get("features") == "channels" else 1)
+
+
+def _occlusion(ex):
+    segments = ex.params.get("segments")
+    if segments is not None:
+        n = _segments_count(ex, segments)
+        return n + 1, False, f"{n} segments + 1"
+    n = _windows(ex)
+    return n + 1, False, f"{n} windows ({_pair(ex.window)} stride {_pair(ex.stride)}) + 1"
+
+
+def _pair(p):
+    p = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
+    return f"{p[0]}" if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+
+def _const(n, backward, note):
+    return lambda ex: (n, backward, note)
+
+
+def _param(name, backward, note, extra=0):
+    return lambda ex: (int(ex.params[name]) + extra, backward, note.format(**ex.params))
+
+
+COSTS = {
+    # one gradient (or one modified backward pass) per input
+    "grad": _const(1, True, "1 gradient"),
+    "inpgrad": _const(1, True, "1 gradient"),
+    "gb": _const(1, True, "1 modified backward"),
+    "deconvnet": _const(1, True, "1 modified backward"),
+    "gradcam": _const(1, True, "1 gradient at the conv layer"),
+    "gradcampp": _const(1, True, "1 gradient at the conv layer"),
+    "deeplift": _const(1, True, "1 modified backward (+ 1 baseline row per chunk)"),
+    "ig": _param("steps", True, "steps={steps} gradients"),
+    "sg": _param("samples", True, "samples={samples} gradients"),
+    "vargrad": _param("samples", True, "samples={samples} gradients"),
+    "squaregrad": _param("samples", True, "samples={samples} gradients"),
+    # iNNvestigate backend: one analyzer pass = one forward + one (modified) backward
+    **{k: _const(1, True, "1 forward + 1 relevance backward") for k in (
+        "lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1", "deep_taylor",
+        "deep_taylor.bounded", "inn.gradient", "inn.input_t_gradient", "inn.guided_backprop",
+        "inn.deconvnet")},
+    "inn.integrated_gradients": _param("steps", True, "steps={steps} gradients"),
+    "inn.smoothgrad": _param("samples", True, "samples={samples} gradients"),
+    # tf-explain
+    "tfx.gradcam": _const(1, True, "1 gradient at the conv layer"),
+    "tfx.ig": _param("steps", True, "steps={steps} gradients"),
+    "tfx.smoothgrad": _param("samples", True, "samples={samples} gradients"),
+    "tfx.occlusion": lambda ex: (math.ceil(ex.shape[0] / int(ex.params["patch_size"]))
+                                 * math.ceil(ex.shape[1] / int(ex.params["patch_size"])), False,
+                                 f"(H/p) x (W/p) patches, p={ex.params['patch_size']}"),
+    # perturbation
+    "occlusion": _occlusion,
+    "pda": lambda ex: (_windows(ex) * ex.n_samples + 1, False,
+                       f"{_windows(ex)} windows ({_pair(ex.window)} stride {_pair(ex.stride)}) "
+                       f"x {ex.n_samples} values + 1"),
+    "shapley": lambda ex: (ex.samples * (_pixels(ex) + 1), False,
+                           f"{ex.samples} permutations x ({_pixels(ex)} features + 1)"),
+    "rise": _param("masks", False, "masks={masks} + 1 unmasked", extra=1),
+    "mp": _param("max_iterations", True, "max_iterations={max_iterations} sequential (f+b) steps of the N inputs"),
+    # surrogates
+    "lime": _param("num_samples", False, "num_samples={num_samples}"),
+    "lime.lib": _param("num_samples", False, "num_samples={num_samples}"),
+    "kernelshap": lambda ex: (_shap_n(ex), False, f"nsamples={ex.params['nsamples']} (+ f(x), f(bg))"),
+    "shap.lib": lambda ex: (_shap_n(ex), False, f"nsamples={ex.params['nsamples']} (+ f(x), f(bg))"),
+    "shap.gradient": _param("nsamples", True, "nsamples={nsamples} gradients"),
+    "shap.deep": _const(1, True, "1 DeepLIFT backward per background image (1)"),
+    "shap.partition": _param("max_evals", False, "max_evals={max_evals}"),
+    # interventional: attribution from a learned graph = one forward to the conv layer
+    "interventional": _const(1, False, "1 forward (graph given; learning timed separately)"),
+}
+
+
+def _shap_n(ex):
+    ns = ex.params["nsamples"]
+    if ns == "auto":
+        ns = 2 * int(ex.params.get("n_segments", 50)) + 2048
+    return int(ns) + 2
+
+
+#: Methods whose evaluations are sequential steps (each depends on the last): an optimisation of N
+#: inputs evaluates the model on N inputs per step.
+SEQUENTIAL = {"mp"}
+
+
+def floor_chunk(name, n):
+    """Evaluations per floor step for ``n`` inputs of method ``name``: ``n`` for sequential methods,
+    else None (the case's batch size)."""
+    return n if name in SEQUENTIAL else None
+
+
+def cost(name, explainer):
+    """``(evals_per_input, backward, note)`` of a registry method; KeyError if not in the table."""
+    return COSTS[name](explainer)
+
+
+# -- input-scaled defaults of window methods --------------------------------------------------
+#: windows per image side of the scaled defaults (224 px -> window 16, a 14 x 14 grid)
+WINDOWS_PER_SIDE = 14
+#: PDA's marginal intensity levels under the scaled defaults (study 1: 256 on its 1x1 windows)
+SCALED_PDA_VALUES = 16
+
+
+def default_window(height, width):
+    """``max(1, round(min(H, W) / 14))``: window side (= stride) of the scaled defaults."""
+    return max(1, int(round(min(int(height), int(width)) / WINDOWS_PER_SIDE)))
+
+
+def scaled_defaults(name, input_shape):
+    """Defaults of window methods for a model other than study 1's center-pixel model.
+
+    Study 1's window-1 presets (one pixel at a time) are exact on its 227x227 gray model, whose
+    forward pass is one Dense layer; on a 224x224 ResNet50 occlusion would need 50,177 full
+    forward passes (~1 h on 2 CPU cores). The rule, applied by ``heatmap_script.py`` to keys the
+    user did not set with ``--set`` (``--set`` wins):
+
+    * occlusion and PDA: ``window = stride = max(1, round(min(H, W) / 14))``: about a 14 x 14 grid
+      of non-overlapping windows whatever the size (224 -> 16, 32 -> 2, 28 -> 2, 8 -> 1);
+    * tf-explain occlusion: ``patch_size`` by the same rule;
+    * PDA: ``values = 16`` marginal intensity levels instead of 256 (196 windows x 16 values = 3,137
+      evaluations on 224x224).
+
+    Returns:
+        ``{key: value}`` for method ``name`` (empty for the other methods).
+    """
+    h, w = int(input_shape[0]), int(input_shape[1])
+    k = default_window(h, w)
+    if name == "occlusion":
+        return {"window": k, "stride": k}
+    if name == "pda":
+        return {"window": k, "stride": k, "values": SCALED_PDA_VALUES}
+    if name == "tfx.occlusion":
+        return {"patch_size": k}
+    return {}
+
+
+# -- measured time per evaluation -------------------------------------------------------------
+def measure(model, backward=False, batch=32, batch_backward=8):
+    """Seconds per model evaluation on ``model``: one timed batch after one untimed tracing call.
+
+    Returns a dict: ``forward`` (s per image in a batch of ``batch``: perturbation methods and
+    surrogates run chunks of hundreds of evaluations), ``forward_1`` (s for a batch of 1),
+    ``trace`` (s of the first, tracing call), and when ``backward`` the same for forward +
+    backward at ``batch_backward`` (``backward``, ``backward_1``, ``trace_backward``).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from .keras_bridge import input_shape
+
+    shape = tuple(int(d) for d in input_shape(model))
+    spec = tf.TensorSpec((None,) + shape, tf.float32)
+    x = tf.constant(np.random.RandomState(0).rand(max(batch, batch_backward), *shape).astype(np.float32))
+    fwd = tf.function(lambda t: model(t, training=False), input_signature=[spec])
+
+    def grad(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = model(t, training=False)
+            s = tf.reduce_sum(y[:, 0])
+        return tape.gradient(s, t)
+
+    out = {}
+    fns = [("forward", fwd)]
+    if backward:
+        fns.append(("backward", tf.function(grad, input_signature=[spec])))
+    for key, fn in fns:
+        t0 = time.perf_counter()
+        fn(x[:1]).numpy()
+        t1 = time.perf_counter()
+        fn(x[:1]).numpy()
+        t2 = time.perf_counter()
+        b = batch if key == "forward" else batch_backward
+        fn(x[:b]).numpy()
+        t3 = time.perf_counter()
+        out[key + "_1"] = t2 - t1
+        out[key] = (t3 - t2) / b
+        out["trace" if key == "forward" else "trace_backward"] = max(0.0, (t1 - t0) - (t2 - t1))
+    return out
+
+
+#: the evaluations' measured time is multiplied by this: chunk overheads (perturbed batches built,
+#: maps reduced, segmentation) and a machine shared with other work; the estimate is an upper one
+MARGIN = 1.25
+#: evaluations of these methods cost more than a plain forward pass of a batch: occlusion / PDA
+#: push each window through the leading layers on a crop and paste it into the clean activation
+#: (measured on a 224x224 Keras 3 ResNet50, 2 CPU cores: ~2 batched forward passes per window);
+#: on small or Dense-first models they cost less, and the estimate is on the safe side
+FACTOR = {"occlusion": 2.0, "pda": 2.0}
+#: ... and these instead when the perturbation engine takes the first-layer shortcut through a Dense
+#: layer (study 1's Flatten -> Dense center-pixel model: a window changes a few rows of one matrix
+#: product). Measured on the 227x227 model against its 1 ms forward pass: occlusion 6 us per window
+#: (0.006), PDA 0.6 us per window x value (0.0006); the factors are ~8x above, on the safe side
+DENSE_SHORTCUT_FACTOR = {"occlusion": 0.05, "pda": 0.005}
+
+
+def _factor(name, explainer):
+    engine = getattr(explainer, "engine", None)
+    chain = getattr(engine, "chain", None)
+    first = getattr(chain, "first", None)
+    if name in FACTOR and type(first).__name__ in ("Dense", "_DenseFirst"):
+        return DENSE_SHORTCUT_FACTOR[name]
+    return FACTOR.get(name, 1.0)
+
+
+def seconds(name, explainer, n_inputs, timing):
+    """Estimated seconds of method ``name`` on ``n_inputs`` inputs: setup (one trace) + model
+    evaluations x seconds per evaluation x :data:`MARGIN` (x :data:`FACTOR` for occlusion and
+    PDA) (sequential methods: per step of
+    ``n_inputs``).
+
+    Returns ``(seconds, evals_per_input, note)``; KeyError when the method is not in ``COSTS``.
+    """
+    evals, backward, note = cost(name, explainer)
+    kind = "backward" if backward and "backward" in timing else "forward"
+    setup = timing["trace_backward" if kind == "backward" else "trace"]
+    factor = MARGIN * _factor(name, explainer)
+    if name in SEQUENTIAL:
+        per_step = timing[kind + "_1"] if n_inputs == 1 else timing[kind] * n_inputs
+        return setup + factor * evals * per_step, evals, note
+    return setup + factor * n_inputs * evals * timing[kind], evals, note
+
+
+def duration(s):
+    """``~40 s``, ``~12 min``, ``~3 h``: an estimate in words."""
+    if s is None or not math.isfinite(s):
+        return "unbounded"
+    if s < 90:
+        return f"~{max(1, round(s))} s"
+    if s < 90 * 60:
+        return f"~{round(s / 60)} min"
+    if s < 48 * 3600:
+        return f"~{s / 3600:.1f} h".replace(".0 h", " h")
+    return f"~{s / 86400:.0f} days"
+
+
+def parse_budget(text):
+    """A budget: ``none`` (no limit: None), seconds (``600``) or a number with s/m/min/h
+    (``90s``, ``10m``, ``1.5h``); ValueError("expected ...") otherwise."""
+    t = str(text).strip().lower()
+    if t in ("none", "off", "inf", "unlimited"):
+        return None
+    units = (("min", 60), ("h", 3600), ("m", 60), ("s", 1))
+    factor = 1
+    for suffix, f in units:
+        if t.endswith(suffix):
+            t, factor = t[: -len(suffix)].strip(), f
+            break
+    try:
+        v = float(t) * factor
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"expected 'none' or a duration > 0 such as 600, 90s, 10m, 1h; got {text!r}")
+    return v
+
+
+# -- suggestions ------------------------------------------------------------------------------
+#: the sample-count parameter of each sampling method (what a suggestion lowers)
+SAMPLE_PARAMS = {
+    "ig": "steps", "sg": "samples", "vargrad": "samples", "squaregrad": "samples",
+    "inn.integrated_gradients": "steps", "inn.smoothgrad": "samples", "tfx.ig": "steps",
+    "tfx.smoothgrad": "samples", "rise": "masks", "mp": "max_iterations", "lime": "num_samples",
+    "lime.lib": "num_samples", "kernelshap": "nsamples", "shap.lib": "nsamples",
+    "shap.gradient": "nsamples", "shap.partition": "max_evals", "shapley": "samples",
+}
+_NICE = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 250, 256, 500, 1000, 2000, 4000)
+
+
+def _variant(explainer, **params):
+    """A stand-in with changed parameters that :func:`cost` can read (nothing is rebuilt)."""
+    p = dict(explainer.params, **params)
+    ns = types.SimpleNamespace(params=p, shape=explainer.shape)
+    for attr in ("n_samples", "samples"):
+        if hasattr(explainer, attr):
+            setattr(ns, attr, getattr(explainer, attr))
+    if "window" in params:
+        ns.window = (int(params["window"]),) * 2
+    elif hasattr(explainer, "window"):
+        ns.window = explainer.window
+    if "stride" in params:
+        ns.stride = (int(params["stride"]),) * 2
+    elif hasattr(explainer, "stride"):
+        ns.stride = explainer.stride
+    if "values" in params:
+        ns.n_samples = int(params["values"])
+    if "samples" in params and hasattr(explainer, "samples"):
+        ns.samples = int(params["samples"])
+    return ns
+
+
+def _section(name):
+    from . import registry
+
+    try:
+        return registry.preset_section(name) or name
+    except Exception:  # noqa: BLE001 - a name without presets: --set on its key
+        return name
+
+
+def suggest(name, explainer, n_inputs, timing, target):
+    """Settings that bring method ``name`` under ``target`` seconds: ``(flags, seconds)`` with
+    ``flags`` the ``--set`` words (``"--set occlusion.window=16 --set occlusion.stride=16"``), or
+    None when no single setting of the method gets there."""
+    sec = _section(name)
+    candidates = []
+    h, w = explainer.shape[:2]
+    if name in ("occlusion", "pda") and explainer.params.get("segments") is None:
+        for k in sorted({default_window(h, w), *(2 ** i for i in range(1, 9)), 7, 14, 28, 56}):
+            if k <= min(h, w) and k > max(getattr(explainer, "window", (1, 1))):
+                candidates.append({"window": k, "stride": k})
+        if name == "pda":
+            values = [dict(c, values=v) for c in candidates for v in (16, 8)
+                      if explainer.params.get("sampling", "marginal") == "marginal"]
+            candidates = sorted(candidates + values, key=lambda c: (c["window"], -c.get("values", 257)))
+    elif name == "tfx.occlusion":
+        candidates = [{"patch_size": k} for k in sorted({default_window(h, w), 8, 16, 32, 64})
+                      if int(explainer.params["patch_size"]) < k <= min(h, w)]
+    elif name in SAMPLE_PARAMS:
+        key = SAMPLE_PARAMS[name]
+        now = explainer.params.get(key)
+        now = int(now) if isinstance(now, (int, float)) else 10 ** 9
+        candidates = [{key: v} for v in reversed(_NICE) if v < now]
+    for c in candidates:
+        try:
+            s, _, _ = seconds(name, _variant(explainer, **c), n_inputs, timing)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        if s <= target:
+            return " ".join(f"--set {sec}.{k}={v}" for k, v in c.items()), s
+    return None
+
+
+def what(name, explainer):
+    """The settings a method's cost depends on, in words (``window 1 stride 1``, ``masks=4000``)."""
+    p = explainer.params
+    if name in ("occlusion", "pda") and p.get("segments") is None:
+        extra = f" values {explainer.n_samples}" if name == "pda" else ""
+        return f"window {_pair(p['window'])} stride {_pair(p['stride'])}{extra}"
+    if name == "tfx.occlusion":
+        return f"patch_size {p['patch_size']}"
+    if name in SAMPLE_PARAMS:
+        return f"{SAMPLE_PARAMS[name]}={p.get(SAMPLE_PARAMS[name])}"
+    return "its settings"
+
+
+def check(rows, budget, n_inputs, timing, flag="--budget"):
+    """Refuse a run whose estimate is above ``budget`` seconds (None: no limit).
+
+    Args:
+        rows: ``[(name, explainer, seconds)]`` of the run's methods.
+
+    Raises:
+        InputError: one line naming the most costly method, what it costs with its settings, the
+            ``--set`` that would bring the total under the budget and what it would cost then.
+    """
+    total = sum(s for _, _, s in rows)
+    if budget is None or total <= budget:
+        return total
+    name, ex, s = max(rows, key=lambda r: r[2])
+    rest = total - s
+    target = budget - rest if budget - rest > 0 else budget / max(1, len(rows))
+    fix = suggest(name, ex, n_inputs, timing, target)
+    head = (f"{name}: {duration(s)} with {what(name, ex)}"
+            + (f" ({n_inputs} images)" if n_inputs > 1 else ""))
+    if fix:
+        tail = f"; {fix[0]} would take {duration(fix[1])}"
+    else:
+        tail = f"; lower {what(name, ex)} (--set), or drop {name}"
+    others = f"; the other methods ~{duration(rest)[1:]}" if len(rows) > 1 else ""
+    raise InputError(f"{head}{tail}{others}: the estimate {duration(total)} is above {flag} "
+                     f"{duration(budget)[1:]} ({flag} none runs it anyway)")

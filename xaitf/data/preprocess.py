@@ -1,0 +1,146 @@
+"""Model input preprocessing by name: what a model expects, from images with 0..255 values.
+
+``preprocess(x, name)`` takes float32 images in 0..255 (any shape ending in channels, e.g. (N,H,W,C)
+or (H,W,C)) and returns float32 inputs for the model. Names (:data:`PREPROCESS_NAMES`):
+
+* ``scale``: ``x / 255`` (0..1; what the zoo's models and study 1 use; ``heatmap_script.py --scale``
+  changes the divisor);
+* ``none``: 0..255 unchanged (a model that records its own preprocessing, see
+  :func:`model_preprocessing`);
+* the keras.applications families (``resnet50``, ``resnet``, ``resnet_v2``, ``vgg16``, ``vgg19``,
+  ``mobilenet``, ``mobilenet_v2``, ``mobilenet_v3``, ``efficientnet``, ``efficientnet_v2``,
+  ``inception_v3``, ``inception_resnet_v2``, ``densenet``, ``convnext``, ``xception``, ``nasnet``):
+  Keras' own ``keras.applications.<family>.preprocess_input`` (RGB input expected);
+* the modes ``caffe`` (RGB -> BGR, ImageNet mean subtracted), ``tf`` (-1..1) and ``torch`` (0..1,
+  ImageNet mean/std), through ``keras.applications.imagenet_utils.preprocess_input(mode=...)``.
+
+Some families' ``preprocess_input`` is the identity (mobilenet_v3, efficientnet, efficientnet_v2,
+convnext): their models rescale inside. Keras is imported only when a Keras function is needed, so
+the names can be listed and checked before TensorFlow starts.
+"""
+import numpy as np
+
+from ..errors import InputError
+
+#: family -> (keras.applications module, what its preprocess_input does, for headers)
+FAMILIES = {
+    "resnet50": ("resnet50", "caffe: RGB->BGR, ImageNet mean subtracted"),
+    "resnet": ("resnet", "caffe: RGB->BGR, ImageNet mean subtracted"),
+    "resnet_v2": ("resnet_v2", "tf: x/127.5 - 1"),
+    "vgg16": ("vgg16", "caffe: RGB->BGR, ImageNet mean subtracted"),
+    "vgg19": ("vgg19", "caffe: RGB->BGR, ImageNet mean subtracted"),
+    "mobilenet": ("mobilenet", "tf: x/127.5 - 1"),
+    "mobilenet_v2": ("mobilenet_v2", "tf: x/127.5 - 1"),
+    "mobilenet_v3": ("mobilenet_v3", "identity: the model rescales inside"),
+    "efficientnet": ("efficientnet", "identity: the model rescales inside"),
+    "efficientnet_v2": ("efficientnet_v2", "identity: the model rescales inside"),
+    "inception_v3": ("inception_v3", "tf: x/127.5 - 1"),
+    "inception_resnet_v2": ("inception_resnet_v2", "tf: x/127.5 - 1"),
+    "densenet": ("densenet", "torch: x/255, ImageNet mean/std"),
+    "convnext": ("convnext", "identity: the model rescales inside"),
+    "xception": ("xception", "tf: x/127.5 - 1"),
+    "nasnet": ("nasnet", "tf: x/127.5 - 1"),
+}
+MODES = {"caffe": "RGB->BGR, ImageNet mean subtracted", "tf": "x/127.5 - 1",
+         "torch": "x/255, ImageNet mean/std"}
+OWN = {"scale": "x/255", "none": "0..255 as is"}
+
+#: every valid name, in the order error messages list them
+PREPROCESS_NAMES = tuple(OWN) + tuple(FAMILIES) + tuple(MODES)
+
+#: layer classes that mean "this model preprocesses its own 0..255 input"
+PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
+
+
+def check_name(name):
+    """The canonical (lower-case) preprocessing name, or InputError listing the valid ones."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in PREPROCESS_NAMES:
+        raise InputError(f"unknown preprocessing {name!r}; valid: {', '.join(PREPROCESS_NAMES)}")
+    return key
+
+
+def describe(name, scale=255.0):
+    """A few words on what ``name`` does (figure headers, printed lines)."""
+    key = check_name(name)
+    if key == "scale":
+        return f"scale: x/{scale:g}"
+    if key in OWN:
+        return f"{key}: {OWN[key]}"
+    if key in MODES:
+        return f"{key}: {MODES[key]}"
+    return f"{key} ({FAMILIES[key][1]})"
+
+
+def preprocess(x, name, scale=255.0):
+    """Turn images with 0..255 values into model inputs, by preprocessing name.
+
+    Args:
+        x: float32 array in 0..255 ending in channels, e.g. (N,H,W,C) or (H,W,C); not modified.
+        name: one of :data:`PREPROCESS_NAMES` (case-insensitive).
+        scale: divisor of ``"scale"`` (255 gives 0..1).
+
+    Returns:
+        float32 array of the same shape.
+
+    Raises:
+        InputError: unknown name (one line listing the valid ones), non-numeric or non-finite
+            values, or a family/mode that needs 3 channels given another count.
+    """
+    key = check_name(name)
+    a = np.asarray(x)
+    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
+        raise InputError(f"preprocess expects a numeric image array, got dtype {a.dtype}")
+    a = np.array(a, dtype=np.float32, copy=True)
+    if a.ndim < 3:
+        raise InputError(f"preprocess expects images ending in channels (H,W,C) or (N,H,W,C), "
+                         f"got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError("preprocess: the images contain NaN or infinite values")
+    if key == "none":
+        return a
+    if key == "scale":
+        if not scale or not np.isfinite(scale):
+            raise InputError(f"preprocess: scale must be a non-zero finite number, got {scale!r}")
+        return (a / np.float32(scale)).astype(np.float32)
+    if a.shape[-1] != 3:
+        raise InputError(f"preprocessing {key!r} expects RGB images (3 channels), got {a.shape[-1]}; "
+                         "use 'scale' or 'none' for other channel counts")
+    from ..keras_bridge import keras3
+
+    apps = keras3().applications
+    if key in MODES:
+        out = apps.imagenet_utils.preprocess_input(a, data_format="channels_last", mode=key)
+    else:
+        out = getattr(apps, FAMILIES[key][0]).preprocess_input(a, data_format="channels_last")
+    return np.asarray(out, dtype=np.float32)
+
+
+def model_preprocessing(model, depth=4):
+    """The preprocessing layer a model records near its input, or None.
+
+    Looks at the first ``depth`` layers after the input layer(s) (nested models entered) for a
+    Keras ``Rescaling`` or ``Normalization`` layer, as keras.applications' EfficientNet,
+    MobileNetV3 and ConvNeXt have (``include_preprocessing``). Such a model takes 0..255 pixels:
+    it needs the preprocessing ``"none"``.
+
+    Returns:
+        ``"<Class> layer '<name>'"`` of the first one found, else None.
+    """
+    from ..keras_bridge import layer_type
+
+    seen = 0
+    for layer in getattr(model, "layers", []):
+        kind = layer_type(layer)
+        if kind == "InputLayer":
+            continue
+        if kind in PREPROCESSING_LAYERS:
+            return f"{kind} layer {layer.name!r}"
+        if hasattr(layer, "layers"):          # a nested model: look inside it first
+            found = model_preprocessing(layer, depth - seen)
+            if found:
+                return found
+        seen += 1
+        if seen >= depth:
+            break
+    return None
