@@ -1,6 +1,6 @@
 """The benchmark's models, inputs and per-case settings.
 
-Three cases (``--cases``):
+The cases (``--cases``; the default run takes ``DEFAULT``):
 
 * ``mnist_cnn``: study 4's MNIST CNN (``xaitf.zoo.build_mnist_cnn``), up to 256 MNIST test images
   (rows 8000+ of the 10k test file: the bench trains the model for one epoch on rows 0-7999 the
@@ -12,6 +12,11 @@ Three cases (``--cases``):
 * ``xainn_baseline`` (not in the default run: ``--cases xainn_baseline``): study 3's CIFAR-10 CNN
   (``xaitf.zoo.build_xainn_baseline``, seeded, untrained: ~0.35 GMAC per image; iNNvestigate's LRP
   does not take its BatchNormalization layers), up to 64 CIFAR-10 test images;
+* ``resnet50_k3`` (not in the default run: ``--cases resnet50_k3``): Keras 3
+  ``keras.applications.ResNet50(weights=None)`` (``import keras``, next to tf-keras; seeded random
+  weights, BatchNormalization at its initial statistics), 8 CIFAR-10 test images resized to
+  224x224x3 (bilinear, in [0, 1]): the LRP acceptance case (native LRP within 1.5x of the gradient
+  on the same batch; iNNvestigate refuses its BatchNormalization, which the peer column records);
 * ``center_pixel``: study 1's hand-built 227x227 center-pixel model, 1 image (a CIFAR-10 test
   image in gray, resized to 227x227).
 
@@ -80,6 +85,10 @@ CASES = {
             "kernelshap": {"nsamples": 256}, "shap.lib": {"nsamples": 256},
             "shap.gradient": {"nsamples": 32}, "shap.partition": {"max_evals": 256}}},
         "quick": {"n_max": 4, "budget": 1 << 4, "overrides": _QUICK_ALL},
+    },
+    "resnet50_k3": {
+        "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": {}},
+        "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": _QUICK_ALL},
     },
     "center_pixel": {
         "full": {"n_max": 1, "budget": 1, "overrides": {
@@ -216,6 +225,20 @@ def build_case(name, quick=False, seed=0):
             x = rng.random((n, 32, 32, 3), dtype=np.float32)
             inputs = f"seeded uniform noise ({why})"
         weights = "untrained, seeded (timing and agreement of deterministic methods need no training)"
+    elif name == "resnet50_k3":
+        from xaitf.keras_bridge import keras3
+
+        k3 = keras3()
+        k3.utils.set_random_seed(seed)
+        model = k3.applications.ResNet50(weights=None, input_shape=(224, 224, 3), classes=1000)
+        ds, why = _dataset("cifar10")
+        if ds is not None:
+            x = tf.image.resize(ds.x_test[:n].astype(np.float32) / 255.0, (224, 224)).numpy().clip(0, 1)
+            inputs = f"CIFAR-10 test images 0-{n - 1}, resized to 224x224 (bilinear)"
+        else:
+            x = rng.random((n, 224, 224, 3), dtype=np.float32)
+            inputs = f"seeded uniform noise ({why})"
+        weights = f"Keras {k3.__version__} ResNet50(weights=None), seeded random (not trained)"
     elif name == "center_pixel":
         model = zoo.build_center_pixel()
         ds, why = _dataset("cifar10")
@@ -231,7 +254,8 @@ def build_case(name, quick=False, seed=0):
         raise KeyError(f"unknown case {name!r}; valid: {', '.join(CASES)}")
     targets = predict(model, x).argmax(1).astype(np.int64)
     return Case(name, model, x.astype(np.float32), targets, inputs, weights, spec["n_max"],
-                spec["budget"], spec["overrides"], extra=extra, fixed_n=dict(spec.get("n", {})))
+                spec["budget"], spec["overrides"], batch_size=spec.get("batch_size", 256), extra=extra,
+                fixed_n=dict(spec.get("n", {})))
 
 
 DEFAULT = ("mnist_cnn", "cifar_cnn", "center_pixel")

@@ -47,6 +47,11 @@ def _renamed(**mapping):
     return lambda ex: {theirs: ex.params[ours] for theirs, ours in mapping.items()}
 
 
+def _given(*names):
+    """Pass our parameters ``names`` through, those that are set (None: the peer's own default)."""
+    return lambda ex: {k: float(ex.params[k]) for k in names if ex.params.get(k) is not None}
+
+
 STOCH = "stochastic: an independent Monte-Carlo estimate, r < 1 expected"
 
 PEERS = {
@@ -97,6 +102,12 @@ PEERS = {
     "lime": [Peer("lime.lib", "registry", "lime.lib", note=STOCH),
              Peer("xplique.Lime", "xplique", "Lime", model="probs",
                   note="lime's kernel, Ridge(alpha=1) and our segments; " + STOCH)],
+    # native LRP / Deep Taylor against iNNvestigate 2.1.2 on the same weights (same maps on models
+    # without BatchNormalization: r ~ 1); iNNvestigate refusing a model is recorded as the peer's error
+    **{name: [Peer(f"inn.{name}", "registry", f"inn.{name}", params=_given(*names))]
+       for name, names in (("lrp.z", ()), ("lrp.epsilon", ("epsilon",)), ("lrp.alpha_1_beta_0", ()),
+                           ("lrp.alpha_2_beta_1", ()), ("deep_taylor", ()),
+                           ("deep_taylor.bounded", ("low", "high")))},
     "kernelshap": [Peer("shap.lib", "registry", "shap.lib", note=STOCH),
                    Peer("xplique.KernelShap", "xplique", "KernelShap", model="probs",
                         note="no efficiency constraint; our segments; " + STOCH)],

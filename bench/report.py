@@ -244,8 +244,10 @@ bench-quick` is a smoke run of every method in about 3 minutes that leaves this 
   peak). Memory TensorFlow kept from earlier calls can be reused, so this is the extra memory a call
   needed, not the process total. The scaling figure's memory panel uses a fresh process per point
   and its `ru_maxrss`.
-* **peers**, with the same settings: iNNvestigate (`inn.*`; LRP and Deep Taylor are
-  iNNvestigate itself), tf-explain (`tfx.*`), lime (`lime.lib`), shap (`shap.*`), Xplique (own
+* **peers**, with the same settings: iNNvestigate (`inn.*`; the native LRP and Deep Taylor
+  composites `lrp.z`, `lrp.epsilon`, `lrp.alpha_1_beta_0`, `lrp.alpha_2_beta_1`, `deep_taylor`,
+  `deep_taylor.bounded` against iNNvestigate 2.1.2's analyzers of the same names on the same
+  weights, `inn.lrp.*` / `inn.deep_taylor*`), tf-explain (`tfx.*`), lime (`lime.lib`), shap (`shap.*`), Xplique (own
   virtualenv, same weights through `.h5`; versions below), and a plain Python loop (one perturbed
   image per compiled model call; timed on a subset of its calls and extrapolated). Each peer's maps
   are correlated with ours (mean Pearson r per map), except where the peer computes a different

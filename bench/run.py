@@ -58,12 +58,21 @@ def _maps2d(m):
 VARIANTS = [("shapley", {"shortcut": False}, ("mnist_cnn", "cifar_cnn", "xainn_baseline"))]
 
 
+# registry names that are no method of their own: a row says why, nothing is timed
+SKIP = {"lrp.composite": "skipped: needs a user composite dict; each named composite has its own "
+                         "row (lrp.*, deep_taylor*)"}
+
+
 def bench_method(case, method, repeats, mode, floor, xjobs, xsegments, pending, log=print,
                  with_peers=True, with_xplique=True, variant=None):
     """One row: ours, the floor, and the peers (Xplique jobs are queued in ``xjobs``)."""
     t_row = time.perf_counter()
     overrides = {**BENCH_DEFAULTS.get(method, {}), **case.settings(method), **(variant or {})}
     row = {"model": case.name, "method": method, "settings": dict(overrides), "peers": []}
+    if method in SKIP:
+        row["error"] = SKIP[method]
+        log(f"  {method:24s} {SKIP[method]}")
+        return row
     if variant:
         row["label"] = f"{method} [{', '.join(f'{k}={v}' for k, v in variant.items())}]"
         with_peers = False
@@ -190,7 +199,12 @@ def run_case(case, methods, repeats, mode, with_peers=True, with_xplique=True, l
             rows.append(bench_method(case, m, repeats, mode, floor, xjobs, xsegments, pending, log,
                                      variant=kw))
     versions = run_xplique(case, xjobs, xsegments, pending, repeats, mode, log) if xjobs else None
+    grad = next((r for r in rows if r["method"] == "grad" and "time_s" in r and "label" not in r), None)
     for r in rows:          # the ratio once every peer time is in
+        if grad is not None and "time_s" in r:
+            # against the case's own gradient row (timed minutes apart: ratio_floor, paired, is the
+            # steadier number; for one-pass methods the floor is a compiled gradient of the same N)
+            r["ratio_grad"] = r["time_s"] / grad["time_s"] * grad["n"] / r["n"]
         for ent in r.get("peers", []):
             if "time_s" in ent and "time_s" in r and not ent.get("paired"):
                 ent["ratio"] = r["time_s"] / ent["time_s"]
@@ -243,7 +257,7 @@ def main(argv=None):
     mode = "quick" if args.quick else "full"
     repeats = args.repeats or (2 if args.quick else 5)
     out = Path(args.out or HERE / ("results-quick.json" if args.quick else "results.json"))
-    methods = args.methods or registry.list_methods()
+    methods = args.methods or [m for m in registry.list_methods() if m not in SKIP]
     case_names = args.cases or list(C.DEFAULT)
     info = machine_info(argv, mode)
     info.update(repeats=repeats, warmup=1, slow_threshold_s=SLOW[mode], loop_calls=LOOP_CALLS[mode],

@@ -38,11 +38,12 @@ def _explained_then_dropped(method, build, **kw):
 
 
 # one method of each cache: tf.function (grad, ig), modified-gradient clone (gb), DeepLIFT's
-# references, perturbation engine (occlusion), native surrogate (lime), RISE, twins (lrp.epsilon)
+# references, perturbation engine (occlusion), native surrogate (lime), RISE, twins (inn.lrp.epsilon),
+# the native LRP graph and propagator (lrp.epsilon, deep_taylor)
 @pytest.mark.parametrize("method,kw", [("grad", {}), ("ig", {"steps": 4}), ("gb", {}),
                                        ("deeplift", {}), ("occlusion", {"window": 4, "stride": 4}),
                                        ("lime", {"num_samples": 16}), ("rise", {"masks": 8}),
-                                       ("lrp.epsilon", {})])
+                                       ("inn.lrp.epsilon", {}), ("lrp.epsilon", {}), ("deep_taylor", {})])
 @pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
 def test_a_dropped_model_is_freed(method, kw, kind):
     build = make_cnn if kind == "tf-keras" else _keras3_cnn

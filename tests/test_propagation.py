@@ -10,7 +10,7 @@ from xaitf.methods import propagation as P
 
 from conftest import make_cnn, make_linear
 
-LRP_FAMILY = ["lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1", "deep_taylor"]
+LRP_FAMILY = ["inn.lrp.z", "inn.lrp.epsilon", "inn.lrp.alpha_1_beta_0", "inn.lrp.alpha_2_beta_1", "inn.deep_taylor"]
 
 
 def explain(name, model, x, t, **kw):
@@ -51,7 +51,7 @@ def test_lrp_family_on_tf_keras_and_keras3(cnn28, cnn28_keras3, x28):
         assert a.shape == (8, 28, 28) and np.all(np.isfinite(a)) and np.abs(a).max() > 0, name
         b = explain(name, cnn28_keras3, x28, T8)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max(), err_msg=name)
-    raw = explain("lrp.z", cnn28, x28, T8, channel_reduce="none")
+    raw = explain("inn.lrp.z", cnn28, x28, T8, channel_reduce="none")
     assert raw.shape == (8, 28, 28, 1)
 
 
@@ -69,14 +69,14 @@ def test_lrp_on_linear_model_is_analytic():
     wt = w[:, t].T.reshape(5, 6, 6)
     contrib = x[..., 0] * wt                    # input x gradient = W[:, c] * x
     z = contrib.sum((1, 2))
-    np.testing.assert_allclose(explain("lrp.z", m, x, t), contrib, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(explain("inn.lrp.z", m, x, t), contrib, rtol=1e-4, atol=1e-6)
     eps = 0.5
-    r = explain("lrp.epsilon", m, x, t, epsilon=eps)
+    r = explain("inn.lrp.epsilon", m, x, t, epsilon=eps)
     factor = z / (z + eps * np.where(z >= 0, 1.0, -1.0))
     np.testing.assert_allclose(r, contrib * factor[:, None, None], rtol=1e-4, atol=1e-6)
     total = r.sum((1, 2))                       # conservation up to the epsilon absorbed
     assert np.all(np.abs(total - z) <= eps + 1e-4) and np.all(np.abs(total) <= np.abs(z) + 1e-4)
-    np.testing.assert_allclose(explain("lrp.epsilon", m, x, t, epsilon=1e-6).sum((1, 2)), z, rtol=1e-4)
+    np.testing.assert_allclose(explain("inn.lrp.epsilon", m, x, t, epsilon=1e-6).sum((1, 2)), z, rtol=1e-4)
 
 
 def test_center_pixel_float64_through_twin(center_pixel_small):
@@ -84,7 +84,7 @@ def test_center_pixel_float64_through_twin(center_pixel_small):
 
     rs = np.random.RandomState(0)
     x = (rs.randint(256, size=(3, 15, 15, 1)) / 255.0).astype(np.float32)
-    maps = explain("lrp.z", center_pixel_small, x, None)
+    maps = explain("inn.lrp.z", center_pixel_small, x, None)
     assert maps.shape == (3, 15, 15) and np.all(np.isfinite(maps))
     # one Dense (+ReLU, identity here) layer: LRP-0 gives x_i W_ic
     r, c = center_index(15)
@@ -96,14 +96,14 @@ def test_center_pixel_float64_through_twin(center_pixel_small):
 
 
 def test_analyzer_is_built_once(cnn28, x28):
-    e = xaitf.create_explainer("lrp.epsilon", cnn28, epsilon=0.25, progress=False)
+    e = xaitf.create_explainer("inn.lrp.epsilon", cnn28, epsilon=0.25, progress=False)
     builds = P.STATS["builds"]
     first = e(x28, T8)
     second = e(x28[:3], T8[:3])
-    xaitf.create_explainer("lrp.epsilon", cnn28, epsilon=0.25, progress=False)(x28, T8)
+    xaitf.create_explainer("inn.lrp.epsilon", cnn28, epsilon=0.25, progress=False)(x28, T8)
     assert P.STATS["builds"] == builds          # nothing built after the explainer's setup
     np.testing.assert_allclose(second, first[:3], rtol=1e-6, atol=1e-7)
-    xaitf.create_explainer("lrp.epsilon", cnn28, epsilon=0.5, progress=False)
+    xaitf.create_explainer("inn.lrp.epsilon", cnn28, epsilon=0.5, progress=False)
     assert P.STATS["builds"] == builds + 1      # other parameters: a new analyzer
 
 
@@ -151,11 +151,11 @@ def test_smoothgrad_only_at_its_real_noise(cnn28, x28):
 
 def test_parameter_checks(cnn28):
     with pytest.raises(MethodError, match="unknown parameter.*epsilon"):
-        xaitf.create_explainer("lrp.z", cnn28, epsilon=0.1)
+        xaitf.create_explainer("inn.lrp.z", cnn28, epsilon=0.1)
     with pytest.raises(MethodError, match="epsilon > 0"):
-        xaitf.create_explainer("lrp.epsilon", cnn28, epsilon=0)
+        xaitf.create_explainer("inn.lrp.epsilon", cnn28, epsilon=0)
     with pytest.raises(MethodError, match="low < high"):
-        xaitf.create_explainer("deep_taylor.bounded", cnn28, low=1.0, high=0.0)
+        xaitf.create_explainer("inn.deep_taylor.bounded", cnn28, low=1.0, high=0.0)
     with pytest.raises(MethodError, match="unknown iNNvestigate analyzer"):
         P.InnvestigateExplainer(cnn28, analyzer="lrp.nope")
 
@@ -172,9 +172,9 @@ def test_unsupported_models_fail_before_any_build():
     builds = P.STATS["builds"]
     tanh = _tf_keras_model("tanh", "tanh_conv")
     with pytest.raises(ModelError, match=r"deep_taylor needs ReLU.*'tanh_conv' \(type Conv2D\).*'tanh'"):
-        xaitf.create_explainer("deep_taylor", tanh)
+        xaitf.create_explainer("inn.deep_taylor", tanh)
     with pytest.raises(ModelError, match=r"softmax layer 'inner_sm'"):
-        xaitf.create_explainer("lrp.z", _tf_keras_model("softmax", "inner_sm"))
+        xaitf.create_explainer("inn.lrp.z", _tf_keras_model("softmax", "inner_sm"))
     keras = pytest.importorskip("keras")
 
     @keras.saving.register_keras_serializable(package="xaitf_tests")
@@ -185,9 +185,9 @@ def test_unsupported_models_fail_before_any_build():
     i = keras.Input((8, 8, 1))
     custom = keras.Model(i, keras.layers.Dense(2)(keras.layers.Flatten()(Scale(name="scale")(i))))
     with pytest.raises(ModelError, match=r"layer 'scale' \(type Scale\)"):
-        xaitf.create_explainer("lrp.alpha_2_beta_1", custom)
+        xaitf.create_explainer("inn.lrp.alpha_2_beta_1", custom)
     assert P.STATS["builds"] == builds
-    assert explain("lrp.epsilon", tanh, np.ones((1, 8, 8, 1), np.float32), [1]).shape == (1, 8, 8)
+    assert explain("inn.lrp.epsilon", tanh, np.ones((1, 8, 8, 1), np.float32), [1]).shape == (1, 8, 8)
 
 
 def test_auto_named_layers_do_not_clash_with_innvestigate_layers():
@@ -200,5 +200,19 @@ def test_auto_named_layers_do_not_clash_with_innvestigate_layers():
     m = tfk.Model(i, tfk.layers.Dense(3, activation="softmax")(tfk.layers.Flatten()(h)))
     x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
     ig = explain("inn.integrated_gradients", m, x, [0, 1], steps=4)
-    dt = explain("deep_taylor", m, x, [0, 1])
+    dt = explain("inn.deep_taylor", m, x, [0, 1])
     assert ig.shape == dt.shape == (2, 8, 8) and np.all(np.isfinite(ig)) and np.all(np.isfinite(dt))
+
+
+def test_innvestigate_refusal_of_lenet_is_one_line_and_native_runs():
+    """iNNvestigate 2.1.2 raises a bare NotImplementedError on LeNet's ReLU layers: one ModelError
+    line instead, and the native engine explains the same model."""
+    from xaitf.zoo.registry import build
+
+    model = build("lenet")
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    with pytest.raises(ModelError, match=r"iNNvestigate cannot run lrp\.z on model .*native lrp") as err:
+        xaitf.create_explainer("inn.lrp.z", model)(x, [0, 1])
+    assert "\n" not in str(err.value)
+    maps = xaitf.create_explainer("lrp.z", model)(x, [0, 1])
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and np.abs(maps).max() > 0

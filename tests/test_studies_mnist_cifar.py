@@ -35,9 +35,11 @@ def test_degradation_table(study):
             assert 0.0 <= d["accuracy_fill_alt"] <= 1.0          # salt-and-pepper fill, same maps
             assert d["kept_pixels"] == round(0.2 * (784 if key == "mnist_cnn" else 1024))   # real 32x32 grid
     assert "lrp.epsilon" in {d["method"] for d in r["degradation"]["mnist_cnn"]}
+    assert "deep_taylor" in {d["method"] for d in r["degradation"]["cifar_vgg"]}   # native, on the VGG
+    assert "deep_taylor" not in r["failed"]["cifar_vgg"] and "lrp.epsilon" not in r["failed"]["cifar_vgg"]
     report = (folder / "report.md").read_text()
     for text in ("## Degradation test", "| LIME |", "| Kernel SHAP |", "| LRP-Epsilon (study: LRP) |",
-                 "| random map |", "0.416", "0.198", "0.232", "0.145", "0.229", "QUICK run"):
+                 "| random map |", "| DeepTaylor |", "0.416", "0.198", "0.232", "0.145", "0.229", "QUICK run"):
         assert text in report, text
 
 

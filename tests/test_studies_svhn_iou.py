@@ -47,7 +47,8 @@ def test_iou_values_in_range(study):
                 assert s["n"] + s["empty"] == r["data"]["iou_images"]
                 if s["mean"] is not None:
                     assert 0.0 <= s["mean"] <= 1.0
-    assert "lrp.z" in rows or "lrp.z" in r["skipped"]          # tried; iNNvestigate's refusal is recorded
+    assert "lrp.z" in rows and "lrp.z" not in r["skipped"]     # native LRP runs on the ResNet-18
+    assert rows["lrp.z"]["map_finite"] and rows["lrp.z"]["map_abs_max"] > 0
     assert 0.0 < r["all_pixels_iou_1"]["mean"] < 1.0
     assert 0.0 <= r["test_accuracy"] <= 1.0
     report = (folder / "report.md").read_text()

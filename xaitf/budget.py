@@ -94,10 +94,11 @@ COSTS = {
     "sg": _param("samples", True, "samples={samples} gradients"),
     "vargrad": _param("samples", True, "samples={samples} gradients"),
     "squaregrad": _param("samples", True, "samples={samples} gradients"),
-    # iNNvestigate backend: one analyzer pass = one forward + one (modified) backward
+    # native LRP (every lrp.* / deep_taylor* composite) and the iNNvestigate backend: one forward
+    # + one relevance backward per input
     **{k: _const(1, True, "1 forward + 1 relevance backward") for k in (
-        "lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1", "deep_taylor",
-        "deep_taylor.bounded", "inn.gradient", "inn.input_t_gradient", "inn.guided_backprop",
+        "inn.lrp.z", "inn.lrp.epsilon", "inn.lrp.alpha_1_beta_0", "inn.lrp.alpha_2_beta_1", "inn.deep_taylor",
+        "inn.deep_taylor.bounded", "inn.gradient", "inn.input_t_gradient", "inn.guided_backprop",
         "inn.deconvnet")},
     "inn.integrated_gradients": _param("steps", True, "steps={steps} gradients"),
     "inn.smoothgrad": _param("samples", True, "samples={samples} gradients"),
@@ -149,7 +150,11 @@ def floor_chunk(name, n):
 
 
 def cost(name, explainer):
-    """``(evals_per_input, backward, note)`` of a registry method; KeyError if not in the table."""
+    """``(evals_per_input, backward, note)`` of a registry method; KeyError if not in the table.
+    Every native LRP composite (``lrp.*``, ``deep_taylor*``) costs one forward and one relevance
+    backward."""
+    if name not in COSTS and (name.startswith("lrp.") or name.startswith("deep_taylor")):
+        return 1, True, "1 forward + 1 relevance backward"
     return COSTS[name](explainer)
 
 

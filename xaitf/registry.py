@@ -4,7 +4,9 @@ Keys are study 1's (``grad gb deconvnet sg inpgrad ig lrp lime deeplift mp occlu
 shapley``; ``shap`` is an alias of ``kernelshap``; the lime / shap library paths are ``lime.lib`` and
 ``shap.lib``) plus the other methods; iNNvestigate's analyzer names are accepted as aliases
 (``gradient``, ``input_t_gradient``, ``integrated_gradients``, ...). ``lrp`` is a group that
-expands to the four LRP variants, as in study 1.
+expands to the four LRP variants, as in study 1. ``lrp.*`` and ``deep_taylor*`` run on xaitf's own
+model graph (:mod:`xaitf.methods.lrp`); iNNvestigate's analyzers of the same names are ``inn.lrp.*``
+and ``inn.deep_taylor*``.
 """
 import importlib
 import importlib.util
@@ -25,16 +27,39 @@ _METHODS = {
     "deeplift": ("deeplift", "DeepLift", {}, "DeepLift"),
     "gradcam": ("cam", "GradCam", {}, "Grad-CAM"),
     "gradcampp": ("cam", "GradCamPlusPlus", {}, "Grad-CAM++"),
-    # iNNvestigate backend
-    "lrp.z": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.z"}, "LRP-Z"),
-    "lrp.epsilon": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.epsilon"}, "LRP-Epsilon"),
-    "lrp.alpha_1_beta_0": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.alpha_1_beta_0"},
-                           "LRP-alpha1_beta0"),
-    "lrp.alpha_2_beta_1": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.alpha_2_beta_1"},
-                           "LRP-alpha2_beta1"),
-    "deep_taylor": ("propagation", "InnvestigateExplainer", {"analyzer": "deep_taylor"}, "DeepTaylor"),
-    "deep_taylor.bounded": ("propagation", "InnvestigateExplainer", {"analyzer": "deep_taylor.bounded"},
-                            "DeepTaylor (bounded)"),
+    # native LRP / Deep Taylor on xaitf's model graph (xaitf/graph); composites by name
+    "lrp.z": ("lrp", "LRP", {"composite": "lrp.z"}, "LRP-Z"),
+    "lrp.epsilon": ("lrp", "LRP", {"composite": "lrp.epsilon"}, "LRP-Epsilon"),
+    "lrp.alpha_1_beta_0": ("lrp", "LRP", {"composite": "lrp.alpha_1_beta_0"}, "LRP-alpha1_beta0"),
+    "lrp.alpha_2_beta_1": ("lrp", "LRP", {"composite": "lrp.alpha_2_beta_1"}, "LRP-alpha2_beta1"),
+    "lrp.alpha_beta": ("lrp", "LRP", {"composite": "lrp.alpha_beta"}, "LRP-alpha_beta"),
+    "lrp.z_plus": ("lrp", "LRP", {"composite": "lrp.z_plus"}, "LRP-z+"),
+    "lrp.w_square": ("lrp", "LRP", {"composite": "lrp.w_square"}, "LRP-w^2"),
+    "lrp.flat": ("lrp", "LRP", {"composite": "lrp.flat"}, "LRP-flat"),
+    "lrp.sequential_preset_a": ("lrp", "LRP", {"composite": "lrp.sequential_preset_a"}, "LRP preset A"),
+    "lrp.sequential_preset_b": ("lrp", "LRP", {"composite": "lrp.sequential_preset_b"}, "LRP preset B"),
+    "lrp.sequential_preset_a_flat": ("lrp", "LRP", {"composite": "lrp.sequential_preset_a_flat"},
+                                     "LRP preset A-flat"),
+    "lrp.sequential_preset_b_flat": ("lrp", "LRP", {"composite": "lrp.sequential_preset_b_flat"},
+                                     "LRP preset B-flat"),
+    "lrp.epsilon_plus": ("lrp", "LRP", {"composite": "epsilon_plus"}, "LRP epsilon-plus"),
+    "lrp.epsilon_plus_flat": ("lrp", "LRP", {"composite": "epsilon_plus_flat"}, "LRP epsilon-plus-flat"),
+    "lrp.epsilon_gamma_box": ("lrp", "LRP", {"composite": "epsilon_gamma_box"}, "LRP epsilon-gamma-box"),
+    "lrp.epsilon_alpha_2_beta_1_flat": ("lrp", "LRP", {"composite": "epsilon_alpha_2_beta_1_flat"},
+                                        "LRP epsilon-alpha2beta1-flat"),
+    "lrp.composite": ("lrp", "LRP", {}, "LRP (composite)"),
+    "deep_taylor": ("lrp", "LRP", {"composite": "deep_taylor"}, "DeepTaylor"),
+    "deep_taylor.bounded": ("lrp", "LRP", {"composite": "deep_taylor.bounded"}, "DeepTaylor (bounded)"),
+    # iNNvestigate backend (cross-checks; needs the graph-mode twin for Keras 3 models)
+    "inn.lrp.z": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.z"}, "iNN LRP-Z"),
+    "inn.lrp.epsilon": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.epsilon"}, "iNN LRP-Epsilon"),
+    "inn.lrp.alpha_1_beta_0": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.alpha_1_beta_0"},
+                               "iNN LRP-alpha1_beta0"),
+    "inn.lrp.alpha_2_beta_1": ("propagation", "InnvestigateExplainer", {"analyzer": "lrp.alpha_2_beta_1"},
+                               "iNN LRP-alpha2_beta1"),
+    "inn.deep_taylor": ("propagation", "InnvestigateExplainer", {"analyzer": "deep_taylor"}, "iNN DeepTaylor"),
+    "inn.deep_taylor.bounded": ("propagation", "InnvestigateExplainer", {"analyzer": "deep_taylor.bounded"},
+                                "iNN DeepTaylor (bounded)"),
     "inn.gradient": ("propagation", "InnvestigateExplainer", {"analyzer": "gradient"}, "iNN Gradient"),
     "inn.input_t_gradient": ("propagation", "InnvestigateExplainer", {"analyzer": "input_t_gradient"},
                              "iNN Input*Gradient"),
@@ -74,6 +99,9 @@ ALIASES = {
     "smoothgrad": "sg", "guided_backprop": "gb", "guidedbackprop": "gb",
     "deeplift.rescale": "deeplift", "grad_cam": "gradcam", "gradcam++": "gradcampp",
     "lrp.alpha1beta0": "lrp.alpha_1_beta_0", "lrp.alpha2beta1": "lrp.alpha_2_beta_1",
+    "inn.lrp.alpha1beta0": "inn.lrp.alpha_1_beta_0", "inn.lrp.alpha2beta1": "inn.lrp.alpha_2_beta_1",
+    "lrp.zplus": "lrp.z_plus", "epsilon_plus": "lrp.epsilon_plus", "epsilon_plus_flat": "lrp.epsilon_plus_flat",
+    "epsilon_gamma_box": "lrp.epsilon_gamma_box", "epsilon_alpha_2_beta_1_flat": "lrp.epsilon_alpha_2_beta_1_flat",
     "shap": "kernelshap", "kernel_shap": "kernelshap", "meaningful_perturbation": "mp",
     "prediction_difference": "pda", "shapley_sampling": "shapley",
 }

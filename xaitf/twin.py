@@ -57,8 +57,8 @@ SUPPORTED = {
     "ZeroPadding2D": ("padding", "data_format"),
 }
 _MULTI_INPUT = ("Add", "Concatenate")
-NATIVE_METHODS = ("grad, ig, sg, gb, deconvnet, inpgrad, deeplift, gradcam, gradcampp, occlusion, "
-                  "rise, shapley, pda, mp, lime, shap")
+NATIVE_METHODS = ("grad, ig, sg, gb, deconvnet, inpgrad, deeplift, gradcam, gradcampp, lrp.*, deep_taylor*, "
+                  "occlusion, rise, shapley, pda, mp, lime, shap")
 TOLERANCE = 1e-5
 _GRAPH_SUFFIX = "__xt"  # graph-twin layer names: never equal to names iNNvestigate generates
 
@@ -106,7 +106,7 @@ def _unsupported(layer, why=""):
     extra = f" ({why})" if why else ""
     return ModelError(
         f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
-        "so the iNNvestigate (lrp.*, deep_taylor*, inn.*) and tf-explain (tfx.*) backends cannot run "
+        "so the iNNvestigate (inn.*) and tf-explain (tfx.*) backends cannot run "
         f"on this model; supported layers: {', '.join(SUPPORTED)}; the native methods still work: "
         f"{NATIVE_METHODS}")
 
@@ -165,7 +165,7 @@ def _source_io(model):
     return list(ins), list(outs)
 
 
-def _walk(model, visit):
+def walk_layer_calls(model, visit):
     """Visit every layer call (layer, node, inputs) needed for the model's outputs, inputs first.
 
     Nested models are entered (their inputs bound to the outer call's inputs). ``visit`` returns
@@ -219,7 +219,7 @@ def check_layers(model):
             seen.append((layer, kind))
         return [None] * 8
 
-    _walk(model, visit)
+    walk_layer_calls(model, visit)
     if len(_source_io(model)[1]) != 1:
         raise ModelError(f"expected a model with one output, got {len(model.outputs)}")
     return seen
@@ -300,7 +300,7 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False):
         args = [twin_inputs[a[1]] if isinstance(a, tuple) and a and a[0] == "input" else a for a in args]
         return visit(layer, args)
 
-    out = _walk(model, visit_bound)
+    out = walk_layer_calls(model, visit_bound)
     if isinstance(out[0], tuple):  # the model is its input (no layer)
         raise ModelError(f"model {model.name!r} has no layers to explain")
     twin = tfk.Model(twin_inputs[0] if len(twin_inputs) == 1 else twin_inputs, out[0],

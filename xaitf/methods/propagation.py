@@ -272,6 +272,11 @@ class InnvestigateExplainer(Explainer):
                 raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model "
                                  f"{self.model.name!r}: {msg}; the native methods still work: "
                                  f"{T.NATIVE_METHODS}") from None
+            except NotImplementedError as e:        # e.g. LeNet's separate ReLU layers (iNNvestigate 2.1.2)
+                where = f" ({' '.join(str(e).split())})" if str(e).strip() else ""
+                raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model {self.model.name!r}: "
+                                 f"a layer it does not implement{where}; the native lrp.* / deep_taylor* "
+                                 f"methods still work") from None
             except tf.errors.InvalidArgumentError as e:
                 if "must feed a value for placeholder" not in str(e):
                     raise
@@ -297,6 +302,11 @@ class InnvestigateExplainer(Explainer):
             try:
                 maps = self.analyzer.analyze(np.asarray(x, np.float32),
                                              neuron_selection=np.asarray(targets, np.int64))
+            except NotImplementedError as e:        # e.g. LeNet's separate ReLU layers (iNNvestigate 2.1.2)
+                where = f" ({' '.join(str(e).split())})" if str(e).strip() else ""
+                raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model {self.model.name!r}: "
+                                 f"a layer it does not implement{where}; the native lrp.* / deep_taylor* "
+                                 f"methods still work") from None
             except tf.errors.InvalidArgumentError as e:
                 if "must feed a value for placeholder" not in str(e):
                     raise

@@ -17,9 +17,12 @@ target digit, default 1, in the house number?"):
    them (Saliency, InputXGradient, Integrated Gradients with 200 steps, DeepLift with a zero
    baseline, GradientShap as ``shap.gradient`` with 20 samples, Guided Backprop, Deconvolution,
    Grad-CAM on the last block ``layer4``, Guided Grad-CAM = Guided Backprop x Grad-CAM, Occlusion
-   15x15 stride 8, LIME 125 samples, Kernel SHAP 200 samples) and LRP-z, which iNNvestigate
-   cannot analyse on this ResNet (the failure is recorded, not hidden). A random map is the
-   baseline. Not run: Shapley value sampling over single pixels (25 x 4,096 model calls per image)
+   15x15 stride 8, LIME 125 samples, Kernel SHAP 200 samples) and LRP-z on xaitf's native engine
+   (:class:`xaitf.methods.lrp.LRP`, composite ``lrp.z``: it reads the residual Add layers and folds
+   BatchNormalization into the convolution before it; iNNvestigate refused this ResNet). The study
+   used Captum's LRP with "rule Z" (its default rules: epsilon 1e-9 on every layer, i.e. the z
+   rule), so ``lrp.z`` is the matching composite (``lrp.z_plus`` would be its "Z+" option). A
+   random map is the baseline. Not run: Shapley value sampling over single pixels (25 x 4,096 model calls per image)
    and FeatureAblation/FeaturePermutation (per-pixel occlusion / a batch permutation, no new map).
 4. **IoU** against the target digit's box(es) (a pixel is inside when its centre is,
    :func:`xaitf.data.svhn.boxes_mask`): IoU_1 = mask IoU of the binarised map and the box mask,
@@ -307,15 +310,12 @@ def run(args):
             skipped[key] = str(e).splitlines()[0]
             say(f"{key}: skipped ({skipped[key]})")
             continue
-        except NotImplementedError as e:   # iNNvestigate's model check on the ResNet
-            skipped[key] = (f"iNNvestigate cannot analyse this ResNet-18 ({type(e).__name__} in its model "
-                            "check: residual Add and BatchNormalization layers)")
-            say(f"{key}: skipped ({skipped[key]})")
-            continue
         seconds[key] = round(time.perf_counter() - t0, 1)
     scores = {k: iou_scores(v, gt, p["threshold"]) for k, v in maps.items()}
     for k in maps:
         rows.append({"method": k, "title": _title(k), "seconds": seconds.get(k),
+                     "map_finite": bool(np.isfinite(maps[k]).all()),
+                     "map_abs_max": float(np.nanmax(np.abs(maps[k]))) if maps[k].size else 0.0,
                      **{rule: {m: _stats(scores[k][rule][m]) for m in ("iou_1", "iou_2")} for rule in RULES}})
         th, tk = rows[-1]["threshold"], rows[-1]["top_k"]
         say(f"{k}: threshold rule IoU_1 {_f(th['iou_1']['mean'])} IoU_2 {_f(th['iou_2']['mean'])}; "

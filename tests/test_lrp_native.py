@@ -1,0 +1,691 @@
+"""Native LRP / Deep Taylor (xaitf.graph, xaitf.methods.lrp): the graph recomputes the model, every
+rule equals its formula written as explicit numpy matrix products, relevance is conserved where
+the theory says so, the iNNvestigate composites equal iNNvestigate 2.1.2's maps, tf-keras and
+Keras 3 copies agree, and errors are one line naming what is wrong."""
+import warnings
+
+import numpy as np
+import pytest
+
+import xaitf
+import tensorflow as tf
+
+from xaitf.errors import MethodError, ModelError
+from xaitf.graph import composites as C
+from xaitf.graph import read_model
+from xaitf.graph.canonizers import canonize
+from xaitf.graph.engine import graph_of, propagate, propagator
+from xaitf.keras_bridge import keras3, logits_model, model_cache, tfk
+from xaitf.methods.lrp import LRP
+
+GUARD = 1e-7
+
+
+def _set_random(model, seed, bias_scale=0.1, weight_scale=None):
+    """Random kernels (He scale), biases N(0, bias_scale) and non-trivial BN statistics."""
+    rs = np.random.RandomState(seed)
+
+    def visit(m):
+        for layer in m.layers:
+            if hasattr(layer, "layers"):
+                visit(layer)
+                continue
+            ws = layer.get_weights()
+            if not ws:
+                continue
+            kind = type(layer).__name__
+            if kind == "BatchNormalization":
+                layer.set_weights([(rs.rand(*w.shape) * 0.8 + 0.4).astype(np.float32) if i != len(ws) - 2
+                                   else (rs.randn(*w.shape) * 0.3).astype(np.float32) for i, w in enumerate(ws)])
+                continue
+            new = []
+            for w in ws:
+                if w.ndim == 1:
+                    new.append((rs.randn(*w.shape) * bias_scale).astype(np.float32))
+                else:
+                    scale = weight_scale or np.sqrt(2.0 / np.prod(w.shape[:-1]))
+                    new.append((rs.randn(*w.shape) * scale).astype(np.float32))
+            layer.set_weights(new)
+
+    visit(model)
+    return model
+
+
+def _rel_err(a, b):
+    """Per-map max |a - b| relative to the map's max |b|; the worst over the batch."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    axes = tuple(range(1, a.ndim))
+    return float(np.max(np.abs(a - b).max(axis=axes) / np.maximum(np.abs(b).max(axis=axes), 1e-12)))
+
+
+# -- the models ---------------------------------------------------------------------------------
+def dense_net(bias=True, seed=0, d=(7, 5, 4)):
+    inp = tfk.Input((d[0],))
+    h = tfk.layers.Dense(d[1], activation="relu", use_bias=bias, name="d1")(inp)
+    out = tfk.layers.Dense(d[2], use_bias=bias, name="d2")(h)
+    return _set_random(tfk.Model(inp, out), seed, bias_scale=0.3 if bias else 0.0)
+
+
+def conv_net(padding="valid", strides=1, bias=True, seed=0):
+    inp = tfk.Input((5, 6, 2))
+    h = tfk.layers.Conv2D(3, 3, padding=padding, strides=strides, use_bias=bias, name="conv")(inp)
+    out = tfk.layers.Flatten(name="flat")(h)
+    return _set_random(tfk.Model(inp, out), seed, bias_scale=0.3 if bias else 0.0)
+
+
+def mnist_like(k=tfk, seed=0, shape=(28, 28, 1)):
+    L = k.layers
+    inp = k.Input(shape, name="image")
+    h = L.Conv2D(8, 3, activation="relu", name="conv1")(inp)
+    h = L.MaxPooling2D(2, name="pool1")(h)
+    h = L.Conv2D(12, 3, activation="relu", name="conv2")(h)
+    h = L.MaxPooling2D(2, name="pool2")(h)
+    h = L.Flatten(name="flatten")(h)
+    h = L.Dense(24, activation="relu", name="fc1")(h)
+    out = L.Dense(10, activation="softmax", name="fc2")(h)
+    return _set_random(k.Model(inp, out, name="mnist_like"), seed)
+
+
+def residual_net(k=tfk, seed=0, bn=False, bias=True):
+    """Conv, Activation('relu'), a residual block with Add, average pooling, padding, strides,
+    global average pooling and a dense head."""
+    L = k.layers
+    inp = k.Input((12, 12, 2), name="image")
+    h = L.Conv2D(4, 3, padding="same", use_bias=bias, name="stem")(inp)
+    if bn:
+        h = L.BatchNormalization(name="stem_bn")(h)
+    h = L.Activation("relu", name="stem_relu")(h)
+    y = L.Conv2D(4, 3, padding="same", activation="relu", use_bias=bias, name="b1")(h)
+    y = L.Conv2D(4, 3, padding="same", use_bias=bias, name="b2")(y)
+    if bn:
+        y = L.BatchNormalization(name="b2_bn")(y)
+    h = L.Add(name="add")([h, y])
+    h = L.Activation("relu", name="add_relu")(h)
+    h = L.AveragePooling2D(2, name="avg")(h)
+    h = L.ZeroPadding2D(1, name="pad")(h)
+    h = L.Conv2D(6, 3, strides=2, activation="relu", use_bias=bias, name="down")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    h = L.Dense(8, activation="relu", use_bias=bias, name="fc1")(h)
+    out = L.Dense(5, use_bias=bias, name="fc2")(h)
+    return _set_random(k.Model(inp, out, name="residual"), seed, bias_scale=0.1 if bias else 0.0)
+
+
+def bn_cnn(k=tfk, seed=0, shape=(16, 16, 3), classes=4):
+    """tests/test_keras3.py's CNN: Conv, BN, ReLU, max pooling, Conv(relu), Dense head."""
+    L = k.layers
+    inp = k.Input(shape, name="image")
+    h = L.Conv2D(6, 3, padding="same", name="conv1")(inp)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.Activation("relu", name="relu1")(h)
+    h = L.MaxPooling2D(2, name="pool1")(h)
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(h)
+    h = L.Flatten(name="flatten")(h)
+    h = L.Dense(16, activation="relu", name="fc1")(h)
+    out = L.Dense(classes, activation="softmax", name="fc2")(h)
+    return k.Model(inp, out)
+
+
+def _copy_weights(src, dst):
+    dst.set_weights(src.get_weights())
+    return dst
+
+
+# -- numpy oracles: a linear layer as an explicit matrix (N, d_in) @ (d_in, d_out) ---------------
+def _safe(z):
+    return z + GUARD * (z == 0)
+
+
+def _pos(a):
+    return np.maximum(a, 0)
+
+
+def _neg(a):
+    return np.minimum(a, 0)
+
+
+def oracle(rule, a, W, b, R, epsilon=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=0.0, high=1.0, ones=None):
+    """Input relevance (N, d_in) of one linear layer z = a W + b for output relevance R (N, d_out).
+
+    ``ones``: the layer's matrix with every weight 1 (the flat rule; default all ones: a dense layer)."""
+    a, W, b, R = (np.asarray(v, np.float64) for v in (a, W, b, R))
+    ib = rule.endswith("_ib")
+    base = rule[:-3] if ib else rule
+    bias = 0.0 if ib else b
+    if base in ("z", "epsilon", "gamma"):
+        Wm, bm = W, bias
+        if base == "gamma":
+            Wm, bm = W + gamma * _pos(W), bias + gamma * _pos(bias)
+        z = a @ Wm + bm
+        s = R / (z + epsilon * np.where(z >= 0, 1.0, -1.0)) if base == "epsilon" else R / _safe(z)
+        return a * (s @ Wm.T)
+    if base in ("alpha_beta", "alpha_1_beta_0", "alpha_2_beta_1", "z_plus"):
+        alpha, beta = {"alpha_1_beta_0": (1.0, 0.0), "z_plus": (1.0, 0.0),
+                       "alpha_2_beta_1": (2.0, 1.0)}.get(base, (alpha, beta))
+        if base == "z_plus":
+            bias = 0.0
+        ap, an = _pos(a), _neg(a)
+        bp, bn = _pos(bias), _neg(bias)
+
+        def part(W1, b1, W2, b2):   # (x+, W1) and (x-, W2); bias b1 + b2
+            s = R / _safe(ap @ W1 + an @ W2 + b1 + b2)
+            return ap * (s @ W1.T) + an * (s @ W2.T)
+
+        return alpha * part(_pos(W), bp, _neg(W), bn) - beta * part(_neg(W), bn, _pos(W), bp)
+    if base in ("w_square", "flat"):
+        V = W ** 2 if base == "w_square" else (np.ones_like(W) if ones is None else ones)
+        s = R / _safe(np.ones_like(a) @ V)
+        return s @ V.T
+    if base == "z_box":
+        lo, hi = np.full_like(a, low), np.full_like(a, high)
+        s = R / _safe(a @ W - lo @ _pos(W) - hi @ _neg(W))
+        return a * (s @ W.T) - lo * (s @ _pos(W).T) - hi * (s @ _neg(W).T)
+    raise ValueError(rule)
+
+
+def conv_matrix(kernel, in_shape, padding, strides):
+    """A Conv2D as a dense (H*W*C, Ho*Wo*F) matrix, built with explicit loops (NHWC, row-major)."""
+    kh, kw, c, f = kernel.shape
+    H, W_, _ = in_shape
+    s = strides
+    if padding == "valid":
+        Ho, Wo, top, left = (H - kh) // s + 1, (W_ - kw) // s + 1, 0, 0
+    else:
+        Ho, Wo = -(-H // s), -(-W_ // s)
+        top = max((Ho - 1) * s + kh - H, 0) // 2
+        left = max((Wo - 1) * s + kw - W_, 0) // 2
+    M = np.zeros((H * W_ * c, Ho * Wo * f))
+    for i in range(Ho):
+        for j in range(Wo):
+            for di in range(kh):
+                for dj in range(kw):
+                    y, x = i * s + di - top, j * s + dj - left
+                    if 0 <= y < H and 0 <= x < W_:
+                        for ci in range(c):
+                            for fo in range(f):
+                                M[(y * W_ + x) * c + ci, (i * Wo + j) * f + fo] += kernel[di, dj, ci, fo]
+    return M, (Ho, Wo)
+
+
+LAYER_RULES = ["z", "z_ib", "epsilon", "epsilon_ib", "gamma", "gamma_ib", "alpha_beta", "alpha_beta_ib",
+               "alpha_1_beta_0", "alpha_2_beta_1", "alpha_2_beta_1_ib", "z_plus", "w_square", "flat", "z_box"]
+PARAMS = {"epsilon": 0.05, "gamma": 0.3, "alpha": 3.0, "beta": 2.0, "low": -1.0, "high": 1.0}
+
+
+def _explain(model, composite, x, t, params=None):
+    return propagator(model, composite, params)(x, t)
+
+
+# -- 1. the graph ---------------------------------------------------------------------------------
+def test_graph_nodes_and_forward_tf_keras(tiny_cnn):
+    g = read_model(tiny_cnn)
+    kinds = [n.kind for n in g.nodes]
+    assert kinds == ["InputLayer", "Conv2D", "Activation", "MaxPooling2D", "Conv2D", "Activation", "Flatten",
+                     "Dense", "Activation", "Dense", "Activation"]
+    assert [n.fused for n in g.nodes if n.kind == "Activation"] == [True] * 4
+    assert g[g.output_id].config["activation"] == "softmax"
+    x = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(g.forward(x).numpy(), tiny_cnn(x).numpy(), atol=1e-5)
+    stripped = canonize(g)
+    np.testing.assert_allclose(stripped.forward(x).numpy(), logits_model(tiny_cnn)[0](x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_graph_forward_sequential_and_nested(kind):
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+    inner = k.Sequential([k.Input((6, 6, 8)), L.Conv2D(4, 3, padding="same"), L.ReLU(max_value=6.0),
+                          L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=True),
+                          L.LeakyReLU(), L.ELU()], name="inner")
+    inp = k.Input((12, 12, 3))
+    h = L.Rescaling(2.0, offset=-1.0)(inp)
+    h = L.Conv2D(8, 3, strides=2, padding="same", activation="tanh")(h)
+    h = L.Dropout(0.3)(h)
+    h = inner(h)
+    a = L.GlobalMaxPooling2D()(h)
+    b = L.GlobalAveragePooling2D()(h)
+    h = L.Concatenate()([a, b])
+    h = L.Reshape((4, 4))(h)
+    h = L.Flatten()(h)
+    h = L.Dense(5)(h)
+    out = L.Softmax()(h)
+    model = _set_random(k.Model(inp, out), 3)
+    g = read_model(model)
+    kinds = {n.kind for n in g.nodes}
+    assert {"Rescaling", "DepthwiseConv2D", "ReLU", "LeakyReLU", "ELU", "Dropout", "Concatenate", "Reshape",
+            "GlobalMaxPooling2D", "Softmax"} <= kinds
+    x = np.random.default_rng(1).random((4, 12, 12, 3), dtype=np.float32)
+    np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    seq = _set_random(k.Sequential([k.Input((8, 8, 1)), L.Conv2D(3, 3, activation="relu"), L.MaxPooling2D(2),
+                                    L.Flatten(), L.Dense(4)]), 4)
+    xs = np.random.default_rng(2).random((3, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(read_model(seq).forward(xs).numpy(), np.asarray(seq(xs)), atol=1e-5)
+
+
+def test_graph_normalization_layer():
+    k = keras3()
+    inp = k.Input((6, 6, 3))
+    h = k.layers.Normalization(mean=[0.2, 0.5, 0.7], variance=[0.04, 0.25, 1.0])(inp)
+    out = k.layers.Dense(2)(k.layers.Flatten()(h))
+    model = k.Model(inp, out)
+    x = np.random.default_rng(0).random((3, 6, 6, 3), dtype=np.float32)
+    np.testing.assert_allclose(read_model(model).forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+
+
+def _bn_count(g):
+    return sum(n.kind == "BatchNormalization" for n in g.nodes)
+
+
+@pytest.mark.parametrize("name", ["svhn_resnet18", "cifar_vgg"])
+def test_canonized_zoo_models_equal_the_model(name):
+    from xaitf.zoo.registry import build
+
+    model = _set_random(build(name), 5, bias_scale=0.05)
+    raw = read_model(model)
+    g = canonize(raw)
+    if name == "svhn_resnet18":      # every BN after a conv is folded; the input standardisation stays
+        assert _bn_count(raw) == 21 and _bn_count(g) == 1
+        assert g.nodes[1].kind == "BatchNormalization" and g.nodes[1].name == "standardize"
+    else:                            # VGG: every BN follows a ReLU (or is the input's): all kept, affine
+        assert _bn_count(raw) == _bn_count(g) == 15
+    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    ref = logits_model(model)[0](x).numpy()
+    assert np.abs(ref).max() > 1e-2
+    # 1e-5 of the output scale (float32: the folded weights round differently)
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("app,size", [("MobileNetV2", 96), ("ResNet50", 64)])
+def test_canonized_keras3_applications(app, size):
+    k = keras3()
+    model = _set_random(getattr(k.applications, app)(weights=None, input_shape=(size, size, 3)), 6,
+                        bias_scale=0.05)
+    raw = read_model(model)
+    g = canonize(raw)
+    assert _bn_count(raw) > 30 and _bn_count(g) == 0
+    assert g[g.output_id].kind == "Dense"           # the softmax of the head is stripped
+    x = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
+    ref = np.asarray(logits_model(model)[0](x))
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+def test_bn_kept_as_affine_when_not_foldable():
+    """BN after a ReLU (or after a layer read twice) cannot be folded: it stays an exact affine node."""
+    L = tfk.layers
+    inp = tfk.Input((6, 6, 2))
+    h = L.Conv2D(3, 3, activation="relu")(inp)
+    h = L.BatchNormalization(name="bn_after_relu")(h)
+    y = L.Conv2D(3, 1, name="shared_src")(h)
+    a = L.BatchNormalization(name="bn_a")(y)
+    h = L.Add()([a, y])
+    out = L.Dense(2)(L.Flatten()(h))
+    model = _set_random(tfk.Model(inp, out), 2)
+    g = canonize(read_model(model))
+    assert sorted(n.name for n in g.nodes if n.kind == "BatchNormalization") == ["bn_a", "bn_after_relu"]
+    x = np.random.default_rng(0).random((3, 6, 6, 2), dtype=np.float32)
+    np.testing.assert_allclose(g.forward(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+# -- 2. every rule against its numpy formula ------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rule", LAYER_RULES)
+def test_rules_on_two_layer_dense_net(rule, bias):
+    model = dense_net(bias=bias, seed=1)
+    x = np.random.default_rng(0).uniform(-1, 1, (6, 7)).astype(np.float32)   # negative inputs too
+    t = np.array([0, 1, 2, 3, 0, 1])
+    # input-domain rules (w^2, flat, z^B) at the first layer under z above; the others everywhere
+    first, second = rule, ("z" if rule in ("w_square", "flat", "z_box") else rule)
+    comp = {"first": first, "linear": second, "params": PARAMS}
+    got = _explain(model, comp, x, t)
+    (W1, b1), (W2, b2) = [(model.get_layer(n).get_weights() + [np.zeros(d, np.float32)])[:2]
+                          for n, d in (("d1", 5), ("d2", 4))]
+    f = x @ W1 + b1
+    a1 = np.maximum(f, 0)
+    out = a1 @ W2 + b2
+    R2 = np.eye(4)[t] * out
+    R1 = oracle(second, a1, W2, b2, R2, **PARAMS)
+    R0 = oracle(first, x, W1, b1, R1, **PARAMS)
+    assert np.abs(R0).max() > 1e-3
+    np.testing.assert_allclose(got, R0, rtol=1e-4, atol=1e-5 * np.abs(R0).max())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("padding,strides", [("valid", 1), ("same", 1), ("same", 2)])
+@pytest.mark.parametrize("rule", LAYER_RULES)
+def test_rules_on_a_conv_layer(rule, padding, strides, bias):
+    model = conv_net(padding, strides, bias=bias, seed=2)
+    kernel, b = model.get_layer("conv").get_weights()[0], (model.get_layer("conv").get_weights() + [None])[1]
+    M, (Ho, Wo) = conv_matrix(kernel, (5, 6, 2), padding, strides)
+    bvec = np.tile(b if b is not None else np.zeros(3), Ho * Wo)
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 5, 6, 2)).astype(np.float32)
+    xf = x.reshape(4, -1).astype(np.float64)
+    out = xf @ M + bvec
+    np.testing.assert_allclose(model(x).numpy(), out, atol=1e-5)          # the oracle's conv is right
+    t = np.array([0, 5, Ho * Wo * 3 - 1, 7])
+    R = np.eye(out.shape[1])[t] * out
+    ones = conv_matrix(np.ones_like(kernel), (5, 6, 2), padding, strides)[0]
+    want = oracle(rule, xf, M, bvec, R, ones=ones, **PARAMS).reshape(x.shape)
+    got = _explain(model, {"linear": rule, "params": PARAMS}, x, t)
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_maxpool_winner_takes_all_and_add_proportional():
+    L = tfk.layers
+    inp = tfk.Input((4, 4, 1))
+    p = L.MaxPooling2D(2)(inp)
+    s = L.Add()([p, L.Conv2D(1, 1, use_bias=False, name="c")(p)])
+    out = L.Flatten()(s)
+    model = tfk.Model(inp, out)
+    model.get_layer("c").set_weights([np.full((1, 1, 1, 1), 3.0, np.float32)])
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1) / 16.0
+    r = _explain(model, {"linear": "z"}, x, np.array([3]))[0, ..., 0]
+    # output 3 = pooled x[3,3] + 3 * pooled x[3,3]: Add splits 1/4 : 3/4, the conv returns its 3/4,
+    # max pooling sends everything to the window's maximum x[3,3]
+    f = 4 * x[0, 3, 3, 0]
+    want = np.zeros((4, 4))
+    want[3, 3] = f
+    np.testing.assert_allclose(r, want, atol=1e-6)
+
+
+# -- 3. conservation -----------------------------------------------------------------------------
+def _logit(model, x, t):
+    return logits_model(model)[0](x).numpy()[np.arange(len(x)), t]
+
+
+@pytest.mark.parametrize("which", ["dense", "cnn_bn", "residual"])
+def test_z_rule_conserves_relevance(which):
+    rng = np.random.default_rng(0)
+    if which == "dense":
+        model, x = dense_net(bias=False, seed=4), rng.uniform(-1, 1, (8, 7)).astype(np.float32)
+    elif which == "cnn_bn":
+        model = _set_random(bn_cnn(), 4)
+        x = rng.random((8, 16, 16, 3), dtype=np.float32)
+    else:
+        model, x = residual_net(seed=4, bn=True), rng.random((8, 12, 12, 2), dtype=np.float32)
+    t = np.arange(8) % int(model.output_shape[-1])
+    f = _logit(model, x, t)
+    assert np.abs(f).min() > 1e-3
+    # ignoring biases (and BN shifts folded into biases), LRP-0 conserves exactly
+    r = _explain(model, {"linear": "z_ib"}, x, t)
+    total = r.reshape(len(x), -1).sum(1)
+    np.testing.assert_allclose(total, f, rtol=1e-4, atol=1e-4 * np.abs(f).max())
+    if which == "dense":      # a bias-free model: the plain z rule too
+        total = _explain(model, "lrp.z", x, t).reshape(len(x), -1).sum(1)
+        np.testing.assert_allclose(total, f, rtol=1e-4)
+
+
+def test_epsilon_rule_loses_only_the_absorbed_part():
+    model = residual_net(seed=7, bias=False)
+    x = np.random.default_rng(1).random((4, 12, 12, 2), dtype=np.float32)
+    t = np.array([0, 1, 2, 3])
+    g = graph_of(model)
+    rules, output = C.assign(g, "lrp.epsilon", {"epsilon": 0.5})
+    record = []
+    r_in = propagate(g, rules, output, tf.constant(x), tf.constant(t, tf.int32), record=record).numpy()
+    acts = g.activations(x)
+    checked = 0
+    for node, rule, r_out, ins in record:
+        r_out = r_out.numpy().astype(np.float64)
+        got = sum(float(np.sum(v.numpy())) for v in ins)
+        if rule.name == "epsilon":
+            z = acts[node.id].numpy().astype(np.float64)
+            kept = float(np.sum(r_out * z / (z + 0.5 * np.where(z >= 0, 1, -1))))
+            assert abs(got - kept) <= 1e-4 * max(1.0, abs(kept))
+            assert abs(got) < abs(float(np.sum(r_out))) + 1e-6 or np.sign(got) != np.sign(np.sum(r_out))
+            checked += 1
+        elif rule.name in ("proportional", "gradient", "pass"):    # weightless nodes conserve
+            assert abs(got - float(np.sum(r_out))) <= 1e-4 * max(1.0, abs(float(np.sum(r_out))))
+    assert checked == 6
+    assert np.isfinite(r_in).all()
+
+
+# -- 4. equality with iNNvestigate ---------------------------------------------------------------
+INN = ["lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1", "deep_taylor", "deep_taylor.bounded"]
+
+
+def _innvestigate(name, model, x, t):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xaitf.create_explainer(name, model, channel_reduce="none", progress=False)(x, t)
+
+
+@pytest.fixture(scope="module")
+def inn_models():
+    from xaitf.zoo.registry import build
+
+    rng = np.random.default_rng(0)
+    mnist = mnist_like(seed=1)
+    zoo = _set_random(build("mnist_cnn"), 2)
+    res = residual_net(seed=3)
+    return {
+        "mnist_like": (mnist, rng.random((16, 28, 28, 1), dtype=np.float32)),
+        "zoo_mnist_cnn": (zoo, rng.random((16, 28, 28, 3), dtype=np.float32)),
+        "residual": (res, rng.random((16, 12, 12, 2), dtype=np.float32)),
+    }
+
+
+@pytest.mark.parametrize("model_name", ["mnist_like", "zoo_mnist_cnn", "residual"])
+@pytest.mark.parametrize("name", INN)
+def test_equals_innvestigate(inn_models, model_name, name):
+    model, x = inn_models[model_name]
+    t = np.arange(16) % 10 if model_name != "residual" else np.arange(16) % 5
+    ref = _innvestigate(name, model, x, t)
+    got = LRP(model, composite=name, channel_reduce="none", progress=False)(x, t)
+    assert got.shape == ref.shape and np.abs(ref).max() > 0
+    assert _rel_err(got, ref) < 1e-4, _rel_err(got, ref)
+
+
+@pytest.mark.parametrize("name", INN)
+def test_equals_innvestigate_on_center_pixel(center_pixel_small, name):
+    """Study 1's float64 model (logits ~3e7; both paths compute in float32)."""
+    x = np.random.default_rng(0).random((4, 15, 15, 1), dtype=np.float32)
+    t = np.array([0, 10, 100, 255])
+    ref = _innvestigate(name, center_pixel_small, x, t)
+    got = LRP(center_pixel_small, composite=name, channel_reduce="none", progress=False)(x, t)
+    assert np.abs(ref).max() > 1.0
+    assert _rel_err(got, ref) < 1e-4, _rel_err(got, ref)
+
+
+def test_lenet_relu_layers():
+    """The zoo's LeNet (separate ReLU layers, a separate Softmax): iNNvestigate 2.1.2 refuses it, the
+    native engine conserves relevance on it (z rule, biases ignored)."""
+    from xaitf.zoo.registry import build
+
+    model = _set_random(build("lenet"), 8)
+    g = graph_of(model)
+    assert [n.kind for n in g.nodes].count("ReLU") == 2 and g[g.output_id].name == "fc3"
+    x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    t = np.array([0, 3, 5, 9])
+    total = _explain(model, {"linear": "z_ib"}, x, t).reshape(4, -1).sum(1)
+    f = _logit(model, x, t)
+    np.testing.assert_allclose(total, f, rtol=1e-4, atol=1e-4 * np.abs(f).max())
+
+
+def test_equals_innvestigate_with_parameters(inn_models):
+    model, x = inn_models["mnist_like"]
+    t = np.arange(16) % 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = xaitf.create_explainer("lrp.epsilon", model, epsilon=0.01, channel_reduce="none", progress=False)(x, t)
+        refb = xaitf.create_explainer("deep_taylor.bounded", model, low=-0.5, high=2.0, channel_reduce="none",
+                                      progress=False)(x, t)
+    assert _rel_err(LRP(model, composite="lrp.epsilon", epsilon=0.01, channel_reduce="none",
+                        progress=False)(x, t), ref) < 1e-4
+    assert _rel_err(LRP(model, composite="deep_taylor.bounded", low=-0.5, high=2.0, channel_reduce="none",
+                        progress=False)(x, t), refb) < 1e-4
+
+
+# -- 5. Keras 3 and tf-keras ---------------------------------------------------------------------
+@pytest.mark.parametrize("composite", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1", "deep_taylor.bounded",
+                                       "epsilon_gamma_box", "lrp.sequential_preset_b_flat"])
+def test_keras3_and_tf_keras_copies_agree(composite):
+    tk = _set_random(bn_cnn(tfk), 9)
+    k3 = _copy_weights(tk, bn_cnn(keras3()))
+    x = np.random.default_rng(1).random((3, 16, 16, 3), dtype=np.float32)
+    t = np.array([0, 1, 3])
+    a = LRP(tk, composite=composite, channel_reduce="none", progress=False)(x, t)
+    b = LRP(k3, composite=composite, channel_reduce="none", progress=False)(x, t)
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(a).max())
+
+
+# -- 6. every composite, the explainer, caching ---------------------------------------------------
+@pytest.mark.parametrize("composite", list(C.COMPOSITES))
+def test_every_composite_runs_on_bn_residual_net(composite):
+    model = residual_net(seed=11, bn=True)
+    x = np.random.default_rng(2).random((3, 12, 12, 2), dtype=np.float32)
+    logits = model(x).numpy()
+    t = logits.argmax(1)
+    assert (logits.max(1) > 0).all()          # Deep Taylor starts from relu(f_c): the top logits
+    r = LRP(model, composite=composite, channel_reduce="none", progress=False)(x, t)
+    assert r.shape == (3, 12, 12, 2) and np.isfinite(r).all() and np.abs(r).max() > 0
+
+
+def test_composites_differ_where_they_should():
+    model = mnist_like(seed=3)
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    maps = {c: _explain(model, c, x, np.array([1, 2])) for c in
+            ("lrp.z", "epsilon_plus", "epsilon_plus_flat", "lrp.sequential_preset_a", "lrp.flat")}
+    assert _rel_err(maps["epsilon_plus"], maps["epsilon_plus_flat"]) > 1e-2
+    assert _rel_err(maps["lrp.z"], maps["lrp.sequential_preset_a"]) > 1e-2
+    # flat at every layer: the input's values never enter, only the relevance reaching conv1 does
+    assert np.abs(maps["lrp.flat"]).max() > 0
+    g = graph_of(model)
+    first = g.first_linear()
+    assert [g[i].name for i in first] == ["conv1"]
+
+
+def test_z_box_bounds_follow_input_normalisation():
+    """A Rescaling before the first conv: z^B there uses the image bounds [0, 1] mapped to [-1, 1],
+    i.e. equals z^B with bounds [-1, 1] on the same net fed the rescaled image."""
+    L = tfk.layers
+
+    def net(rescale):
+        inp = tfk.Input((8, 8, 2))
+        h = L.Rescaling(2.0, offset=-1.0)(inp) if rescale else inp
+        h = L.Conv2D(3, 3, activation="relu", name="conv")(h)
+        return tfk.Model(inp, L.Dense(3, name="fc")(L.Flatten()(h)))
+
+    a = _set_random(net(True), 12)
+    b = _copy_weights(a, net(False))
+    x = np.random.default_rng(0).random((3, 8, 8, 2), dtype=np.float32)
+    t = np.array([0, 1, 2])
+    g = graph_of(a)
+    assert [g[i].name for i in g.first_linear()] == ["conv"]
+    ra = _explain(a, "deep_taylor.bounded", x, t)
+    rb = _explain(b, "deep_taylor.bounded", 2 * x - 1, t, {"low": -1.0, "high": 1.0})
+    assert np.abs(rb).max() > 0
+    np.testing.assert_allclose(ra, rb, rtol=1e-5, atol=1e-6 * np.abs(rb).max())
+    rc = _explain(b, "deep_taylor.bounded", 2 * x - 1, t)          # bounds [0, 1]: another map
+    assert _rel_err(rc, rb) > 1e-2
+
+
+def test_explainer_reduces_channels_and_caches(tiny_rgb_cnn):
+    x = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)
+    e1 = LRP(tiny_rgb_cnn, composite="lrp.z", progress=False)
+    e2 = LRP(tiny_rgb_cnn, composite="z", channel_reduce="none", progress=False)
+    m1, m2 = e1(x, [0, 1, 2, 3]), e2(x, [0, 1, 2, 3])
+    assert m1.shape == (4, 8, 8) and m2.shape == (4, 8, 8, 3)
+    np.testing.assert_allclose(m1, m2.sum(-1), rtol=1e-5, atol=1e-7)
+    assert e1._prop is e2._prop                      # one function per (model, composite)
+    assert any(isinstance(k, tuple) and k[0] == "graph.lrp" for k in model_cache(tiny_rgb_cnn))
+    e3 = LRP(tiny_rgb_cnn, composite="lrp.epsilon", epsilon=0.2, progress=False)
+    assert e3._prop is not e1._prop
+    m_default = LRP(tiny_rgb_cnn, composite="epsilon", progress=False)(x[:1], [0])
+    m_explicit = LRP(tiny_rgb_cnn, composite="lrp.epsilon", epsilon=1.0, progress=False)(x[:1], [0])
+    np.testing.assert_array_equal(m_default, m_explicit)
+
+
+def test_user_dict_composite_equals_rules():
+    model = dense_net(seed=5)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 7)).astype(np.float32)
+    t = np.array([0, 1, 2])
+    a = _explain(model, {"dense": ("epsilon", {"epsilon": 0.3})}, x, t)
+    b = _explain(model, "lrp.epsilon", x, t, {"epsilon": 0.3})
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# -- 7. errors -----------------------------------------------------------------------------------
+def _one_line(err):
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_unsupported_layer_is_named():
+    L = tfk.layers
+    inp = tfk.Input((4, 4, 1))
+    h = L.UpSampling2D(name="up")(inp)
+    out = L.Dense(2)(L.Flatten()(h))
+    model = tfk.Model(inp, out)
+    with pytest.raises(ModelError) as err:
+        LRP(model, progress=False)
+    msg = _one_line(err)
+    assert "'up' (UpSampling2D)" in msg and "Conv2D" in msg
+    inp = tfk.Input((4, 4, 2))
+    out = L.Dense(2)(L.Flatten()(L.Conv2D(2, 3, groups=2, name="grouped")(inp)))
+    with pytest.raises(ModelError, match="'grouped' \\(Conv2D\\) with groups=2"):
+        read_model(tfk.Model(inp, out))
+
+
+def test_unknown_composite_rule_selector_and_parameter(tiny_cnn):
+    with pytest.raises(MethodError) as err:
+        LRP(tiny_cnn, composite="lrp.nope", progress=False)
+    msg = _one_line(err)
+    assert "'lrp.nope'" in msg and all(c in msg for c in C.COMPOSITES)
+    with pytest.raises(MethodError) as err:
+        LRP(tiny_cnn, composite={"conv": "z_minus"}, progress=False)
+    msg = _one_line(err)
+    assert "'z_minus'" in msg and "alpha_2_beta_1" in msg and "z_box" in msg
+    with pytest.raises(MethodError) as err:
+        LRP(tiny_cnn, composite={"pooling": "z"}, progress=False)
+    assert "'pooling'" in _one_line(err) and "maxpool" in _one_line(err)
+    with pytest.raises(MethodError, match="does not use gamma"):
+        LRP(tiny_cnn, composite="lrp.z", gamma=0.5, progress=False)
+    with pytest.raises(MethodError, match="low < high"):
+        LRP(tiny_cnn, composite="deep_taylor.bounded", low=1.0, high=0.0, progress=False)
+    with pytest.raises(MethodError, match="epsilon must be a finite number >= 0"):
+        LRP(tiny_cnn, composite="lrp.epsilon", epsilon=-1.0, progress=False)
+
+
+def test_inner_softmax_refused():
+    L = tfk.layers
+    inp = tfk.Input((4, 4, 1))
+    h = L.Dense(3, activation="softmax", name="inner")(L.Flatten()(inp))
+    out = L.Dense(2)(h)
+    with pytest.raises(ModelError, match="'inner/softmax'"):
+        LRP(tfk.Model(inp, out), progress=False)
+
+
+def test_nan_is_traced_to_its_node():
+    L = tfk.layers
+    inp = tfk.Input((3, 3, 1))
+    h = L.Dense(4, use_bias=False, name="big")(L.Flatten(name="flat")(inp))
+    out = L.Dense(2, use_bias=False, name="out")(h)
+    model = tfk.Model(inp, out)
+    model.get_layer("big").set_weights([np.full((9, 4), 1e20, np.float32)])
+    model.get_layer("out").set_weights([np.full((4, 2), 1e-20, np.float32)])
+    x = np.random.default_rng(0).random((2, 3, 3, 1), dtype=np.float32)
+    assert np.isfinite(model(x).numpy()).all()
+    LRP(model, composite="lrp.z", progress=False)(x, [0, 1])        # finite under the z rule
+    with pytest.raises(MethodError) as err:     # w^2 = 1e40 overflows float32
+        LRP(model, composite={"first": "w_square", "linear": "z"}, progress=False)(x, [0, 1])
+    msg = _one_line(err)
+    assert "'big' (Dense)" in msg and "w_square" in msg
+
+
+def test_registry_names_run_natively_and_deep_taylor_refuses_tanh():
+    """lrp.* / deep_taylor* are the native engine; inn.* the iNNvestigate analyzers; Deep Taylor
+    refuses a non-ReLU network in one line naming the node."""
+    from xaitf.keras_bridge import tfk
+    from xaitf.errors import ModelError
+
+    assert xaitf.get_method("lrp.epsilon") is LRP and xaitf.get_method("deep_taylor.bounded") is LRP
+    assert xaitf.get_method("inn.lrp.epsilon").__name__ == "InnvestigateExplainer"
+    i = tfk.Input((8, 8, 1))
+    h = tfk.layers.Conv2D(3, 3, activation="tanh", name="tanh_conv")(i)
+    model = tfk.Model(i, tfk.layers.Dense(4)(tfk.layers.Flatten()(h)))
+    with pytest.raises(ModelError, match=r"deep_taylor needs a ReLU network.*'tanh_conv/tanh'"):
+        xaitf.create_explainer("deep_taylor", model)
+    maps = xaitf.create_explainer("lrp.epsilon", model)(np.ones((1, 8, 8, 1), np.float32), [1])
+    assert maps.shape == (1, 8, 8) and np.isfinite(maps).all()

@@ -1,0 +1,124 @@
+"""The propagation engine: one batched ``tf.function`` per (model, composite, parameters).
+
+The backward pass starts, as iNNvestigate's, from the value of the explained logit: ``R = onehot(c)
+* f_c(x)`` (``relu(f_c)`` for Deep Taylor composites), then visits the graph's nodes in reverse
+topological order; each node's rule (:mod:`xaitf.graph.composites`) turns the relevance of its
+output into relevance of its inputs, and a node read by several others sums what they send back.
+The result is the relevance of the input, per channel (N,H,W,C).
+
+Graphs and functions live in the model's own cache (:func:`xaitf.keras_bridge.model_cache`); the
+graph copies the weights once, so call :func:`forget` after changing a model's weights. Every
+result is checked: non-finite relevance raises MethodError naming the first node (and rule) where
+it appeared, found by replaying the batch eagerly.
+"""
+import numpy as np
+
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from ..errors import MethodError
+from ..keras_bridge import input_shape, model_cache
+from . import composites as C
+from .canonizers import canonize
+from .ir import read_model
+
+_PREFIX = "graph."
+
+
+def graph_of(model, batchnorm=True):
+    """The canonized graph of ``model`` (final softmax stripped; BatchNormalization folded unless
+    ``batchnorm=False``), read once per model."""
+    cache = model_cache(model)
+    key = (_PREFIX + "ir", bool(batchnorm))
+    if key not in cache:
+        raw = cache.get(_PREFIX + "raw")
+        if raw is None:
+            raw = cache[_PREFIX + "raw"] = read_model(model)
+        cache[key] = canonize(raw, batchnorm=batchnorm)
+    return cache[key]
+
+
+def forget(model):
+    """Drop the graphs and functions cached for ``model`` (after changing its weights)."""
+    cache = model_cache(model)
+    for k in [k for k in cache if (isinstance(k, str) and k.startswith(_PREFIX)) or
+              (isinstance(k, tuple) and isinstance(k[0], str) and k[0].startswith(_PREFIX))]:
+        del cache[k]
+
+
+def propagate(graph, rules, output, x, targets, record=None):
+    """Relevance of the input (same shape as ``x``) for int32 ``targets``.
+
+    ``record`` (a list, eager use) receives ``(node, rule, output relevance, [input relevances])``
+    per step."""
+    acts = graph.activations(x)
+    f = acts[graph.output_id]
+    if output == "relu":
+        f = tf.nn.relu(f)
+    relevance = {graph.output_id: tf.one_hot(targets, tf.shape(f)[-1], dtype=f.dtype) * f}
+    for node in reversed(graph.nodes):
+        if node.id == graph.input_id or node.id not in relevance:
+            continue
+        r = relevance.pop(node.id)
+        rule = rules[node.id]
+        ins = rule.backward(node, [acts[i] for i in node.inputs], acts[node.id], r)
+        if record is not None:
+            record.append((node, rule, r, ins))
+        for i, ri in zip(node.inputs, ins):
+            relevance[i] = relevance[i] + ri if i in relevance else ri
+    return relevance.get(graph.input_id, tf.zeros_like(acts[graph.input_id]))
+
+
+def _key(composite, params, batchnorm):
+    comp = C.canonical(composite) if isinstance(composite, str) else repr(sorted(composite.items(), key=str))
+    ps = tuple(sorted((k, repr(np.asarray(v).tolist())) for k, v in (params or {}).items() if v is not None))
+    return (_PREFIX + "lrp", comp, ps, bool(batchnorm))
+
+
+class Propagator:
+    """Relevance maps of one model under one composite: ``prop(x, targets) -> (N,H,W,C)`` numpy.
+
+    Use :func:`propagator` (cached per model) rather than the constructor."""
+
+    def __init__(self, model, composite, params=None, batchnorm=True):
+        self.graph = graph_of(model, batchnorm)
+        self.composite_name = C.canonical(composite) if isinstance(composite, str) else "user composite"
+        self.rules, self.output = C.assign(self.graph, composite, params)
+        spec = [tf.TensorSpec([None, *input_shape(model)], tf.float32), tf.TensorSpec([None], tf.int32)]
+        graph, rules, output = self.graph, self.rules, self.output
+        self.fn = tf.function(lambda x, t: propagate(graph, rules, output, x, t), input_signature=spec)
+
+    def __call__(self, x, targets):
+        x = tf.convert_to_tensor(np.asarray(x, np.float32))
+        t = tf.convert_to_tensor(np.asarray(targets, np.int32))
+        r = self.fn(x, t).numpy()
+        if not np.all(np.isfinite(r)):
+            raise self.diagnose(x, t)
+        return r
+
+    def diagnose(self, x, t):
+        """The MethodError naming the first node whose output or relevance is not finite."""
+        acts = self.graph.activations(x)
+        for node in self.graph.nodes:
+            if not np.all(np.isfinite(acts[node.id].numpy())):
+                return MethodError(f"native LRP ({self.composite_name}): the forward pass is not finite at "
+                                   f"node {node.label()}; check the model's weights and inputs")
+        record = []
+        propagate(self.graph, self.rules, self.output, x, t, record=record)
+        for node, rule, _, ins in record:
+            if not all(np.all(np.isfinite(r.numpy())) for r in ins):
+                return MethodError(f"native LRP ({self.composite_name}): relevance became NaN/inf at node "
+                                   f"{node.label()} under rule {rule!r}; try a rule with a stabiliser "
+                                   f"(epsilon) for this layer")
+        return MethodError(f"native LRP ({self.composite_name}): non-finite relevance (not reproduced "
+                           "eagerly)")
+
+
+def propagator(model, composite, params=None, batchnorm=True):
+    """The cached :class:`Propagator` for (model, composite, params, batchnorm)."""
+    cache = model_cache(model)
+    key = _key(composite, params, batchnorm)
+    prop = cache.get(key)
+    if prop is None:
+        prop = cache[key] = Propagator(model, composite, params, batchnorm)
+    return prop

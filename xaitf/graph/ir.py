@@ -1,0 +1,370 @@
+"""A Keras model as a flat list of nodes, for relevance propagation.
+
+:func:`read_model` walks the layer calls of a tf-keras or Keras 3 model (Sequential or functional,
+nested models inlined, shared layers called once per call) into a :class:`Graph`: nodes in
+topological order, each with its kind (the Keras class name, e.g. ``"Conv2D"``), its weights as
+float32 numpy arrays, its configuration and the ids of its input nodes. The ``activation=`` of a
+Conv2D/DepthwiseConv2D/Dense becomes its own ``Activation`` node (``fused=True``), so that rules
+see the pre-activation ``z`` of every linear layer. BatchNormalization, Rescaling and
+Normalization are exact per-channel affine nodes ``y = x * scale + shift``.
+
+Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
+model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
+The weights are copied when the graph is read: a graph does not follow later weight changes.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
+import tensorflow as tf
+
+from ..errors import ModelError
+from ..keras_bridge import activation_name, layer_type, model_kind, tfk
+
+KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
+AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
+LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
+ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
+POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
+SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Dropout")
+MERGE = ("Add", "Concatenate")
+KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + POOLING + SHAPE + MERGE + ("Softmax",)
+# layers that are the identity at inference
+_IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
+             "GaussianDropout", "GaussianNoise", "ActivityRegularization")
+SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY
+
+
+@dataclass
+class Node:
+    """One operation of the graph.
+
+    Attributes:
+        id: unique integer (the position in the original topological order).
+        kind: one of :data:`KINDS`.
+        name: the Keras layer's name (``conv1``; ``conv1/relu`` for a split-off activation).
+        inputs: ids of the nodes whose outputs this node consumes, in call order.
+        weights: float32 numpy arrays: ``kernel``/``bias`` (kernel kinds), ``scale``/``shift``
+            (affine kinds).
+        config: what the forward computation needs (strides, padding, axis, activation name...).
+        layer: the Keras layer (None for the input node).
+        fused: an activation split off a Conv2D/DepthwiseConv2D/Dense (``activation=``).
+    """
+
+    id: int
+    kind: str
+    name: str
+    inputs: tuple = ()
+    weights: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    layer: object = None
+    fused: bool = False
+
+    def label(self):
+        return f"{self.name!r} ({self.kind})"
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
+class Graph:
+    """Nodes in topological order, one input node and one output node."""
+
+    def __init__(self, nodes, input_id, output_id, name="model"):
+        self.nodes = list(nodes)
+        self.by_id = {n.id: n for n in self.nodes}
+        self.input_id, self.output_id, self.name = input_id, output_id, name
+
+    def __getitem__(self, node_id):
+        return self.by_id[node_id]
+
+    def __repr__(self):
+        return f"Graph({self.name!r}, {len(self.nodes)} nodes: " + \
+            ", ".join(f"{n.id}:{n.kind}" for n in self.nodes) + ")"
+
+    def consumers(self):
+        """``{node id: [ids of the nodes that read its output]}``."""
+        out = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.id)
+        return out
+
+    def activations(self, x):
+        """``{node id: output tensor}`` of every node for the batch ``x`` (float32)."""
+        acts = {self.input_id: tf.cast(x, tf.float32)}
+        for n in self.nodes:
+            if n.id != self.input_id:
+                acts[n.id] = apply(n, [acts[i] for i in n.inputs])
+        return acts
+
+    def forward(self, x):
+        """The output node's value for ``x``: the model's output recomputed from the graph."""
+        return self.activations(x)[self.output_id]
+
+    def input_path(self):
+        """Ids of the nodes between the input and the first layers: Flatten, Reshape and input
+        normalisation (the affine kinds) reading the input directly or through each other."""
+        direct = {self.input_id}
+        for n in self.nodes:
+            if n.kind in ("Flatten", "Reshape") + AFFINE and all(i in direct for i in n.inputs):
+                direct.add(n.id)
+        return direct
+
+    def first_linear(self):
+        """Ids of the Conv2D/DepthwiseConv2D/Dense nodes that read the input directly or through
+        Flatten, Reshape and input normalisation only (iNNvestigate's "input layer", looking through
+        normalisation): where input-domain rules (flat, z_box) apply."""
+        direct = self.input_path()
+        return {n.id for n in self.nodes if n.kind in KERNEL and all(i in direct for i in n.inputs)}
+
+
+# -- forward computations ------------------------------------------------------------------------
+def linear(node, x, kernel=None, bias=None):
+    """The linear map of ``node`` on ``x`` with ``kernel``/``bias`` (default: its own weights; a bias
+    of None or 0 adds nothing). ``kernel`` is ``scale`` for the affine kinds."""
+    w = node.weights
+    c = node.config
+    if kernel is None:
+        kernel = w["kernel"] if node.kind in KERNEL else w["scale"]
+    if bias is None:
+        bias = w["bias"] if node.kind in KERNEL else w["shift"]
+    kernel = tf.cast(kernel, tf.float32)
+    if node.kind == "Conv2D":
+        y = tf.nn.conv2d(x, kernel, strides=c["strides"], padding=c["padding"], dilations=c["dilation_rate"])
+    elif node.kind == "DepthwiseConv2D":
+        s = c["strides"]
+        y = tf.nn.depthwise_conv2d(x, kernel, strides=(1, s[0], s[1], 1), padding=c["padding"],
+                                   dilations=c["dilation_rate"])
+    elif node.kind == "Dense":
+        y = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+    else:
+        y = x * kernel
+    if isinstance(bias, (int, float)) and bias == 0:
+        return y
+    return y + tf.cast(bias, tf.float32)
+
+
+def _relu(x, c):
+    return tfk.activations.relu(x, alpha=c["negative_slope"], max_value=c["max_value"],
+                                threshold=c["threshold"])
+
+
+def apply(node, xs):
+    """The output of ``node`` for its input tensors ``xs``."""
+    k, c = node.kind, node.config
+    x = xs[0] if xs else None
+    if k in LINEAR:
+        return linear(node, x)
+    if k == "Activation":
+        return tf.cast(c["fn"](x), tf.float32)
+    if k == "ReLU":
+        return _relu(x, c)
+    if k == "LeakyReLU":
+        return tf.nn.leaky_relu(x, alpha=c["alpha"])
+    if k == "ELU":
+        return tf.where(x > 0, x, c["alpha"] * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
+    if k == "Softmax":
+        return tf.nn.softmax(x, axis=c["axis"])
+    if k == "MaxPooling2D":
+        return tf.nn.max_pool2d(x, c["pool_size"], c["strides"], c["padding"])
+    if k == "AveragePooling2D":
+        return tf.nn.avg_pool2d(x, c["pool_size"], c["strides"], c["padding"])
+    if k == "GlobalAveragePooling2D":
+        return tf.reduce_mean(x, axis=(1, 2), keepdims=c["keepdims"])
+    if k == "GlobalMaxPooling2D":
+        return tf.reduce_max(x, axis=(1, 2), keepdims=c["keepdims"])
+    if k == "Flatten":
+        return tf.reshape(x, (tf.shape(x)[0], -1))
+    if k == "Reshape":
+        return tf.reshape(x, (tf.shape(x)[0],) + tuple(c["target_shape"]))
+    if k == "ZeroPadding2D":
+        (t, b), (l, r) = c["padding"]
+        return tf.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    if k == "Dropout":
+        return x
+    if k == "Add":
+        return tf.add_n(list(xs))
+    if k == "Concatenate":
+        return tf.concat(list(xs), axis=c["axis"])
+    raise ModelError(f"graph node {node.label()} has no forward computation")   # pragma: no cover
+
+
+# -- reading a model -----------------------------------------------------------------------------
+STILL_WORK = "grad, ig, sg, inpgrad, occlusion, rise, lime, kernelshap"   # need no model graph
+
+
+def _unsupported(layer, why=""):
+    return ModelError(f"native LRP cannot read layer {layer.name!r} ({layer_type(layer)}){why}; "
+                      f"supported: {', '.join(SUPPORTED_LAYERS)}; methods that still work: {STILL_WORK}")
+
+
+def _pair(v):
+    v = tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+    return tuple(int(i) for i in v)
+
+
+def _channels_last(layer, cfg):
+    if cfg.get("data_format") not in (None, "channels_last"):
+        raise _unsupported(layer, f" with data_format={cfg.get('data_format')!r} (channels_last only)")
+
+
+def _f32(a):
+    return np.asarray(a, dtype=np.float32)
+
+
+def _input_rank(layer):
+    from ..compat import inbound_node, node_inputs
+
+    try:
+        return len(node_inputs(inbound_node(layer, 0))[0].shape)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _channel_axis(layer, axis):
+    """Check that a per-channel layer works on the last axis."""
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            raise _unsupported(layer, f" over axes {axis} (one channel axis, the last, only)")
+        axis = axis[0]
+    rank = _input_rank(layer)
+    if axis != -1 and (rank is None or axis != rank - 1):
+        raise _unsupported(layer, f" with axis={axis} (the last axis only)")
+
+
+def _layer_nodes(layer, inputs, new_id):
+    """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``."""
+    kind = layer_type(layer)
+    cfg = layer.get_config()
+    ws = [_f32(w) for w in layer.get_weights()]
+    out = []
+    if kind in KERNEL:
+        _channels_last(layer, cfg)
+        if cfg.get("groups", 1) != 1:
+            raise _unsupported(layer, f" with groups={cfg['groups']}")
+        kernel = ws[0]
+        units = kernel.shape[2] * kernel.shape[3] if kind == "DepthwiseConv2D" else kernel.shape[-1]
+        bias = ws[1] if cfg.get("use_bias", True) and len(ws) > 1 else np.zeros(units, np.float32)
+        conf = {}
+        if kind != "Dense":
+            padding = str(cfg["padding"]).upper()
+            if padding not in ("SAME", "VALID"):
+                raise _unsupported(layer, f" with padding={cfg['padding']!r}")
+            conf = {"strides": _pair(cfg["strides"]), "padding": padding,
+                    "dilation_rate": _pair(cfg.get("dilation_rate", 1))}
+        out.append((kind, layer.name, {"kernel": kernel, "bias": bias}, conf, False))
+        act = activation_name(layer)
+        if act not in (None, "linear"):
+            out.append(("Activation", f"{layer.name}/{act}", {}, {"activation": act, "fn": layer.activation},
+                        True))
+        return out
+    if kind == "BatchNormalization":
+        _channel_axis(layer, cfg.get("axis", -1))
+        i = 0
+        gamma = beta = None
+        if cfg.get("scale", True):
+            gamma, i = ws[i], i + 1
+        if cfg.get("center", True):
+            beta, i = ws[i], i + 1
+        mean, var = ws[i], ws[i + 1]
+        scale = (1.0 / np.sqrt(var.astype(np.float64) + float(cfg["epsilon"])))
+        if gamma is not None:
+            scale = scale * gamma
+        shift = -mean * scale + (beta if beta is not None else 0.0)
+        return [(kind, layer.name, {"scale": _f32(scale), "shift": _f32(shift)}, {}, False)]
+    if kind == "Rescaling":
+        scale, offset = _f32(cfg["scale"]), _f32(cfg["offset"])
+        return [(kind, layer.name, {"scale": scale, "shift": offset}, {}, False)]
+    if kind == "Normalization":
+        if cfg.get("invert"):
+            raise _unsupported(layer, " with invert=True")
+        _channel_axis(layer, cfg.get("axis", -1))
+        mean = np.asarray(layer.mean, np.float64).reshape(-1)
+        std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1)), 1e-7)
+        return [(kind, layer.name, {"scale": _f32(1.0 / std), "shift": _f32(-mean / std)}, {}, False)]
+    if kind == "Activation":
+        act = activation_name(layer)
+        return [(kind, layer.name, {}, {"activation": act, "fn": layer.activation}, False)]
+    if kind == "ReLU":
+        ns = cfg.get("negative_slope") or 0.0
+        mv = cfg.get("max_value")
+        return [(kind, layer.name, {}, {"negative_slope": float(ns), "threshold": float(cfg.get("threshold") or 0.0),
+                                        "max_value": None if mv is None else float(mv)}, False)]
+    if kind == "LeakyReLU":
+        alpha = cfg.get("negative_slope", cfg.get("alpha", 0.3))
+        return [(kind, layer.name, {}, {"alpha": float(alpha)}, False)]
+    if kind == "ELU":
+        return [(kind, layer.name, {}, {"alpha": float(cfg.get("alpha", 1.0))}, False)]
+    if kind == "Softmax":
+        axis = cfg.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        return [(kind, layer.name, {}, {"axis": axis}, False)]
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        _channels_last(layer, cfg)
+        pool = _pair(cfg["pool_size"])
+        strides = _pair(cfg["strides"]) if cfg.get("strides") is not None else pool
+        return [(kind, layer.name, {}, {"pool_size": pool, "strides": strides,
+                                        "padding": str(cfg["padding"]).upper()}, False)]
+    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+        _channels_last(layer, cfg)
+        return [(kind, layer.name, {}, {"keepdims": bool(cfg.get("keepdims", False))}, False)]
+    if kind == "Flatten":
+        _channels_last(layer, cfg)
+        return [(kind, layer.name, {}, {}, False)]
+    if kind == "Reshape":
+        return [(kind, layer.name, {}, {"target_shape": tuple(int(d) for d in cfg["target_shape"])}, False)]
+    if kind == "ZeroPadding2D":
+        _channels_last(layer, cfg)
+        p = cfg["padding"]
+        if isinstance(p, int):
+            p = ((p, p), (p, p))
+        p = tuple(_pair(q) for q in p)
+        return [(kind, layer.name, {}, {"padding": p}, False)]
+    if kind in _IDENTITY:
+        return [("Dropout", layer.name, {}, {"layer_class": kind}, False)]
+    if kind in MERGE:
+        conf = {"axis": int(cfg.get("axis", -1))} if kind == "Concatenate" else {}
+        if len(inputs) < 2:
+            raise _unsupported(layer, f" with {len(inputs)} input(s)")
+        return [(kind, layer.name, {}, conf, False)]
+    raise _unsupported(layer)
+
+
+def read_model(model):
+    """The :class:`Graph` of a tf-keras or Keras 3 model with one input and one output.
+
+    Raises ModelError (one line) naming the first layer it cannot read and its class.
+    """
+    from ..twin import walk_layer_calls      # the walk over layer calls, nested models inlined
+
+    model_kind(model)
+    nodes = [Node(0, "InputLayer", "input")]
+
+    def visit(layer, args):
+        ids = []
+        for a in args:
+            if isinstance(a, tuple) and a and a[0] == "input":
+                if a[1] != 0:
+                    raise ModelError(f"native LRP needs a model with one input, got input #{a[1]}")
+                ids.append(0)
+            else:
+                ids.append(a)
+        if layer_type(layer) == "InputLayer":       # a nested model's own input layer
+            return ids
+        prev = tuple(ids)
+        for kind, name, weights, config, fused in _layer_nodes(layer, ids, None):
+            node = Node(len(nodes), kind, name, prev, weights, config, layer, fused)
+            nodes.append(node)
+            prev = (node.id,)
+        return [prev[0]] * 8
+
+    outs = walk_layer_calls(model, visit)
+    if len(outs) != 1:
+        raise ModelError(f"native LRP needs a model with one output, got {len(outs)}")
+    out = outs[0]
+    if isinstance(out, tuple):
+        raise ModelError("native LRP: the model's output is its input (no layers)")
+    return Graph(nodes, 0, out, name=getattr(model, "name", "model"))

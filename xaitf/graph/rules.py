@@ -1,0 +1,303 @@
+"""Relevance propagation rules, applied per graph node (:mod:`xaitf.graph.ir`).
+
+Layer rules (Bach et al. 2015, PLoS ONE 10(7); Montavon et al. 2017, Pattern Recognition 65;
+Montavon et al. 2019, "Layer-wise relevance propagation: an overview") for a linear node
+``z_j = sum_i x_i w_ij + b_j``, all computed with the gradient trick
+``R_i = x_i * d/dx_i sum_j f'(x)_j * stop_grad(R_j / stab(z'_j))`` for the rule's modified map f':
+
+* ``z``: ``R_i = sum_j x_i w_ij / z_j R_j``;
+* ``epsilon``: denominator ``z_j + eps sign(z_j)`` with sign(0) = 1;
+* ``gamma``: weights and bias ``w + gamma w^+``, ``b + gamma b^+``;
+* ``alpha_beta`` (and ``alpha_1_beta_0``, ``alpha_2_beta_1``): ``alpha R^act - beta R^inh`` where
+  the activating part pairs (x^+, w^+) and (x^-, w^-), the inhibiting part (x^+, w^-) and
+  (x^-, w^+), each normalised by its own z; as in iNNvestigate 2.1.2 both z's contain the full bias
+  (b^+ with the positive weights plus b^- with the negative ones);
+* ``z_plus``: ``alpha_1_beta_0`` without bias (iNNvestigate's ZPlus; for x >= 0 it is the z+ rule);
+* ``w_square``, ``flat``: ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j`` (w = 1 for flat), no input;
+* ``z_box`` (z^B, Montavon 2017): ``(x w - l w^+ - h w^-)`` terms for inputs bounded by l <= x <= h.
+
+Each has an ``_ib`` variant (``z_ib``, ``epsilon_ib``, ...) that ignores the bias. Denominators that
+are not sign-stabilised get iNNvestigate's guard: an exact zero becomes 1e-7 (never a division by 0).
+
+Other nodes: ``pass`` (relevance unchanged; elementwise activations), ``gradient`` (relevance routed
+by the gradient: max pooling is winner-takes-all, ReLU masks, reshapes move it) and
+``proportional`` (the z rule of a weightless linear node: Add and average pooling split the
+relevance in proportion to their inputs; optional ``epsilon`` stabiliser).
+"""
+import numpy as np
+
+import xaitf  # noqa: F401
+import tensorflow as tf
+
+from ..errors import MethodError
+from . import ir
+
+GUARD = 1e-7   # iNNvestigate's safe_divide: z == 0 -> z + 1e-7
+
+
+def safe_div(a, b):
+    """``a / b`` with exact zeros of ``b`` replaced by :data:`GUARD`."""
+    return a / (b + GUARD * tf.cast(tf.equal(b, 0.0), b.dtype))
+
+
+def eps_div(a, b, eps):
+    """``a / (b + eps * sign(b))`` with sign(0) = 1."""
+    return a / (b + eps * tf.where(b >= 0.0, 1.0, -1.0))
+
+
+def vjp(fn, xs, s):
+    """``J_fn(xs)^T s`` for each tensor of ``xs`` (a list)."""
+    with tf.GradientTape() as tape:
+        for x in xs:
+            tape.watch(x)
+        y = fn(*xs)
+    grads = tape.gradient(y, xs, output_gradients=s)
+    return [tf.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
+
+
+def weights_of(node):
+    """``(kernel, bias)`` of a linear node as numpy (``scale``/``shift`` for the affine kinds)."""
+    w = node.weights
+    return (w["kernel"], w["bias"]) if node.kind in ir.KERNEL else (w["scale"], w["shift"])
+
+
+def _pos(a):
+    return np.maximum(a, 0).astype(np.float32)
+
+
+def _neg(a):
+    return np.minimum(a, 0).astype(np.float32)
+
+
+class Rule:
+    """A rule: ``backward(node, xs, y, r)`` -> one relevance tensor per input of the node."""
+
+    name = "rule"
+    linear_only = False
+    params = ()
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.params)
+        return f"{self.name}({args})" if args else self.name
+
+    def backward(self, node, xs, y, r):
+        raise NotImplementedError
+
+
+class _Linear(Rule):
+    linear_only = True
+    bias = True
+
+    def _lin(self, node, kernel, bias=0.0):
+        return lambda v: ir.linear(node, v, kernel, bias)
+
+
+class Z(_Linear):
+    """LRP-0 (Bach et al. 2015)."""
+
+    name = "z"
+
+    def denominator(self, z, r):
+        return safe_div(r, z)
+
+    def modified(self, node):
+        k, b = weights_of(node)
+        return k, (b if self.bias else 0.0)
+
+    def backward(self, node, xs, y, r):
+        x = xs[0]
+        k, b = self.modified(node)
+        z = ir.linear(node, x, k, b)
+        (g,) = vjp(self._lin(node, k), [x], self.denominator(z, r))
+        return [x * g]
+
+
+class Epsilon(Z):
+    """LRP-epsilon: the denominator moved away from zero by eps in the direction of its sign."""
+
+    name = "epsilon"
+    params = ("epsilon",)
+    epsilon = 1e-6
+
+    def denominator(self, z, r):
+        return eps_div(r, z, float(self.epsilon))
+
+
+class Gamma(Z):
+    """LRP-gamma (Montavon et al. 2019): positive weights (and bias) favoured by ``gamma``."""
+
+    name = "gamma"
+    params = ("gamma",)
+    gamma = 0.25
+
+    def modified(self, node):
+        k, b = weights_of(node)
+        g = float(self.gamma)
+        return (k + g * _pos(k)).astype(np.float32), ((b + g * _pos(b)).astype(np.float32) if self.bias else 0.0)
+
+
+class AlphaBeta(_Linear):
+    """LRP-alpha-beta (Bach et al. 2015) in iNNvestigate's form (see the module docstring)."""
+
+    name = "alpha_beta"
+    params = ("alpha", "beta")
+    alpha, beta = 2.0, 1.0
+
+    def _part(self, node, xp, xn, k1, b1, k2, b2, r):
+        z = ir.linear(node, xp, k1, b1) + ir.linear(node, xn, k2, b2)
+        s = safe_div(r, z)
+        (g1,) = vjp(self._lin(node, k1), [xp], s)
+        (g2,) = vjp(self._lin(node, k2), [xn], s)
+        return xp * g1 + xn * g2
+
+    def backward(self, node, xs, y, r):
+        x = xs[0]
+        k, b = weights_of(node)
+        kp, kn = _pos(k), _neg(k)
+        bp, bn = (_pos(b), _neg(b)) if self.bias else (0.0, 0.0)
+        xp, xn = tf.nn.relu(x), tf.minimum(x, 0.0)
+        out = self._part(node, xp, xn, kp, bp, kn, bn, r)
+        if float(self.alpha) != 1.0:
+            out = float(self.alpha) * out
+        if float(self.beta):
+            out = out - float(self.beta) * self._part(node, xp, xn, kn, bn, kp, bp, r)
+        return [out]
+
+
+class WSquare(_Linear):
+    """w^2 rule (Montavon et al. 2017): relevance spread by squared weights, whatever the input."""
+
+    name = "w_square"
+    bias = False
+
+    def kernel(self, node):
+        with np.errstate(over="ignore"):      # an overflow is reported by the engine's finiteness check
+            return np.square(weights_of(node)[0].astype(np.float64)).astype(np.float32)
+
+    def backward(self, node, xs, y, r):
+        x = xs[0]
+        k = self.kernel(node)
+        z = ir.linear(node, tf.ones_like(x), k, 0.0)
+        (g,) = vjp(self._lin(node, k), [x], safe_div(r, z))
+        return [g]
+
+
+class Flat(WSquare):
+    """Flat rule: the w^2 rule with all weights 1 (relevance spread uniformly over the receptive field)."""
+
+    name = "flat"
+
+    def kernel(self, node):
+        return np.ones_like(weights_of(node)[0], dtype=np.float32)
+
+
+class ZBox(_Linear):
+    """z^B rule (Montavon et al. 2017) for inputs bounded by ``low <= x <= high``."""
+
+    name = "z_box"
+    params = ("low", "high")
+    bias = False
+    low, high = 0.0, 1.0
+
+    def backward(self, node, xs, y, r):
+        x = xs[0]
+        k, _ = weights_of(node)
+        kp, kn = _pos(k), _neg(k)
+        lo = tf.zeros_like(x) + tf.constant(np.asarray(self.low, np.float32))
+        hi = tf.zeros_like(x) + tf.constant(np.asarray(self.high, np.float32))
+        z = ir.linear(node, x, k, 0.0) - ir.linear(node, lo, kp, 0.0) - ir.linear(node, hi, kn, 0.0)
+        s = safe_div(r, z)
+        (ga,) = vjp(self._lin(node, k), [x], s)
+        (gl,) = vjp(self._lin(node, kp), [lo], s)
+        (gh,) = vjp(self._lin(node, kn), [hi], s)
+        return [x * ga - lo * gl - hi * gh]
+
+
+class Pass(Rule):
+    """Relevance passes unchanged (elementwise nodes: activations, identities)."""
+
+    name = "pass"
+
+    def backward(self, node, xs, y, r):
+        if len(xs) != 1 or not xs[0].shape.is_compatible_with(r.shape):
+            raise MethodError(f"rule 'pass' needs a node with one input of its output's shape, got "
+                              f"{node.label()}")
+        return [r]
+
+
+class Gradient(Rule):
+    """Relevance routed by the node's gradient (max pooling: winner-takes-all; ReLU: masked)."""
+
+    name = "gradient"
+
+    def backward(self, node, xs, y, r):
+        return vjp(lambda *v: ir.apply(node, list(v)), list(xs), r)
+
+
+class Proportional(Rule):
+    """The z rule of a weightless node that is linear in its inputs (Add, average pooling):
+    ``R_i = x_i * d/dx_i sum_j f_j(x) R_j / stab(f_j(x))``."""
+
+    name = "proportional"
+    params = ("epsilon",)
+    epsilon = 0.0
+
+    def backward(self, node, xs, y, r):
+        eps = float(self.epsilon)
+        s = eps_div(r, y, eps) if eps else safe_div(r, y)
+        grads = vjp(lambda *v: ir.apply(node, list(v)), list(xs), s)
+        return [x * g for x, g in zip(xs, grads)]
+
+
+# name -> (class, fixed keyword arguments)
+RULES = {
+    "z": (Z, {}), "z_ib": (Z, {"bias": False}),
+    "epsilon": (Epsilon, {}), "epsilon_ib": (Epsilon, {"bias": False}),
+    "gamma": (Gamma, {}), "gamma_ib": (Gamma, {"bias": False}),
+    "alpha_beta": (AlphaBeta, {}), "alpha_beta_ib": (AlphaBeta, {"bias": False}),
+    "alpha_1_beta_0": (AlphaBeta, {"alpha": 1.0, "beta": 0.0}),
+    "alpha_1_beta_0_ib": (AlphaBeta, {"alpha": 1.0, "beta": 0.0, "bias": False}),
+    "alpha_2_beta_1": (AlphaBeta, {"alpha": 2.0, "beta": 1.0}),
+    "alpha_2_beta_1_ib": (AlphaBeta, {"alpha": 2.0, "beta": 1.0, "bias": False}),
+    "z_plus": (AlphaBeta, {"alpha": 1.0, "beta": 0.0, "bias": False}),
+    "w_square": (WSquare, {}), "flat": (Flat, {}), "z_box": (ZBox, {}),
+    "pass": (Pass, {}), "gradient": (Gradient, {}), "proportional": (Proportional, {}),
+}
+
+
+def rule_params(name):
+    """The parameters (names) a rule reads from its composite (fixed ones excluded)."""
+    cls, fixed = _lookup(name)
+    return tuple(p for p in cls.params if p not in fixed)
+
+
+def _lookup(name):
+    try:
+        return RULES[name]
+    except (KeyError, TypeError):
+        raise MethodError(f"unknown LRP rule {name!r}; valid: {', '.join(RULES)}") from None
+
+
+def make_rule(name, **params):
+    """A rule object by name; ``params`` beyond the rule's own are ignored, missing ones default."""
+    cls, fixed = _lookup(name)
+    kw = {k: v for k, v in params.items() if k in cls.params and k not in fixed}
+    for k, v in kw.items():
+        try:
+            v = float(v) if np.ndim(v) == 0 else np.asarray(v, np.float32)
+        except (TypeError, ValueError):
+            raise MethodError(f"LRP rule {name!r}: {k} must be a number, got {v!r}") from None
+        if k in ("epsilon", "gamma", "alpha", "beta") and not (np.all(np.isfinite(v)) and np.all(v >= 0)):
+            raise MethodError(f"LRP rule {name!r}: {k} must be a finite number >= 0, got {v!r}")
+        kw[k] = v
+    if cls is ZBox:
+        lo, hi = kw.get("low", ZBox.low), kw.get("high", ZBox.high)
+        if not np.all(np.asarray(lo) < np.asarray(hi)):
+            raise MethodError(f"LRP rule 'z_box' needs low < high, got low={lo!r}, high={hi!r}")
+    rule = cls(**fixed, **kw)
+    rule.name = name
+    return rule

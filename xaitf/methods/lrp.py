@@ -1,0 +1,94 @@
+"""Native LRP and Deep Taylor: relevance propagation on xaitf's own model graph (:mod:`xaitf.graph`).
+
+Layer-wise relevance propagation (Bach et al. 2015, PLoS ONE 10(7)), Deep Taylor decomposition
+(Montavon et al. 2017, Pattern Recognition 65) and the LRP composites of Kohlbrenner et al. 2020
+(IJCNN) run as one batched ``tf.function`` per (model, composite) on tf-keras and Keras 3 models
+alike, without iNNvestigate or a graph-mode twin. The model is read once into a graph, its final
+softmax stripped and its BatchNormalization layers folded into the layer before them
+(``batchnorm=False`` keeps them as affine layers with their own rule). On models without
+BatchNormalization the iNNvestigate composites (``lrp.z``, ``lrp.epsilon``,
+``lrp.alpha_1_beta_0``, ``lrp.alpha_2_beta_1``, ``deep_taylor``, ``deep_taylor.bounded``) give
+iNNvestigate 2.1.2's maps (tests/test_lrp_native.py), starting, like it, from the value of the
+target logit ``f_c``.
+"""
+import numpy as np
+
+from ..errors import MethodError, ModelError
+from ..explainer import Explainer
+from ..graph import composites as C
+from ..graph.engine import propagator
+
+
+class LRP(Explainer):
+    """Layer-wise relevance propagation with a composite of rules (per-channel maps).
+
+    Args:
+        model: tf-keras or Keras 3 image classifier of the layers :mod:`xaitf.graph.ir` reads.
+        composite: a name of :data:`xaitf.graph.composites.COMPOSITES` (``"epsilon"`` is
+            ``"lrp.epsilon"``; also ``"lrp.z"``, ``"lrp.alpha_2_beta_1"``, ``"deep_taylor"``,
+            ``"epsilon_plus_flat"``, ...) or a dict ``{selector: rule}`` (see
+            :mod:`xaitf.graph.composites`) ("epsilon").
+        epsilon: stabiliser of the epsilon rules, >= 0 (None: the composite's own, 1.0 for
+            lrp.epsilon, 0.1 for the sequential presets, 1e-6 for the epsilon_* composites).
+        gamma: the gamma rule's weight of positive parameters, >= 0 (None: 0.25).
+        alpha: alpha of the ``alpha_beta`` rule, >= 0 (None: 2.0).
+        beta: beta of the ``alpha_beta`` rule, >= 0 (None: 1.0).
+        low: lower input bound of the z^B rule (``deep_taylor.bounded``, ``epsilon_gamma_box``): a
+            number or one per channel (None: 0.0).
+        high: upper input bound of the z^B rule, > low (None: 1.0).
+        batchnorm: fold BatchNormalization into the layer before it (True).
+        **common: batch_size, channel_reduce, seed, progress, output (only "logits") (see
+            :class:`xaitf.explainer.Explainer`).
+
+    A parameter the composite's rules do not read (``gamma=0.5`` with ``lrp.z``) raises
+    MethodError, as do unknown composites, selectors and rules (one line listing the valid ones).
+    """
+
+    outputs = ("logits",)
+
+    def __init__(self, model, *, composite="epsilon", epsilon=None, gamma=None, alpha=None, beta=None,
+                 low=None, high=None, batchnorm=True, **common):
+        super().__init__(model, params=dict(composite=composite, epsilon=epsilon, gamma=gamma, alpha=alpha,
+                                            beta=beta, low=low, high=high, batchnorm=batchnorm), **common)
+
+    @staticmethod
+    def preset_section(composite="epsilon", **_):
+        """The :mod:`xaitf.settings` section of ``composite``'s presets: ``lrp`` (epsilon) for
+        lrp.epsilon, ``deep_taylor`` (low, high) for deep_taylor.bounded, none for the others
+        (they keep their composite's own parameters)."""
+        name = composite if isinstance(composite, str) else None
+        return {"lrp.epsilon": "lrp", "epsilon": "lrp", "deep_taylor.bounded": "deep_taylor"}.get(name)
+
+    def setup(self):
+        p = self.params
+        comp = C.get(p["composite"])
+        given = {k: p[k] for k in C.PARAMS if p[k] is not None}
+        unused = sorted(set(given) - C.used_params(comp))
+        if unused:
+            name = p["composite"] if isinstance(p["composite"], str) else "this composite"
+            valid = ", ".join(sorted(C.used_params(comp))) or "none"
+            raise MethodError(f"LRP composite {name!r} does not use {', '.join(unused)}; its parameters: {valid}")
+        if not isinstance(p["batchnorm"], (bool, np.bool_)):
+            raise MethodError(f"LRP batchnorm must be True or False, got {p['batchnorm']!r}")
+        self._prop = propagator(self.model, p["composite"], given, batchnorm=bool(p["batchnorm"]))
+        if self._prop.output == "relu":
+            _check_relu_network(self._prop.graph, p["composite"])
+
+    def explain_batch(self, x, targets):
+        return self._prop(x, targets)
+
+
+RELU_LIKE = ("relu", "relu6", "linear", None)
+
+
+def _check_relu_network(graph, composite):
+    """Deep Taylor decomposes ReLU networks (Montavon et al. 2017, sec. 4): refuse other activations."""
+    for node in graph.nodes:
+        act = node.config.get("activation") if node.kind == "Activation" else None
+        bad = (node.kind in ("LeakyReLU", "ELU") or (node.kind == "ReLU" and node.config["negative_slope"])
+               or act not in RELU_LIKE)
+        if bad:
+            name = composite if isinstance(composite, str) else "this composite"
+            raise ModelError(f"{name} needs a ReLU network, but node {node.label()} is "
+                             f"{act or node.kind}; use lrp.epsilon, lrp.z, lrp.alpha_2_beta_1 or a "
+                             f"gradient method instead")
