@@ -71,7 +71,23 @@ def strip_head(graph):
     return Graph([n for n in graph.nodes if n.id != out.id], graph.input_id, out.inputs[0], graph.name)
 
 
+def mark_nonnegative_inputs(graph):
+    """Set ``nonneg_input`` on every node: True where its one input is >= 0 by construction
+    (:meth:`Graph.nonnegative`), None where it reads the model's input (through Flatten, Reshape or
+    input normalisation: images are often >= 0, checked at run time), False otherwise."""
+    nonneg, direct = graph.nonnegative(), graph.input_path()
+
+    def sign(n):
+        if len(n.inputs) != 1:
+            return False
+        return True if n.inputs[0] in nonneg else (None if n.inputs[0] in direct else False)
+
+    nodes = [n.replace(nonneg_input=sign(n)) for n in graph.nodes]
+    return Graph(nodes, graph.input_id, graph.output_id, graph.name)
+
+
 def canonize(graph, batchnorm=True):
-    """:func:`strip_head`, then :func:`fold_batchnorm` (unless ``batchnorm=False``)."""
+    """:func:`strip_head`, then :func:`fold_batchnorm` (unless ``batchnorm=False``), then
+    :func:`mark_nonnegative_inputs`."""
     graph = strip_head(graph)
-    return fold_batchnorm(graph) if batchnorm else graph
+    return mark_nonnegative_inputs(fold_batchnorm(graph) if batchnorm else graph)

@@ -30,6 +30,7 @@ ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Dropout")
 MERGE = ("Add", "Concatenate")
+_NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
 KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + POOLING + SHAPE + MERGE + ("Softmax",)
 # layers that are the identity at inference
 _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
@@ -61,6 +62,9 @@ class Node:
     config: dict = field(default_factory=dict)
     layer: object = None
     fused: bool = False
+    nonneg_input: object = False      # input >= 0: True by construction, None unknown (the model input)
+    # tensors made from the weights (see const()); not copied by replace()
+    consts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def label(self):
         return f"{self.name!r} ({self.kind})"
@@ -113,6 +117,27 @@ class Graph:
                 direct.add(n.id)
         return direct
 
+    def nonnegative(self):
+        """Ids of the nodes whose output is >= 0 by construction: ReLU-type activations (no negative
+        slope, threshold >= 0), sigmoid/softmax, and pooling, reshaping, padding, Add and
+        Concatenate of such nodes. (LRP's alpha-beta rules skip their x^- terms on these inputs.)"""
+        out = set()
+        for n in self.nodes:
+            c = n.config
+            if n.kind == "Activation":
+                ok = c.get("activation") in _NONNEGATIVE_ACTIVATIONS
+            elif n.kind == "ReLU":
+                ok = c["negative_slope"] == 0.0 and c["threshold"] >= 0.0
+            elif n.kind == "Softmax":
+                ok = True
+            elif n.kind in POOLING + SHAPE + MERGE:
+                ok = bool(n.inputs) and all(i in out for i in n.inputs)
+            else:
+                ok = False
+            if ok:
+                out.add(n.id)
+        return out
+
     def first_linear(self):
         """Ids of the Conv2D/DepthwiseConv2D/Dense nodes that read the input directly or through
         Flatten, Reshape and input normalisation only (iNNvestigate's "input layer", looking through
@@ -122,15 +147,32 @@ class Graph:
 
 
 # -- forward computations ------------------------------------------------------------------------
+def const(node, key, make=None):
+    """A float32 tensor made once per node from ``make()`` (default: the weight ``key``).
+
+    Created eagerly even while a ``tf.function`` traces, so that the function captures it by
+    reference instead of embedding a copy of the array in its graph (ResNet50's rules would
+    otherwise embed ~10 copies of its 100 MB of weights, and grappler copies the graph again)."""
+    if key not in node.consts:
+        arr = np.asarray(make() if make is not None else node.weights[key], np.float32)
+        with tf.init_scope():
+            node.consts[key] = tf.constant(arr)
+    return node.consts[key]
+
+
+def _own(node, kernel, bias):
+    if kernel is None:
+        kernel = const(node, "kernel" if node.kind in KERNEL else "scale")
+    if bias is None:
+        bias = const(node, "bias" if node.kind in KERNEL else "shift")
+    return kernel, bias
+
+
 def linear(node, x, kernel=None, bias=None):
     """The linear map of ``node`` on ``x`` with ``kernel``/``bias`` (default: its own weights; a bias
     of None or 0 adds nothing). ``kernel`` is ``scale`` for the affine kinds."""
-    w = node.weights
     c = node.config
-    if kernel is None:
-        kernel = w["kernel"] if node.kind in KERNEL else w["scale"]
-    if bias is None:
-        bias = w["bias"] if node.kind in KERNEL else w["shift"]
+    kernel, bias = _own(node, kernel, bias)
     kernel = tf.cast(kernel, tf.float32)
     if node.kind == "Conv2D":
         y = tf.nn.conv2d(x, kernel, strides=c["strides"], padding=c["padding"], dilations=c["dilation_rate"])
@@ -144,7 +186,30 @@ def linear(node, x, kernel=None, bias=None):
         y = x * kernel
     if isinstance(bias, (int, float)) and bias == 0:
         return y
-    return y + tf.cast(bias, tf.float32)
+    bias = tf.cast(bias, tf.float32)
+    if node.kind in KERNEL and bias.shape.rank == 1:
+        return tf.nn.bias_add(y, bias)     # BiasAdd: TF fuses it (and a following ReLU) into the conv
+    return y + bias
+
+
+def linear_transpose(node, s, x, kernel=None):
+    """``J^T s`` for the linear map of ``node`` (kernel ``kernel``, default its own) at inputs shaped
+    like ``x``: the backward op itself (Conv2DBackpropInput, a transposed matmul...), with no forward
+    computation recorded on a tape."""
+    c = node.config
+    k = tf.cast(_own(node, kernel, 0.0)[0], tf.float32)
+    if node.kind == "Conv2D":
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(x), filter=k, out_backprop=s, strides=[1, *c["strides"], 1],
+            padding=c["padding"].upper(), dilations=[1, *c["dilation_rate"], 1])
+    if node.kind == "DepthwiseConv2D":
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=tf.shape(x), filter=k, out_backprop=s, strides=[1, *c["strides"], 1],
+            padding=c["padding"].upper(), dilations=[1, *c["dilation_rate"], 1])
+    if node.kind == "Dense":
+        return tf.matmul(s, k, transpose_b=True) if s.shape.rank == 2 else \
+            tf.tensordot(s, k, [[s.shape.rank - 1], [1]])
+    return s * k
 
 
 def _relu(x, c):
@@ -186,7 +251,10 @@ def apply(node, xs):
     if k == "Dropout":
         return x
     if k == "Add":
-        return tf.add_n(list(xs))
+        out = xs[0]
+        for v in xs[1:]:          # AddV2, not AddN: grappler's remapper fails on some AddN fan-outs
+            out = out + v
+        return out
     if k == "Concatenate":
         return tf.concat(list(xs), axis=c["axis"])
     raise ModelError(f"graph node {node.label()} has no forward computation")   # pragma: no cover

@@ -37,12 +37,12 @@ GUARD = 1e-7   # iNNvestigate's safe_divide: z == 0 -> z + 1e-7
 
 def safe_div(a, b):
     """``a / b`` with exact zeros of ``b`` replaced by :data:`GUARD`."""
-    return a / (b + GUARD * tf.cast(tf.equal(b, 0.0), b.dtype))
+    return a / tf.where(tf.equal(b, 0.0), GUARD, b)
 
 
 def eps_div(a, b, eps):
     """``a / (b + eps * sign(b))`` with sign(0) = 1."""
-    return a / (b + eps * tf.where(b >= 0.0, 1.0, -1.0))
+    return a / (b + tf.where(b >= 0.0, eps, -eps))
 
 
 def vjp(fn, xs, s):
@@ -69,6 +69,21 @@ def _neg(a):
     return np.minimum(a, 0).astype(np.float32)
 
 
+# tensors derived from a linear node's (kernel, bias), made once per node (ir.const)
+_DERIVED = {
+    "kernel": lambda k, b: k, "bias": lambda k, b: b,
+    "pos": lambda k, b: _pos(k), "neg": lambda k, b: _neg(k),
+    "bias_pos": lambda k, b: _pos(b), "bias_neg": lambda k, b: _neg(b),
+    "pos_neg": lambda k, b: np.concatenate([_pos(k), _neg(k)], axis=-1),       # side by side (outputs)
+    "box": lambda k, b: np.concatenate([k, _pos(k), _neg(k)], axis=-2),       # stacked along inputs
+}
+
+
+def derived(node, key):
+    """The tensor ``key`` of :data:`_DERIVED` for ``node`` (w, b, w^+, w^-, b^+, b^-, stacks)."""
+    return ir.const(node, key, lambda: _DERIVED[key](*weights_of(node)))
+
+
 class Rule:
     """A rule: ``backward(node, xs, y, r)`` -> one relevance tensor per input of the node."""
 
@@ -92,9 +107,6 @@ class _Linear(Rule):
     linear_only = True
     bias = True
 
-    def _lin(self, node, kernel, bias=0.0):
-        return lambda v: ir.linear(node, v, kernel, bias)
-
 
 class Z(_Linear):
     """LRP-0 (Bach et al. 2015)."""
@@ -105,14 +117,18 @@ class Z(_Linear):
         return safe_div(r, z)
 
     def modified(self, node):
-        k, b = weights_of(node)
-        return k, (b if self.bias else 0.0)
+        return derived(node, "kernel"), (derived(node, "bias") if self.bias else 0.0)
+
+    own_weights = True        # the rule's kernel is the node's: z is the node's output (less the bias)
 
     def backward(self, node, xs, y, r):
         x = xs[0]
         k, b = self.modified(node)
-        z = ir.linear(node, x, k, b)
-        (g,) = vjp(self._lin(node, k), [x], self.denominator(z, r))
+        if self.own_weights:      # no second forward computation: z = y (or y - b without the bias)
+            z = y if self.bias else y - derived(node, "bias")
+        else:
+            z = ir.linear(node, x, k, b)
+        g = ir.linear_transpose(node, self.denominator(z, r), x, k)
         return [x * g]
 
 
@@ -133,15 +149,24 @@ class Gamma(Z):
     name = "gamma"
     params = ("gamma",)
     gamma = 0.25
+    own_weights = False
 
     def modified(self, node):
         k, b = weights_of(node)
         g = float(self.gamma)
-        return (k + g * _pos(k)).astype(np.float32), ((b + g * _pos(b)).astype(np.float32) if self.bias else 0.0)
+        kernel = ir.const(node, ("gamma", g), lambda: k + g * _pos(k))
+        return kernel, (ir.const(node, ("gamma_bias", g), lambda: b + g * _pos(b)) if self.bias else 0.0)
 
 
 class AlphaBeta(_Linear):
-    """LRP-alpha-beta (Bach et al. 2015) in iNNvestigate's form (see the module docstring)."""
+    """LRP-alpha-beta (Bach et al. 2015) in iNNvestigate's form (see the module docstring).
+
+    Where the input is non-negative (``node.nonneg_input``, set by the canonizer: by construction
+    after a ReLU, as every layer but the first as a rule; checked per batch at the model's input), x^- = 0
+    and each part is one linear map: ``z_act = x w^+ + b``, ``z_inh = x w^- + b``; for Conv2D and
+    Dense both run as one map on the kernels stacked side by side, forward and backward. (Deriving
+    ``z_inh`` from the node's output, ``y + b - z_act``, would save a map but loses float32 digits
+    where ``z_inh`` is small.) Other inputs take the general four-term form."""
 
     name = "alpha_beta"
     params = ("alpha", "beta")
@@ -150,22 +175,50 @@ class AlphaBeta(_Linear):
     def _part(self, node, xp, xn, k1, b1, k2, b2, r):
         z = ir.linear(node, xp, k1, b1) + ir.linear(node, xn, k2, b2)
         s = safe_div(r, z)
-        (g1,) = vjp(self._lin(node, k1), [xp], s)
-        (g2,) = vjp(self._lin(node, k2), [xn], s)
+        g1 = ir.linear_transpose(node, s, xp, k1)
+        g2 = ir.linear_transpose(node, s, xn, k2)
         return xp * g1 + xn * g2
 
-    def backward(self, node, xs, y, r):
-        x = xs[0]
-        k, b = weights_of(node)
-        kp, kn = _pos(k), _neg(k)
-        bp, bn = (_pos(b), _neg(b)) if self.bias else (0.0, 0.0)
+    def _general(self, node, x, r):
+        kp, kn = derived(node, "pos"), derived(node, "neg")
+        bp, bn = (derived(node, "bias_pos"), derived(node, "bias_neg")) if self.bias else (0.0, 0.0)
         xp, xn = tf.nn.relu(x), tf.minimum(x, 0.0)
         out = self._part(node, xp, xn, kp, bp, kn, bn, r)
         if float(self.alpha) != 1.0:
             out = float(self.alpha) * out
         if float(self.beta):
             out = out - float(self.beta) * self._part(node, xp, xn, kn, bn, kp, bp, r)
-        return [out]
+        return out
+
+    def _nonnegative(self, node, x, r):
+        alpha, beta = float(self.alpha), float(self.beta)
+        b = derived(node, "bias")
+        bias = b if self.bias else 0.0
+        kp = derived(node, "pos")
+        if not beta:
+            za = ir.linear(node, x, kp, bias)
+            g = ir.linear_transpose(node, safe_div(r, za), x, kp)
+            return x * g if alpha == 1.0 else alpha * (x * g)
+        kn = derived(node, "neg")
+        if node.kind in ("Conv2D", "Dense"):      # both parts in one map: kernels side by side
+            both = derived(node, "pos_neg")
+            za, zi = tf.split(ir.linear(node, x, both, 0.0), 2, axis=-1)
+            if self.bias:
+                za, zi = za + b, zi + b
+            s = tf.concat([alpha * safe_div(r, za), -beta * safe_div(r, zi)], -1)
+            g = ir.linear_transpose(node, s, x, both)
+            return x * g
+        za, zi = ir.linear(node, x, kp, bias), ir.linear(node, x, kn, bias)
+        ga = ir.linear_transpose(node, alpha * safe_div(r, za), x, kp)
+        gi = ir.linear_transpose(node, -beta * safe_div(r, zi), x, kn)
+        return x * (ga + gi)
+
+    def backward(self, node, xs, y, r):
+        x = xs[0]
+        if node.nonneg_input is None:        # the model's input: images are often >= 0, checked per batch
+            return [tf.cond(tf.reduce_min(x) >= 0.0, lambda: self._nonnegative(node, x, r),
+                            lambda: self._general(node, x, r))]
+        return [self._nonnegative(node, x, r) if node.nonneg_input else self._general(node, x, r)]
 
 
 class WSquare(_Linear):
@@ -180,9 +233,9 @@ class WSquare(_Linear):
 
     def backward(self, node, xs, y, r):
         x = xs[0]
-        k = self.kernel(node)
-        z = ir.linear(node, tf.ones_like(x), k, 0.0)
-        (g,) = vjp(self._lin(node, k), [x], safe_div(r, z))
+        k = ir.const(node, self.name, lambda: self.kernel(node))
+        z = ir.linear(node, tf.ones_like(x[:1]), k, 0.0)     # the same for every input: computed once
+        g = ir.linear_transpose(node, safe_div(r, z), x, k)
         return [g]
 
 
@@ -205,15 +258,20 @@ class ZBox(_Linear):
 
     def backward(self, node, xs, y, r):
         x = xs[0]
-        k, _ = weights_of(node)
-        kp, kn = _pos(k), _neg(k)
+        k, kp, kn = derived(node, "kernel"), derived(node, "pos"), derived(node, "neg")
         lo = tf.zeros_like(x) + tf.constant(np.asarray(self.low, np.float32))
         hi = tf.zeros_like(x) + tf.constant(np.asarray(self.high, np.float32))
-        z = ir.linear(node, x, k, 0.0) - ir.linear(node, lo, kp, 0.0) - ir.linear(node, hi, kn, 0.0)
+        bounds = ir.linear(node, lo[:1], kp, 0.0) + ir.linear(node, hi[:1], kn, 0.0)   # input-independent
+        z = y - derived(node, "bias") - bounds
         s = safe_div(r, z)
-        (ga,) = vjp(self._lin(node, k), [x], s)
-        (gl,) = vjp(self._lin(node, kp), [lo], s)
-        (gh,) = vjp(self._lin(node, kn), [hi], s)
+        if node.kind == "Conv2D" or (node.kind == "Dense" and x.shape.rank == 2):
+            # the three backward maps as one: kernels stacked along their input axis
+            g = ir.linear_transpose(node, s, tf.concat([x, lo, hi], -1), derived(node, "box"))
+            ga, gl, gh = tf.split(g, 3, axis=-1)
+        else:
+            ga = ir.linear_transpose(node, s, x, k)
+            gl = ir.linear_transpose(node, s, lo, kp)
+            gh = ir.linear_transpose(node, s, hi, kn)
         return [x * ga - lo * gl - hi * gh]
 
 
@@ -235,6 +293,11 @@ class Gradient(Rule):
     name = "gradient"
 
     def backward(self, node, xs, y, r):
+        if node.kind == "MaxPooling2D":     # the backward op on the forward's own output
+            c = node.config
+            return [tf.raw_ops.MaxPoolGrad(orig_input=xs[0], orig_output=y, grad=r,
+                                           ksize=[1, *c["pool_size"], 1], strides=[1, *c["strides"], 1],
+                                           padding=c["padding"].upper())]
         return vjp(lambda *v: ir.apply(node, list(v)), list(xs), r)
 
 
