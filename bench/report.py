@@ -324,8 +324,8 @@ iNNvestigate on the MNIST-like net, over the 1e-4 the tests hold), so the rules 
 a layer's input is >= 0 (after a ReLU), the x- terms of alpha-beta vanish and are skipped; the
 first layer and other signed inputs take the four-term form. What remains above the bound
 (z, epsilon: 1.3-1.4x on the MNIST and CIFAR cases, 2026-12-05) is elementwise work: the stabilised
-division over every pre-activation
-and the x * g product, memory-bound passes over tensors as large as the first conv's output.
+division over every pre-activation and the x * g product, memory-bound passes over tensors as
+large as the first conv's output.
 
 **BatchNorm and iNNvestigate.** Its LRP analyzers give BN their own z rule,
 `x (y - beta) / ((x - mu) y) R` with a 1e-7 guard, whatever the analyzer's rule; with real BN

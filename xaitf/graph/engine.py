@@ -86,7 +86,8 @@ class Propagator:
         self.rules, self.output = C.assign(self.graph, composite, params)
         spec = [tf.TensorSpec([None, *input_shape(model)], tf.float32), tf.TensorSpec([None], tf.int32)]
         graph, rules, output = self.graph, self.rules, self.output
-        self.fn = tf.function(lambda x, t: propagate(graph, rules, output, x, t), input_signature=spec)
+        self.fn = tf.function(lambda x, t: propagate(graph, rules, output, x, t), input_signature=spec,
+                              autograph=False)    # no data-dependent Python control flow to convert
 
     def __call__(self, x, targets):
         x = tf.convert_to_tensor(np.asarray(x, np.float32))

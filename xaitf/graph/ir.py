@@ -147,6 +147,7 @@ class Graph:
 
 
 # -- forward computations ------------------------------------------------------------------------
+@tf.autograph.experimental.do_not_convert
 def const(node, key, make=None):
     """A float32 tensor made once per node from ``make()`` (default: the weight ``key``).
 

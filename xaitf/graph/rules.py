@@ -79,6 +79,7 @@ _DERIVED = {
 }
 
 
+@tf.autograph.experimental.do_not_convert     # plain Python on numpy; not for AutoGraph
 def derived(node, key):
     """The tensor ``key`` of :data:`_DERIVED` for ``node`` (w, b, w^+, w^-, b^+, b^-, stacks)."""
     return ir.const(node, key, lambda: _DERIVED[key](*weights_of(node)))
