@@ -357,6 +357,8 @@ def main(argv=None):
         if getattr(e, "output_note", note) != note:
             extra["explains"] = e.output_note
         cli.print_settings(f"{e.title} ({e.name})", e.params, **extra)
+    for batch_note in sorted({e.batch_note for e in explainers if getattr(e, "batch_note", None)}):
+        print(f"  {batch_note}")
     if scaled:
         print(f"  window defaults scaled to the {shape[0]}x{shape[1]} input (window = stride = "
               f"max(1, round(min(H,W)/{budget.WINDOWS_PER_SIDE})); --set wins): {'; '.join(scaled)}")

@@ -178,3 +178,15 @@ def test_list_methods(tmp_path):
     assert r.returncode == 0
     assert re.search(r"^\s+grad\s+Gradient$", r.stdout, re.M)
     assert re.search(r"^\s+ig\s+Integrated Gradients$", r.stdout, re.M)
+
+
+def test_memory_budget_caps_chunks_and_says_so(files, tmp_path, capsys, restore_settings):
+    """A budget smaller than 256 inputs' activations caps batch_size; the run still explains."""
+    model = tmp_path / "wide.keras"
+    make_cnn(shape=(48, 48, 3), classes=5).save(model)          # ~100 KB of activations per input
+    code, stdout, stderr = run_main(capsys, "-ip", files["png"], "-mp", model, "-op", tmp_path / "o",
+                                    "-hm", "grad", "occlusion", "--set", "global.memory_budget_mb=1")
+    assert code == 0, stderr
+    assert re.search(r"Gradient \(grad\): batch_size=(\d+)", stdout).group(1) != "256"
+    assert re.search(r"batch_size 256 -> \d+: ~[\d.e-]+ MB of activations per input \(memory_budget_mb=1;", stdout)
+    assert figures(tmp_path / "o" / "digit")

@@ -56,7 +56,7 @@ def test_unknown_keyword_lists_the_signatures_parameters():
                                           r"valid: steps, baseline, rule"):
         xaitf.create_explainer("ig", MODEL, stepz=3)
     with pytest.raises(MethodError, match=r"Gradient got unknown parameter\(s\) steps; valid: none "
-                                          r"\(plus batch_size, channel_reduce, seed, progress, output\)"):
+                                          r"\(plus batch_size, channel_reduce, seed, progress, output, memory_budget_mb\)"):
         xaitf.create_explainer("grad", MODEL, steps=3)
 
 

@@ -15,7 +15,7 @@ from . import settings as S
 from .compat import caller_frame
 from .errors import InputError, MethodError
 from .params import needs_error
-from .keras_bridge import check_classifier, input_shape, logit_activation, model_kind
+from .keras_bridge import activation_bytes, check_classifier, input_shape, logit_activation, model_kind
 from .outputs import KINDS, Output, class_probabilities  # noqa: F401  (re-exported)
 
 REDUCTIONS = S.CHANNEL_REDUCE    # ("sum", "mean", "abs_sum", "max_abs", "none")
@@ -206,7 +206,8 @@ def reduce_channels(maps, how):
 
 # the arguments every method takes (the ``**common`` of a method's signature), with their defaults
 # (``output``'s default is the method's own: ``default_output``)
-COMMON = {"batch_size": 256, "channel_reduce": "sum", "seed": 0, "progress": True, "output": None}
+COMMON = {"batch_size": 256, "channel_reduce": "sum", "seed": 0, "progress": True, "output": None,
+          "memory_budget_mb": 4096}
 
 
 def _check_keywords(init):
@@ -279,17 +280,20 @@ class Explainer:
             cls.__init__ = _check_keywords(init)
 
     def __init__(self, model, *, params=None, batch_size=256, channel_reduce="sum", seed=0,
-                 progress=True, output=None):
+                 progress=True, output=None, memory_budget_mb=4096):
         self.params = dict(params or {})
         self.model = model
         self.kind = model_kind(model)
         owner = type(self).__name__
+        self.memory_budget_mb = _setting(owner, "memory_budget_mb", S.positive_int, memory_budget_mb)
+        self.batch_note = None
         self.batch_size = _setting(owner, "batch_size", S.positive_int, batch_size)
         self.channel_reduce = _setting(owner, "channel_reduce", S.channel_reduce, channel_reduce)
         self.seed = _setting(owner, "seed", S.seed_int, seed)
         self.progress = _setting(owner, "progress", S.boolean, progress)
         check_classifier(model)   # one image input, one (N,K) output: one line otherwise
         self.shape = input_shape(model)
+        self.batch_size = self.capped_batch(self.batch_size)
         self.num_classes = int(model.outputs[0].shape[-1])
         # what turns self.forward's logits into probabilities: softmax, or sigmoid for binary and
         # multi-label (sigmoid) heads (:func:`xaitf.keras_bridge.logit_activation`)
@@ -319,6 +323,21 @@ class Explainer:
         if out["output"] is None:
             out["output"] = cls.default_output
         return out
+
+    def capped_batch(self, n):
+        """``n``, or fewer: the inputs whose activations (every layer output, float32,
+        :func:`xaitf.keras_bridge.activation_bytes`) fit in ``memory_budget_mb``. A ResNet50 at
+        224x224 has ~142 MB per input: 256 perturbed images at once peaked at 13.7 GB. Chunking
+        does not change results (every random draw is counter-based); ``batch_note`` says why."""
+        per = activation_bytes(self.model)
+        cap = max(1, int(self.memory_budget_mb) * 2 ** 20 // per)
+        if cap >= n:
+            return n
+        mb = per / 2 ** 20
+        size = f"{mb:.0f}" if mb >= 10 else f"{mb:.2g}"
+        self.batch_note = (f"batch_size {n} -> {cap}: ~{size} MB of activations per input "
+                           f"(memory_budget_mb={self.memory_budget_mb}; raise it to use bigger chunks)")
+        return cap
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def setup(self):

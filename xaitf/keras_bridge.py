@@ -9,6 +9,8 @@ the code never calls ``tf.keras``/``keras`` APIs directly.
 import os
 import zipfile
 
+import numpy as np
+
 import xaitf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
@@ -138,6 +140,30 @@ def input_shape(model):
     """The model's input shape without the batch axis, e.g. ``(28, 28, 1)``."""
     shape = model.inputs[0].shape if getattr(model, "inputs", None) else model.input_shape
     return tuple(None if d is None else int(d) for d in list(shape)[1:])
+
+
+def activation_bytes(model):
+    """float32 bytes of every layer output of ``model`` for one input (nested models included):
+    an upper bound of what one input costs in a forward pass, used to cap chunk sizes."""
+    cache = model_cache(model)
+    if "activation_bytes" not in cache:
+        def visit(m):
+            total = 0
+            for layer in getattr(m, "layers", []):
+                if hasattr(layer, "layers"):
+                    total += visit(layer)
+                    continue
+                try:
+                    outs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
+                except (AttributeError, ValueError):      # a layer never called symbolically
+                    continue
+                for t in outs:
+                    dims = list(t.shape)[1:]
+                    if all(d is not None for d in dims):
+                        total += 4 * int(np.prod(dims, dtype=np.int64))
+            return total
+        cache["activation_bytes"] = max(4, visit(model))
+    return cache["activation_bytes"]
 
 
 def _tensor_names(tensors):

@@ -27,6 +27,7 @@ GLOBAL = {
     "batch_size": 256,      # model evaluations per chunk (inputs x steps/samples/perturbations)
     "channel_reduce": "sum",  # per-pixel map from per-channel attributions: sum|mean|abs_sum|max_abs|none
     "progress": True,       # tqdm bars for long work
+    "memory_budget_mb": 4096,  # chunks hold at most this many MB of activations (caps batch_size)
     "image_size": 227,      # study 1: center-pixel model input size
     "num_classes": 256,     # study 1
     "alpha": 10,            # study 1: center-pixel model sharpness
@@ -285,7 +286,7 @@ def channel_reduce(value):
 
 GLOBAL_CHECKS = {
     "seed": seed_int, "batch_size": positive_int, "channel_reduce": channel_reduce,
-    "progress": boolean, "image_size": odd_positive_int, "num_classes": class_count,
+    "progress": boolean, "memory_budget_mb": positive_int, "image_size": odd_positive_int, "num_classes": class_count,
     "alpha": positive_finite, "relu_flag": boolean, "zscore": boolean,
 }
 

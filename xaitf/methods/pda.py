@@ -131,7 +131,7 @@ class PredictionDifference(Explainer):
             self.ridge = float(ridge)
         per_batch = check_int(p["windows_per_batch"], "windows_per_batch", own, 1)
         if not self._batch_given:      # study 1: 11 features (windows) x all their samples per batch
-            self.batch_size = per_batch * self.n_samples
+            self.batch_size = self.capped_batch(per_batch * self.n_samples)
         self.engine = probability_engine(self.model, shortcut=bool(p["shortcut"]),
                                          batch_size=self.batch_size, show_progress=self.progress,
                                          desc="pda")

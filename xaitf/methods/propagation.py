@@ -48,7 +48,7 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import MethodError, ModelError
-from ..explainer import Explainer
+from ..explainer import COMMON, Explainer
 from ..keras_bridge import activation_name, is_softmax_layer, layer_type
 from .. import twin as T
 
@@ -158,7 +158,7 @@ class InnvestigateExplainer(Explainer):
         if foreign:
             valid = ", ".join(k for k in own if k != "analyzer") or "none"
             raise MethodError(f"InnvestigateExplainer ({name}) got unknown parameter(s) {', '.join(foreign)}; "
-                              f"valid for {name}: {valid} (plus batch_size, channel_reduce, seed, progress, output)")
+                              f"valid for {name}: {valid} (plus {', '.join(COMMON)})")
         self.analyzer_name = name
         self.key = SECTIONS[name]
         super().__init__(model, params={k: given[k] for k in own}, **common)
