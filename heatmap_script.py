@@ -283,7 +283,7 @@ def main(argv=None):
     import numpy as np
 
     from xaitf import budget
-    from xaitf.data.preprocess import describe, model_preprocessing, preprocess
+    from xaitf.data.preprocess import describe, intensity_range, model_preprocessing, preprocess
     from xaitf.keras_bridge import input_shape, logits_model, model_kind
     cli.quiet_tensorflow()
 
@@ -334,16 +334,20 @@ def main(argv=None):
 
     # ---- build every explainer first: a method that cannot handle the model fails here -------
     set_keys = {(sec, key) for sec, key, _ in applied}
+    pda_range = intensity_range(prep, shape[-1], scale=args.scale)     # PDA's intensities, preprocessed
+    pda_range = None if pda_range == (0.0, 1.0) else pda_range
     explainers, scaled = [], []
     for k in keys:
         try:
             extra = {}
+            if pda_range is not None and registry.preset_section(k) == "pda" and ("pda", "value_range") not in set_keys:
+                extra["value_range"] = pda_range
             if not center_model:
                 section = registry.preset_section(k)
-                extra = {p: v for p, v in budget.scaled_defaults(k, shape).items()
-                         if (section, p) not in set_keys}
-                if extra:
-                    scaled.append(f"{k} " + " ".join(f"{p}={v}" for p, v in extra.items()))
+                window = {p: v for p, v in budget.scaled_defaults(k, shape).items() if (section, p) not in set_keys}
+                if window:
+                    scaled.append(f"{k} " + " ".join(f"{p}={v}" for p, v in window.items()))
+                extra.update(window)
             explainers.append(registry.create_from_presets(k, model, **extra))
         except Exception as e:
             if isinstance(e, XaitfError):

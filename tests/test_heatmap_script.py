@@ -190,3 +190,19 @@ def test_memory_budget_caps_chunks_and_says_so(files, tmp_path, capsys, restore_
     assert re.search(r"Gradient \(grad\): batch_size=(\d+)", stdout).group(1) != "256"
     assert re.search(r"batch_size 256 -> \d+: ~[\d.e-]+ MB of activations per input \(memory_budget_mb=1;", stdout)
     assert figures(tmp_path / "o" / "digit")
+
+
+def test_pda_intensities_follow_the_preprocessing(files, tmp_path, capsys, restore_settings):
+    """--preprocess caffe: PDA's marginal intensities run from a black to a white pixel in the
+    model's input space (BGR, ImageNet mean subtracted), not from 0 to 1."""
+    model = tmp_path / "rgb.keras"
+    make_cnn(shape=(8, 8, 3), classes=5).save(model)
+    code, stdout, stderr = run_main(capsys, "-ip", files["png"], "-mp", model, "-op", tmp_path / "o", "-hm", "pda",
+                                    "--preprocess", "caffe", "--set", "pda.values=4", "--budget", "none")
+    assert code == 0, stderr
+    line = next(ln for ln in stdout.splitlines() if "(pda):" in ln)
+    import ast
+
+    got = ast.literal_eval(re.search(r"value_range=(\(\(.*?\), \(.*?\)\))", line).group(1))
+    mean = np.array([103.939, 116.779, 123.68])                    # caffe: BGR, ImageNet mean
+    np.testing.assert_allclose(np.array(got), [-mean, 255.0 - mean], atol=1e-4)

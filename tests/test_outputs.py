@@ -124,3 +124,29 @@ def test_two_callables_on_one_model_do_not_share_a_compiled_function():
     a = create_explainer("grad", LOGITS, output=gather, progress=False)(X, T)
     b = create_explainer("grad", LOGITS, output=lambda z, t: 3.0 * gather(z, t), progress=False)(X, T)
     np.testing.assert_allclose(b, 3.0 * a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3", "keras3-sequential"])
+def test_a_nested_classifier_is_explained_on_its_logits(kind):
+    """``Model(inp, base(preprocess(inp)))``: the softmax inside ``base`` is found and stripped
+    (it used to be taken for logits: softmax applied twice, every map of the wrong score)."""
+    from xaitf.keras_bridge import keras3, logits_model, output_head, tfk
+
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+    inp = k.Input((8, 8, 3))
+    base = k.Model(inp, L.Dense(5, activation="softmax")(L.Flatten()(L.Conv2D(4, 3)(inp))))
+    if kind == "keras3-sequential":
+        outer = k.Sequential([k.Input((8, 8, 3)), L.Rescaling(1 / 255.0), base])
+    else:
+        i2 = k.Input((8, 8, 3))
+        outer = k.Model(i2, base(L.Rescaling(1 / 255.0)(i2)))
+    x = np.random.default_rng(0).random((3, 8, 8, 3), dtype=np.float32) * 255
+    assert output_head(outer) == "softmax"
+    logits, note = logits_model(outer)
+    assert "in nested model" in note
+    np.testing.assert_allclose(tf.nn.softmax(np.asarray(logits(x))).numpy(), np.asarray(outer(x)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logits(x)), np.asarray(logits_model(base)[0](x / 255.0)), atol=1e-5)
+    g_outer = create_explainer("grad", outer, progress=False)(x, [0, 1, 2])
+    g_base = create_explainer("grad", base, progress=False)(x / 255.0, [0, 1, 2])
+    np.testing.assert_allclose(g_outer * 255.0, g_base, rtol=1e-4, atol=1e-6)    # chain rule: d/dx = d/du / 255

@@ -508,3 +508,25 @@ def test_prefix_images_fused_and_plain(channel_features):
     args = (tf.constant(X), tf.constant(rank), tf.constant(limit), tf.constant(base), channel_features)
     np.testing.assert_array_equal(P._prefix_images(*args).numpy(), want)
     np.testing.assert_array_equal(P.prefix_images(*args).numpy(), want)
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_pda_value_range_follows_the_models_input_space(tiny_rgb_cnn, rgb8, shortcut):
+    """A model that reads u = x * s + o (per channel, as after caffe/torch preprocessing) explained
+    with value_range (o, s + o) gives the maps of the [0, 1] model with the default range."""
+    s = np.array([2.0, 0.5, 1.5], np.float32)
+    o = np.array([-0.3, 0.1, 0.5], np.float32)
+    inp = tfk.Input((8, 8, 3))
+    shifted = tfk.Model(inp, tiny_rgb_cnn(tfk.layers.Lambda(lambda u: (u - o) / s)(inp)))
+    kw = dict(window=2, stride=2, values=5, train_samples=100, shortcut=shortcut)
+    _, want = explain("pda", tiny_rgb_cnn, rgb8, [1, 4], **kw)
+    _, got = explain("pda", shifted, rgb8 * s + o, [1, 4], value_range=(o, s + o), **kw)
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_pda_value_range_errors(tiny_rgb_cnn):
+    for bad in [(1.0, 0.0), (0.0, [1.0, 2.0]), "0..1", (0.0, float("nan"))]:
+        with pytest.raises(MethodError, match="value_range") as err:
+            xaitf.create_explainer("pda", tiny_rgb_cnn, value_range=bad)
+        assert "\n" not in str(err.value)

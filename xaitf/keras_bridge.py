@@ -281,13 +281,20 @@ def output_head(model):
     Found on the last layer itself (``Dense(..., activation="sigmoid")``) or as a separate
     ``Softmax``/``Activation`` layer. A sigmoid head is a binary (one unit) or multi-label
     classifier: its units are explained on their logit, and its probabilities are the sigmoid.
+    A nested model as the last layer (``Model(inp, base(preprocess(inp)))``) is looked into.
     """
     last = model.layers[-1]
+    if _is_nested(last):
+        return output_head(last)
     if is_softmax_layer(last):
         return "softmax"
     if activation_name(last) == "sigmoid":
         return "sigmoid"
     return None
+
+
+def _is_nested(layer):
+    return bool(getattr(layer, "layers", None)) and getattr(layer, "outputs", None) is not None
 
 
 def logit_activation(model):
@@ -345,6 +352,17 @@ def logits_model(model):
     head = output_head(model)
     if head is None:
         result, note = model, "output used as is (no final softmax or sigmoid found)"
+    elif _is_nested(last):        # the head is inside: the nested model's logits, on what fed it
+        from .compat import inbound_node, keras_history, node_inputs
+
+        inner, inner_note = logits_model(last)
+        hist = keras_history(model.outputs[0])
+        if hist is None or hist[0] is not last:
+            raise ModelError(f"cannot find the logits of model {model.name!r}: its output does not come "
+                             f"from its last layer {last.name!r}")
+        ins = node_inputs(inbound_node(last, hist[1]))
+        out = inner(ins[0] if len(ins) == 1 else ins)
+        result, note = submodel(model, out), f"{inner_note}, in nested model {last.name!r}"
     elif layer_type(last) in ("Softmax", "Activation"):
         result, note = submodel(model, last.input), f"stripped final {head} layer {last.name!r}"
     else:

@@ -77,6 +77,7 @@ PDA = {                                     # prediction difference analysis (Zi
     "stride": 1,                            # step between windows (overlaps averaged per pixel)
     "sampling": "marginal",                 # marginal | conditional (Gaussian given the patch; needs data)
     "values": 256,                          # marginal without data: intensities v/(values-1), v=0..values-1
+    "value_range": (0.0, 1.0),              # (low, high) of those intensities in model input space
     "train_samples": 256000,                # N of the Laplace correction (pN + 1)/(N + K)
     "num_classes": None,                    # K of the Laplace correction; None = model outputs
     "patch": 2,                             # conditional: surrounding patch width on each side

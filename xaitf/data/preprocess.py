@@ -72,6 +72,17 @@ def describe(name, scale=255.0):
     return f"{key} ({FAMILIES[key][1]})"
 
 
+def intensity_range(name, channels, scale=255.0):
+    """``(low, high)``: the model inputs of a black and a white pixel under preprocessing ``name``
+    (PDA's ``value_range``); each a number, or a tuple per channel where channels differ
+    (caffe: ``(-mean_BGR, 255 - mean_BGR)``). Values are float32's shortest decimals."""
+    ends = []
+    for v in (0.0, 255.0):
+        e = preprocess(np.full((1, 1, 1, int(channels)), v, np.float32), name, scale=scale).reshape(-1)
+        ends.append(float(str(e[0])) if np.all(e == e[0]) else tuple(float(str(c)) for c in e))
+    return tuple(ends)
+
+
 def preprocess(x, name, scale=255.0):
     """Turn images with 0..255 values into model inputs, by preprocessing name.
 

@@ -60,8 +60,11 @@ class PredictionDifference(Explainer):
         window: window height and width (int or pair), covering every channel (1).
         stride: step between windows (int or pair); the last window is flush with the border (1).
         sampling: ``"marginal"`` or ``"conditional"`` (see the module docstring) ("marginal").
-        values: number of evenly spaced intensities of [0, 1] (marginal sampling without data),
-            >= 2 (256).
+        values: number of evenly spaced intensities (marginal sampling without data), >= 2 (256).
+        value_range: ``(low, high)`` of those intensities in the model's input space, each a
+            number or one per channel ((0.0, 1.0): images scaled to [0, 1]). After another
+            preprocessing, the model inputs of black and white pixels: e.g. caffe's BGR mean-shifted
+            ``(-mean, 255 - mean)``; ``heatmap_script.py --preprocess`` passes them.
         train_samples: N of the Laplace correction (study 1: 256000).
         num_classes: K of the Laplace correction; None = the model's number of outputs (None).
         patch: width of the surrounding patch that conditional sampling conditions on, >= 1 (2).
@@ -86,11 +89,12 @@ class PredictionDifference(Explainer):
     stochastic = True
 
     def __init__(self, model, *, window=1, stride=1, sampling="marginal", values=256,
-                 train_samples=256000, num_classes=None, patch=2, data=None, samples=10,
+                 value_range=(0.0, 1.0), train_samples=256000, num_classes=None, patch=2, data=None, samples=10,
                  ridge=1e-4, windows_per_batch=11, shortcut=True, batch_size=None, **common):
         self._batch_given = batch_size is not None
         super().__init__(model, params=dict(window=window, stride=stride, sampling=sampling,
-                                            values=values, train_samples=train_samples,
+                                            values=values, value_range=value_range,
+                                            train_samples=train_samples,
                                             num_classes=num_classes, patch=patch, data=data,
                                             samples=samples, ridge=ridge,
                                             windows_per_batch=windows_per_batch, shortcut=shortcut),
@@ -119,6 +123,7 @@ class PredictionDifference(Explainer):
                 raise MethodError(f"{own} conditional sampling needs data=(M,H,W,C) images to estimate "
                                   "the Gaussian from; pass data=... or use sampling='marginal'")
             self.n_samples = check_int(p["values"], "values", own, 2)
+            self.low, self.high = self._check_range(p["value_range"], c)
         else:
             self.n_samples = check_int(p["samples"], "samples", own, 1)
         if self.sampling == "conditional":
@@ -243,6 +248,19 @@ class PredictionDifference(Explainer):
             self._fit_fn = tf.function(lambda patches: self._fit(patches), reduce_retracing=True, autograph=False)
             quiet_retracing(self._fit_fn)
 
+    @staticmethod
+    def _check_range(value_range, channels):
+        """``(low, high)`` -> two float64 arrays of ``channels`` values, low < high, finite."""
+        own = "PredictionDifference"
+        try:
+            lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (channels,)) for v in value_range)
+        except (TypeError, ValueError):
+            raise MethodError(f"{own} needs value_range to be (low, high), each a number or {channels} "
+                              f"numbers (one per channel), got {value_range!r}") from None
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo < hi)):
+            raise MethodError(f"{own} needs value_range low < high, finite, got {value_range!r}")
+        return lo, hi
+
     # -- the method -----------------------------------------------------------------------------
     def explain_batch(self, x, targets):
         n, h, w, c = x.shape
@@ -256,8 +274,8 @@ class PredictionDifference(Explainer):
         weights = np.full(s, 1.0 / s)
         kw = dict(shared=None, pair_values=None)
         if self.data is None:       # study 1: every intensity v/(values-1), all channels
-            vals = np.arange(s, dtype=np.float64) / (s - 1)
-            kw["shared"] = np.broadcast_to(vals[:, None, None, None], (s,) + self.window + (c,))
+            vals = self.low + np.arange(s, dtype=np.float64)[:, None] / (s - 1) * (self.high - self.low)
+            kw["shared"] = np.broadcast_to(vals[:, None, None, :], (s,) + self.window + (c,))
         elif self.sampling == "marginal":
             kw["pair_values"] = lambda lo, hi: self._data_values(grid, pos[lo:hi])
         else:
