@@ -312,3 +312,12 @@ def test_preprocess_flag(env, tmp_path):
     assert "preprocess" in (out / "report.md").read_text()
     with pytest.raises(runs.StoreError, match="preprocessing 'scale' there, None now"):
         xaitf_main(argv(env, out, "--scale", "127.5", methods=["grad"]))
+
+
+def test_preprocess_sets_pda_intensities(env, tmp_path):
+    """--preprocess scale --scale 127.5 (inputs 0..2): PDA's marginal intensities run 0..2."""
+    out = tmp_path / "pda"
+    assert xaitf_main(argv(env, out, "--preprocess", "scale", "--scale", "127.5", "--set", "pda.values=2",
+                           "--set", "pda.window=14", "--set", "pda.stride=14", methods=["pda"])) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert tuple(info["settings"]["pda"]["params"]["value_range"]) == (0.0, 2.0)

@@ -234,6 +234,14 @@ def _run(args, keys, model_path, out, engine):
         # the presets (with --set/--seed/--batch-size) become keyword arguments once, here: the
         # explainers, and the Ray workers', are built from them (no worker replays --set)
         method_kwargs = preset_arguments(keys)
+        if args.preprocess:            # PDA's intensities in the preprocessed input space
+            from .. import registry
+            from ..data.preprocess import intensity_range
+
+            rng = intensity_range(args.preprocess, shape[-1], scale=scale)
+            for k in keys:
+                if registry.preset_section(k) == "pda" and method_kwargs[k].get("value_range") == (0.0, 1.0):
+                    method_kwargs[k]["value_range"] = rng
         explainers = build_explainers(keys, model, method_kwargs)
         settings = {k: explainer_settings(e) for k, e in explainers.items()}
         if store is not None:
