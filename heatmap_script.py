@@ -108,19 +108,6 @@ def list_methods():
         print("aliases: " + ", ".join(aliases))
 
 
-def is_center_pixel(model):
-    """The study-1 model: named so, or one gray odd square input, 256 classes, Flatten-Dense-Softmax."""
-    if str(getattr(model, "name", "")).startswith("center_pixel"):
-        return True
-    from xaitf.keras_bridge import input_shape, layer_type, output_units
-
-    shape = input_shape(model)
-    kinds = {layer_type(l) for l in model.layers}
-    return (len(shape) == 3 and shape[-1] == 1 and shape[0] == shape[1] and shape[0] % 2 == 1
-            and output_units(model) == 256 and kinds <= {"InputLayer", "Flatten", "Dense", "Softmax",
-                                                         "Activation", "ReLU"})
-
-
 def load_or_build_model(path, overridden, safe_mode=True):
     from xaitf.keras_bridge import check_classifier
     from xaitf.model_files import load_model
@@ -293,7 +280,7 @@ def main(argv=None):
     shape = input_shape(model)
     if len(shape) != 3 or None in shape[:2]:
         raise cli.CliError(f"expected an image classifier with input (H,W,C), got input shape {shape}")
-    center_model = is_center_pixel(model)
+    center_model = budget.is_center_pixel(model)
     resize = args.resize or ("pil" if center_model else "bilinear")
     own = None if center_model else model_preprocessing(model)
     prep = args.preprocess or ("none" if own else "scale")
@@ -343,8 +330,7 @@ def main(argv=None):
             if pda_range is not None and registry.preset_section(k) == "pda" and ("pda", "value_range") not in set_keys:
                 extra["value_range"] = pda_range
             if not center_model:
-                section = registry.preset_section(k)
-                window = {p: v for p, v in budget.scaled_defaults(k, shape).items() if (section, p) not in set_keys}
+                window = budget.unset_scaled_defaults(k, shape, set_keys)
                 if window:
                     scaled.append(f"{k} " + " ".join(f"{p}={v}" for p, v in window.items()))
                 extra.update(window)
@@ -375,6 +361,7 @@ def main(argv=None):
         except (KeyError, AttributeError, TypeError):
             costs[e.name] = None
     timing = budget.measure(model, backward=any(c and c[1] for c in costs.values()))
+    budget.measure_segmentation(explainers, x[0], timing)
     per = f"{timing['forward'] * 1e3:.0f} ms per forward"
     if "backward" in timing:
         per += f", {timing['backward'] * 1e3:.0f} ms per forward+backward"
@@ -388,7 +375,9 @@ def main(argv=None):
         sec, evals, cnote = budget.seconds(e.name, e, n, timing)
         rows.append((e.name, e, sec))
         estimates[e.name] = sec
-        print(f"  {e.name}: {budget.duration(sec)} ({evals} evaluations per image: {cnote})")
+        seg = timing["segment"].get(e.name)
+        cnote += f"; segmentation {seg:.2g} s per image" if seg is not None else ""
+        print(f"  {e.name}: {budget.duration(sec)} ({evals} evaluation{'' if evals == 1 else 's'} per image: {cnote})")
     total = budget.check(rows, args.budget, n, timing)
     print(f"  total: {budget.duration(total)}")
 

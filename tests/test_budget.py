@@ -35,6 +35,39 @@ def test_evaluation_counts_and_seconds(tiny_rgb_cnn):
     assert budget.cost("shapley", shap)[0] == 3 * (4 + 1)                # 4 grid cells, not 64 px
 
 
+def test_segmentation_time_is_added_per_image(tiny_rgb_cnn, monkeypatch):
+    """LIME's segmenter is timed once on the image and added per input; gradient methods get none."""
+    lime = xaitf.create_explainer("lime", tiny_rgb_cnn, num_samples=16, segmenter="slic")
+    grad = xaitf.create_explainer("grad", tiny_rgb_cnn)
+    calls = []
+    monkeypatch.setattr(type(lime), "segments", lambda self, x: calls.append(x.shape) or np.zeros(x.shape[:3]))
+    timing = budget.measure_segmentation([lime, grad], np.zeros((8, 8, 3), np.float32), dict(TIMING))
+    assert calls == [(1, 8, 8, 3)] and set(timing["segment"]) == {"lime"}
+    timing["segment"]["lime"] = 0.7
+    base = budget.seconds("lime", lime, 3, TIMING)[0]
+    assert budget.seconds("lime", lime, 3, timing)[0] == pytest.approx(base + 3 * 0.7)
+    assert budget.seconds("grad", grad, 3, timing)[0] == budget.seconds("grad", grad, 3, TIMING)[0]
+
+
+def test_native_lrp_is_estimated_by_its_costliest_rule(tiny_rgb_cnn):
+    """alpha-beta with beta != 0 runs two linear maps each way (x3 of a gradient), beta = 0 / z^B
+    one and a half (x1.8), z and epsilon one plus elementwise passes (x1.5)."""
+    seconds = {}
+    for name, factor in (("lrp.z", 1.5), ("lrp.epsilon", 1.5), ("lrp.alpha_1_beta_0", 1.8),
+                         ("lrp.alpha_2_beta_1", 3.0), ("deep_taylor.bounded", 1.8)):
+        ex = xaitf.create_explainer(name, tiny_rgb_cnn)
+        assert budget.lrp_factor(ex)[0] == factor and f"x{factor:g} of a gradient" in budget.cost(name, ex)[2]
+        seconds[name] = budget.seconds(name, ex, 4, TIMING)[0] - TIMING["trace_backward"]
+    assert seconds["lrp.alpha_2_beta_1"] == pytest.approx(2 * seconds["lrp.z"])
+    own = xaitf.create_explainer("lrp.composite", tiny_rgb_cnn, composite={"conv": "alpha_beta", "dense": "epsilon"},
+                                 alpha=1.0, beta=0.0)
+    assert budget.lrp_factor(own) == (1.8, "alpha_beta(beta=0)")
+
+
+def test_center_pixel_model_is_recognised(center_pixel_small, tiny_rgb_cnn):
+    assert budget.is_center_pixel(center_pixel_small) and not budget.is_center_pixel(tiny_rgb_cnn)
+
+
 def test_scaled_defaults_rule():
     assert budget.default_window(224, 224) == 16 and budget.default_window(32, 32) == 2
     assert budget.default_window(8, 8) == 1 and budget.default_window(227, 300) == 16
@@ -42,6 +75,10 @@ def test_scaled_defaults_rule():
     assert budget.scaled_defaults("pda", (224, 224, 3)) == {"window": 16, "stride": 16, "values": 16}
     assert budget.scaled_defaults("tfx.occlusion", (64, 64, 3)) == {"patch_size": 5}
     assert budget.scaled_defaults("ig", (224, 224, 3)) == {}
+    assert budget.unset_scaled_defaults("pda", (224, 224, 3), {("pda", "values")}) == {"window": 16, "stride": 16}
+    assert budget.scaled_defaults("shapley", (224, 224, 3)) == {"segments": {"name": "grid", "cell": 16},
+                                                                "samples": 25}
+    assert budget.unset_scaled_defaults("shapley", (224, 224, 3), {("shapley", "features")}) == {}
 
 
 def test_parse_budget_and_duration():

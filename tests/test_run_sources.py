@@ -321,3 +321,17 @@ def test_preprocess_sets_pda_intensities(env, tmp_path):
                            "--set", "pda.window=14", "--set", "pda.stride=14", methods=["pda"])) == 0
     info = json.loads((out / "run.json").read_text())
     assert tuple(info["settings"]["pda"]["params"]["value_range"]) == (0.0, 2.0)
+
+
+def test_window_defaults_scaled_to_the_input(env, tmp_path, capsys):
+    """Not study 1's model: occlusion's window/stride default to max(1, round(min(H,W)/14)) (2 on
+    28x28), as heatmap_script.py does; a key given with --set keeps the user's value."""
+    out = tmp_path / "occ"
+    assert xaitf_main(argv(env, out, "--limit", "8", methods=["occlusion"])) == 0
+    params = json.loads((out / "run.json").read_text())["settings"]["occlusion"]["params"]
+    assert (params["window"], params["stride"]) == (2, 2)
+    assert "window defaults scaled to the 28x28 input" in capsys.readouterr().err
+    out = tmp_path / "occ_set"
+    assert xaitf_main(argv(env, out, "--limit", "8", "--set", "occlusion.window=4", methods=["occlusion"])) == 0
+    params = json.loads((out / "run.json").read_text())["settings"]["occlusion"]["params"]
+    assert (params["window"], params["stride"]) == (4, 2)

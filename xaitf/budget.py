@@ -152,10 +152,39 @@ def floor_chunk(name, n):
 def cost(name, explainer):
     """``(evals_per_input, backward, note)`` of a registry method; KeyError if not in the table.
     Every native LRP composite (``lrp.*``, ``deep_taylor*``) costs one forward and one relevance
-    backward."""
+    backward, which is dearer than a gradient's for some rules (:func:`lrp_factor`)."""
     if name not in COSTS and (name.startswith("lrp.") or name.startswith("deep_taylor")):
-        return 1, True, "1 forward + 1 relevance backward"
+        factor, rule = lrp_factor(explainer)
+        more = f" (x{factor:g} of a gradient" + (f": {rule} rule)" if rule else ")")
+        return 1, True, "1 forward + 1 relevance backward" + more
     return COSTS[name](explainer)
+
+
+#: A native LRP backward pass in multiples of a gradient's forward + backward, by its costliest
+#: rule: the measured ratios to the gradient floor (docs/performance.md, "Native LRP and Deep
+#: Taylor": MNIST CNN x256, CIFAR CNN x64, Keras 3 ResNet50 at 224 x8), rounded up. alpha-beta with
+#: beta != 0 takes two linear maps each way where the gradient takes one (2.7-2.9 measured); z+,
+#: gamma, z^B and alpha-beta with beta = 0 one and a half (1.5-1.8); z, epsilon, w^2, flat one,
+#: plus elementwise passes (1.1-1.4).
+LRP_RULE_FACTOR = {"alpha_beta": 3.0, "alpha_beta(beta=0)": 1.8, "gamma": 1.8, "z_box": 1.8}
+LRP_BASE_FACTOR = 1.5
+
+
+def lrp_factor(explainer):
+    """``(factor, rule)``: :data:`LRP_RULE_FACTOR` of the costliest rule of a native LRP
+    explainer's composite (``(LRP_BASE_FACTOR, None)`` when no rule costs more)."""
+    from .graph import rules as R
+
+    rules = getattr(getattr(explainer, "_prop", None), "rules", None) or {}
+    best = (LRP_BASE_FACTOR, None)
+    for rule in rules.values():
+        key = next((c.name for c in (R.AlphaBeta, R.Gamma, R.ZBox) if isinstance(rule, c)), None)
+        if key == "alpha_beta" and float(rule.beta) == 0.0:
+            key = "alpha_beta(beta=0)"
+        f = LRP_RULE_FACTOR.get(key, LRP_BASE_FACTOR)
+        if f > best[0]:
+            best = (f, key)
+    return best
 
 
 # -- input-scaled defaults of window methods --------------------------------------------------
@@ -163,6 +192,8 @@ def cost(name, explainer):
 WINDOWS_PER_SIDE = 14
 #: PDA's marginal intensity levels under the scaled defaults (study 1: 256 on its 1x1 windows)
 SCALED_PDA_VALUES = 16
+#: Shapley sampling's permutations under the scaled defaults (presets: 100)
+SCALED_SHAPLEY_SAMPLES = 25
 
 
 def default_window(height, width):
@@ -175,14 +206,18 @@ def scaled_defaults(name, input_shape):
 
     Study 1's window-1 presets (one pixel at a time) are exact on its 227x227 gray model, whose
     forward pass is one Dense layer; on a 224x224 ResNet50 occlusion would need 50,177 full
-    forward passes (~1 h on 2 CPU cores). The rule, applied by ``heatmap_script.py`` to keys the
-    user did not set with ``--set`` (``--set`` wins):
+    forward passes (~1 h on 2 CPU cores). The rule, applied by ``heatmap_script.py`` and
+    ``python -m xaitf run`` to keys the user did not set with ``--set`` (``--set`` wins):
 
     * occlusion and PDA: ``window = stride = max(1, round(min(H, W) / 14))``: about a 14 x 14 grid
       of non-overlapping windows whatever the size (224 -> 16, 32 -> 2, 28 -> 2, 8 -> 1);
     * tf-explain occlusion: ``patch_size`` by the same rule;
     * PDA: ``values = 16`` marginal intensity levels instead of 256 (196 windows x 16 values = 3,137
-      evaluations on 224x224).
+      evaluations on 224x224);
+    * Shapley sampling: the features are the cells of the same grid
+      (``segments={"name": "grid", "cell": k}``, ~196 instead of H x W pixels) and ``samples = 25``
+      permutations instead of 100 (25 x 197 = 4,925 evaluations on 224x224; the estimate's standard
+      error falls as 1/sqrt(samples), so 25 has twice that of 100). Not when ``features`` is set.
 
     Returns:
         ``{key: value}`` for method ``name`` (empty for the other methods).
@@ -195,7 +230,34 @@ def scaled_defaults(name, input_shape):
         return {"window": k, "stride": k, "values": SCALED_PDA_VALUES}
     if name == "tfx.occlusion":
         return {"patch_size": k}
+    if name == "shapley":
+        return {"segments": {"name": "grid", "cell": k}, "samples": SCALED_SHAPLEY_SAMPLES}
     return {}
+
+
+def unset_scaled_defaults(name, input_shape, set_keys=()):
+    """:func:`scaled_defaults` of ``name`` less the keys the user set: ``set_keys`` holds
+    ``(section, key)`` pairs of ``--set`` (the triples of :func:`xaitf.cli.apply_sets` give them)."""
+    from . import registry
+
+    section, set_keys = registry.preset_section(name), set(set_keys)
+    if (section, "features") in set_keys:      # Shapley over channels or pixels, as the user asked
+        set_keys |= {(section, "segments"), (section, "samples")}
+    return {p: v for p, v in scaled_defaults(name, input_shape).items() if (section, p) not in set_keys}
+
+
+def is_center_pixel(model):
+    """Study 1's center-pixel model, which keeps study 1's window-1 presets: named so, or one gray
+    odd square input, 256 classes and only Flatten/Dense/activation layers."""
+    if str(getattr(model, "name", "")).startswith("center_pixel"):
+        return True
+    from .keras_bridge import input_shape, layer_type, output_units
+
+    shape = input_shape(model)
+    kinds = {layer_type(l) for l in model.layers}
+    return (len(shape) == 3 and shape[-1] == 1 and shape[0] == shape[1] and shape[0] % 2 == 1
+            and output_units(model) == 256 and kinds <= {"InputLayer", "Flatten", "Dense", "Softmax",
+                                                         "Activation", "ReLU"})
 
 
 # -- measured time per evaluation -------------------------------------------------------------
@@ -243,6 +305,19 @@ def measure(model, backward=False, batch=32, batch_backward=8):
     return out
 
 
+def measure_segmentation(explainers, image, timing):
+    """Time each superpixel explainer's segmenter (LIME's quickshift: ~1 s on a 224x224 photo,
+    more than its model evaluations on a small CNN) once on ``image`` (H,W,C) and record the
+    seconds per image in ``timing["segment"][name]``, which :func:`seconds` adds per input."""
+    seg = timing.setdefault("segment", {})
+    for e in explainers:
+        if callable(getattr(e, "segments", None)) and "segmenter" in getattr(e, "params", {}):
+            t0 = time.perf_counter()
+            e.segments(image[None])
+            seg[e.name] = time.perf_counter() - t0
+    return timing
+
+
 #: the evaluations' measured time is multiplied by this: chunk overheads (perturbed batches built,
 #: maps reduced, segmentation) and a machine shared with other work; the estimate is an upper one
 MARGIN = 1.25
@@ -259,6 +334,8 @@ DENSE_SHORTCUT_FACTOR = {"occlusion": 0.05, "pda": 0.005}
 
 
 def _factor(name, explainer):
+    if getattr(explainer, "_prop", None) is not None:          # native LRP
+        return lrp_factor(explainer)[0]
     engine = getattr(explainer, "engine", None)
     chain = getattr(engine, "chain", None)
     first = getattr(chain, "first", None)
@@ -270,14 +347,17 @@ def _factor(name, explainer):
 def seconds(name, explainer, n_inputs, timing):
     """Estimated seconds of method ``name`` on ``n_inputs`` inputs: setup (one trace) + model
     evaluations x seconds per evaluation x :data:`MARGIN` (x :data:`FACTOR` for occlusion and
-    PDA) (sequential methods: per step of
-    ``n_inputs``).
+    PDA, x :func:`lrp_factor` for native LRP) (sequential methods: per step of ``n_inputs``).
+
+    Methods over superpixels add ``timing["segment"][name]`` seconds per image
+    (:func:`measure_segmentation`).
 
     Returns ``(seconds, evals_per_input, note)``; KeyError when the method is not in ``COSTS``.
     """
     evals, backward, note = cost(name, explainer)
     kind = "backward" if backward and "backward" in timing else "forward"
     setup = timing["trace_backward" if kind == "backward" else "trace"]
+    setup += n_inputs * timing.get("segment", {}).get(name, 0.0)     # superpixels, per image
     factor = MARGIN * _factor(name, explainer)
     if name in SEQUENTIAL:
         per_step = timing[kind + "_1"] if n_inputs == 1 else timing[kind] * n_inputs

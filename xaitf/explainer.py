@@ -46,7 +46,7 @@ def progress(iterable, enabled=True, **kw):
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(items, leave=False, **kw)
+        return tqdm(items, leave=False, **{"delay": log_after, **kw})
     desc, n = kw.get("desc") or "progress", len(items)
 
     def words(s):

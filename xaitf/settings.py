@@ -60,8 +60,8 @@ DEEP_TAYLOR = {"low": 0.0, "high": 1.0}     # bounds for deep_taylor.bounded
 
 # Perturbation ---------------------------------------------------------------------------------
 # Window presets are study 1's (window 1 on its center-pixel model). heatmap_script.py gives other
-# models input-scaled windows (window = stride = max(1, round(min(H,W)/14)), PDA values 16; see
-# xaitf.budget.scaled_defaults) unless --set names the key.
+# models input-scaled windows (window = stride = max(1, round(min(H,W)/14)), PDA values 16, Shapley
+# over that grid with 25 permutations; see xaitf.budget.scaled_defaults) unless --set names the key.
 OCCLUSION = {                               # occlusion (Zeiler & Fergus 2014)
     "window": 1,                            # window side in pixels (int or (h, w)); covers all channels
     "stride": 1,                            # step between windows; the last window is flush with the border

@@ -52,8 +52,6 @@ from ._xla import fused
 
 # elements a gathered intermediate may hold before a slower but leaner route is used
 _MEMORY_BUDGET = 1 << 23
-# model evaluations from which a run shows a progress bar
-_LONG_RUN = 1 << 16
 
 
 # ------------------------------------------------------------------------------------------------
@@ -518,7 +516,7 @@ class Engine:
         fn = self._fn(key, lambda: self._window_loop(bw, is_shared, chunk), spec)
         out = np.empty(n_pairs)
         starts = list(range(0, n_pairs, per_call * bw))
-        show = self.show_progress and n_pairs * S >= _LONG_RUN
+        show = self.show_progress
         for lo in _progress(starts, show, desc=self.desc):
             hi = min(lo + per_call * bw, n_pairs)
             pad = (-(hi - lo)) % bw
@@ -620,7 +618,7 @@ class Engine:
         base = tf.constant(baseline, tf.float32)
         phi = np.zeros((n, F))
         starts = list(range(0, Q, q_par))
-        show = self.show_progress and Q * L >= _LONG_RUN
+        show = self.show_progress
         for lo in _progress(starts, show, desc=self.desc):
             q = np.arange(lo, lo + q_par)
             q = np.minimum(q, Q - 1)                  # pad the last group with repeats
@@ -708,7 +706,7 @@ class Engine:
         seg = np.asarray(segments, np.int32).reshape(n, -1)
         phi = np.zeros((n, K))
         starts = list(range(0, Q, q_par))
-        show = self.show_progress and Q * L >= _LONG_RUN
+        show = self.show_progress
         for lo in _progress(starts, show, desc=self.desc):
             q = np.minimum(np.arange(lo, lo + q_par), Q - 1)
             i, s = q // S, q % S
@@ -756,7 +754,7 @@ class Engine:
         base = tf.constant(np.asarray(baseline, np.float32))
         out = np.empty(len(b))
         starts = list(range(0, len(b), self.batch_size))
-        show = self.show_progress and len(b) >= _LONG_RUN
+        show = self.show_progress
         for lo in _progress(starts, show, desc=self.desc):
             k = slice(lo, lo + self.batch_size)
             out[k] = fn(X, SEG, base, tf.constant(b[k], tf.int32), tf.constant(labels[k], tf.int32),

@@ -51,8 +51,6 @@ from .surrogates import SuperpixelMixin, _background
 
 # float64 elements of one group's normal equations (images x S x S) before images are split up
 _STAT_BUDGET = 1 << 24
-# model evaluations from which a run shows a progress bar
-_LONG_RUN = 1 << 16
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,8 +431,8 @@ class _Surrogate(SuperpixelMixin, Explainer):
         args = (X, F, segt, tf.constant(targets, tf.int32),
                 tf.constant(counts, tf.int32), tf.constant(tables.codes()),
                 tf.constant(tables.offset), tf.constant(tables.length), extra) + changes
-        show = self.progress and n * rows >= _LONG_RUN
-        # one call walks every chunk; long runs report progress over ~50 calls
+        show = self.progress
+        # with progress, the chunks run in ~50 calls (one each up to 50), without in one call
         per_call = max(1, math.ceil(n_chunks / 50)) if show else n_chunks
         for c0 in _progress(range(0, n_chunks, per_call), show, desc=self.name or self.key):
             c1 = min(c0 + per_call, n_chunks)

@@ -26,8 +26,6 @@ from ._checks import check_fraction, check_int, check_maps, count_of, pixel_orde
 
 OUTPUTS = ("probabilities", "logits", "raw")
 FILLS = ("mean", "blur", "salt_pepper")
-# model evaluations from which a metric shows a progress bar (when its ``progress`` is on)
-_LONG_RUN = 1 << 14
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,7 +170,7 @@ class Scorer:
             order: (N,H,W) int32 pixel order. idx: (P,) image of each pair. thr: (P,) pixel counts.
             targets: (N,) classes scored. insert: keep pixels ``order < thr`` (else remove them).
             batch_size: perturbed images per model call.
-            show_progress: a tqdm bar for long runs (``_LONG_RUN`` model evaluations or more).
+            show_progress: progress over the chunks (shown once the work has run 2 s).
 
         Returns:
             ``(score, predicted, top)``: (P,) target score, (P,) argmax class, (P,) max score.
@@ -184,7 +182,7 @@ class Scorer:
         base_t = tf.constant(base, tf.float32)
         order_t = tf.constant(order, tf.int32)
         tgt = np.asarray(targets, np.int32)[idx]
-        show = bool(show_progress) and len(idx) >= _LONG_RUN
+        show = bool(show_progress)
         run = self._compiled(tuple(int(d) for d in x.shape[1:]))
         ins = tf.constant(bool(insert))
         out = ([], [], [])

@@ -168,11 +168,11 @@ def main(args):
     out = Path(args.out) if args.out else Path("results") / "runs" / f"{model_path.stem}-{data_name}"
     if out.exists() and not out.is_dir():
         raise cli.CliError(f"--out {out} exists and is not a folder")
-    with settings_overrides(args.sets, seed=args.seed, batch_size=args.batch_size), out_lock(out):
-        return _run(args, keys, model_path, out, engine)
+    with settings_overrides(args.sets, seed=args.seed, batch_size=args.batch_size) as applied, out_lock(out):
+        return _run(args, keys, model_path, out, engine, {(sec, key) for sec, key, _ in applied})
 
 
-def _run(args, keys, model_path, out, engine):
+def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
     from .. import settings as S
     from ..data.sources import adapt, load_source, source_info, zoo_name
 
@@ -240,8 +240,20 @@ def _run(args, keys, model_path, out, engine):
 
             rng = intensity_range(args.preprocess, shape[-1], scale=scale)
             for k in keys:
-                if registry.preset_section(k) == "pda" and method_kwargs[k].get("value_range") == (0.0, 1.0):
+                if registry.preset_section(k) == "pda" and ("pda", "value_range") not in set_keys:
                     method_kwargs[k]["value_range"] = rng
+        from .. import budget
+
+        if not budget.is_center_pixel(model):   # study 1's window-1 presets: its model only
+            scaled = {k: budget.unset_scaled_defaults(k, shape, set_keys) for k in keys}
+            scaled = {k: v for k, v in scaled.items() if v}
+            for k, v in scaled.items():
+                method_kwargs[k].update(v)
+            if scaled:
+                print(f"window defaults scaled to the {shape[0]}x{shape[1]} input (window = stride = max(1, "
+                      f"round(min(H,W)/{budget.WINDOWS_PER_SIDE})); --set wins): "
+                      + "; ".join(f"{k} " + " ".join(f"{p}={x}" for p, x in v.items()) for k, v in scaled.items()),
+                      file=sys.stderr)
         explainers = build_explainers(keys, model, method_kwargs)
         settings = {k: explainer_settings(e) for k, e in explainers.items()}
         if store is not None:
