@@ -15,7 +15,8 @@ from . import settings as S
 from .compat import caller_frame
 from .errors import InputError, MethodError
 from .params import needs_error
-from .keras_bridge import activation_bytes, check_classifier, input_shape, logit_activation, model_kind
+from .keras_bridge import (activation_bytes, check_classifier, input_shape, logit_activation, model_kind,
+                           weights_fingerprint)
 from .outputs import KINDS, Output, class_probabilities  # noqa: F401  (re-exported)
 
 REDUCTIONS = S.CHANNEL_REDUCE    # ("sum", "mean", "abs_sum", "max_abs", "none")
@@ -306,6 +307,7 @@ class Explainer:
         # the model whose outputs ``self.select`` reads, and what is explained in words
         self.forward, self.output_note = self.output_spec.forward, self.output_spec.note
         self.setup()
+        self._weights_crc = weights_fingerprint(model)
 
     @classmethod
     def parameters(cls):
@@ -369,6 +371,13 @@ class Explainer:
         return np.concatenate(outs)
 
     def __call__(self, x, targets=None):
+        from .keras_bridge import sync_logits
+
+        sync_logits(self.model)          # the linear copy of a softmax layer follows new weights
+        now = weights_fingerprint(self.model)
+        if now != self._weights_crc:      # new weights (set_weights, training): copies, references
+            self.setup()                 # and graphs made from the old ones are made again
+            self._weights_crc = now
         x = as_batch(x, self.model)
         t = as_targets(targets, len(x), self.num_classes,
                        predict=lambda: self.predict(x, probabilities=True).argmax(-1))

@@ -80,11 +80,21 @@ def clear_twins(model=None):
 
 
 def _cached_twin(model, key):
-    return model_cache(model).get(key)
+    """The cached twin, unless the model's weights changed since it was copied (then none)."""
+    from .keras_bridge import weights_fingerprint
+
+    hit = model_cache(model).get(key)
+    if hit is not None and model_cache(model).get(key + ".weights") != weights_fingerprint(model):
+        clear_twins(model)
+        return None
+    return hit
 
 
 def _remember_twin(model, key, twin):
+    from .keras_bridge import weights_fingerprint
+
     model_cache(model)[key] = twin
+    model_cache(model)[key + ".weights"] = weights_fingerprint(model)
     _TWINNED.add(model)
 
 

@@ -116,8 +116,16 @@ class Propagator:
 
 
 def propagator(model, composite, params=None, batchnorm=True):
-    """The cached :class:`Propagator` for (model, composite, params, batchnorm)."""
+    """The cached :class:`Propagator` for (model, composite, params, batchnorm). The graphs hold
+    the weights as constants: when the model's weights have changed since they were read
+    (:func:`xaitf.keras_bridge.weights_fingerprint`), every graph of the model is read again."""
+    from ..keras_bridge import weights_fingerprint
+
     cache = model_cache(model)
+    fp = weights_fingerprint(model)
+    if cache.get(_PREFIX + "weights", fp) != fp:
+        forget(model)
+    cache[_PREFIX + "weights"] = fp
     key = _key(composite, params, batchnorm)
     prop = cache.get(key)
     if prop is None:
