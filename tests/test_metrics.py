@@ -424,6 +424,8 @@ def test_bad_input_is_one_clear_line(rgb):
         (MethodError, "keep", lambda: M.degradation(model, x, maps, y, keep=1.5)),
         (MethodError, "unknown fill", lambda: M.degradation(model, x, maps, y, fill="pepper")),
         (InputError, "does not broadcast", lambda: M.degradation(model, x, maps, y, fill=[0, 1])),
+        # two values for one channel broadcast to a 2-channel batch: refused, not a TF shape error
+        (InputError, "does not broadcast", lambda: M.fill_image(x[..., :1], [0, 1])),
         (InputError, "labels", lambda: M.degradation(model, x, maps, y[:3])),
         (MethodError, "steps", lambda: M.deletion_curve(model, x, maps, y, steps=0)),
         (MethodError, "unknown start", lambda: M.insertion_curve(model, x, maps, y, start="noise")),

@@ -78,8 +78,7 @@ def fill_image(x, fill, seed=0, blur_sigma=5.0):
         f = f[..., None]
     f = f.reshape((1,) * (4 - f.ndim) + f.shape)
     try:
-        np.broadcast_shapes(f.shape, x.shape)
-        ok = f.shape[0] in (1, n)
+        ok = np.broadcast_shapes(f.shape, x.shape) == x.shape    # [0, 1] on gray images: refused
     except ValueError:
         ok = False
     if not ok:

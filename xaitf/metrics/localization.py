@@ -7,6 +7,8 @@
 * :func:`iou_2`: IoU of the tightest box around A (:func:`heatmap_box`) and the ground-truth box
   (the union box of the digits).
 * :func:`centre_mass`: share of |relevance| on the centre pixel and the centred crop.
+* :func:`pointing_game`, :func:`relevance_mass`, :func:`relevance_rank`,
+  :func:`top_k_intersection`: Quantus' localisation scores against ground-truth masks.
 
 Boxes are ``(left, top, width, height)`` in pixel-edge coordinates, as in
 :mod:`xaitf.data.svhn`: pixel (row r, column c) covers ``[c, c+1) x [r, r+1)``.
@@ -20,7 +22,7 @@ the map's own values: ``rule="threshold"`` compares a map normalised to [0, 1] w
 import numpy as np
 
 from ..errors import InputError, MethodError
-from ._checks import check_maps, count_of, pixel_order
+from ._checks import check_int, check_maps, count_of, pixel_order
 
 RULES = ("top_k", "threshold", "otsu")
 
@@ -279,3 +281,163 @@ def centre_mass(maps, crop=5):
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"pixel": m[:, r, c] / total,
                 "crop": m[:, r0:r0 + crop, c0:c0 + crop].sum((1, 2)) / total}
+
+
+# ------------------------------------------------------------------------------------------------
+# ground-truth localisation scores (Quantus' definitions)
+# ------------------------------------------------------------------------------------------------
+def _maps_and_masks(maps, masks, owner):
+    """``check_maps(maps)`` and :func:`gt_mask` of ``masks``, refusing missing or empty masks."""
+    m = check_maps(maps)
+    if masks is None:
+        raise InputError(f"{owner} needs ground-truth masks shaped {m.shape} (bool, one per map), "
+                         "got None")
+    arr = None
+    try:
+        arr = np.asarray(masks)
+    except (TypeError, ValueError):
+        pass
+    if arr is not None and arr.dtype != object:
+        if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)) \
+                or (arr.dtype != bool and not np.all(np.isfinite(arr))):
+            raise InputError(f"{owner} needs ground-truth masks shaped {m.shape} (bool, one per "
+                             f"map) with finite values, got dtype {arr.dtype}"
+                             + ("" if arr.dtype.kind in "bOSU" else " with NaN or inf"))
+        if arr.ndim == 4 and arr.shape[-1] == 1:      # (N,H,W,1) as the maps may come
+            masks = arr[..., 0]
+        elif arr.size == 0 or arr.ndim < 2:
+            raise InputError(f"{owner} needs ground-truth masks shaped {m.shape} (bool, one per "
+                             f"map), got shape {arr.shape}")
+    b = gt_mask(masks, m.shape)
+    empty = np.flatnonzero(~b.any(axis=(1, 2)))
+    if len(empty):
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise InputError(f"{owner}: the ground-truth mask of image(s) {shown} is empty (no pixel "
+                         "set); the score is undefined there: leave those images out")
+    return m, b
+
+
+def _disk(radius):
+    """Footprint (2r+1, 2r+1) bool: the pixels whose centres lie within ``radius`` of the centre."""
+    r = np.arange(-radius, radius + 1)
+    return r[:, None] ** 2 + r[None, :] ** 2 <= radius ** 2
+
+
+def pointing_game(maps, masks, tolerance=0):
+    """Pointing game (Zhang et al. 2018, "Top-down neural attention by excitation backprop", IJCV).
+
+    A hit when the pixel of maximal relevance lies in the ground-truth mask::
+
+        hit = 1  if  argmax_p m_p  in  dilate(B, tolerance)  else 0
+
+    As Quantus' ``PointingGame``: the signed map is used (no absolute value; Quantus' default
+    normalisation keeps the argmax) and, when several pixels share the maximum, it is a hit if
+    any of them lies in the mask. Zhang et al. count a point within 15 pixels of the object as a
+    hit; ``tolerance`` does that: the mask is dilated by a disk, every pixel whose centre lies
+    within Euclidean distance ``tolerance`` (pixels) of a mask pixel's centre is added
+    (Quantus has no tolerance, i.e. ``tolerance=0``).
+
+    Args:
+        maps: (N,H,W) relevance maps.
+        masks: (N,H,W) bool ground-truth masks (or per image its boxes, as :func:`iou_1`). Every
+            image needs a non-empty mask (Quantus returns NaN for an empty one; here it is an
+            InputError).
+        tolerance: dilation radius in pixels, an int >= 0. Default 0.
+
+    Returns:
+        (N,) float64, 1.0 (hit) or 0.0 (miss).
+    """
+    m, b = _maps_and_masks(maps, masks, "pointing_game")
+    tol = check_int(tolerance, "tolerance", minimum=0, owner="pointing_game")
+    if tol > 0:
+        from scipy.ndimage import binary_dilation
+
+        b = binary_dilation(b, structure=_disk(tol)[None])
+    top = m == m.max(axis=(1, 2), keepdims=True)
+    return (top & b).any(axis=(1, 2)).astype(np.float64)
+
+
+def relevance_mass(maps, masks, positive_only=False):
+    """Relevance mass accuracy (Arras et al. 2022, "CLEVR-XAI: A benchmark dataset for the ground
+    truth evaluation of neural network explanations", Information Fusion 81).
+
+    The share of the relevance that falls inside the ground-truth mask B::
+
+        RMA = R_within / R_total,   R_within = sum_{p in B} r_p,   R_total = sum_p r_p
+
+    Arras et al. take ``r = max(m, 0)``, the positive relevance only (``positive_only=True``).
+    Quantus' ``RelevanceMassAccuracy`` (whose docstring says "positive attributions") sums the
+    signed values as they are: ``(a * s).sum() / a.sum()`` (its default ``abs=False``; the default
+    normalisation by max |a| cancels in the ratio). The default here follows Quantus: ``r = m``;
+    on non-negative maps both agree. With negative relevance the signed ratio can leave [0, 1].
+
+    Args:
+        maps: (N,H,W) relevance maps.
+        masks: (N,H,W) bool ground-truth masks (or per image its boxes); every one non-empty.
+        positive_only: False (Quantus: signed sums) or True (Arras et al.: negatives set to 0).
+
+    Returns:
+        (N,) float64; in [0, 1] for non-negative maps or ``positive_only=True``; NaN where
+        ``R_total`` is 0 (e.g. a zero map).
+    """
+    m, b = _maps_and_masks(maps, masks, "relevance_mass")
+    if not isinstance(positive_only, (bool, np.bool_)):
+        raise MethodError(f"relevance_mass needs positive_only to be True or False, got {positive_only!r}")
+    r = np.maximum(m, 0.0) if positive_only else m
+    within = np.where(b, r, 0.0).sum(axis=(1, 2))
+    total = r.sum(axis=(1, 2))
+    return np.where(total != 0, within / np.where(total != 0, total, 1.0), np.nan)
+
+
+def relevance_rank(maps, masks):
+    """Relevance rank accuracy (Arras et al. 2022, "CLEVR-XAI", Information Fusion 81).
+
+    With K = |B| the number of pixels in the ground-truth mask, the share of the K pixels of
+    highest relevance that lie in the mask::
+
+        RRA = |top_K(m) ∩ B| / K
+
+    As Quantus' ``RelevanceRankAccuracy``: signed values (no absolute value; its default
+    normalisation keeps the order). Ties at the K-th value: the pixel that comes first in
+    row-major order is taken first (:func:`xaitf.metrics.pixel_order`); Quantus' ``np.argsort``
+    leaves the order of ties unspecified.
+
+    Args:
+        maps: (N,H,W) relevance maps.
+        masks: (N,H,W) bool ground-truth masks (or per image its boxes); every one non-empty.
+
+    Returns:
+        (N,) float64 in [0, 1].
+    """
+    m, b = _maps_and_masks(maps, masks, "relevance_rank")
+    k = b.sum(axis=(1, 2))
+    top = pixel_order(m) < k[:, None, None]
+    return (top & b).sum(axis=(1, 2)) / k.astype(np.float64)
+
+
+def top_k_intersection(maps, masks, k=1000):
+    """Top-k intersection (Theiner et al. 2021, "Interpretable semantic photo geolocalization").
+
+    The share of the k pixels of highest relevance that lie in the ground-truth mask B::
+
+        TKI = |top_k(m) ∩ B| / k
+
+    As Quantus' ``TopKIntersection`` (``concept_influence=False``): signed values, k = 1000 by
+    default. Quantus refuses a k that is not smaller than the input; here k is clipped to the
+    number of pixels H*W (and the score divided by the clipped k), so on a map smaller than k
+    pixels the score is the share of the mask in the image, ``|B| / (H*W)``. Ties: first in
+    row-major order (:func:`xaitf.metrics.pixel_order`).
+
+    Args:
+        maps: (N,H,W) relevance maps.
+        masks: (N,H,W) bool ground-truth masks (or per image its boxes); every one non-empty.
+        k: pixels kept, an int >= 1 (clipped to H*W), or a fraction in (0, 1] of the pixels
+            (rounded half up, at least 1) as :func:`binarize`. Default 1000.
+
+    Returns:
+        (N,) float64 in [0, 1].
+    """
+    m, b = _maps_and_masks(maps, masks, "top_k_intersection")
+    counts = _top_k_counts(k, len(m), m.shape[1] * m.shape[2])
+    top = pixel_order(m) < counts[:, None, None]
+    return (top & b).sum(axis=(1, 2)) / counts.astype(np.float64)

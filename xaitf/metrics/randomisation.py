@@ -1,0 +1,293 @@
+"""Randomisation tests of explanations ("sanity checks").
+
+* :func:`model_parameter_randomisation`: Adebayo et al. 2018, "Sanity Checks for Saliency Maps":
+  the weights of the model are randomised layer by layer, from the output down (cascading) or one
+  layer at a time (independent), and the maps of the randomised model are compared with the
+  original maps. A method whose maps stay similar does not depend on what the model learned (the
+  paper finds this for Guided Backprop and DeconvNet).
+* :func:`random_logit`: Sixt et al. 2020, "When Explanations Lie": the map of the target class
+  compared with the map of a randomly chosen other class; similar maps do not explain the class.
+
+Similarities between two maps ``a`` and ``b`` of one image (:data:`SIMILARITIES`), after the
+preprocessing of Adebayo et al. and Quantus (``absolute``: |map|; ``normalise``: divided by its
+largest |value|):
+
+* ``spearman``: Spearman rank correlation of the pixels (ties share their mean rank);
+* ``ssim``: structural similarity (Wang et al. 2004, ``skimage.metrics.structural_similarity``,
+  7x7 window or the largest odd window that fits, ``data_range`` = max - min over both maps);
+* ``hog``: Pearson correlation of the maps' histograms of oriented gradients (Dalal & Triggs 2005,
+  ``skimage.feature.hog``, 9 orientations, cells of max(2, min(H, W) // 7) pixels, 2x2 blocks).
+
+A constant map has no rank or HOG correlation: the similarity is 1 when both maps are equal and
+0 otherwise.
+"""
+import collections
+
+import numpy as np
+
+from ..errors import InputError, MethodError
+from ._checks import check_int, check_maps
+
+SIMILARITIES = ("spearman", "ssim", "hog")
+ORDERS = ("cascading", "independent")
+RANDOMISATIONS = ("normal", "permute", "shuffle")
+
+Randomisation = collections.namedtuple("Randomisation", "layers scores maps original")
+Randomisation.__doc__ = """Result of :func:`model_parameter_randomisation`: ``layers`` (L,) names of the
+randomised layers, top first; ``scores`` ``{similarity: (L, N) float64}``; ``maps`` (L, N, H, W)
+maps of the randomised models (None unless ``return_maps``); ``original`` (N, H, W) maps of the model."""
+
+
+# -- similarities --------------------------------------------------------------------------------
+def _prepare(m, absolute, normalise):
+    m = np.abs(m) if absolute else m
+    if normalise:
+        top = np.max(np.abs(m), axis=(1, 2), keepdims=True)
+        m = m / np.where(top > 0, top, 1.0)
+    return m
+
+
+def _degenerate(a, b):
+    """1 for two equal maps, 0 otherwise: the similarity where a map is constant."""
+    return 1.0 if np.allclose(a, b) else 0.0
+
+
+def _pearson(u, v):
+    u = u - u.mean()
+    v = v - v.mean()
+    d = np.sqrt((u * u).sum() * (v * v).sum())
+    return float((u * v).sum() / d) if d > 0 else None
+
+
+def spearman(a, b):
+    """Spearman rank correlation of two maps (H,W)."""
+    from scipy.stats import rankdata
+
+    r = _pearson(rankdata(a.ravel()), rankdata(b.ravel()))
+    return _degenerate(a, b) if r is None else r
+
+
+def ssim(a, b):
+    """Structural similarity of two maps (H,W); window 7 or the largest odd size that fits."""
+    from skimage.metrics import structural_similarity
+
+    win = min(7, min(a.shape) - (1 - min(a.shape) % 2))
+    if win < 3:
+        raise InputError(f"ssim needs maps of at least 3x3 pixels, got {a.shape[0]}x{a.shape[1]}")
+    rng = float(max(a.max(), b.max()) - min(a.min(), b.min()))
+    if rng == 0:
+        return 1.0
+    return float(structural_similarity(a, b, win_size=win, data_range=rng))
+
+
+def hog(a, b):
+    """Pearson correlation of the HOG features of two maps (H,W)."""
+    from skimage.feature import hog as _hog
+
+    cell = max(2, min(a.shape) // 7)
+    kw = dict(orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+    r = _pearson(_hog(a, **kw), _hog(b, **kw))
+    return _degenerate(a, b) if r is None else r
+
+
+_SIM = {"spearman": spearman, "ssim": ssim, "hog": hog}
+
+
+def similarity(a, b, how="spearman", absolute=True, normalise=True):
+    """Per-image similarity of map batches ``a``, ``b`` (N,H,W): (N,) float64 (see the module)."""
+    sims = _check_similarities(how)
+    a = _prepare(check_maps(a, name="a"), absolute, normalise)
+    b = _prepare(check_maps(b, a.shape, name="b"), absolute, normalise)
+    out = {s: np.array([_SIM[s](a[i], b[i]) for i in range(len(a))]) for s in sims}
+    return out[sims[0]] if isinstance(how, str) else out
+
+
+def _check_similarities(how):
+    sims = (how,) if isinstance(how, str) else tuple(how)
+    bad = [s for s in sims if s not in SIMILARITIES]
+    if bad or not sims:
+        raise MethodError(f"unknown similarity {bad[0] if bad else how!r}; valid: {', '.join(SIMILARITIES)}")
+    return sims
+
+
+# -- explainers on other models ------------------------------------------------------------------
+def explainer_factory(method, method_kwargs=None):
+    """``factory(model) -> explain(x, targets)`` for a method given as a registry name (with
+    ``method_kwargs``), an :class:`xaitf.Explainer` (rebuilt on the new model with its own
+    parameters, batch size and seed) or a callable ``factory(model)``."""
+    from .. import registry
+    from ..explainer import Explainer
+
+    kw = dict(method_kwargs or {})
+    if isinstance(method, str):
+        registry.canonical(method)                  # unknown names: one line with the valid ones
+        return lambda model: registry.create_explainer(method, model, **{"progress": False, **kw})
+    if isinstance(method, Explainer):
+        if kw:
+            raise MethodError("method_kwargs go with a method name, not with an explainer instance")
+        common = dict(batch_size=method.batch_size, seed=method.seed, channel_reduce=method.channel_reduce,
+                      progress=False)
+        return lambda model: registry.create_explainer(method.name, model, **{**method.params, **common})
+    if callable(method):
+        return method
+    raise MethodError(f"method must be a method name, an xaitf Explainer or a callable factory(model) -> "
+                      f"explainer, got {type(method).__name__}")
+
+
+def _flat_layers(model, kernels_only=True):
+    """Layers with weights (with ``kernels_only``: a kernel, i.e. Dense and convolutions, not
+    BatchNormalization, whose variance must stay positive), nested models flattened, in the model's
+    order (bottom first)."""
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            out.extend(_flat_layers(layer, kernels_only))
+        elif layer.get_weights() and (not kernels_only or any(
+                hasattr(layer, k) for k in ("kernel", "depthwise_kernel", "pointwise_kernel"))):
+            out.append(layer)
+    return out
+
+
+def clone(model):
+    """A copy of ``model`` (same Keras) with its own weights, equal to the model's."""
+    from ..keras_bridge import kmodule
+
+    twin = kmodule(model).models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def randomise_layer(layer, how, seed, index):
+    """Replace ``layer``'s weights: ``normal`` N(0, std of each weight array) (Adebayo et al.'s
+    re-initialisation, with the array's own scale), ``permute`` (Quantus: each array permuted along
+    its first axis) or ``shuffle`` (every element permuted). Seeded by ``(seed, index)``."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    new = []
+    for w in layer.get_weights():
+        if how == "normal":
+            std = float(np.std(w)) or 1.0
+            new.append(rng.normal(0.0, std, w.shape).astype(w.dtype))
+        elif how == "permute":
+            new.append(rng.permutation(w))
+        else:
+            new.append(rng.permutation(w.ravel()).reshape(w.shape))
+    layer.set_weights(new)
+
+
+def _explain(factory, model, x, targets):
+    maps = np.asarray(factory(model)(x, targets), np.float64)
+    if maps.ndim == 4:
+        maps = maps.sum(-1)
+    return maps
+
+
+# -- the tests -----------------------------------------------------------------------------------
+def model_parameter_randomisation(model, x, targets, method, method_kwargs=None, order="cascading",
+                                  similarities=("spearman", "ssim", "hog"), randomisation="normal",
+                                  layers=None, absolute=True, normalise=True, seed=0, return_maps=False,
+                                  progress=True):
+    """Model parameter randomisation test (Adebayo et al. 2018).
+
+    With layers ``l_1 .. l_L`` holding weights, from the output down: ``cascading`` randomises
+    ``l_1``, then ``l_1, l_2``, ... (each step adds the next layer); ``independent`` randomises
+    ``l_k`` alone. After each step the method explains ``x`` on the randomised model and every
+    similarity of :data:`SIMILARITIES` compares each map with the original model's. High
+    similarity at every step: the maps do not depend on the weights.
+
+    Args:
+        model: tf-keras or Keras 3 classifier (not modified: the randomised models are copies).
+        x: images (N,H,W,C). targets: classes explained (ints; the same on every model).
+        method: a registry name (e.g. ``"grad"``), an :class:`xaitf.Explainer`, or a callable
+            ``factory(model) -> explain(x, targets)``. method_kwargs: keyword arguments of a name.
+        order: ``"cascading"`` (default) or ``"independent"``.
+        similarities: names of :data:`SIMILARITIES` (all three by default).
+        randomisation: ``"normal"`` (default: N(0, std of the original array), as the paper's
+            re-initialisation), ``"permute"`` (Quantus) or ``"shuffle"``.
+        layers: names of the layers to randomise, in the order given (None: every layer with a
+            kernel, i.e. Dense and convolutions, top first; BatchNormalization keeps its statistics
+            unless named here).
+        absolute, normalise: |map| and division by max |map| before comparing (True, True; as
+            the paper's rank correlation of absolute maps and Quantus' defaults).
+        seed: layer k's new weights come from ``default_rng([seed, k])``.
+        return_maps: keep the randomised models' maps (L, N, H, W) for figures.
+        progress: progress over the layers.
+
+    Returns:
+        :class:`Randomisation`.
+    """
+    from ..explainer import as_batch, progress as _progress
+
+    if order not in ORDERS:
+        raise MethodError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+    if randomisation not in RANDOMISATIONS:
+        raise MethodError(f"unknown randomisation {randomisation!r}; valid: {', '.join(RANDOMISATIONS)}")
+    sims = _check_similarities(similarities)
+    factory = explainer_factory(method, method_kwargs)
+    x = as_batch(x, model)
+    targets = np.asarray(targets)
+    original = _explain(factory, model, x, targets)
+    check_maps(original, x.shape[:3], name="the method's maps")
+    twin = clone(model)
+    weighted = _flat_layers(twin)[::-1]
+    if layers is not None:
+        every = {l.name: l for l in _flat_layers(twin, kernels_only=False)}
+        wanted = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [n for n in wanted if n not in every]
+        if unknown:
+            raise MethodError(f"no layer with weights named {unknown[0]!r}; layers with weights (top first): "
+                              f"{', '.join(list(every)[::-1])}")
+        weighted = [every[n] for n in wanted]
+    if not weighted:
+        raise MethodError("the model has no layer with weights to randomise")
+    saved = twin.get_weights()
+    scores = {s: [] for s in sims}
+    kept = []
+    for k, layer in enumerate(_progress(weighted, progress, desc="randomisation")):
+        if order == "independent":
+            twin.set_weights(saved)
+        randomise_layer(layer, randomisation, seed, k)
+        maps = _explain(factory, twin, x, targets)
+        sim = similarity(original, maps, sims, absolute, normalise)
+        for s in sims:
+            scores[s].append(sim[s])
+        if return_maps:
+            kept.append(maps)
+    return Randomisation([l.name for l in weighted], {s: np.stack(v) for s, v in scores.items()},
+                         np.stack(kept) if return_maps else None, original)
+
+
+def random_logit(model, x, targets, method, method_kwargs=None, similarity_name="ssim", num_classes=None,
+                 absolute=False, normalise=True, seed=0):
+    """Random logit test (Sixt et al. 2020; Quantus' ``RandomLogit``): the similarity between the
+    map of the target class and the map of another class drawn uniformly from the rest, per image
+    (``default_rng([seed, i])``). Lower is better (the map depends on the class).
+
+    Args:
+        model, x, targets, method, method_kwargs: as :func:`model_parameter_randomisation`.
+        similarity_name: one of :data:`SIMILARITIES` (``"ssim"``, as Quantus).
+        num_classes: classes to draw from (None: the model's outputs).
+        absolute, normalise: preprocessing of both maps (False, True).
+        seed: the other classes' draw.
+
+    Returns:
+        (N,) float64.
+    """
+    from ..explainer import as_batch
+    from ..keras_bridge import output_units
+
+    _check_similarities(similarity_name)
+    factory = explainer_factory(method, method_kwargs)
+    x = as_batch(x, model)
+    k = int(num_classes or output_units(model))
+    if k < 2:
+        raise MethodError(f"random_logit needs at least 2 classes, got {k}")
+    t = np.asarray(targets).astype(np.int64).reshape(-1)
+    if len(t) != len(x) or t.min() < 0 or t.max() >= k:
+        raise InputError(f"targets: expected {len(x)} class indices in 0..{k - 1}, got {np.asarray(targets).tolist()[:8]}")
+    other = np.array([(t[i] + 1 + np.random.default_rng([int(seed), i]).integers(k - 1)) % k
+                      for i in range(len(t))])
+    explain = factory(model)
+    a = np.asarray(explain(x, t), np.float64)
+    b = np.asarray(explain(x, other), np.float64)
+    a, b = (m.sum(-1) if m.ndim == 4 else m for m in (a, b))
+    return similarity(a, b, similarity_name, absolute, normalise)
