@@ -46,6 +46,10 @@ def __getattr__(name):  # lazy public API: keeps `import xaitf` cheap
         from .keras_bridge import model_kind
 
         return model_kind
+    if name == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate
     if name == "Explainer":
         from .explainer import Explainer
 
@@ -54,4 +58,4 @@ def __getattr__(name):  # lazy public API: keeps `import xaitf` cheap
 
 
 __all__ = ["create_explainer", "list_methods", "get_method", "load_model", "model_kind",
-           "Explainer", "__version__"]
+           "Explainer", "evaluate", "__version__"]

@@ -300,3 +300,47 @@ def save_figure(fig, path, overwrite=False):
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=fig.dpi, facecolor="white",
                                                              bbox_inches="tight", pad_inches=0.15),
                         overwrite=overwrite)
+
+
+def randomisation_figure(results, image_index=0, title=None, dpi=110):
+    """The sanity-check figure (Adebayo et al. 2018, fig. 2): one row per method, the original
+    map then the maps after each cascading randomisation step (top layer first), |map| / max of
+    image ``image_index``; under each panel the mean Spearman similarity to the original over all
+    images of the result.
+
+    Args:
+        results: ``{label: Randomisation}`` of
+            :func:`xaitf.metrics.randomisation.model_parameter_randomisation` run with
+            ``return_maps=True`` and ``"spearman"`` among its similarities.
+
+    Returns:
+        a :class:`matplotlib.figure.Figure` (:func:`save_figure` writes it).
+    """
+    rows = list(results.items())
+    layers = rows[0][1].layers
+    cols = len(layers) + 1
+    fig = Figure(figsize=(1.35 * cols + 1.9, 1.45 * len(rows) + 1.0), dpi=dpi)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    im = None
+    for r, (label, res) in enumerate(rows):
+        panels = [res.original[image_index]] + [m[image_index] for m in res.maps]
+        for c, m in enumerate(panels):
+            a = np.abs(np.asarray(m, np.float64))
+            top = a.max()
+            ax = axes[r, c]
+            im = ax.imshow(a / top if top > 0 else a, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"+ {layers[c - 1]}", fontsize=7, rotation=20)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+            else:
+                rho = float(np.mean(res.scores["spearman"][c - 1]))
+                ax.set_xlabel(f"ρ {rho:.2f}", fontsize=7, labelpad=2)
+    fig.suptitle(title or "Cascading model parameter randomisation (top layer first)", fontsize=9)
+    fig.subplots_adjust(left=0.12, right=0.86, top=1 - 0.75 / (1.45 * len(rows) + 1.0), bottom=0.05,
+                        wspace=0.08, hspace=0.35)
+    cax = fig.add_axes([0.89, 0.15, 0.018, 0.6])
+    fig.colorbar(im, cax=cax, label="|relevance| / max")
+    return fig

@@ -174,6 +174,14 @@ MNIST_CIFAR_STUDY = {
     "noise_images": 100,     # uniform-noise images (study: 100)
     "saliency_images": 100, "saliency_samples": 100,   # posterior saliency: images, sampled networks
 }
+SANITY_STUDY = {              # python -m xaitf.studies sanity (Adebayo et al. 2018)
+    "images": 32,            # test images explained per model (the trained model's predicted class)
+    "methods": None,         # None: every registered native method; or a list of registry keys
+    "similarities": ("spearman", "ssim", "hog"),
+    "randomisation": "normal",   # normal (re-initialisation, N(0, std of the kernel)) | permute | shuffle
+    "keep_threshold": 0.5,   # "keeps its map": mean Spearman >= this with every kernel random
+    "train_limit": None, "epochs": None, "eval_limit": None,   # training when no models/<name>.h5
+}
 SVHN_IOU_STUDY = {
     "data": "auto",          # auto: SVHN format 1 if the data directory has it, else synthetic | svhn | synthetic
     "target_digit": 1,       # study: label 1 = digit 1 present
@@ -203,6 +211,7 @@ SECTIONS = {
     "interventional": INTERVENTIONAL, "tfx_gradcam": TFX_GRADCAM,
     "tfx_occlusion": TFX_OCCLUSION, "tfx_smoothgrad": TFX_SMOOTHGRAD, "tfx_ig": TFX_IG,
     "xainn": XAINN_STUDY, "mnist_cifar": MNIST_CIFAR_STUDY, "svhn_iou": SVHN_IOU_STUDY,
+    "sanity": SANITY_STUDY,
 }
 
 

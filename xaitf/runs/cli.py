@@ -225,7 +225,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
                                f"input shape {shape}")
         x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
                           zoo=zoo_name(model_path))
-        x, policy = _preprocess(args, x, policy, scale)
+        x, policy = apply_preprocess(args, x, policy, scale)
         meta["resize"] = policy["rule"]
         meta["preprocess"] = policy.get("preprocess_name")
         meta["adapt"] = policy
@@ -378,7 +378,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
     return 0
 
 
-def _preprocess(args, x, policy, scale):
+def apply_preprocess(args, x, policy, scale):
     """``--preprocess NAME``: :func:`xaitf.data.preprocess.preprocess` on the fitted images' 0..255
     values (the source's values as they are), instead of dividing by ``--scale`` (which stays the
     divisor of the name ``scale``); recorded in the policy. Returns ``(x, policy)``."""

@@ -26,10 +26,26 @@ def _metric_form(fn):
     return None
 
 
+def _evaluation_metric(name):
+    """The :data:`xaitf.evaluation.METRICS` entry of ``name`` when it can run on stored maps (the
+    forms ``model`` and ``maps``: they need no method to run again, and no masks), else None."""
+    from ..evaluation import METRICS
+
+    spec = METRICS.get(name)
+    return spec if spec is not None and spec.form in ("model", "maps") else None
+
+
 def find_metric(name):
-    """A function of :mod:`xaitf.metrics` (the package or one of its modules) that can run on a
-    finished store: ``f(model, x, maps, targets_or_labels, ...)`` or ``f(maps, ...)``."""
+    """What ``--metrics NAME`` runs on a finished store: a metric of :func:`xaitf.evaluate`
+    (``xaitf.evaluation.METRICS``, forms ``model`` and ``maps``), or a function of
+    :mod:`xaitf.metrics` (the package or one of its modules) shaped ``f(model, x, maps,
+    targets_or_labels, ...)`` or ``f(maps, ...)``."""
     import pkgutil
+
+    if _evaluation_metric(name) is not None:
+        from ..evaluation import metric_function
+
+        return metric_function(name)
 
     if importlib.util.find_spec("xaitf.metrics") is None:
         raise XaitfError("--metrics needs xaitf.metrics, which this installation lacks")
@@ -46,6 +62,9 @@ def find_metric(name):
             fn = getattr(mod, name)
     if fn is None or _metric_form(fn) is None:
         what = "unknown metric" if fn is None else "metric that cannot run on a store"
+        from ..evaluation import METRICS
+
+        usable |= {k for k in METRICS if _evaluation_metric(k)}
         raise XaitfError(f"{what} {name!r}; usable with --metrics: {', '.join(sorted(usable)) or 'none'}")
     return fn
 
@@ -86,6 +105,12 @@ def compute_metrics(store, model, keys, names, batch_size):
         out[m] = {}
         for name, fn in fns.items():
             params = list(inspect.signature(fn).parameters)
+            if _evaluation_metric(name) is not None:       # the same code as xaitf.evaluate
+                from ..evaluation import evaluate
+
+                table = evaluate(model, x, targets, {m: maps}, [name], batch_size=batch_size)
+                out[m][f"{name}.value"] = float(np.nanmean(table.values()))
+                continue
             if _metric_form(fn) == "maps":
                 result = fn(maps)
             else:

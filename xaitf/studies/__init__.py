@@ -18,6 +18,7 @@ STUDIES = {
     "xainn": "xaitf.studies.xainn",                    # study 3: XAINN, three CIFAR-10 architectures
     "mnist_cifar": "xaitf.studies.mnist_cifar",        # study 4: LIME/SHAP/LRP, degradation, Bayesian MLP
     "svhn_iou": "xaitf.studies.svhn_iou",              # study 5: SVHN target digit, IoU of heatmaps
+    "sanity": "xaitf.studies.sanity",                  # sanity checks: model parameter randomisation
 }
 
 

@@ -1,0 +1,252 @@
+"""``xaitf.evaluate``: every metric of :mod:`xaitf.metrics` on every method, as one tidy table.
+
+A metric is registered in :data:`METRICS` by name with the *form* of its function, which says what
+it needs:
+
+==============  ====================================================  ============================
+form            call                                                  metrics
+==============  ====================================================  ============================
+``model``       ``f(model, x, maps, targets, **kw)``                  faithfulness (pixel flipping,
+                                                                      deletion, ROAD, ...)
+``maps``        ``f(maps, **kw)``                                     complexity
+``masks``       ``f(maps, masks, **kw)``                              localisation
+``explainer``   ``f(explainer, x, targets, **kw)``: the method runs   robustness
+                again on perturbed inputs
+``method``      ``f(model, x, targets, method, **kw)``: the method    randomisation
+                runs on other models / classes
+==============  ====================================================  ============================
+
+Metrics of the last two forms need a method (a registry name or an :class:`xaitf.Explainer`), not
+only its maps. Curves (:class:`xaitf.metrics.Curve`) give their area (``auc``) per image; the
+randomisation test gives one row per randomised layer and similarity (``detail``).
+"""
+import collections
+import csv
+import importlib
+
+import numpy as np
+
+from .errors import InputError, MethodError
+
+Spec = collections.namedtuple("Spec", "module function form value kwargs")
+
+
+def _spec(module, function, form, value="value", **kwargs):
+    return Spec(module, function, form, value, kwargs)
+
+
+#: name -> where the function lives, its form, what is read from its result, fixed keywords
+METRICS = {
+    # faithfulness (model evaluations on perturbed copies of x)
+    "pixel_flipping": _spec("faithfulness", "pixel_flipping", "model", "auc"),
+    "region_perturbation": _spec("faithfulness", "region_perturbation", "model", "auc"),
+    "deletion": _spec("curves", "deletion_curve", "model", "auc"),
+    "insertion": _spec("curves", "insertion_curve", "model", "auc"),
+    "irof": _spec("curves", "irof", "model", "auc"),
+    "faithfulness_correlation": _spec("faithfulness", "faithfulness_correlation", "model"),
+    "infidelity": _spec("faithfulness", "infidelity", "model"),
+    "road": _spec("faithfulness", "road", "model", "auc"),
+    "mufidelity": _spec("faithfulness", "mufidelity", "model"),
+    # robustness (the method on perturbed inputs)
+    "max_sensitivity": _spec("robustness", "max_sensitivity", "explainer"),
+    "avg_sensitivity": _spec("robustness", "avg_sensitivity", "explainer"),
+    "local_lipschitz": _spec("robustness", "local_lipschitz", "explainer"),
+    # randomisation (the method on randomised models / other classes)
+    "mprt": _spec("randomisation", "model_parameter_randomisation", "method", "layers", order="cascading"),
+    "mprt_independent": _spec("randomisation", "model_parameter_randomisation", "method", "layers",
+                              order="independent"),
+    "random_logit": _spec("randomisation", "random_logit", "method"),
+    # complexity (the maps alone)
+    "sparseness": _spec("complexity", "sparseness", "maps"),
+    "complexity": _spec("complexity", "complexity", "maps"),
+    "effective_complexity": _spec("complexity", "effective_complexity", "maps"),
+    # localisation (the maps and ground-truth masks)
+    "pointing_game": _spec("localization", "pointing_game", "masks"),
+    "relevance_mass": _spec("localization", "relevance_mass", "masks"),
+    "relevance_rank": _spec("localization", "relevance_rank", "masks"),
+    "top_k_intersection": _spec("localization", "top_k_intersection", "masks"),
+    "iou": _spec("localization", "iou_1", "masks", k="gt"),
+}
+
+COLUMNS = ("image", "method", "metric", "detail", "value")
+
+
+def metric_function(name):
+    """The function of metric ``name``; one line listing the valid names otherwise."""
+    spec = METRICS.get(name)
+    if spec is None:
+        raise MethodError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+    return getattr(importlib.import_module(f"xaitf.metrics.{spec.module}"), spec.function)
+
+
+class Table:
+    """The tidy result of :func:`evaluate`: one row per image, method, metric (and detail: the
+    randomised layer and similarity of ``mprt``), value. ``rows`` is a list of tuples in
+    :data:`COLUMNS` order."""
+
+    def __init__(self, rows=()):
+        self.rows = list(rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def column(self, name):
+        i = COLUMNS.index(name)
+        return [r[i] for r in self.rows]
+
+    def select(self, **where):
+        """Rows whose columns equal the given values, as a new Table."""
+        idx = {COLUMNS.index(k): v for k, v in where.items()}
+        return Table(r for r in self.rows if all(r[i] == v for i, v in idx.items()))
+
+    def values(self, **where):
+        """The ``value`` column of :meth:`select` as a float64 array (image order)."""
+        return np.array(self.select(**where).column("value"), np.float64)
+
+    def summary(self):
+        """``{(method, metric, detail): (mean, std, n)}`` over images (NaN values left out)."""
+        groups = collections.defaultdict(list)
+        for _, method, metric, detail, value in self.rows:
+            groups[(method, metric, detail)].append(value)
+        out = {}
+        for key, vals in groups.items():
+            v = np.asarray(vals, np.float64)
+            v = v[np.isfinite(v)]
+            out[key] = (float(v.mean()) if len(v) else float("nan"),
+                        float(v.std()) if len(v) else float("nan"), len(v))
+        return out
+
+    def to_csv(self, path):
+        """Write the rows as CSV (header :data:`COLUMNS`), through a temporary file."""
+        from .cli import atomic_write
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(COLUMNS)
+                for r in self.rows:
+                    w.writerow([r[0], r[1], r[2], r[3], repr(float(r[4]))])
+
+        return atomic_write(path, write)
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+    def __repr__(self):
+        return f"Table({len(self.rows)} rows; methods {sorted(set(self.column('method')))}; metrics " \
+               f"{sorted(set(self.column('metric')))})"
+
+
+def _methods(model, methods, x, targets, method_kwargs):
+    """``{label: (explainer or None, maps (N,H,W) float64)}``."""
+    from . import registry
+    from .explainer import Explainer
+    from .metrics._checks import check_maps
+
+    if isinstance(methods, (str, Explainer)):
+        methods = [methods]
+    if isinstance(methods, dict):
+        items = list(methods.items())
+    else:
+        items = [(m if isinstance(m, str) else getattr(m, "name", type(m).__name__), m) for m in methods]
+    if not items:
+        raise MethodError("evaluate needs at least one method (a name, an Explainer or precomputed maps)")
+    out = {}
+    for label, m in items:
+        if isinstance(m, str):
+            m = registry.create_explainer(m, model, **{"progress": False, **(method_kwargs or {}).get(label, {})})
+        if isinstance(m, Explainer):
+            maps = np.asarray(m(x, targets))
+            maps = maps.sum(-1) if maps.ndim == 4 else maps
+            out[label] = (m, check_maps(maps, x.shape[:3], name=f"{label} maps"))
+        else:
+            out[label] = (None, check_maps(m, x.shape[:3], name=f"{label} maps"))
+    return out
+
+
+def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256, seed=0,
+             method_kwargs=None, metric_kwargs=None, progress=False):
+    """Score explanations with metrics of :data:`METRICS`: one tidy :class:`Table`.
+
+    Args:
+        model: tf-keras or Keras 3 classifier.
+        x: images (N,H,W,C) as the model takes them.
+        targets: classes explained and scored (ints (N,); None: the predicted classes).
+        methods: a method name, an :class:`xaitf.Explainer`, a list of them, or a dict
+            ``{label: name | Explainer | maps (N,H,W)}`` (precomputed maps serve every metric but
+            the robustness and randomisation ones, which run the method again).
+        metrics: names of :data:`METRICS`.
+        masks: (N,H,W) ground-truth masks for the localisation metrics.
+        batch_size: perturbed images per model call of the model-based metrics.
+        seed: seed of every stochastic metric.
+        method_kwargs: ``{label: {keyword: value}}`` for methods given by name.
+        metric_kwargs: ``{metric: {keyword: value}}`` passed to the metric's function.
+        progress: progress lines of the long metrics.
+
+    Returns:
+        :class:`Table` with columns image, method, metric, detail, value.
+    """
+    import inspect
+
+    from .explainer import as_batch
+    from .keras_bridge import output_units
+
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    fns = {name: metric_function(name) for name in metrics}
+    metric_kwargs = dict(metric_kwargs or {})
+    unknown = sorted(set(metric_kwargs) - set(metrics))
+    if unknown:
+        raise MethodError(f"metric_kwargs names {unknown[0]!r}, which is not among the metrics: {', '.join(metrics)}")
+    if masks is None:
+        wanting = [m for m in metrics if METRICS[m].form == "masks"]
+        if wanting:
+            raise InputError(f"{', '.join(wanting)} need ground-truth masks (masks=, (N,H,W) booleans)")
+    x = as_batch(x, model)
+    if targets is None:
+        targets = np.asarray(model(x, training=False)).argmax(-1)
+    from .explainer import as_targets
+
+    targets = as_targets(targets, len(x), max(2, output_units(model)))
+    explained = _methods(model, methods, x, targets, method_kwargs)
+    rows = []
+    for label, (explainer, maps) in explained.items():
+        for name in metrics:
+            spec, fn = METRICS[name], fns[name]
+            accepted = inspect.signature(fn).parameters
+            kw = dict(spec.kwargs)
+            for key, value in (("batch_size", batch_size), ("seed", seed), ("progress", progress)):
+                if key in accepted:
+                    kw[key] = value
+            kw.update(metric_kwargs.get(name, {}))
+            if spec.form in ("explainer", "method") and explainer is None:
+                raise MethodError(f"{name} runs the method again and needs a method name or an Explainer, "
+                                  f"not precomputed maps ({label})")
+            if spec.form == "model":
+                result = fn(model, x, maps, targets, **kw)
+            elif spec.form == "maps":
+                result = fn(maps, **kw)
+            elif spec.form == "masks":
+                result = fn(maps, masks, **kw)
+            elif spec.form == "explainer":
+                result = fn(explainer, x, targets, **kw)
+            else:
+                result = fn(model, x, targets, explainer, **kw)
+            rows.extend(_rows(label, name, spec, result))
+    return Table(rows)
+
+
+def _rows(label, name, spec, result):
+    if spec.value == "layers":            # Randomisation: one row per layer and similarity
+        for sim, scores in result.scores.items():
+            for layer, per_image in zip(result.layers, scores):
+                for i, v in enumerate(per_image):
+                    yield (i, label, name, f"{layer}:{sim}", float(v))
+        return
+    values = getattr(result, spec.value) if spec.value != "value" else result
+    for i, v in enumerate(np.asarray(values, np.float64).reshape(-1)):
+        yield (i, label, name, "", float(v))

@@ -1,0 +1,208 @@
+"""``python -m xaitf evaluate``: score methods with metrics on a dataset (:func:`xaitf.evaluate`).
+
+Writes into ``--out`` (a new folder is filled beside it and renamed into place, so a failed run
+leaves nothing): ``metrics.csv`` (the tidy table), ``summary.json`` (mean, std, n per method and
+metric), ``report.md`` / ``report.html`` (the summary table, the settings and versions) and, when
+``mprt`` is asked for, ``randomisation.png`` (methods x randomised layers, the first image).
+"""
+import ast
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import cli
+from .data.sources import RESIZE_CHOICES
+
+
+def add_parser(subparsers):
+    from .evaluation import METRICS
+
+    p = subparsers.add_parser(
+        "evaluate", help="score explanation methods with faithfulness, robustness, randomisation, "
+                         "complexity and localisation metrics",
+        description="Explain images with each method and score the maps with each metric "
+                    f"(xaitf.evaluate). Metrics: {', '.join(METRICS)}.")
+    p.add_argument("--model", required=True, help="model file (.h5 or .keras)")
+    p.add_argument("--data", required=True,
+                   help="images: mnist, cifar10, an image folder, a .npz/.npy file or file.h5:/dataset "
+                        "(as python -m xaitf run)")
+    p.add_argument("--data-dir", default=None, help="folder with the offline .npz files (default $XAITF_DATA_DIR)")
+    p.add_argument("--split", choices=("test", "train"), default=None, help="split (default test)")
+    p.add_argument("--limit", type=cli.positive_int, default=64, help="the first N images (default 64)")
+    p.add_argument("--resize", choices=RESIZE_CHOICES, default="auto", help="fit image sizes to the model")
+    p.add_argument("--scale", type=float, default=None, help="pixel values are divided by this")
+    p.add_argument("--preprocess", default=None, metavar="NAME", help="the model's own input preprocessing")
+    p.add_argument("--methods", nargs="+", required=True, metavar="METHOD", help="methods (registry keys)")
+    p.add_argument("--metrics", nargs="+", required=True, metavar="METRIC", help="metrics of xaitf.evaluate")
+    p.add_argument("--metric-set", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                   help="a metric's keyword, e.g. pixel_flipping.features_in_step=28 (repeatable)")
+    p.add_argument("--masks", default=None,
+                   help="ground-truth masks for the localisation metrics: .npy (N,H,W) or .npz with 'masks'")
+    p.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                   help="class explained and scored (default: the prediction)")
+    p.add_argument("--out", default=None, help="output folder (default results/evaluate/<model>-<data>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--unsafe-model", action="store_true", help="allow code stored in the model file to run")
+    cli.add_common_args(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def parse_metric_sets(texts, metrics):
+    """``["metric.key=value", ...]`` -> ``{metric: {key: value}}``; values as Python literals
+    (numbers, tuples, True/None) or else strings."""
+    out = {}
+    for text in texts:
+        head, sep, value = text.partition("=")
+        metric, dot, key = head.partition(".")
+        if not sep or not dot or not key:
+            raise cli.CliError(f"--metric-set {text!r}: expected METRIC.KEY=VALUE")
+        if metric not in metrics:
+            raise cli.CliError(f"--metric-set {text!r}: {metric!r} is not among --metrics ({', '.join(metrics)})")
+        try:
+            v = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            v = value
+        out.setdefault(metric, {})[key] = v
+    return out
+
+
+def _masks(path, n, shape):
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise cli.CliError(f"--masks file not found: {p}")
+    with np.load(p, allow_pickle=False) as f:
+        m = f["masks"] if hasattr(f, "files") else f
+        m = np.asarray(m)
+    if m.ndim != 3 or m.shape[0] < n or tuple(m.shape[1:]) != tuple(shape):
+        raise InputError(f"--masks {p}: expected (N>={n}, {shape[0]}, {shape[1]}) masks, got {m.shape}")
+    return m[:n].astype(bool)
+
+
+def main(args):
+    from . import registry
+    from .evaluation import METRICS, metric_function
+
+    for name in args.metrics:
+        metric_function(name)
+    keys = registry.expand(args.methods)
+    metric_kwargs = parse_metric_sets(args.metric_set, args.metrics)
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise cli.CliError(f"model file not found: {model_path}")
+    data_name = args.data if args.data.lower() in ("mnist", "cifar10") else Path(args.data.split(":")[0]).stem
+    out = Path(args.out) if args.out else Path("results") / "evaluate" / f"{model_path.stem}-{data_name}"
+    if out.exists() and not out.is_dir():
+        raise cli.CliError(f"--out {out} exists and is not a folder")
+    if args.masks is None and any(METRICS[m].form == "masks" for m in args.metrics):
+        raise cli.CliError(f"{', '.join(m for m in args.metrics if METRICS[m].form == 'masks')} need --masks")
+    cli.apply_sets(args.sets, seed=args.seed, batch_size=args.batch_size)
+    cli.quiet_tensorflow()
+
+    from . import settings as S
+    from .data.sources import adapt, load_source, zoo_name
+    from .evaluation import evaluate
+    from .keras_bridge import input_shape
+    from .model_files import load_model
+    from .runs.cli import apply_preprocess
+
+    src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
+    model = load_model(model_path, safe_mode=not args.unsafe_model)
+    shape = tuple(input_shape(model))
+    scale = float(args.scale if args.scale is not None else src.default_scale)
+    x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
+                      zoo=zoo_name(model_path))
+    x, policy = apply_preprocess(args, x, policy, scale)
+    if args.target == "label":
+        if src.labels is None:
+            raise cli.CliError(f"--target label: {src.description} has no labels")
+        targets = np.asarray(src.labels, np.int64)
+    else:
+        targets = None
+    masks = _masks(args.masks, len(x), shape[:2]) if args.masks else None
+    batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
+    explainers = {k: registry.create_from_presets(k, model, progress=False) for k in keys}
+    t0 = time.perf_counter()
+    table = evaluate(model, x, targets, explainers, args.metrics, masks=masks, batch_size=batch_size,
+                     seed=seed, metric_kwargs=metric_kwargs, progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    summary = table.summary()
+
+    print(f"{len(x)} images of {src.description}; {len(keys)} methods x {len(args.metrics)} metrics "
+          f"in {wall:.1f} s")
+    for (method, metric, detail), (mean, std, n) in summary.items():
+        print(f"  {method:<24} {metric + (' ' + detail if detail else ''):<36} {mean:.4g} +- {std:.3g} (n={n})")
+
+    # ---- write into a fresh folder, then move it into place ------------------------------------
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        table.to_csv(tmp / "metrics.csv")
+        info = {"model": str(model_path), "data": src.description, "n": len(x), "methods": keys,
+                "metrics": args.metrics, "metric_kwargs": metric_kwargs, "batch_size": batch_size,
+                "seed": seed, "target": args.target, "adapt": policy, "seconds": wall,
+                "summary": [{"method": m, "metric": k, "detail": d, "mean": a, "std": s, "n": n}
+                            for (m, k, d), (a, s, n) in summary.items()]}
+        (tmp / "summary.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        figure = None
+        if "mprt" in args.metrics:
+            figure = randomisation_figure(model, x[:1], explainers, tmp / "randomisation.png", seed)
+        write_report(tmp, info, summary, figure, argv=sys.argv)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {out / 'metrics.csv'}, {out / 'report.html'}")
+    return 0
+
+
+def randomisation_figure(model, x, explainers, path, seed):
+    """:func:`xaitf.plotting.randomisation_figure` of the first image, every method in one figure."""
+    from .metrics.randomisation import model_parameter_randomisation
+    from .plotting import randomisation_figure as figure, save_figure
+
+    results = {label: model_parameter_randomisation(model, x, np.asarray(e.predict(x)).argmax(-1), e,
+                                                    similarities="spearman", seed=seed, return_maps=True,
+                                                    progress=False)
+               for label, e in explainers.items()}
+    fig = figure(results, title="Cascading model parameter randomisation (top layer first), first image: "
+                                "|map| / max; ρ: Spearman to the original")
+    save_figure(fig, path, overwrite=True)
+    return Path(path).name
+
+
+def write_report(folder, info, summary, figure, argv):
+    from .reports import versions, versions_markdown, write_html_report
+
+    lines = [f"# Evaluation: {Path(info['model']).name} on {info['data']}", "",
+             f"{info['n']} images; target: {info['target']}; batch_size {info['batch_size']}; seed "
+             f"{info['seed']}; {info['seconds']:.1f} s.", "",
+             "| method | metric | detail | mean | std | n |", "|---|---|---|---|---|---|"]
+    for (method, metric, detail), (mean, std, n) in summary.items():
+        lines.append(f"| {method} | {metric} | {detail} | {mean:.4g} | {std:.3g} | {n} |")
+    lines += ["", "Per-image values: [metrics.csv](metrics.csv). Whether higher or lower is better, and "
+              "each metric's formula, is in its docstring (`help(xaitf.metrics.<name>)`).", ""]
+    if figure:
+        lines += ["## Randomisation", "", f"![randomisation]({figure})", ""]
+    if info["metric_kwargs"]:
+        lines += ["## Metric settings", "", "```", json.dumps(info["metric_kwargs"], indent=1), "```", ""]
+    lines += ["## Command", "", "```", " ".join(argv), "```", "", versions_markdown(versions())]
+    text = "\n".join(lines) + "\n"
+    (folder / "report.md").write_text(text)
+    write_html_report(folder, text)

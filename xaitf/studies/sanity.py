@@ -1,0 +1,179 @@
+"""Sanity checks (Adebayo et al. 2018): which methods keep their maps when the model's weights are randomised.
+
+``python -m xaitf.studies sanity [--quick]`` runs the cascading model parameter randomisation test
+(:func:`xaitf.metrics.randomisation.model_parameter_randomisation`) for every registered method
+that runs natively (the ``inn.*``, ``tfx.*`` and library backends are the same methods computed by
+other code; ``interventional`` needs its causal graph learned per model) on the zoo's MNIST CNN and
+the study-4 CIFAR-10 VGG. The kernels (Dense and convolutions) are re-initialised from the top
+layer down, N(0, std of the original kernel), BatchNormalization statistics kept; after each step
+every method explains the same images (the class predicted by the trained model) and its maps are
+compared with the trained model's by Spearman rank correlation of |map| (plus SSIM and HOG
+similarity in the full run).
+
+A method **keeps its map** when the mean Spearman similarity after the last step (every kernel
+random) is at least ``keep_threshold`` (0.5). The paper finds that Guided Backprop and DeconvNet do
+(their maps look like edge detectors of the input whatever the weights), and that gradients,
+SmoothGrad and Integrated Gradients do not; methods multiplied by the input (Input x Gradient, IG,
+DeepLIFT, LRP) keep part of the input's structure, so their absolute maps stay correlated where
+the input is zero (the paper's "input dominates" caveat).
+
+Models come from ``models/<name>.h5`` when present, otherwise they are trained in the run (the
+zoo's quick CPU schedule); the report gives each model's held-out accuracy, because the test is
+about learned weights: a model that has learned little has little to lose.
+
+Outputs: ``report.md``/``report.html``, ``results.json``, ``sanity_<model>.png`` (methods x
+randomised layers, one image) and ``sanity_curves.png`` (mean Spearman per step and method).
+"""
+import time
+
+import numpy as np
+
+from . import common as C
+
+STUDY = "sanity"
+MODELS = (("mnist_cnn", "MNIST CNN"), ("cifar_vgg", "CIFAR-10 VGG (study 4)"))
+#: backends that compute a registered method with other code, and methods that need more than a
+#: model (interventional: a causal graph learned per model)
+OTHER_BACKENDS = ("inn.", "tfx.", "shap.", "lime.lib")
+NEEDS_MORE = ("interventional",)
+QUICK_METHODS = ("grad", "gb", "deconvnet", "ig", "gradcam", "lrp.epsilon")
+QUICK = {"images": 4, "train_limit": 512, "epochs": 1, "similarities": ("spearman",),
+         "eval_limit": 300, "methods": QUICK_METHODS}
+
+
+def methods_to_run(p):
+    """The study's methods: ``p["methods"]`` or every registered native method."""
+    from .. import registry
+
+    if p.get("methods"):
+        return list(p["methods"])
+    return [k for k in registry.list_methods() if not k.startswith(OTHER_BACKENDS) and k not in NEEDS_MORE
+            and k != "lrp.composite"]
+
+
+def _explainer(name, model, shape):
+    """The method with its presets and, for window methods, the input-scaled defaults."""
+    from .. import budget
+    from ..registry import create_from_presets
+
+    return create_from_presets(name, model, progress=False, **budget.unset_scaled_defaults(name, shape))
+
+
+def run(args):
+    """Run the sanity-check study; returns the result dict written to results.json."""
+    from ..keras_bridge import input_shape
+    from ..metrics.randomisation import model_parameter_randomisation
+    from ..plotting import randomisation_figure
+    from ..training import predict
+
+    start = C.begin_run(args, STUDY, QUICK)
+    quick, seed, p, folder, say = start.quick, start.seed, start.params, start.folder, start.say
+    result = {"study": STUDY, "quick": quick, "seed": seed, "command": C.command_line(getattr(args, "argv", None)),
+              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()},
+              "models": {}, "scores": {}, "keeps": {}, "skipped": {}, "figures": {}, "seconds": {}}
+    methods = methods_to_run(p)
+    sims = tuple(p["similarities"])
+    for key, label in MODELS:
+        limit = p["train_limit"] if quick else None
+        model, info = C.get_model_subset(key, getattr(args, "models_dir", "models"), getattr(args, "data_dir", None),
+                                         seed=seed, schedule="quick", epochs=p["epochs"] if quick else None,
+                                         train_limit=limit, eval_limit=p.get("eval_limit"),
+                                         progress=bool(getattr(args, "progress", False)),
+                                         safe_mode=C.load_safely(args))
+        say(f"{key}: {info['note']}")
+        x_all, y_all, _ = C.load_split(key, getattr(args, "data_dir", None))
+        x = x_all[:int(p["images"])]
+        targets = predict(model, x).argmax(-1)
+        shape = tuple(input_shape(model))
+        results, scores, seconds, skipped = {}, {}, {}, {}
+        for name in methods:
+            t0 = time.perf_counter()
+            try:
+                ex = _explainer(name, model, shape)
+                res = model_parameter_randomisation(model, x, targets, ex, similarities=sims,
+                                                    randomisation=p["randomisation"], seed=seed,
+                                                    return_maps=True, progress=False)
+            except Exception as e:  # noqa: BLE001 - a method that cannot handle the model is reported
+                from ..cli import one_line
+
+                skipped[name] = one_line(e)
+                say(f"  {name}: skipped ({skipped[name]})")
+                continue
+            seconds[name] = time.perf_counter() - t0
+            results[name] = res
+            scores[name] = {s: [float(v) for v in res.scores[s].mean(axis=1)] for s in sims}
+            say(f"  {name}: Spearman after each step {np.round(scores[name]['spearman'], 2).tolist()} "
+                f"({seconds[name]:.1f} s)")
+        layers = next(iter(results.values())).layers if results else []
+        keeps = {n: bool(s["spearman"][-1] >= float(p["keep_threshold"])) for n, s in scores.items()}
+        result["models"][key] = {**{k: v for k, v in info.items() if isinstance(v, (int, float, str, type(None)))},
+                                 "label": label, "layers": layers, "images": int(len(x))}
+        result["scores"][key], result["keeps"][key] = scores, keeps
+        result["skipped"][key], result["seconds"][key] = skipped, seconds
+        if results:
+            fig = randomisation_figure(results, title=f"{label}: cascading randomisation of the kernels (top layer "
+                                                      f"first), image 0, |map| / max; ρ: mean Spearman over "
+                                                      f"{len(x)} images")
+            result["figures"][key] = str(C.save_fig(fig, folder, f"sanity_{key}.png"))
+    result["figures"]["curves"] = str(C.save_fig(curves_figure(result), folder, "sanity_curves.png"))
+    result["seconds_total"] = start.seconds()
+    C.write_json(folder, "results.json", result)
+    write_report(folder, result, p)
+    return result
+
+
+def curves_figure(result):
+    """Mean Spearman similarity per randomisation step, one line per method, one panel per model."""
+    from matplotlib.figure import Figure
+
+    keys = [k for k in result["scores"] if result["scores"][k]]
+    fig = Figure(figsize=(6.2 * max(1, len(keys)), 4.6), dpi=100)
+    axes = fig.subplots(1, max(1, len(keys)), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        layers = result["models"][key]["layers"]
+        for name, s in result["scores"][key].items():
+            kept = result["keeps"][key][name]
+            ax.plot(range(len(layers) + 1), [1.0] + s["spearman"], marker="o", ms=3,
+                    lw=2.0 if kept else 1.0, ls="-" if kept else "--", label=name)
+        ax.set_xticks(range(len(layers) + 1))
+        ax.set_xticklabels(["trained"] + [f"+{l}" for l in layers], rotation=60, fontsize=7)
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="0.7", lw=0.6)
+        ax.set_ylabel("mean Spearman ρ of |map| to the trained model's")
+        ax.set_xlabel("kernels randomised, top layer first (cumulative)")
+        ax.set_title(result["models"][key]["label"], fontsize=10)
+        ax.legend(fontsize=6, ncol=2, loc="lower left", title="solid: keeps its map", title_fontsize=6)
+    fig.suptitle("Sanity check (Adebayo et al. 2018): similarity of the maps as the weights are randomised",
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(folder, r, p):
+    sections = []
+    for key, info in r["models"].items():
+        t = C.Table(["method"] + ["trained"] + [f"+{l}" for l in info["layers"]] + ["keeps its map"])
+        for name, s in r["scores"][key].items():
+            t.add(name, 1.0, *s["spearman"], "yes" if r["keeps"][key][name] else "no")
+        acc = info.get("accuracy")
+        t.note = (f"Mean Spearman ρ of |map| over {info['images']} test images, after each cumulative step. "
+                  f"Keeps its map: ρ >= {p['keep_threshold']} with every kernel random. Model: {info.get('note', '')}"
+                  + (f"; held-out accuracy {acc:.3f}" if isinstance(acc, float) else "") + ".")
+        body = [t]
+        if key in r["figures"]:
+            body.append(C.image_link(r["figures"][key], folder))
+        if r["skipped"][key]:
+            body.append("Not run: " + "; ".join(f"{k}: {v}" for k, v in r["skipped"][key].items()))
+        sections.append((info["label"], body))
+    kept = {k: sorted(n for n, v in r["keeps"][k].items() if v) for k in r["keeps"]}
+    summary = "; ".join(f"{r['models'][k]['label']}: {', '.join(v) or 'none'}" for k, v in kept.items())
+    sections.insert(0, ("Which methods keep their maps", f"{summary}. The paper: Guided Backprop and DeconvNet "
+                        "keep theirs; the gradient, SmoothGrad and Integrated Gradients do not.\n\n"
+                        + C.image_link(r["figures"]["curves"], folder)))
+    pre = [f"Command: `{r['command']}` ({'quick' if r['quick'] else 'full'} run, seed {r['seed']}, "
+           f"{r['seconds_total']:.0f} s). Re-initialisation: {p['randomisation']}; similarities: "
+           f"{', '.join(p['similarities'])}."]
+    if r["quick"]:
+        pre.append("QUICK run: few images, few methods, models trained for one epoch when no model file "
+                   "exists: a smoke test, not the finding.")
+    C.write_report(folder, "Sanity checks: model parameter randomisation", sections, pre)
