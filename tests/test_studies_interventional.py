@@ -95,3 +95,19 @@ def test_report_and_figures(study):
     kept_conv2 = r["graph"][2]["kept"]            # node maps: one column per kept conv2 channel
     with Image.open(folder / "node_maps.png") as im:
         assert im.size[0] > 150 * (len(kept_conv2) + 2)
+
+
+def test_unsupported_dataset_or_model_is_refused_in_one_line(tmp_path, capsys, restore_settings):
+    """`--set interventional.dataset_name=CIFAR10` ran MNIST without a word; now one line, exit 1,
+    nothing written."""
+    from xaitf.studies.__main__ import main
+
+    for setting in ("interventional.dataset_name=CIFAR10", "interventional.model_name=ResNet"):
+        with pytest.raises(SystemExit) as e:
+            from xaitf import cli
+
+            cli.run(main, ["interventional", "--quick", "--no-progress", "--out", str(tmp_path / "out"),
+                           "--set", setting])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 1 and len(err) == 1 and "this reproduction runs study 2 on" in err[0]
+        assert not any((tmp_path / "out").rglob("*.png"))

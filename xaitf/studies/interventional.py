@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import registry
 from .. import settings as S
+from ..errors import XaitfError
 from . import common as C
 
 # the study's numbers (seeds.md section 2; MNIST, class 3)
@@ -55,6 +56,10 @@ NODE_MAP_IMAGES = 4
 def config(quick):
     """The run's settings: ``settings.INTERVENTIONAL`` (after ``--set``) plus the quick sizes."""
     c = S.section("interventional")
+    for key, supported in (("dataset_name", "MNIST"), ("model_name", "LeNet")):
+        if str(c[key]).lower() != supported.lower():
+            raise XaitfError(f"interventional.{key}={c[key]!r}: this reproduction runs study 2 on "
+                             f"{supported} only (the zoo's LeNet on MNIST); drop the --set")
     step, top = float(c["beta_step"]), float(c["beta_max"])
     betas = np.round(np.arange(0.0, top + step / 2, step), 10)
     if quick:
