@@ -7,7 +7,7 @@ DATA_DIR ?= $(or $(XAITF_DATA_DIR),$(wildcard ../shared/data))
 export XAITF_DATA_DIR := $(DATA_DIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-extras demo test test-all bench bench-quick bench-setup-xplique clean
+.PHONY: setup setup-extras demo test test-all bench bench-quick bench-setup-xplique bench-setup-quantus clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,16 @@ $(XPLIQUE_VENV)/.installed:
 	touch $@
 
 bench-setup-xplique: $(XPLIQUE_VENV)/.installed
+
+# Quantus (bench/quantus_compare.py) runs on TensorFlow 2.15 / Keras 2 in its own venv; bench/quantus_worker.py runs there
+QUANTUS_VENV := bench/.venv-quantus
+$(QUANTUS_VENV)/.installed:
+	test -x $(QUANTUS_VENV)/bin/python || $(PYTHON) -m venv $(QUANTUS_VENV)
+	$(QUANTUS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(QUANTUS_VENV)/bin/python -m pip install -q "tensorflow-cpu==2.15.*" "numpy<2" quantus==0.6.0 h5py
+	touch $@
+
+bench-setup-quantus: $(QUANTUS_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info
