@@ -250,7 +250,7 @@ def _grid_ranks(m, size, order):
 
 
 def _sliding_ranks(m, size, order, regions):
-    """Quantus' regions: every patch with its top-left corner in the image (patches past the
+    """Earlier Quantus releases' regions: every patch with its top-left corner in the image (patches past the
     bottom/right edge are cut), ranked by summed relevance; the first ``regions`` patches that do
     not overlap an earlier chosen one (greedy, in rank order). Pixels of chosen patch ``k`` get
     rank ``k``, the others ``H*W`` (never removed); (N,H,W) int32."""
@@ -299,9 +299,11 @@ def region_perturbation(model, x, maps, targets, patch_size=8, regions=None, ord
     Patches (``layout``):
 
     * ``"grid"`` (default): the non-overlapping tiling from the top-left corner (cells on the
-      bottom/right edge are cut when ``patch_size`` does not divide H or W);
-    * ``"sliding"``: Quantus' choice: every patch whose top-left corner lies in the image (cut at
-      the bottom/right edge) is ranked, and the first ``L`` that do not overlap an already chosen
+      bottom/right edge are cut when ``patch_size`` does not divide H or W). Quantus 0.6.0 tiles
+      too, but pads the image to a multiple of ``patch_size`` (centred), so its blocks equal
+      these only where ``patch_size`` divides H and W (bench/results-quantus.md: 7 on 28x28);
+    * ``"sliding"``: earlier Quantus releases' choice: every patch whose top-left corner lies in
+      the image (cut at the bottom/right edge) is ranked, and the first ``L`` that do not overlap an already chosen
       one are taken greedily in rank order. Where fewer than ``L`` fit, the last steps change
       nothing (the score repeats).
 
@@ -381,7 +383,8 @@ def faithfulness_correlation(model, x, maps, targets, subset_size=224, runs=100,
     ``w * x`` map with fill 0); about 0: unrelated. The subsets of input ``i`` are
     ``default_rng([seed, i]).choice(H*W, subset_size, replace=False)``, one call per run.
     Quantus' defaults are the same (224 pixels, 100 runs, ``perturb_baseline="black"`` = fill 0,
-    Pearson) except that it normalises the maps first (``normalise=True``): a positive scaling
+    Pearson) except that its ``FaithfulnessCorrelation`` scores logits unless called with
+    ``softmax=True`` (use ``output="logits"`` to match its default) and that it normalises the maps first (``normalise=True``): a positive scaling
     does not change the correlation, but its default ``normalise_by_negative`` scales positive
     and negative values apart, which can; pass the normalised maps to compare with it.
 

@@ -169,7 +169,8 @@ def max_sensitivity(explainer, x, targets, samples=10, radius=0.2, norm="fro", s
     does with its default ``uniform_noise(lower_bound=0.2, upper_bound=None)`` (no clipping to the
     image range). Yeh et al. take the maximum over the ball of the unnormalised difference; this
     is its Monte-Carlo estimate, made relative to ``||e(x)||`` so that maps of different scales
-    compare. Quantus divides by ``||x||`` instead (``denominator="input"``). Lower is more robust.
+    compare; Quantus 0.6.0 divides by ``||e(x)||`` too (bench/results-quantus.md), earlier
+    releases by ``||x||`` (``denominator="input"``). Lower is more robust.
 
     Args:
         explainer: any callable ``(x, targets) -> maps``, e.g. an :class:`xaitf.Explainer`.
@@ -188,7 +189,7 @@ def max_sensitivity(explainer, x, targets, samples=10, radius=0.2, norm="fro", s
         normalise: None, or ``"max"`` / ``"negative"`` to normalise every map first (Quantus'
             sensitivities default to ``normalise=False``). Default None.
         denominator: ``"explanation"``: ``||e(x)||`` (the relative change of the explanation);
-            ``"input"``: ``||x||`` over the flattened image, as Quantus divides. Default
+            ``"input"``: ``||x||`` over the flattened image, as Quantus before 0.6 divides. Default
             "explanation".
 
     Returns:
@@ -207,7 +208,8 @@ def avg_sensitivity(explainer, x, targets, samples=10, radius=0.2, norm="fro", s
     ``SENS_avg(x) = mean_i ||e(x) - e(x + d_i)|| / ||e(x)||`` over ``samples`` perturbations
     ``d_i ~ U(-radius, radius)`` per value, the same draws as :func:`max_sensitivity` (same seed:
     same noise), as Quantus' ``AvgSensitivity`` with its default ``uniform_noise(lower_bound=0.2)``.
-    Quantus divides by ``||x||`` instead (``denominator="input"``). Lower is more robust.
+    Quantus 0.6.0 divides by ``||e(x)||`` too; earlier releases by ``||x||`` (``denominator="input"``).
+    Lower is more robust.
 
     Args:
         explainer: any callable ``(x, targets) -> maps``, e.g. an :class:`xaitf.Explainer`.
@@ -226,7 +228,7 @@ def avg_sensitivity(explainer, x, targets, samples=10, radius=0.2, norm="fro", s
         normalise: None, or ``"max"`` / ``"negative"`` to normalise every map first (Quantus'
             sensitivities default to ``normalise=False``). Default None.
         denominator: ``"explanation"``: ``||e(x)||`` (the relative change of the explanation);
-            ``"input"``: ``||x||`` over the flattened image, as Quantus divides. Default
+            ``"input"``: ``||x||`` over the flattened image, as Quantus before 0.6 divides. Default
             "explanation".
 
     Returns:
