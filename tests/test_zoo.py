@@ -351,3 +351,40 @@ def test_cli_plan_builds_what_the_data_allow(tmp_path, data_dir, monkeypatch):
     assert set(reasons) == {"cifar_vgg", "xainn_baseline", "xainn_softmax", "xainn_poollinear",
                             "svhn_resnet18"}
     assert str(only_mnist) in reasons["cifar_vgg"] and "only built when named" in reasons["svhn_resnet18"]
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from xaitf.training import learning_rate
+
+    r = registry.Recipe(10, 64, "adam", 2e-3, schedule="cosine", warmup=1)
+    lr = learning_rate(r, steps_per_epoch=32)
+    at = [float(lr(s)) for s in (0, 16, 32, 32 + 144, 320)]
+    assert at[0] == pytest.approx(2e-4, rel=1e-5)                 # warm-up starts at lr / 10
+    assert at[1] == pytest.approx(2e-4 + 0.5 * 1.8e-3, rel=1e-4)  # linear half-way
+    assert at[2] == pytest.approx(2e-3, rel=1e-5)                 # peak after one epoch
+    assert at[3] == pytest.approx(1e-3, rel=1e-3)                 # cosine half-way through the decay
+    assert at[4] == pytest.approx(0.0, abs=1e-9)                  # zero at the last step
+    assert learning_rate(registry.Recipe(3, 8, lr=0.1), 5) == 0.1
+    with pytest.raises(ValueError, match="expected cosine"):
+        learning_rate(registry.Recipe(3, 8, schedule="step"), 5)
+
+
+def test_shift_flip_augmentation_moves_content_but_keeps_shape():
+    from xaitf.training import augmenter
+
+    x = np.zeros((8, 32, 32, 3), np.float32)
+    x[:, 14:18, 14:18] = 1.0
+    out = augmenter("shift_flip", seed=3)(x, training=True).numpy()
+    assert out.shape == x.shape
+    centres = [np.argwhere(o[..., 0] > 0.5).mean(0) for o in out]
+    assert max(np.abs(c - 15.5).max() for c in centres) > 0.5      # some image was shifted
+    assert max(np.abs(c - 15.5).max() for c in centres) <= 4.5     # by at most 4 of 32 px
+    assert np.array_equal(augmenter("shift_flip", seed=3)(x, training=False).numpy(), x)
+
+
+def test_cifar_vgg_dropout_factor():
+    m = registry.build("cifar_vgg", dropout=0.5)
+    rates = {l.name: l.rate for l in m.layers if isinstance(l, tfk.layers.Dropout)}
+    assert rates["block1_drop1"] == pytest.approx(0.15) and rates["drop_fc1"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="dropout"):
+        registry.build("cifar_vgg", dropout=-1)

@@ -94,14 +94,17 @@ def augmenter(kind, seed=0):
                   L.RandomRotation(10 / 360, fill_mode="constant", seed=seed + 1),
                   L.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 2),
                   L.RandomZoom(0.1, fill_mode="constant", seed=seed + 3)]
-    elif kind == "flip":           # horizontal flips only (the quick CPU schedules)
+    elif kind == "flip":           # horizontal flips only
         layers = [L.RandomFlip("horizontal", seed=seed)]
+    elif kind == "shift_flip":     # the quick CIFAR schedules: pad-and-crop style shifts + h-flips
+        layers = [L.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed),
+                  L.RandomFlip("horizontal", seed=seed + 1)]
     elif kind == "vgg":            # study 4: ImageDataGenerator(rotation 15, shifts 0.1, h-flip)
         layers = [L.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
                   L.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
                   L.RandomFlip("horizontal", seed=seed + 2)]
     else:
-        raise ValueError(f"unknown augmentation {kind!r}; expected flip, flip_affine or vgg")
+        raise ValueError(f"unknown augmentation {kind!r}; expected flip, shift_flip, flip_affine or vgg")
     return tfk.Sequential(layers, name=f"augment_{kind}")
 
 
@@ -119,11 +122,26 @@ def make_dataset(x, y, batch_size, shuffle=True, augment=None, seed=0):
     return ds.prefetch(2)
 
 
-def _optimizer(recipe):
+def learning_rate(recipe, steps_per_epoch):
+    """The optimizer's learning rate for ``recipe``: a float, or a per-step cosine schedule."""
+    if recipe.schedule is None:
+        return recipe.lr
+    if recipe.schedule != "cosine":
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; expected cosine or None")
+    warm = int(recipe.warmup) * steps_per_epoch
+    decay = max(1, (recipe.epochs - int(recipe.warmup)) * steps_per_epoch)
+    if warm:
+        return tfk.optimizers.schedules.CosineDecay(recipe.lr / 10, decay, warmup_target=recipe.lr,
+                                                    warmup_steps=warm)
+    return tfk.optimizers.schedules.CosineDecay(recipe.lr, decay)
+
+
+def _optimizer(recipe, steps_per_epoch=1):
+    lr = learning_rate(recipe, steps_per_epoch)
     if recipe.optimizer == "adam":
-        return tfk.optimizers.Adam(recipe.lr)
+        return tfk.optimizers.Adam(lr)
     if recipe.optimizer == "sgd":
-        return tfk.optimizers.SGD(recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        return tfk.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected adam or sgd")
 
 
@@ -155,9 +173,9 @@ def fit(model, x, y, recipe, validation=None, seed=0, label="", progress=True, c
     Returns a dict: ``history`` (per-epoch lists), ``train_seconds``, ``steps_per_epoch``.
     """
     loss, metrics = _loss(recipe.loss)
-    model.compile(optimizer=_optimizer(recipe), loss=loss, metrics=metrics)
-    ds = make_dataset(x, y, recipe.batch_size, shuffle=True, augment=recipe.augment, seed=seed)
     steps = math.ceil(len(x) / recipe.batch_size)
+    model.compile(optimizer=_optimizer(recipe, steps), loss=loss, metrics=metrics)
+    ds = make_dataset(x, y, recipe.batch_size, shuffle=True, augment=recipe.augment, seed=seed)
     callbacks = list(callbacks or [])
     if recipe.halve_every:
         lr0, every = recipe.lr, recipe.halve_every

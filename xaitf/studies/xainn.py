@@ -9,8 +9,9 @@ zoo's three models (:mod:`xaitf.zoo.xainn`): model 1 "Baseline" (trunk + MLP hea
 1. **Accuracy** of each model on the CIFAR-10 test images of the data directory, beside the
    study's 83.6% / 63.8% / 79.0% (50 epochs of SGD on the full 50,000-image training set). Models
    come from ``models/<name>.h5`` when present; otherwise they are trained in the run with the zoo's
-   quick CPU schedule (Adam, 5 epochs, flips) on the training images at hand (the offline subset has
-   2,000): far less data and training than the study, which the report says next to the numbers.
+   quick CPU schedule (Adam with warm-up and cosine decay, 18 epochs, shifts and flips) on the
+   training images at hand (the offline subset has 2,000): far less data and training than the
+   study, which the report says next to the numbers.
 2. **Class maps** (the study's "callbacks"): the trunk's 10x16x16 maps of a test image; the
    predicted class's map upsampled x2 (bilinear) and overlaid on the image; a 4x4 grid per model
    (image, overlay, the predicted map as it is, the per-pixel argmax class, the 10 class maps and the
