@@ -59,10 +59,40 @@ def test_bayesian_refusal_and_saliency(study):
     assert "1242 / 10000" in report and "100 / 100" in report
 
 
+def test_original_notebook_replays(study):
+    """degradation_mode 'both' (the default): the three MNIST notebooks replayed beside the paper."""
+    r, folder = study
+    assert r["settings"]["degradation_mode"] == "both"
+    rows = {d["key"]: d for d in r["degradation_original"]["mnist_cnn"]}
+    assert set(rows) == {"lrp", "lime", "shap"}
+    assert [rows[k]["paper"] for k in ("lrp", "lime", "shap")] == [0.145, 0.416, 0.232]
+    for d in rows.values():
+        assert 0.0 <= d["accuracy"] <= 1.0 and d["intended_pixels"] == 156 and d["fill"] == 0.0
+        assert all(v is None or 0.0 <= v <= 1.0 for v in d["corrected"].values())
+    assert rows["lrp"]["kept_pixels_mean"] < 100              # divmod(i, 28) on the 28x28x3 map
+    assert rows["lime"]["kept_pixels_mean"] == rows["shap"]["kept_pixels_mean"] == 156
+    report = (folder / "report.md").read_text()
+    for text in ("## Degradation: the original notebooks replayed (MNIST)", "divmod(i, 28)",
+                 "removed segments = 255", "lime's default quickshift", "Degradation mode: both"):
+        assert text in report, text
+
+
+def test_synthetic_notmnist_refusal(study):
+    r, folder = study
+    letters = r["bayesian"]["refusal"]["notmnist"]
+    assert letters["label"] == "synthetic notMNIST" and letters["synthetic"] is True
+    assert letters["images"] == r["settings"]["notmnist_images"] == 400
+    assert 0 <= letters["refused"] <= letters["images"]
+    assert list(letters["reference"]) == [395, 399]
+    report = (folder / "report.md").read_text()
+    assert "| synthetic notMNIST letters refused |" in report and "395 / 399" in report
+    assert "NOT notMNIST" in report
+
+
 def test_figures(study):
     r, folder = study
     for name in ("compare_mnist_cnn", "compare_cifar_vgg", "all_methods_mnist_cnn", "all_methods_cifar_vgg",
-                 "bayes_saliency", "bayes_refusal"):
+                 "bayes_saliency", "bayes_refusal", "bayes_notmnist", "degradation_original_mnist_cnn"):
         path = folder / f"{name}.png"
         assert path.is_file(), name
         with Image.open(path) as im:

@@ -59,17 +59,124 @@ def test_iou_values_in_range(study):
             assert im.size[0] > 400 and im.size[1] > 200
 
 
+def test_new_rows_have_finite_numbers(study):
+    r, folder = study
+    rows = {m["method"]: m for m in r["methods"]}
+    for key in ("deepliftshap.train", "feature_ablation", "feature_permutation", "shapley"):
+        assert key in rows and key not in r["skipped"], key
+        row = rows[key]
+        assert row["map_finite"] and row["map_abs_max"] > 0, key
+        for rule in V.RULES:
+            for metric in ("iou_1", "iou_2"):
+                assert row[rule][metric]["mean"] is not None and np.isfinite(row[rule][metric]["mean"]), (key, rule)
+        assert 0.0 < row["threshold_kept_fraction"] <= 1.0
+    assert rows["deepliftshap.train"]["title"] == "DeepLiftShap (10 train images)"
+    assert rows["feature_ablation"]["title"] == "FeatureAblation (SLIC 50)"            # --quick: superpixels
+    assert rows["shapley"]["title"] == f"Shapley sampling ({r['settings']['shapley_samples']} x SLIC 50)"
+    report = (folder / "report.md").read_text()
+    for text in ("| DeepLiftShap (10 train images) |", "| FeatureAblation (SLIC 50) |",
+                 "| FeaturePermutation (SLIC 50) |", "Shapley sampling"):
+        assert text in report, text
+
+
+def test_training_curves_have_held_out_entries(study):
+    r, folder = study
+    hist = r["model"]["history"]
+    epochs = r["settings"]["epochs"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(hist[key]) == epochs and np.all(np.isfinite(hist[key])), key
+    assert r["training_curves"]["note"] == "trained in this run"
+    assert "held-out" in (folder / "report.md").read_text()
+
+
+def test_report_states_the_headline_rule_and_the_random_map(study):
+    r, folder = study
+    report = (folder / "report.md").read_text()
+    assert r["headline_rule"] == "threshold"
+    assert "Headline binarisation rule: **threshold**" in report and ">= 0.8" in report
+    b = r["below_random"]["threshold"]
+    rows = {m["method"]: m for m in r["methods"]}
+    rnd = rows["random"]["threshold"]["iou_1"]["mean"]
+    assert b["random"] == pytest.approx(rnd)
+    # computed, not assumed: exactly the methods whose mean IoU_1 is below the random map's
+    want = [k for k, m in rows.items() if k != "random" and m["threshold"]["iou_1"]["mean"] < rnd]
+    assert b["below"] == want
+    assert set(b["gradient_below"]) == set(b["gradient"]) & set(want)
+    if b["gradient_below"] and len(b["gradient_below"]) == len(b["gradient"]):
+        assert "Every gradient/propagation method" in report
+    assert f"the random map scores IoU_1 {rnd:.3f}" in report
+
+
 def test_map_equal_to_ground_truth_scores_one():
     boxes = [[(3, 4, 5, 6)], [(0, 0, 8, 2), (10, 10, 3, 3)]]
     masks = np.stack([svhn.boxes_mask([(1, *b) for b in bx], (16, 16)) for bx in boxes]).astype(np.float64)
     s = V.iou_scores(masks, boxes, threshold=0.8)
     for rule in V.RULES:
         np.testing.assert_allclose(s[rule]["iou_1"], 1.0)
-    np.testing.assert_allclose(s["threshold"]["iou_2"], 1.0)      # box around the mask = the union box
+    # IoU_2 is per digit box (the best): one box scores 1; the mask of two apart boxes gets a box
+    # around both, compared with each box's own: 16 / 169 for (0,0,8,2) inside (0,0,13,13)
+    np.testing.assert_allclose(s["threshold"]["iou_2"], [1.0, 16 / 169])
     # a map that is the mask plus a constant still scores 1 (the rule min-max normalises |map|)
     np.testing.assert_allclose(V.iou_scores(masks + 5.0, boxes)["threshold"]["iou_1"], 1.0)
     # the inverse map (relevance outside the digit) scores 0
     np.testing.assert_allclose(V.iou_scores(1.0 - masks, boxes)["threshold"]["iou_1"], 0.0)
+
+
+def test_target_digit_twice_is_scored_per_digit_box():
+    """A "171" crop with target 1: the ground truth is each "1"'s own box, never the box enclosing
+    both (which also covers the "7"). A map exactly on the first "1" scores IoU_1 = 24 / 48 (the
+    union mask of the two 1-boxes) and IoU_2 = 1 (its box is the first 1's box); the enclosing-box
+    answer would be 24 / 104 for both."""
+    from xaitf.metrics import box_iou, iou_1, iou_2
+
+    labelled = [[(1, 0, 0, 3, 8), (7, 5, 0, 3, 8), (1, 10, 0, 3, 8)]]      # (digit, left, top, width, height)
+    gt = V.target_boxes(labelled, 1)
+    assert gt == [[(0, 0, 3, 8), (10, 0, 3, 8)]]
+    first = np.zeros((1, 16, 16))
+    first[0, 0:8, 0:3] = 1.0
+    s = V.iou_scores(first, gt, threshold=0.8)["threshold"]
+    np.testing.assert_allclose(s["iou_1"], [24 / 48])
+    np.testing.assert_allclose(s["iou_2"], [1.0])
+    np.testing.assert_allclose(s["gt_boxes"], [[0, 0, 3, 8]])                 # the matching digit box
+    # top-k keeps k = 48 pixels (the two 1-boxes' mask): with a graded map, the first "1" and
+    # then the second
+    graded = first * 2.0 + np.roll(first, 10, axis=2)
+    s = V.iou_scores(graded, gt)["top_k"]
+    np.testing.assert_allclose(s["iou_1"], [1.0])
+    enclosing = [[(0, 0, 13, 8)]]                                           # what a union box would give
+    kw = {"rule": "threshold", "threshold": 0.8, "absolute": True}
+    np.testing.assert_allclose(iou_1(first, enclosing, **kw), [24 / 104])
+    np.testing.assert_allclose(iou_2(first, gt, **kw), [24 / 104])          # the metric's default: union box
+    np.testing.assert_allclose(iou_2(first, gt, match="best", **kw), [1.0])
+    # a map on the second "1" matches the second box; a map on the "7" matches neither
+    second = np.roll(first, 10, axis=2)
+    np.testing.assert_allclose(V.iou_scores(second, gt)["threshold"]["iou_2"], [1.0])
+    seven = np.roll(first, 5, axis=2)
+    s = V.iou_scores(seven, gt)["threshold"]
+    np.testing.assert_allclose(s["iou_1"], [0.0])
+    np.testing.assert_allclose(s["iou_2"], [0.0])
+    # a map on both "1"s: IoU_1 1, IoU_2 the box around both against the best single box
+    both = first + second
+    s = V.iou_scores(both, gt)["threshold"]
+    np.testing.assert_allclose(s["iou_1"], [1.0])
+    np.testing.assert_allclose(s["iou_2"], box_iou([0, 0, 13, 8], [0, 0, 3, 8]))
+
+
+def test_history_of_a_loaded_model(tmp_path):
+    import json
+
+    model = tmp_path / "svhn_resnet18_synthetic.h5"
+    info = {"source": "file", "path": str(model)}
+    hist, note = V.history_of(info, tmp_path)
+    assert hist == {} and "not trained in this run" in note and "holds no training history" in note
+    card = {"history": {"loss": [0.7, 0.5], "accuracy": [0.5, 0.8], "val_loss": [0.6, 0.55],
+                        "val_accuracy": [0.6, 0.7]}}
+    (tmp_path / "svhn_resnet18_synthetic.json").write_text(json.dumps(card))
+    hist, note = V.history_of(info, tmp_path)
+    assert hist["val_loss"] == [0.6, 0.55] and "not trained in this run" in note and ".json" in note
+    assert V.history_of({"source": "trained", "history": {"loss": [1.0]}}, tmp_path)[1] == "trained in this run"
+    fig = V.training_figure(hist, "test", note)
+    assert len(fig.axes[0].lines) == 2 and len(fig.axes[1].lines) == 2       # train and held-out
 
 
 def test_all_pixels_iou_is_box_area_over_image_area():

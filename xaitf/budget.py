@@ -68,6 +68,18 @@ def _occlusion(ex):
     return n + 1, False, f"{n} windows ({_pair(ex.window)} stride {_pair(ex.stride)}) + 1"
 
 
+def _backgrounds(ex):
+    """DeepLiftShap's background images: ``n_background``, or the images of ``background`` (a
+    scalar, a per-channel value or one image: 1; identical images run once, not counted here)."""
+    import numpy as np
+
+    p = ex.params
+    if p.get("n_background") is not None:
+        return int(p["n_background"])
+    b = np.shape(p.get("background", 0.0))
+    return int(b[0]) if len(b) == 4 else 1
+
+
 def _pair(p):
     p = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
     return f"{p[0]}" if p[0] == p[1] else f"{p[0]}x{p[1]}"
@@ -90,6 +102,8 @@ COSTS = {
     "gradcam": _const(1, True, "1 gradient at the conv layer"),
     "gradcampp": _const(1, True, "1 gradient at the conv layer"),
     "deeplift": _const(1, True, "1 modified backward (+ 1 baseline row per chunk)"),
+    "deepliftshap": lambda ex: (_backgrounds(ex), True, f"{_backgrounds(ex)} modified backward(s): one per "
+                                                        "background image"),
     "ig": _param("steps", True, "steps={steps} gradients"),
     "sg": _param("samples", True, "samples={samples} gradients"),
     "vargrad": _param("samples", True, "samples={samples} gradients"),
@@ -111,6 +125,9 @@ COSTS = {
                                  f"(H/p) x (W/p) patches, p={ex.params['patch_size']}"),
     # perturbation
     "occlusion": _occlusion,
+    "feature_ablation": _occlusion,          # occlusion with 1x1 windows (or segments)
+    "feature_permutation": lambda ex: (_pixels(ex) + 1, False,
+                                       f"{_pixels(ex)} features (each a permuted copy per input) + 1"),
     "pda": lambda ex: (_windows(ex) * ex.n_samples + 1, False,
                        f"{_windows(ex)} windows ({_pair(ex.window)} stride {_pair(ex.stride)}) "
                        f"x {ex.n_samples} values + 1"),
@@ -218,6 +235,9 @@ def scaled_defaults(name, input_shape):
       (``segments={"name": "grid", "cell": k}``, ~196 instead of H x W pixels) and ``samples = 25``
       permutations instead of 100 (25 x 197 = 4,925 evaluations on 224x224; the estimate's standard
       error falls as 1/sqrt(samples), so 25 has twice that of 100). Not when ``features`` is set.
+    * FeatureAblation and FeaturePermutation: the features are the cells of the same grid
+      (``segments={"name": "grid", "cell": k}``) instead of single pixels (196 + 1 evaluations per
+      input on 224x224 instead of 50,177).
 
     Returns:
         ``{key: value}`` for method ``name`` (empty for the other methods).
@@ -232,6 +252,8 @@ def scaled_defaults(name, input_shape):
         return {"patch_size": k}
     if name == "shapley":
         return {"segments": {"name": "grid", "cell": k}, "samples": SCALED_SHAPLEY_SAMPLES}
+    if name in ("feature_ablation", "feature_permutation"):
+        return {"segments": {"name": "grid", "cell": k}}
     return {}
 
 
@@ -325,12 +347,12 @@ MARGIN = 1.25
 #: push each window through the leading layers on a crop and paste it into the clean activation
 #: (measured on a 224x224 Keras 3 ResNet50, 2 CPU cores: ~2 batched forward passes per window);
 #: on small or Dense-first models they cost less, and the estimate is on the safe side
-FACTOR = {"occlusion": 2.0, "pda": 2.0}
+FACTOR = {"occlusion": 2.0, "pda": 2.0, "feature_ablation": 2.0, "feature_permutation": 2.0}
 #: ... and these instead when the perturbation engine takes the first-layer shortcut through a Dense
 #: layer (study 1's Flatten -> Dense center-pixel model: a window changes a few rows of one matrix
 #: product). Measured on the 227x227 model against its 1 ms forward pass: occlusion 6 us per window
 #: (0.006), PDA 0.6 us per window x value (0.0006); the factors are ~8x above, on the safe side
-DENSE_SHORTCUT_FACTOR = {"occlusion": 0.05, "pda": 0.005}
+DENSE_SHORTCUT_FACTOR = {"occlusion": 0.05, "pda": 0.005, "feature_ablation": 0.05, "feature_permutation": 0.05}
 
 
 def _factor(name, explainer):

@@ -4,7 +4,7 @@
   the kept units as numbered nodes, and an edge from every kept parent of a layer to every unit
   of its effect set.
 * :func:`stability_curve_figure`: mean node appearance rate (%) vs beta, with the spread over
-  nodes and, optionally, the study's reference points.
+  nodes and, optionally, a second protocol's curve and the study's published curve.
 * :func:`stability_hist_figure`: per beta bin (default width 0.1), the histogram of node
   appearance frequencies.
 
@@ -90,29 +90,52 @@ def graph_figure(graph, model=None, title=None, dpi=110, max_label_nodes=60):
     return fig
 
 
-def stability_curve_figure(result, reference=None, dpi=110):
+_PROTOCOL_WORDS = {
+    "original": "original protocol: fresh random images, one u per repeat",
+    "fixed": "fixed protocol: same images, u per weight",
+}
+
+
+def _protocol_label(result):
+    proto = result.get("protocol")
+    return f"xaitf, {_PROTOCOL_WORDS.get(proto, proto)}" if proto else "xaitf"
+
+
+def stability_curve_figure(result, reference=None, compare=None, dpi=110):
     """Mean node appearance rate (%) vs beta (``result`` from ``graph_stability``).
 
-    The band shows the 25-75% range of the per-node rates; ``reference`` ({beta: percent},
-    e.g. :data:`STUDY2_STABILITY`) adds the study's reported points.
+    The band shows the 25-75% range of the per-node rates of ``result``; ``compare`` (another
+    ``graph_stability`` result, e.g. the other protocol) is drawn dashed beside it, and
+    ``reference`` ({beta: percent}, e.g. :data:`STUDY2_STABILITY`) as the study's published curve
+    (its points joined by a line).
     """
     betas, rates = np.asarray(result["betas"]), 100.0 * np.asarray(result["rates"], float)
-    fig = Figure(figsize=(6.0, 3.8), dpi=dpi)
+    fig = Figure(figsize=(7.2, 5.0), dpi=dpi)
     ax = fig.add_subplot(111)
-    if rates.shape[1]:
+    if rates.ndim == 2 and rates.shape[1]:
         lo, hi = np.percentile(rates, 25, axis=1), np.percentile(rates, 75, axis=1)
-        ax.fill_between(betas, lo, hi, color="#4C72B0", alpha=0.18, lw=0, label="nodes 25-75%")
-    ax.plot(betas, result["mean_rate"], "o-", color="#4C72B0", ms=3, lw=1.4, label="mean (xaitf)")
+        ax.fill_between(betas, lo, hi, color="#4C72B0", alpha=0.18, lw=0,
+                        label="xaitf: 25-75% of the nodes' rates")
+    ax.plot(betas, result["mean_rate"], "o-", color="#4C72B0", ms=3.5, lw=1.6,
+            label=_protocol_label(result))
+    if compare is not None:
+        ax.plot(np.asarray(compare["betas"]), compare["mean_rate"], "s--", color="#55A868", ms=3,
+                lw=1.2, alpha=0.9, label=_protocol_label(compare))
     if reference:
         rb = sorted(reference)
-        ax.plot(rb, [reference[b] for b in rb], "x", color=_TARGET, ms=7, mew=2, label="study 2")
-    ax.set_xlabel("beta (soft interventions u ~ U(0, beta))")
-    ax.set_ylabel("node appearance rate (%)")
-    ax.set_ylim(-2, 102)
+        ax.plot(rb, [reference[b] for b in rb], "x-", color=_TARGET, ms=7, mew=2, lw=1.2,
+                label="study 2 as published (its LeNet)")
+    ax.set_xlabel("beta (interventions of size u ~ U(0, beta))")
+    ax.set_ylabel("mean node appearance rate (%)")
+    ax.set_ylim(-2, 104)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    used = result.get("n_used")
+    pool = result.get("n_eligible")
+    images = (f", {used} of {pool} images per repeat" if used is not None and pool is not None
+              else "")
     ax.set_title(f"Graph stability: layer {result['layer']}, class {result['target']}, "
-                 f"{len(result['nodes'])} nodes, {result['repeats']} repeats", fontsize=10)
+                 f"{len(result['nodes'])} nodes, {result['repeats']} repeats{images}", fontsize=9.5)
     fig.tight_layout()
     return fig
 
@@ -139,8 +162,9 @@ def stability_hist_figure(result, bin_width=0.1, dpi=110):
         ax.set_xlim(-0.06, 1.06)
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("% of (node, beta)")
-    fig.suptitle(f"Node appearance per beta bin: layer {result['layer']}, class {result['target']}",
-                 fontsize=10)
+    proto = result.get("protocol")
+    fig.suptitle(f"Node appearance per beta bin: layer {result['layer']}, class {result['target']}"
+                 + (f" ({proto} protocol)" if proto else ""), fontsize=10)
     fig.tight_layout()
     return fig
 

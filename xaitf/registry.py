@@ -25,6 +25,7 @@ _METHODS = {
     "inpgrad": ("gradients", "InputXGradient", {}, "Input*Gradient"),
     "ig": ("gradients", "IntegratedGradients", {}, "Integrated Gradients"),
     "deeplift": ("deeplift", "DeepLift", {}, "DeepLift"),
+    "deepliftshap": ("deeplift", "DeepLiftShap", {}, "DeepLiftShap"),
     "gradcam": ("cam", "GradCam", {}, "Grad-CAM"),
     "gradcampp": ("cam", "GradCamPlusPlus", {}, "Grad-CAM++"),
     # native LRP / Deep Taylor on xaitf's model graph (xaitf/graph); composites by name
@@ -76,6 +77,8 @@ _METHODS = {
     "tfx.ig": ("tfexplain", "TfxIntegratedGradients", {}, "tf-explain IG"),
     # perturbation
     "occlusion": ("occlusion", "Occlusion", {}, "Occlusion"),
+    "feature_ablation": ("occlusion", "FeatureAblation", {}, "Feature Ablation"),
+    "feature_permutation": ("permutation", "FeaturePermutation", {}, "Feature Permutation"),
     "pda": ("pda", "PredictionDifference", {}, "PDA"),
     "shapley": ("shapley", "ShapleySampling", {}, "Shapley Sampling"),
     "mp": ("meaningful_perturbation", "MeaningfulPerturbation", {}, "Meaningful Perturbation"),
@@ -104,6 +107,11 @@ ALIASES = {
     "epsilon_gamma_box": "lrp.epsilon_gamma_box", "epsilon_alpha_2_beta_1_flat": "lrp.epsilon_alpha_2_beta_1_flat",
     "shap": "kernelshap", "kernel_shap": "kernelshap", "meaningful_perturbation": "mp",
     "prediction_difference": "pda", "shapley_sampling": "shapley",
+    "shapley_value_sampling": "shapley", "shapleyvaluesampling": "shapley",
+    "deep_lift_shap": "deepliftshap", "deeplift_shap": "deepliftshap", "deeplift.shap": "deepliftshap",
+    "featureablation": "feature_ablation", "ablation": "feature_ablation",
+    "featurepermutation": "feature_permutation", "permutation": "feature_permutation",
+    "permutation_importance": "feature_permutation",
 }
 
 GROUPS = {"lrp": ["lrp.z", "lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1"]}

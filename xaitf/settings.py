@@ -51,6 +51,10 @@ SG = {                                      # SmoothGrad (Smilkov et al. 2017)
 GB = {}                                     # guided backprop (Springenberg et al. 2015)
 DECONVNET = {}                              # DeconvNet (Zeiler & Fergus 2014)
 DEEPLIFT = {"baseline": 0.0}                # DeepLIFT rescale rule (Shrikumar et al. 2017)
+DEEPLIFTSHAP = {                            # DeepLiftShap (Lundberg & Lee 2017): DeepLift averaged over
+    "background": 0.0,                      # baselines: number, per channel, (H,W,C) or a set (K,H,W,C)
+    "n_background": None,                   # None: all of them | K drawn (seeded) from the set
+}
 GRADCAM = {"layer": None}                   # Grad-CAM (Selvaraju et al. 2017); None = last conv
 GRADCAMPP = {"layer": None}                 # Grad-CAM++ (Chattopadhyay et al. 2018)
 
@@ -95,6 +99,17 @@ SHAPLEY = {                                 # permutation sampling (Castro et al
     "segments": None,                       # None: pixels/channels | segmenter name ("slic"), {"name": ..., kw},
                                             # or an int label map (N,H,W)/(H,W): features = segments
 }
+FEATURE_ABLATION = {                        # Captum FeatureAblation = occlusion with 1x1 windows / segments
+    "baseline": 0.0,                        # value of an ablated feature: number, per channel, (H,W,C), (N,H,W,C)
+    "segments": None,                       # None: pixels | segmenter name, {"name": ..., kw} or an int label map
+    "output": "logits",                     # logits | probabilities
+    "shortcut": True,                       # exact first-layer / cropped-window shortcut (pixels)
+}
+FEATURE_PERMUTATION = {                     # permutation importance (Fisher et al. 2019), across the batch
+    "segments": None,                       # None: pixels | segmenter name, {"name": ..., kw} or an int label map
+    "output": "logits",                     # logits | probabilities
+    "shortcut": True,                       # exact first-layer / cropped-window shortcut (pixels)
+}
 MP = {"tv_beta": 3, "lr": 0.1, "max_iterations": 1000, "l1_coeff": 0.01, "tv_coeff": 0.2,
       "category_coeff": 1.0, "blur_size": 11, "mask_scale": 1,
       "normalize": "study1"}              # map 1-(m-min)/max as study 1 | minmax | none
@@ -126,14 +141,21 @@ SHAP_PARTITION = {"max_evals": 500, "masker": "blur(8,8)", "output": "logits"}
 INTERVENTIONAL = {
     "target_idx": 3, "n_samples": 100, "soft_interventions": True, "graph_stab": True,
     "layer_name": "conv2", "layer_name_soft": "fc3", "beta": 0.0, "z": 1.65,
-    # study 2's config.yaml switches (read by the study command)
-    "dataset_name": "MNIST", "model_name": "LeNet", "learn_explainer": False,
-    "gen_attr": False, "save_attr": False, "vis_attr": False, "eval_attr": False,
-    "baseline_attr": False,
+    # study 2's config.yaml switches (read by the study command, which refuses other values with
+    # one line). config.yaml ships learn_explainer/gen_attr/vis_attr/eval_attr/baseline_attr False
+    # because it loads a saved graph and runs only the stability; here the graph is always learned
+    # and every part runs: graph_stab and eval_attr can switch the stability / the metrics off, the
+    # others must keep these values (save_attr: the maps are not pickled)
+    "dataset_name": "MNIST", "model_name": "LeNet", "learn_explainer": True,
+    "gen_attr": True, "save_attr": False, "vis_attr": True, "eval_attr": True,
+    "baseline_attr": True,
     "soft_width": 0.01,          # learning: soft u ~ U(beta, beta + soft_width) per weight
     "fallback": -0.001,          # keep units with mean(Y_w / Y_obs - 1) < this if none passes the z-test
     "repeats": 10,               # graph stability: repeats per beta
     "beta_max": 0.5, "beta_step": 0.01,   # graph stability: beta in 0..beta_max, u ~ U(0, beta)
+    "stability_protocol": "original",   # original: every repeat a fresh random subset of the eligible
+                                 # images and one scalar u per layer (study 2's code) | fixed: the
+                                 # graph's first n_samples images, one u per weight (100% at beta 0)
     "intervention_batch": 4096,  # (unit, sample) pairs per batched forward chunk
 }
 
@@ -165,6 +187,9 @@ MNIST_CIFAR_STUDY = {
     "keep": 0.2, "fill": 0.0,          # degradation: keep the top 20% pixels, the rest = fill
     "fill_alt": "salt_pepper",         # a second degradation column with this fill (None: none); the
                                        # study's README: removed pixels 0, or 255, or salt and pepper
+    "degradation_mode": "both",        # corrected (xaitf's pipeline) | original (the study's three MNIST
+                                       # notebooks replayed: Input map + divmod indexing, lime's default
+                                       # quickshift, Kernel SHAP fill 255) | both
     "lime_samples": 1000,    # lime's explain_instance default
     "shap_nsamples": 1000,   # study: Kernel SHAP nsamples 1000
     "surrogates": "native",  # LIME / Kernel SHAP: native batched programs | lib (the lime / shap libraries)
@@ -172,6 +197,9 @@ MNIST_CIFAR_STUDY = {
     "bayes_test_images": None,  # refusal on the first N test images (None: all)
     "bayes_samples": 100,    # sampled networks for the refusal rule (study: 100)
     "noise_images": 100,     # uniform-noise images (study: 100)
+    "notmnist": "auto",      # letters for the refusal rule: auto (<data dir>/notmnist.npz, else synthetic) |
+                             # synthetic (xaitf.data.synthetic_notmnist) | real (the file, or an error)
+    "notmnist_images": 400,  # letters A-J (synthetic: balanced; real: the file's first N; study: 399)
     "saliency_images": 100, "saliency_samples": 100,   # posterior saliency: images, sampled networks
 }
 SANITY_STUDY = {              # python -m xaitf.studies sanity (Adebayo et al. 2018)
@@ -191,7 +219,14 @@ SVHN_IOU_STUDY = {
     "train_limit": None, "epochs": None,   # when no model file: None = all / the zoo recipe
     "iou_images": 200,       # label-1 test images whose maps are scored
     "threshold": 0.8,        # IoU rule "threshold": min-max normalised |map| >= this (the study's 0.8)
+    "headline_rule": "threshold",   # the rule the report's text states results for: threshold | top_k
     "figure_images": 6,
+    "segments": {"name": "slic", "n_segments": 50},   # superpixels of Shapley sampling (and of
+                             # FeatureAblation / FeaturePermutation when pixel_ablation is False)
+    "pixel_ablation": False,  # True: FeatureAblation / FeaturePermutation over single pixels (Captum's default,
+                             # 4,097 model calls per image each, ~2 h for 200 images on 2 cores); False: superpixels)
+    "shapley_samples": 25,   # Shapley value sampling: permutations of the superpixels (study: n_samples 25)
+    "background_images": 10,  # DeepLiftShap's second row: training crops drawn (seeded) from the first 100
 }
 
 # keys of a method's section that only its study reads (python -m xaitf.studies interventional):
@@ -199,14 +234,16 @@ SVHN_IOU_STUDY = {
 STUDY_SWITCHES = {
     "interventional": ("target_idx", "graph_stab", "layer_name_soft", "repeats", "beta_max",
                        "beta_step", "dataset_name", "model_name", "learn_explainer", "gen_attr",
-                       "save_attr", "vis_attr", "eval_attr", "baseline_attr"),
+                       "save_attr", "vis_attr", "eval_attr", "baseline_attr", "stability_protocol"),
 }
 
 SECTIONS = {
     "global": GLOBAL, "grad": GRAD, "inpgrad": INPGRAD, "ig": IG, "sg": SG, "gb": GB,
-    "deconvnet": DECONVNET, "deeplift": DEEPLIFT, "gradcam": GRADCAM, "gradcampp": GRADCAMPP,
+    "deconvnet": DECONVNET, "deeplift": DEEPLIFT, "deepliftshap": DEEPLIFTSHAP,
+    "gradcam": GRADCAM, "gradcampp": GRADCAMPP,
     "lrp": LRP, "deep_taylor": DEEP_TAYLOR, "occlusion": OCCLUSION, "pda": PDA,
-    "shapley": SHAPLEY, "mp": MP, "rise": RISE, "lime": LIME, "shap": SHAP,
+    "shapley": SHAPLEY, "feature_ablation": FEATURE_ABLATION, "feature_permutation": FEATURE_PERMUTATION,
+    "mp": MP, "rise": RISE, "lime": LIME, "shap": SHAP,
     "shap_gradient": SHAP_GRADIENT, "shap_deep": SHAP_DEEP, "shap_partition": SHAP_PARTITION,
     "interventional": INTERVENTIONAL, "tfx_gradcam": TFX_GRADCAM,
     "tfx_occlusion": TFX_OCCLUSION, "tfx_smoothgrad": TFX_SMOOTHGRAD, "tfx_ig": TFX_IG,

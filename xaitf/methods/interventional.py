@@ -39,8 +39,12 @@ maps are averaged over the parents ``i`` and resized (bilinear) to the input siz
 node ``c``; their sum is the map :class:`Interventional` returns.
 
 **Graph stability**: ``layer_name_soft`` (``fc3``) is re-learned ``repeats`` times for every
-``beta`` in ``0, 0.01, ..., 0.5`` with ``u ~ U(0, beta)``; the appearance rate of every node of the
-learned graph is reported per beta (figures in :mod:`xaitf.interventional_plots`).
+``beta`` in ``0, 0.01, ..., 0.5`` with interventions of size ``U(0, beta)``; the appearance rate of
+every node of the learned graph is reported per beta (figures in
+:mod:`xaitf.interventional_plots`). Protocol ``"original"`` (study 2's code): every repeat draws a
+fresh random subset of the eligible images and one scalar ``u`` for the whole layer; protocol
+``"fixed"``: the graph's own first ``n_samples`` images every time and one draw per weight (see
+:func:`graph_stability`).
 """
 import json
 import os
@@ -724,30 +728,82 @@ def combined_attribution(model, graph, x, layer_name="conv2", batch_size=256):
 # ----------------------------------------------------------------------------------------------
 # graph stability
 # ----------------------------------------------------------------------------------------------
+STABILITY_PROTOCOLS = ("original", "fixed")
+_STABILITY_STREAM = 0x57AB     # tags the stability draws apart from the learning draws
+
+
+def stability_draw(seed, beta, repeat, n_eligible, n_samples):
+    """The draws of one repeat of the ``"original"`` stability protocol.
+
+    ``(subset, u)``: ``subset`` (sorted int64 indices into the ``n_eligible`` eligible images) is a
+    uniformly random subset of ``min(n_samples, n_eligible)`` of them, without replacement, and
+    ``u`` the one scalar value that every intervened weight takes, ``u ~ U(0, beta)`` (0.0 when
+    ``beta`` is 0: a hard intervention). Counter-based: both come from
+    ``numpy.random.default_rng([seed, tag, round(beta * 1e6), repeat])``, so the same
+    ``(seed, beta, repeat)`` always gives the same draws, whatever the beta grid, the order of the
+    jobs or the other repeats, and different repeats or betas give independent draws.
+    """
+    beta = float(beta)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise MethodError(f"graph_stability needs every beta to be a finite number >= 0, got {beta!r}")
+    n_eligible, n_samples = int(n_eligible), int(n_samples)
+    rng = np.random.default_rng([int(seed), _STABILITY_STREAM, int(round(beta * 1e6)), int(repeat)])
+    k = min(n_samples, n_eligible)
+    subset = np.sort(rng.choice(n_eligible, size=k, replace=False)).astype(np.int64)
+    u = float(rng.uniform(0.0, beta)) if beta > 0 else 0.0
+    return subset, u
+
+
 def graph_stability(model, images, labels, graph, layer_name_soft="fc3", betas=None, repeats=10,
-                    n_samples=None, z=None, fallback=None, seed=0, batch_size=4096, show=False):
+                    n_samples=None, z=None, fallback=None, seed=0, batch_size=4096, show=False,
+                    protocol="fixed"):
     """Appearance rate of the graph's nodes at ``layer_name_soft`` under soft interventions.
 
     For every ``beta`` (default None: ``0, 0.01, ..., 0.5``) and repeat r (``repeats``, 10), the
-    link of ``layer_name_soft`` (study 2: "fc3") is re-learned with every intervened weight drawn
-    from ``U(0, beta)`` (seeded by ``(seed, beta index, r)``), keeping the graph's effect set. A
-    node's appearance rate is the fraction of repeats that select it. ``n_samples``, ``z`` and
-    ``fallback`` default (None) to the graph's own (else 100, 1.65, -0.001); ``batch_size`` is
-    the (unit, sample) pairs per forward chunk (4096).
+    link of ``layer_name_soft`` (study 2: "fc3") is re-learned with soft interventions of size
+    ``U(0, beta)``, keeping the graph's effect set; a node's appearance rate is the fraction of
+    repeats that select it. Two protocols:
+
+    * ``"original"`` (what study 2's code does; the study command's default): on every repeat a
+      fresh random subset of ``n_samples`` of the *eligible* images (every correctly classified
+      image of the target class in ``images``; the original draws them through a random sampler)
+      and ONE scalar ``u ~ U(0, beta)`` that every intervened weight of every unit and sample takes
+      (:func:`stability_draw`). At beta 0 (u = 0) only the subsets vary, so a node that depends on
+      which images were drawn does not appear every time.
+    * ``"fixed"`` (this function's default, kept for comparison): always the first ``n_samples``
+      eligible images (the ones the graph was learned on) and an independent ``U(0, beta)`` draw per
+      weight, unit and sample (seeded by ``(seed, layer, beta index, repeat, unit)``). At beta 0 a
+      graph learned with hard interventions is found again exactly: 100% by construction.
+
+    ``n_samples``, ``z`` and ``fallback`` default (None) to the graph's own (else 100, 1.65,
+    -0.001); ``batch_size`` is the (unit, sample) pairs per forward chunk (4096).
 
     Returns:
         dict: ``betas`` (B,), ``nodes`` (the graph's parents at that layer), ``counts``
         (B, n_parent_units) selections out of ``repeats``, ``rates`` (B, n_nodes) in [0, 1],
-        ``mean_rate`` (B,) in percent, ``repeats``, ``layer``, ``target``.
+        ``mean_rate`` (B,) in percent, ``repeats``, ``layer``, ``target``, ``protocol``,
+        ``n_eligible`` (images the subsets are drawn from), ``n_used`` (images per repeat),
+        ``subsets`` ((B, repeats, n_used) indices into the eligible images; "fixed": the same
+        ``0..n_used-1`` every time) and ``u`` ((B, repeats) scalars; None for "fixed").
     """
     chain = model if isinstance(model, Chain) else Chain(model)
     layer = layer_name_soft
+    if protocol not in STABILITY_PROTOCOLS:
+        raise MethodError(f"graph_stability needs protocol to be one of "
+                          f"{', '.join(STABILITY_PROTOCOLS)}, got {protocol!r}")
     if betas is None:
         step, top = 0.01, 0.5           # study 2: beta_step, beta_max
         betas = np.round(np.arange(0.0, top + step / 2, step), 10)
-    betas = np.asarray(betas, np.float64)
+    betas = np.asarray(betas, np.float64).reshape(-1)
+    if not np.all(np.isfinite(betas) & (betas >= 0)):
+        raise MethodError(f"graph_stability needs every beta to be a finite number >= 0, got "
+                          f"{betas.tolist()}")
     repeats = int(repeats)
+    if repeats < 1:
+        raise MethodError(f"graph_stability needs repeats to be an integer >= 1, got {repeats}")
     n_samples = int(graph.n_samples or 100) if n_samples is None else int(n_samples)
+    if n_samples < 1:
+        raise MethodError(f"graph_stability needs n_samples to be an integer >= 1, got {n_samples}")
     z = float(graph.settings.get("z", 1.65) if z is None else z)
     fallback = float(graph.settings.get("fallback", -0.001) if fallback is None else fallback)
     batch_size = int(batch_size)
@@ -755,20 +811,49 @@ def graph_stability(model, images, labels, graph, layer_name_soft="fc3", betas=N
     if not effects:
         raise MethodError(f"graph link {layer!r} has no effects: nothing to re-learn")
     k = chain.index(layer)
-    x = class_samples(chain, images, labels, graph.target, n_samples)
-    cache = chain.cache(x)
-    counts = np.zeros((len(betas), chain.n_parent_units(k)), np.int64)
+    target = int(graph.target)
+    n_units = chain.n_parent_units(k)
+    counts = np.zeros((len(betas), n_units), np.int64)
     jobs = [(b, r) for b in range(len(betas)) for r in range(repeats)]
-    for b, r in progress(jobs, show, desc=f"stability {layer}"):
-        res = learn_layer(chain, k, effects, graph.target, x, cache, soft=True, low=0.0,
-                          high=float(betas[b]), z=z, fallback=fallback, seed=seed,
-                          stream=(b, r), batch_size=batch_size)
-        counts[b, res["selected"]] += 1
+    if protocol == "fixed":
+        x = class_samples(chain, images, labels, target, n_samples)
+        cache = chain.cache(x)
+        n_eligible = n_used = len(x)
+        us = None
+        for b, r in progress(jobs, show, desc=f"stability {layer}"):
+            res = learn_layer(chain, k, effects, target, x, cache, soft=True, low=0.0,
+                              high=float(betas[b]), z=z, fallback=fallback, seed=seed,
+                              stream=(b, r), batch_size=batch_size)
+            counts[b, res["selected"]] += 1
+        subsets = np.broadcast_to(np.arange(n_used), (len(betas), repeats, n_used))
+    else:
+        pool = class_samples(chain, images, labels, target, len(images))   # every eligible image
+        xs, zs, logits = chain.cache(pool)
+        xk, zk = xs[k], zs[k]
+        del xs, zs
+        y_all = logits[:, target].astype(np.float64)
+        n_eligible = len(pool)
+        n_used = min(n_samples, n_eligible)
+        eng = _engine(chain, k, effects, target)
+        units = np.arange(n_units)
+        subsets = np.zeros((len(betas), repeats, n_used), np.int64)
+        us = np.zeros((len(betas), repeats))
+        for b, r in progress(jobs, show, desc=f"stability {layer}"):
+            idx, u = stability_draw(seed, betas[b], r, n_eligible, n_samples)
+            subsets[b, r], us[b, r] = idx, u
+            fill = None if u == 0.0 else \
+                (lambda q, shape=(n_used,) + eng.slice_shape, u=u: np.full(shape, u, np.float32))
+            sel = tf.constant(idx.astype(np.int32))
+            y_w = eng.run(tf.gather(xk, sel), tf.gather(zk, sel), units, fill, batch_size=batch_size)
+            res = select_units(y_w, y_all[idx], z=z, fallback=fallback)
+            counts[b, res["selected"]] += 1
     nodes = [int(v) for v in nodes]
     rates = counts[:, nodes] / repeats if nodes else np.zeros((len(betas), 0))
     mean_rate = 100.0 * rates.mean(1) if nodes else np.zeros(len(betas))
     return {"betas": betas, "nodes": nodes, "counts": counts, "rates": rates, "mean_rate": mean_rate,
-            "repeats": repeats, "layer": layer, "target": int(graph.target)}
+            "repeats": repeats, "layer": layer, "target": target, "protocol": protocol,
+            "n_eligible": int(n_eligible), "n_used": int(n_used), "subsets": np.asarray(subsets),
+            "u": us}
 
 
 # ----------------------------------------------------------------------------------------------

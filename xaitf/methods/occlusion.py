@@ -18,6 +18,9 @@ Segments (``segments=``): with a segmenter name (``"slic"``), a dict of a name a
 callable or a user's integer label map (N,H,W) (or (H,W) shared), one segment at a time is filled
 instead of a window: ``R(segment) = f_c(x) - f_c(x with the segment's pixels filled)``, painted
 onto the segment's pixels (``window`` and ``stride`` are not used).
+
+:class:`FeatureAblation` (Captum's name) is this class with a 1x1 window and stride 1 (or segments),
+its removed value called ``baseline`` and the logit explained by default.
 """
 import numpy as np
 
@@ -59,6 +62,7 @@ class Occlusion(Explainer):
 
     key = "occlusion"     # the preset section of xaitf.settings
     default_output = "probabilities"
+    fill_name = "fill"    # the fill's name in messages (FeatureAblation: "baseline")
 
     def __init__(self, model, *, window=1, stride=1, fill=0.0, output="probabilities",
                  shortcut=True, segments=None, **common):
@@ -67,39 +71,41 @@ class Occlusion(Explainer):
 
     def setup(self):
         p = self.params
-        self.window = as_pair(p["window"], "window", "Occlusion")
-        self.stride = as_pair(p["stride"], "stride", "Occlusion")
+        owner = type(self).__name__
+        self.window = as_pair(p["window"], "window", owner)
+        self.stride = as_pair(p["stride"], "stride", owner)
         channels = self.shape[-1]
         if channels is None:
-            raise MethodError("Occlusion needs a model with a known number of input channels")
-        self.fill = _params.parse_baseline(p["fill"], self.shape, name="fill", owner="Occlusion")
+            raise MethodError(f"{owner} needs a model with a known number of input channels")
+        self.fill = _params.parse_baseline(p["fill"], self.shape, name=self.fill_name, owner=owner)
         self.segments = p.get("segments")
         h, w = self.shape[:2]
         if h is not None and w is not None and self.segments is None:
-            window_grid(h, w, self.window, self.stride, "Occlusion")   # fails early if too big
+            window_grid(h, w, self.window, self.stride, owner)   # fails early if too big
         kw = dict(shortcut=bool(p["shortcut"]), batch_size=self.batch_size,
-                  show_progress=self.progress, desc="occlusion")
+                  show_progress=self.progress, desc=self.name or self.key)
         self.engine = output_engine(self, **kw)
 
     def __call__(self, x, targets=None):
         x = as_batch(x, self.model)
         self._offset = 0
-        _params.parse_baseline(self.fill, x.shape[1:], len(x), name="fill", owner="Occlusion")
-        self._segments = _params.parse_segments(self.segments, x, "Occlusion", self.seed)
+        owner = type(self).__name__
+        _params.parse_baseline(self.fill, x.shape[1:], len(x), name=self.fill_name, owner=owner)
+        self._segments = _params.parse_segments(self.segments, x, owner, self.seed)
         return super().__call__(x, targets)
 
     def chunk_size(self):
         h, w = self.shape[:2]
         if h is None or w is None or self.segments is not None:
             return self.batch_size
-        per_input = len(window_grid(h, w, self.window, self.stride, "Occlusion"))
+        per_input = len(window_grid(h, w, self.window, self.stride, type(self).__name__))
         return max(1, (1 << 20) // per_input)
 
     def explain_batch(self, x, targets):
         n, h, w, c = x.shape
         start = self._offset
         self._offset = start + n
-        fill = _params.parse_baseline(self.fill, (h, w, c), name="fill", owner="Occlusion")
+        fill = _params.parse_baseline(self.fill, (h, w, c), name=self.fill_name, owner=type(self).__name__)
         if len(fill) > 1:
             fill = fill[start:start + n]
         before = self.engine.target_outputs(x, targets)
@@ -109,7 +115,7 @@ class Occlusion(Explainer):
             after = self.engine.segment_scores(x, seg, b, lab, targets[b], fill)
             rel = (before[b] - after).reshape(k, n).T                      # (n, K)
             return np.take_along_axis(rel, seg.reshape(n, -1), axis=1).reshape(n, h, w)
-        grid = window_grid(h, w, self.window, self.stride, "Occlusion")
+        grid = window_grid(h, w, self.window, self.stride, type(self).__name__)
         b, pos = window_pairs(n, grid)
         if fill.shape[1:3] == (1, 1) and len(fill) == 1:     # one value per channel: one shared patch
             patch = np.broadcast_to(fill[0, 0, 0], self.window + (c,))[None]
@@ -128,3 +134,53 @@ class Occlusion(Explainer):
         rel = (before[b] - after).reshape(len(grid), n).T
         return paint(rel, grid, self.window, h, w)
 
+
+
+class FeatureAblation(Occlusion):
+    """Feature ablation (Captum's ``FeatureAblation``; the perturbation form of Zeiler & Fergus
+    2014): each feature in turn is set to the baseline and its attribution is the drop of the
+    explained output::
+
+        a(feature) = f_c(x) - f_c(x with the feature's pixels set to the baseline)
+
+    painted onto the feature's pixels. Features are single pixels (all channels together) by
+    default, or segments (``segments=``). This is :class:`Occlusion` with a 1x1 window and stride
+    1 (or its segment path), run on the same batched perturbation engine
+    (:mod:`xaitf.methods.perturb`) with these defaults: the explained output is the logit (Captum
+    explains what the model returns, usually logits) and the removed value is called
+    ``baseline``. On a model linear in its input, ``a = w * (x - baseline)`` per pixel (summed over
+    channels) and, per segment, the sum of that over the segment's pixels. Captum's default
+    features are single elements (one channel of one pixel); here a pixel's channels are ablated
+    together (``channel_reduce`` has nothing per channel to reduce).
+
+    Args:
+        model: tf-keras or Keras 3 image classifier.
+        baseline: the value a removed feature takes: a number, one number per channel (C,), one
+            image (H,W,C) (or (H,W) when C == 1) or one image per input (N,H,W,C) (0.0).
+        segments: None (default: every pixel is a feature), or the features are segments: a
+            segmenter name of :mod:`xaitf.segmentation` (``"slic"``), a dict with its name and
+            keywords (``{"name": "slic", "n_segments": 50}``), a callable image -> labels, or an
+            integer label map (N,H,W) (or (H,W) shared).
+        output: ``"logits"`` (pre-softmax output), ``"probabilities"`` or a callable
+            ``(model outputs, targets) -> (N,)`` (:mod:`xaitf.outputs`) ("logits").
+        shortcut: the exact first-layer / cropped-window shortcut of the engine when the model
+            allows it (pixels only); False always runs the whole model (True).
+        **common: batch_size (ablated images per chunk), channel_reduce, seed (of a seeded
+            segmenter), progress (see :class:`xaitf.explainer.Explainer`).
+
+    Cost: H x W + 1 model evaluations per input (pixels) or K + 1 (K segments).
+
+    Returns (N,H,W) maps.
+
+    Example::
+
+        maps = xaitf.create_explainer("feature_ablation", model, segments={"name": "slic", "n_segments": 50})(x)
+    """
+
+    key = "feature_ablation"
+    default_output = "logits"
+    fill_name = "baseline"
+
+    def __init__(self, model, *, baseline=0.0, segments=None, output="logits", shortcut=True, **common):
+        Occlusion.__init__(self, model, window=1, stride=1, fill=baseline, output=output, shortcut=shortcut,
+                           segments=segments, **common)

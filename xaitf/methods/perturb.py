@@ -741,30 +741,32 @@ class Engine:
 
         return group
 
-    def segment_scores(self, x, segments, b, labels, targets, baseline):
+    def segment_scores(self, x, segments, b, labels, targets, baseline, sources=None):
         """(P,) float64 target output of ``x[b]`` with the pixels of segment ``labels[p]`` set to
         the baseline, ``batch_size`` pairs per chunk (plain path).
 
         ``segments`` (N,H,W) int labels; ``baseline`` (1 or N, H|1, W|1, C) float32 (per-input
-        rows are taken at ``b``).
+        rows are taken at ``b``, or at ``sources`` (P,) when given: feature permutation fills a
+        segment of ``x[b]`` from another input's row).
         """
         per_input = len(baseline) > 1
         fn = self._fn(("segment_scores", per_input), lambda: self._segment_scores_fn(per_input))
         X, SEG = tf.constant(x), tf.constant(np.asarray(segments, np.int32))
         base = tf.constant(np.asarray(baseline, np.float32))
+        src = b if sources is None else np.asarray(sources)
         out = np.empty(len(b))
         starts = list(range(0, len(b), self.batch_size))
         show = self.show_progress
         for lo in _progress(starts, show, desc=self.desc):
             k = slice(lo, lo + self.batch_size)
             out[k] = fn(X, SEG, base, tf.constant(b[k], tf.int32), tf.constant(labels[k], tf.int32),
-                        tf.constant(targets[k], tf.int32)).numpy()
+                        tf.constant(targets[k], tf.int32), tf.constant(src[k], tf.int32)).numpy()
         return out
 
     def _segment_scores_fn(self, per_input):
-        def fn(X, SEG, base, b, s, t):
+        def fn(X, SEG, base, b, s, t, src):
             mask = tf.equal(tf.gather(SEG, b), s[:, None, None])[..., None]
-            fill = tf.gather(base, b) if per_input else base
+            fill = tf.gather(base, src) if per_input else base
             xs = tf.where(mask, fill, tf.gather(X, b))
             return self._select(self._outputs(xs), t)
 

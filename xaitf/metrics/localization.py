@@ -5,7 +5,7 @@
 * :func:`iou_1`: ``|A ∩ B| / |A ∪ B|`` of the binarised map A and the ground-truth mask B (the union
   of the digit boxes).
 * :func:`iou_2`: IoU of the tightest box around A (:func:`heatmap_box`) and the ground-truth box
-  (the union box of the digits).
+  (the union box of the digits, or with ``match="best"`` the best-matching digit box).
 * :func:`centre_mass`: share of |relevance| on the centre pixel and the centred crop.
 * :func:`pointing_game`, :func:`relevance_mass`, :func:`relevance_rank`,
   :func:`top_k_intersection`: Quantus' localisation scores against ground-truth masks.
@@ -230,29 +230,48 @@ def iou_1(maps, gt_masks, **binarize_kw):
         return inter / union.astype(np.float64)
 
 
-def iou_2(maps, gt_boxes, return_boxes=False, **binarize_kw):
+def iou_2(maps, gt_boxes, return_boxes=False, match="union", **binarize_kw):
     """IoU_2 (study 5): IoU of the tightest box around the binarised map and the ground-truth box.
 
     Args:
         maps: (N,H,W).
         gt_boxes: one box (left, top, width, height) per image (N,4), or per image a list of digit
-            boxes (4 values, or 5 with the label first as :mod:`xaitf.data.svhn` gives them): their
-            union box is the ground truth.
+            boxes (4 values, or 5 with the label first as :mod:`xaitf.data.svhn` gives them).
         return_boxes: also return the predicted and ground-truth boxes (for figures).
+        match: how an image's several boxes are compared: ``"union"`` (default): their union box
+            (the one box enclosing them all) is the ground truth; ``"best"``: the box IoU with
+            each box, the largest (the ground truth returned is that box), so that a digit that
+            appears twice is scored against each copy's own box, not against a box that also
+            encloses the digits between them.
         **binarize_kw: :func:`binarize` arguments; ``k="gt"`` keeps as many pixels as the
-            ground-truth box covers.
+            ground truth covers (``"union"``: the union box; ``"best"``: the union of the boxes'
+            masks, as :func:`iou_1`).
 
     Returns:
         (N,) IoU (NaN for an empty binarised map), or ``(iou, predicted (N,4), ground truth (N,4))``.
     """
     m = check_maps(maps)
-    gt = union_boxes(gt_boxes, len(m))
+    if match not in ("union", "best"):
+        raise MethodError(f"iou_2 match must be 'union' or 'best', got {match!r}")
     counts = None
+    if match == "union":
+        gt = union_boxes(gt_boxes, len(m))
+        if binarize_kw.get("k") == "gt":
+            counts = np.array([_mask_of(b[None], *m.shape[1:]).sum() for b in gt])
+        pred = heatmap_box(_binarize_for(m, counts, binarize_kw))
+        iou = box_iou(pred, gt)
+        return (iou, pred, gt) if return_boxes else iou
+    if len(gt_boxes) != len(m):
+        raise InputError(f"expected ground truth for {len(m)} images, got {len(gt_boxes)}")
+    boxes = [_boxes_of(e, i) for i, e in enumerate(gt_boxes)]
     if binarize_kw.get("k") == "gt":
-        counts = np.array([_mask_of(b[None], *m.shape[1:]).sum() for b in gt])
-    a = _binarize_for(m, counts, binarize_kw)
-    pred = heatmap_box(a)
-    iou = box_iou(pred, gt)
+        counts = np.array([_mask_of(b, *m.shape[1:]).sum() for b in boxes])
+    pred = heatmap_box(_binarize_for(m, counts, binarize_kw))
+    iou, gt = np.empty(len(m)), np.empty((len(m), 4))
+    for i, b in enumerate(boxes):
+        each = box_iou(np.repeat(pred[i:i + 1], len(b), 0), b)
+        j = int(np.nanargmax(each)) if np.isfinite(each).any() else 0
+        iou[i], gt[i] = each[j], b[j]
     return (iou, pred, gt) if return_boxes else iou
 
 

@@ -615,7 +615,7 @@ def load_safely(args):
 
 def get_model_subset(name, models_dir="models", data_dir=None, seed=0, schedule="quick", epochs=None,
                      train_limit=None, data=None, file_stem=None, progress=False, eval_limit=None,
-                     safe_mode=True):
+                     safe_mode=True, validate=False):
     """:func:`get_model` with two extras a study's ``--quick`` and study 5 need.
 
     Args:
@@ -626,6 +626,8 @@ def get_model_subset(name, models_dir="models", data_dir=None, seed=0, schedule=
         file_stem: the model file looked for, ``<models_dir>/<file_stem>.h5`` (default ``name``);
             a model trained on other data than the zoo's gets its own stem so the two never mix.
         eval_limit: measure the held-out accuracy on the first ``eval_limit`` test images only.
+        validate: when training, also evaluate those held-out images after every epoch
+            (monitoring only): ``info["history"]`` then has ``val_loss`` / ``val_accuracy``.
         schedule, epochs, seed, progress: as :func:`get_model`.
 
     Returns ``(model, info)`` as :func:`get_model` (``info["train_limit"]`` added when trained).
@@ -662,7 +664,8 @@ def get_model_subset(name, models_dir="models", data_dir=None, seed=0, schedule=
     model = registry.build(name, **kwargs)
     log(f"{name}: no {path}; training it now on {n_train:,} {ds.name} images ({schedule} schedule, "
         f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g})")
-    result = fit(model, x_tr, y_tr, recipe, seed=seed, label=name, progress=progress)
+    val = (x_te, np.asarray(ds.y_test[:n_test])) if validate else None
+    result = fit(model, x_tr, y_tr, recipe, validation=val, seed=seed, label=name, progress=progress)
     metrics = registry.evaluate(name, model, x_te, ds.y_test[:n_test], seed=seed)
     acc = metrics.get("test_accuracy")
     subset = "" if train_limit is None else f"the first {n_train:,} training images of "
