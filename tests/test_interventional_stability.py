@@ -14,30 +14,14 @@ from xaitf.keras_bridge import tfk
 from xaitf.methods import interventional as I
 from xaitf.studies import interventional as St
 
-
-def build_small(seed):
-    """conv -> maxpool -> conv -> relu -> maxpool -> flatten -> dense(8) relu -> dense(5) (logits),
-    weights N(0, 0.5^2) from RandomState(seed)."""
-    inp = tfk.Input((12, 12, 1), name="image")
-    h = tfk.layers.Conv2D(3, 3, activation="relu", name="conv1")(inp)
-    h = tfk.layers.MaxPooling2D(2, name="pool1")(h)
-    h = tfk.layers.Conv2D(4, 3, padding="same", name="conv2")(h)
-    h = tfk.layers.ReLU(name="relu2")(h)
-    h = tfk.layers.MaxPooling2D(2, name="pool2")(h)
-    h = tfk.layers.Flatten(name="flatten")(h)
-    h = tfk.layers.Dense(8, activation="relu", name="fc1")(h)
-    out = tfk.layers.Dense(5, name="fc2")(h)
-    m = tfk.Model(inp, out, name="small")
-    rs = np.random.RandomState(seed)
-    m.set_weights([(rs.randn(*w.shape) * 0.5).astype(np.float32) for w in m.get_weights()])
-    return m
+from test_interventional import build_small   # the same 12x12 conv/dense test model
 
 
 @pytest.fixture(scope="module")
 def setup():
     """Model seed 1 on 120 random images: every image is "class" 1 (the model's prediction), the
     graph is learned hard on the first 8 of them."""
-    model = build_small(1)
+    model = build_small(seed=1)
     x = np.random.RandomState(5).rand(120, 12, 12, 1).astype(np.float32)
     y = I.Chain(model).forward(x).argmax(1)
     t = int(np.bincount(y).argmax())
