@@ -873,3 +873,33 @@ def test_equals_innvestigate_on_lenet(name):
     ref = _innvestigate(name, model, x, t)
     got = LRP(model, composite=name, channel_reduce="none", progress=False)(x, t)
     assert np.abs(ref).max() > 0 and _rel_err(got, ref) < 1e-4, _rel_err(got, ref)
+
+
+def test_new_weights_rebuild_the_graph_and_weights_are_read_once(monkeypatch):
+    """An LRP explainer reads the weights' fingerprint once at construction (the graph cache gets
+    the explainer's), and after set_weights its next call propagates through the new weights."""
+    import xaitf.explainer as ex
+    import xaitf.keras_bridge as kb
+
+    model = bn_cnn(seed=3)
+    x = np.random.RandomState(0).rand(4, 16, 16, 3).astype(np.float32)
+    t = np.array([0, 1, 2, 3])
+    forget(model)
+    calls = []
+    real = kb.weights_fingerprint
+
+    def counted(m):
+        calls.append(m is model)    # the last layer's own fingerprint (the logits copy) is cheap
+        return real(m)
+
+    monkeypatch.setattr(kb, "weights_fingerprint", counted)
+    monkeypatch.setattr(ex, "weights_fingerprint", counted)
+    e = LRP(model, composite="epsilon", progress=False)
+    assert sum(calls) == 1
+    before = e(x, t)
+    _set_random(model, seed=9)
+    after = e(x, t)
+    other = bn_cnn(seed=9)
+    _copy_weights(model, other)
+    np.testing.assert_allclose(after, LRP(other, composite="epsilon", progress=False)(x, t), rtol=1e-5, atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3 * np.abs(after).max()

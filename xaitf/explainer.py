@@ -306,8 +306,9 @@ class Explainer:
         self.output_spec = Output(model, self.output, owner, self.outputs)
         # the model whose outputs ``self.select`` reads, and what is explained in words
         self.forward, self.output_note = self.output_spec.forward, self.output_spec.note
-        self.setup()
+        # read before setup(), which may cache copies of these weights (native LRP passes it on)
         self._weights_crc = weights_fingerprint(model)
+        self.setup()
 
     @classmethod
     def parameters(cls):
@@ -376,8 +377,8 @@ class Explainer:
         sync_logits(self.model)          # the linear copy of a softmax layer follows new weights
         now = weights_fingerprint(self.model)
         if now != self._weights_crc:      # new weights (set_weights, training): copies, references
-            self.setup()                 # and graphs made from the old ones are made again
-            self._weights_crc = now
+            self._weights_crc = now      # and graphs made from the old ones are made again
+            self.setup()
         x = as_batch(x, self.model)
         t = as_targets(targets, len(x), self.num_classes,
                        predict=lambda: self.predict(x, probabilities=True).argmax(-1))

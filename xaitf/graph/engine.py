@@ -115,14 +115,16 @@ class Propagator:
                            "eagerly)")
 
 
-def propagator(model, composite, params=None, batchnorm=True):
+def propagator(model, composite, params=None, batchnorm=True, fingerprint=None):
     """The cached :class:`Propagator` for (model, composite, params, batchnorm). The graphs hold
     the weights as constants: when the model's weights have changed since they were read
-    (:func:`xaitf.keras_bridge.weights_fingerprint`), every graph of the model is read again."""
+    (:func:`xaitf.keras_bridge.weights_fingerprint`), every graph of the model is read again.
+    ``fingerprint``: the model's current fingerprint when the caller has just computed it (an
+    explainer's constructor), so the weights are not read twice."""
     from ..keras_bridge import weights_fingerprint
 
     cache = model_cache(model)
-    fp = weights_fingerprint(model)
+    fp = weights_fingerprint(model) if fingerprint is None else fingerprint
     if cache.get(_PREFIX + "weights", fp) != fp:
         forget(model)
     cache[_PREFIX + "weights"] = fp

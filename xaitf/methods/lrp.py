@@ -70,7 +70,8 @@ class LRP(Explainer):
             raise MethodError(f"LRP composite {name!r} does not use {', '.join(unused)}; its parameters: {valid}")
         if not isinstance(p["batchnorm"], (bool, np.bool_)):
             raise MethodError(f"LRP batchnorm must be True or False, got {p['batchnorm']!r}")
-        self._prop = propagator(self.model, p["composite"], given, batchnorm=bool(p["batchnorm"]))
+        self._prop = propagator(self.model, p["composite"], given, batchnorm=bool(p["batchnorm"]),
+                                fingerprint=self._weights_crc)
         if self._prop.output == "relu":
             _check_relu_network(self._prop.graph, p["composite"])
 
