@@ -78,7 +78,18 @@ def test_every_registered_metric_resolves():
     assert not missing, missing
 
 
-def test_command_line_writes_csv_report_and_figure(tmp_path, capsys):
+def test_command_line_writes_csv_report_and_figure(tmp_path, capsys, monkeypatch):
+    import xaitf.metrics.randomisation as R
+
+    calls, real = [], R.model_parameter_randomisation
+
+    def counted(*a, **kw):
+        calls.append(kw.get("return_maps"))
+        result = real(*a, **kw)
+        assert result.maps.shape[1] == 1          # only the figure's image is kept
+        return result
+
+    monkeypatch.setattr(R, "model_parameter_randomisation", counted)
     model = make_cnn(shape=(12, 12, 1), classes=3, seed=0)
     model.save(tmp_path / "m.h5")
     np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(5, 12, 12, 1) * 255).astype(np.uint8))
@@ -87,6 +98,7 @@ def test_command_line_writes_csv_report_and_figure(tmp_path, capsys):
             "grad", "gb", "--metrics", "sparseness", "mprt", "--metric-set", "mprt.similarities=('spearman',)",
             "--out", str(out), "--no-progress"]
     assert xaitf_main(argv) == 0
+    assert calls == [1, 1]        # one randomisation run per method: the figure reuses it
     assert {p.name for p in out.iterdir()} == {"metrics.csv", "summary.json", "report.md", "report.html",
                                               "randomisation.png"}
     html = (out / "report.html").read_text()

@@ -84,8 +84,11 @@ class Table:
     randomised layer and similarity of ``mprt``), value. ``rows`` is a list of tuples in
     :data:`COLUMNS` order."""
 
-    def __init__(self, rows=()):
+    def __init__(self, rows=(), results=None):
         self.rows = list(rows)
+        #: ``{(method label, metric): what the metric's function returned}`` (curves, the
+        #: randomisation result with its maps when asked for: figures reuse it, nothing runs twice)
+        self.results = dict(results or {})
 
     def __len__(self):
         return len(self.rows)
@@ -189,7 +192,8 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
         progress: progress lines of the long metrics.
 
     Returns:
-        :class:`Table` with columns image, method, metric, detail, value.
+        :class:`Table` with columns image, method, metric, detail, value; ``Table.results`` keeps
+        each metric's own result per (method, metric).
     """
     import inspect
 
@@ -213,7 +217,7 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
 
     targets = as_targets(targets, len(x), max(2, output_units(model)))
     explained = _methods(model, methods, x, targets, method_kwargs)
-    rows = []
+    rows, results = [], {}
     for label, (explainer, maps) in explained.items():
         for name in metrics:
             spec, fn = METRICS[name], fns[name]
@@ -237,7 +241,8 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
             else:
                 result = fn(model, x, targets, explainer, **kw)
             rows.extend(_rows(label, name, spec, result))
-    return Table(rows)
+            results[(label, name)] = result
+    return Table(rows, results)
 
 
 def _rows(label, name, spec, result):

@@ -311,7 +311,8 @@ def randomisation_figure(results, image_index=0, title=None, dpi=110):
     Args:
         results: ``{label: Randomisation}`` of
             :func:`xaitf.metrics.randomisation.model_parameter_randomisation` run with
-            ``return_maps=True`` and ``"spearman"`` among its similarities.
+            ``return_maps`` (True, or the number of images kept); each panel is labelled with the
+            mean Spearman similarity (or the first similarity computed when Spearman is not).
 
     Returns:
         a :class:`matplotlib.figure.Figure` (:func:`save_figure` writes it).
@@ -336,8 +337,9 @@ def randomisation_figure(results, image_index=0, title=None, dpi=110):
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
             else:
-                rho = float(np.mean(res.scores["spearman"][c - 1]))
-                ax.set_xlabel(f"ρ {rho:.2f}", fontsize=7, labelpad=2)
+                sim = "spearman" if "spearman" in res.scores else next(iter(res.scores))
+                rho = float(np.mean(res.scores[sim][c - 1]))
+                ax.set_xlabel(f"{'ρ' if sim == 'spearman' else sim} {rho:.2f}", fontsize=7, labelpad=2)
     fig.suptitle(title or "Cascading model parameter randomisation (top layer first)", fontsize=9)
     fig.subplots_adjust(left=0.12, right=0.86, top=1 - 0.75 / (1.45 * len(rows) + 1.0), bottom=0.05,
                         wspace=0.08, hspace=0.35)

@@ -209,7 +209,8 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
         absolute, normalise: |map| and division by max |map| before comparing (True, True; as
             the paper's rank correlation of absolute maps and Quantus' defaults).
         seed: layer k's new weights come from ``default_rng([seed, k])``.
-        return_maps: keep the randomised models' maps (L, N, H, W) for figures.
+        return_maps: keep the randomised models' maps for figures: True, all of them (L, N, H, W);
+            an int k, those of the first k images (L, k, H, W); False (default), none.
         progress: progress over the layers.
 
     Returns:
@@ -222,6 +223,10 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
     if randomisation not in RANDOMISATIONS:
         raise MethodError(f"unknown randomisation {randomisation!r}; valid: {', '.join(RANDOMISATIONS)}")
     sims = _check_similarities(similarities)
+    if not isinstance(return_maps, (bool, np.bool_)) and not (
+            isinstance(return_maps, (int, np.integer)) and return_maps >= 0):
+        raise MethodError(f"return_maps must be True, False or a number of images >= 0, got {return_maps!r}")
+    keep = None if return_maps is True else int(return_maps)
     factory = explainer_factory(method, method_kwargs)
     x = as_batch(x, model)
     targets = np.asarray(targets)
@@ -251,7 +256,7 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
         for s in sims:
             scores[s].append(sim[s])
         if return_maps:
-            kept.append(maps)
+            kept.append(maps if keep is None else maps[:keep])
     return Randomisation([l.name for l in weighted], {s: np.stack(v) for s, v in scores.items()},
                          np.stack(kept) if return_maps else None, original)
 
