@@ -37,6 +37,16 @@ def test_accuracy_rows_beside_reference(study):
     for text in ("| Model 1 (Baseline) |", "| Model 2 (Softmax) |", "| Model 3 (PoolLinear) |", "0.836",
                  "0.638", "0.79", "2,000", "QUICK run"):
         assert text in report
+    assert X.ranking_sentence(r["accuracy"]) in report
+
+
+def test_ranking_sentence():
+    rows = [{"test_accuracy": a, "reference_accuracy": ref} for a, ref in
+            ((0.534, 0.836), (0.532, 0.638), (0.507, 0.790))]
+    assert X.ranking_sentence(rows) == ("Ranking by test accuracy: ours M1 > M2 > M3 (0.534 / 0.532 / 0.507), "
+                                        "study M1 > M3 > M2: a different ranking.")
+    rows[2]["test_accuracy"] = 0.533
+    assert X.ranking_sentence(rows).endswith("study M1 > M3 > M2: the same ranking.")
 
 
 def test_figures_exist_with_sane_sizes(study):

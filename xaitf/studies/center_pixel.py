@@ -45,7 +45,8 @@ REF = {
     "neighbours": 0.00005,           # exp1: p(205) = p(207)
     "grad_z_centre": -4.97,          # analytic (2c - 510) / 19.7
     "grad_span_original": 4.957,     # exp1's Gradient panel: +-4.957, minimum at the centre
-    "deeplift_span_original": 6.471,  # exp1's DeepLift panel (a dog photo, not our random image)
+    "deeplift_span_original": 6.471,  # exp1's DeepLift panel (a photo, not our random image)
+    "mp_span_original": (-1.10, 1.94),  # exp1's Meaningful Perturbation panel: min, max (z-scored)
 }
 ALPHA_REF = {1: 0.5, 3: 0.90, 5: 0.98, 7: 0.99, 10: 0.9999}   # alpha -> top-class probability
 
@@ -456,13 +457,23 @@ def run(args):
     return result
 
 
+MP_NOTE = ("differs: here the mask deletes the centre pixel alone (a single-pixel spike after z-scoring); "
+           "the original's panel is noisy. Every non-centre pixel moves all 256 logits equally, so its exact "
+           "gradient of the class probability is 0 and only the L1/TV terms move it (towards 1). Why the "
+           "original's mask stayed noisy could not be tested here (its mp.py runs a PyTorch float32 twin "
+           "from an unseeded random {0,1} mask; no PyTorch here); a guess is rounding noise in that zero "
+           "gradient, which Adam rescales to full steps. A float32 copy of the model in TF still gives "
+           "the spike (seeds 0 and 1)")
+
+
 def report(folder, r):
     ch = r["checks"]
     quick = r["quick"]
     pre = [f"Command: `{r['command']}` ({'quick' if quick else 'full'} run, seed {r['seed']}, "
            f"{r['seconds']:.0f} s).",
            f"Model: {r['model']['note']}.",
-           f"Image: {r['image']} (the original's exp1 used a dog photo with the same label 206)."]
+           f"Image: {r['image']} (the original's exp1 used a photo with the same label 206: seeds.md calls it "
+           "a dog photo, the [REPRO2] audit found that it shows a building)."]
     if quick:
         pre.append("**--quick**: Shapley sampling with 2 permutations (settings: 100; the original "
                    "script hard-coded 2), Meaningful Perturbation 100 iterations (settings: 1000), "
@@ -482,6 +493,11 @@ def report(folder, r):
     if dl:
         refs.add("DeepLift z-scored span", f"{dl['z_min']:.3f} .. {dl['z_max']:.3f}",
                  f"+-{REF['deeplift_span_original']}", "input-dependent: the original used a photo")
+    mp = next((m for m in r["methods"] if m["method"] == "mp"), None)
+    if mp:
+        lo, hi = REF["mp_span_original"]
+        refs.add("Meaningful Perturbation z-scored span", f"{mp['z_min']:.3f} .. {mp['z_max']:.3f}",
+                 f"{lo} .. {hi} (a noisy map)", MP_NOTE)
     for key in ("lime", registry.canonical("shap")):
         m = next((m for m in r["methods"] if m["method"] == key), None)
         if m:
@@ -513,6 +529,10 @@ def report(folder, r):
         patch_sections += [f"**{'Grey patch (0.5)' if value else 'Black patch (0)'}** "
                            f"(`{name}.png`)", t]
     patch_text = (
+        "This is not the original's experiment: its growing_patch.png puts a growing grey patch off the "
+        "centre of a photo classified by an ImageNet CNN; here the patch grows around the centre pixel "
+        "of the center-pixel model, so it flips the model's class once it covers that pixel. Only the "
+        "claim about Input x Gradient carries over. "
         "The original's takeaway: \"Input x Gradient is exactly zero inside the patch\". That holds "
         "where the patch value is 0 in the model's input space: Input x Gradient is x * grad. Here "
         "inputs are pixel/255, so a grey patch (0.5) gives exactly 0.5 x gradient inside, and a black "
