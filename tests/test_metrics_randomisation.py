@@ -66,6 +66,9 @@ def test_the_gradient_changes_and_the_model_is_untouched(cnn, images):
     first = R.model_parameter_randomisation(cnn, images, [0, 1, 2], "grad", similarities="spearman",
                                             return_maps=1, progress=False)
     np.testing.assert_allclose(first.maps, res.maps[:, :1], rtol=1e-6)    # the first image's maps only
+    every = R.model_parameter_randomisation(cnn, images, [0, 1, 2], "grad", similarities="spearman",
+                                            return_maps=np.True_, progress=False)
+    assert every.maps.shape == res.maps.shape                              # numpy's True: all images
     with pytest.raises(MethodError, match="return_maps must be True, False or a number"):
         R.model_parameter_randomisation(cnn, images, [0, 1, 2], "grad", return_maps=-1, progress=False)
     other = R.model_parameter_randomisation(cnn, images, [0, 1, 2], "grad", similarities="spearman", seed=5,

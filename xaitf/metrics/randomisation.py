@@ -226,7 +226,7 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
     if not isinstance(return_maps, (bool, np.bool_)) and not (
             isinstance(return_maps, (int, np.integer)) and return_maps >= 0):
         raise MethodError(f"return_maps must be True, False or a number of images >= 0, got {return_maps!r}")
-    keep = None if return_maps is True else int(return_maps)
+    keep = None if isinstance(return_maps, (bool, np.bool_)) else int(return_maps)   # None: all images
     factory = explainer_factory(method, method_kwargs)
     x = as_batch(x, model)
     targets = np.asarray(targets)
