@@ -14,10 +14,14 @@ sides (the model ends in softmax; Quantus' ``softmax=True`` default keeps it).
 
     XAITF_DATA_DIR=/work/shared/data .venv/bin/python bench/quantus_compare.py \
         --model /tmp/qmodels/mnist_cnn.h5 --n 64 --out bench/results-quantus
+
+``--metrics a,b --append`` runs some rows and keeps the others of OUT.json (or, without it, of OUT.md);
+every row records its model. ``--md-only`` rewrites OUT.md from OUT.json (after editing NOTES).
 """
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,11 +32,25 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 PYTHON = HERE / ".venv-quantus" / "bin" / "python"
 DETERMINISTIC = ("pixel_flipping", "region_perturbation", "sparseness", "complexity", "relevance_mass",
-                 "relevance_rank", "pointing_game")
+                 "relevance_rank", "pointing_game", "effective_complexity", "top_k_intersection",
+                 "avg_sensitivity_paired", "local_lipschitz_paired", "infidelity_paired")
 STOCHASTIC = ("faithfulness_correlation", "faithfulness_correlation_logits", "road", "road_tiebreak",
-              "max_sensitivity", "model_parameter_randomisation")
+              "max_sensitivity", "model_parameter_randomisation", "avg_sensitivity", "local_lipschitz",
+              "infidelity", "random_logit", "random_logit_qdefault")
+MEANS = ("faithfulness_correlation", "faithfulness_correlation_logits", "max_sensitivity", "avg_sensitivity",
+         "local_lipschitz", "infidelity", "random_logit", "random_logit_qdefault")   # compared as means
+EXPLAIN = ("max_sensitivity", "avg_sensitivity", "local_lipschitz", "model_parameter_randomisation",   # Quantus
+           "random_logit", "random_logit_qdefault", "avg_sensitivity_paired", "local_lipschitz_paired")  # calls IG
+MASKS = ("relevance_mass", "relevance_rank", "pointing_game", "top_k_intersection")
 MS_SAMPLES = 10
-MAP_ONLY = ("Sparseness", "Complexity", "RelevanceMassAccuracy", "RelevanceRankAccuracy", "PointingGame")
+MAP_ONLY = ("Sparseness", "Complexity", "RelevanceMassAccuracy", "RelevanceRankAccuracy", "PointingGame",
+            "EffectiveComplexity", "TopKIntersection")
+LL_SAMPLES, LL_MEAN, LL_STD = 10, 0.1, 0.1    # xaitf's defaults (study 2's Quantus settings)
+INF_SAMPLES, INF_STD = 50, 0.2                # xaitf's defaults
+EC_EPS = 1e-5
+TKI_K = 100
+PER_MAP = {"normalise_axes": [1, 2, 3]}      # Quantus' normalise_by_max per map (N,1,H,W), not per batch
+EARLIER_MODEL = "/tmp/qmodels/mnist_cnn.h5 (earlier run)"
 PF_STEP = 1
 RP_PATCH, RP_REGIONS = 7, 16          # 7 divides 28: Quantus 0.6.0 pads nothing, its blocks = our grid
 ROAD_PCT = list(range(1, 100, 2))     # Quantus' default percentages
@@ -66,6 +84,51 @@ NOTES = """Settings and differences (Quantus 0.6.0, TF 2.15.1 CPU, in bench/.ven
   seed for every layer); ours randomisation="permute" with default_rng([seed, k]): compared as means per
   layer (cascading, top-down, Spearman of |maps| normalised by max). Quantus' extra first row (a_batch vs
   its own explainer) is 1.0 throughout: the worker's IG ranks pixels as ours.
+* normalisation: Quantus' default normalise_func normalise_by_max divides by the largest |a| over the
+  whole batch passed to the call (its normalise_axes default to every axis, the batch axis included);
+  ours divide every map by its own maximum. Where it matters (effective complexity, random logit) the
+  Quantus side gets normalise_func_kwargs={"normalise_axes": [1, 2, 3]} (per map).
+* avg sensitivity: as max sensitivity (10 samples, U(-0.2, 0.2), Frobenius norm, divided by ||a(x)||),
+  the mean over the samples instead of the maximum.
+* local Lipschitz: max over 10 samples of ||a(x) - a(x + eps)||_2 / ||eps||_2, eps ~ N(0.1, 0.1^2) per
+  value (our defaults; Quantus' perturb_mean=0.1, perturb_std=0.1), no normalisation (Quantus' default
+  normalise=True changed to False); Quantus adds 1e-10 to the denominator.
+* infidelity: Quantus 0.6.0's Infidelity is not Yeh et al.'s noise-based estimate: per patch size
+  (default 4) it sets the image's patches to the baseline ("black" = the image minimum) one after the
+  other in raster order, cumulatively (each step keeps the patches set before), and takes the MSE
+  between f(x) - f(x') and sum(a * (x - x')) over these 49 steps; nothing is drawn at random, so its
+  n_perturb_samples repeats the same value. xaitf offers only the Gaussian perturbation. Matched by
+  giving Quantus one patch of 28 (the whole image) and perturb_func=batch_gaussian_noise (perturb_std
+  0.2, mean 0): then every sample is x' = x + N(0, 0.2^2) per pixel and the score is
+  mean_i (sum(a * (x - x'_i)) - (f(x) - f(x'_i)))^2 over 50 samples, our multiply_by_inputs=False
+  (additive noise, I . map = sum(eps * map)) with std 0.2, 50 samples, probabilities. Our default
+  multiply_by_inputs=True (Captum's relative noise x - eps * (x - baseline)) has no Quantus counterpart.
+* random logit: the other class is drawn uniformly from the 9 others on both sides (Quantus:
+  np.random.seed(42) then randint per batch; ours default_rng([seed, i])), compared as means; Quantus'
+  num_classes (default 1000) set to 10. Quantus' RandomLogit hands its similarity the maps flattened to
+  (N, 784), so its default ssim is a 1-D SSIM with 7-value windows running across row ends, and it
+  normalises by the batch maximum (above). Row random_logit gives the Quantus side a 2-D SSIM (Quantus'
+  own ssim on the maps reshaped to 28x28, written in the worker) and per-map normalisation: the
+  definition of ours (skimage SSIM, 7x7 window, data_range = max - min of both maps, |a| not taken,
+  maps divided by max |a|). Row random_logit_qdefault: Quantus with its defaults (1-D SSIM, batch
+  maximum) against the same scores of ours, to show the size of that difference: on 64 images with
+  Quantus' class draw the mean is 0.399 (2-D, per map), 0.716 (1-D, per map), 0.399 (2-D, batch max),
+  0.715 (1-D, batch max: Quantus' default), so the 1-D SSIM makes nearly all of it. With Quantus' draw
+  replayed (a check run once, not in this script) our per-image scores equal the random_logit row's
+  Quantus scores within 1e-8.
+* rows *_paired (avg sensitivity, local Lipschitz, infidelity): Quantus' perturb_func replays our noise
+  (default_rng([0, i]) per image, float32, the same draws as the unpaired rows; the worker's
+  replay_func), so the per-image scores pair up and are compared as deterministic: what remains is
+  the two IG implementations and float rounding.
+* effective complexity: #{|a| / max|a| > 1e-5} per map, abs and normalise on both sides (Quantus'
+  defaults), Quantus normalising per map (above). With Quantus' default batch maximum 2 of the 64
+  images count 1 pixel fewer (means 189.02 vs 189.05).
+* top-k intersection: k = 100 of the 784 pixels, masks = digit pixels > 0.5, signed maps, no
+  normalisation. Ties: IG is exactly 0 on every black pixel and on a few digit pixels (14 in the masks
+  of the 64 images); Quantus sorts with np.argsort (order of ties unspecified), we take ties row-major.
+  On 2 of the 64 images the group of zeros straddles the k = 100 cut and holds mask pixels, so the
+  score there depends on the tie order; Quantus' order happened to give the same scores (0
+  differences). Other data or k may need the road_tiebreak treatment.
 """
 
 
@@ -112,12 +175,34 @@ def quantus_jobs(names, n):
         "model_parameter_randomisation": ("MPRT", {"layer_order": "top_down", "abs": True, "normalise": True,
                                                    "seed": 42}),
         "road_tiebreak": ("ROAD", dict(plain, percentages=ROAD_PCT, noise=0.01)),
+        "avg_sensitivity": ("AvgSensitivity", dict(plain, nr_samples=MS_SAMPLES, lower_bound=0.2)),
+        "local_lipschitz": ("LocalLipschitzEstimate", dict(plain, nr_samples=LL_SAMPLES, perturb_mean=LL_MEAN,
+                                                           perturb_std=LL_STD)),
+        "infidelity": ("Infidelity", dict(plain, perturb_patch_sizes=[28], n_perturb_samples=INF_SAMPLES,
+                                          perturb_func_kwargs={"perturb_mean": 0.0, "perturb_std": INF_STD})),
+        "random_logit": ("RandomLogit", {"num_classes": 10, "seed": 42, "abs": False, "normalise": True,
+                                         "normalise_func_kwargs": PER_MAP}),
+        "random_logit_qdefault": ("RandomLogit", {"num_classes": 10, "seed": 42, "abs": False, "normalise": True}),
+        "effective_complexity": ("EffectiveComplexity", {"eps": EC_EPS, "abs": True, "normalise": True,
+                                                         "normalise_func_kwargs": PER_MAP}),
+        "top_k_intersection": ("TopKIntersection", {"k": TKI_K, "abs": False, "normalise": False}),
     }
+    spec["avg_sensitivity_paired"] = spec["avg_sensitivity"]
+    spec["local_lipschitz_paired"] = spec["local_lipschitz"]
+    spec["infidelity_paired"] = spec["infidelity"]
+    funcs = {"infidelity": {"perturb_func": "batch_gaussian_noise"},
+             "random_logit": {"similarity_func": "ssim_2d"}}
+    # the *_paired rows: Quantus' perturb_func replays our noise (seed 0), so the scores pair up
+    replay = {"avg_sensitivity_paired": {"dist": "uniform", "low": -0.2, "high": 0.2, "samples": MS_SAMPLES},
+              "local_lipschitz_paired": {"dist": "normal", "mean": LL_MEAN, "std": LL_STD, "samples": LL_SAMPLES},
+              "infidelity_paired": {"dist": "normal", "mean": 0.0, "std": INF_STD, "samples": INF_SAMPLES,
+                                    "sign": -1}}                    # ours: x - eps
     return [{"id": k, "cls": spec[k][0], "kwargs": spec[k][1], "n": n,
-             "masks": k in ("relevance_mass", "relevance_rank", "pointing_game"),
+             "masks": k in MASKS, **({"funcs": funcs[k]} if k in funcs else {}),
+             **({"replay": dict(replay[k], seed=0)} if k in replay else {}),
              # softmax explicitly: Quantus' defaults differ per metric (FaithfulnessCorrelation: logits)
              "call": {} if spec[k][0] in MAP_ONLY else {"softmax": not k.endswith("_logits")},
-             **({"explain_ig_steps": 64} if k in ("max_sensitivity", "model_parameter_randomisation") else {}),
+             **({"explain_ig_steps": 64} if k in EXPLAIN else {}),
              **({"maps": "maps_tb"} if k.endswith("_tiebreak") else {})} for k in names]
 
 
@@ -181,13 +266,32 @@ def run_xaitf(model, x, y, maps, masks, names):
                                           **common).scores,
         "road": lambda n: M.road(model, x[:n], maps[:n], y[:n], percentages=np.array(ROAD_PCT) / 100.0,
                                  noise=0.01, score="accuracy", **common).scores,
+        "avg_sensitivity": lambda n: M.avg_sensitivity(
+            xaitf.create_explainer("ig", model), x[:n], y[:n], samples=MS_SAMPLES, radius=0.2, norm="fro",
+            denominator="explanation"),
+        "local_lipschitz": lambda n: M.local_lipschitz(
+            xaitf.create_explainer("ig", model), x[:n], y[:n], samples=LL_SAMPLES, noise_mean=LL_MEAN,
+            noise_std=LL_STD),
+        "infidelity": lambda n: M.infidelity(model, x[:n], maps[:n], y[:n], std=INF_STD, samples=INF_SAMPLES,
+                                             multiply_by_inputs=False, **common),
+        "random_logit": lambda n: M.random_logit(model, x[:n], y[:n], "ig", similarity_name="ssim", num_classes=10,
+                                                 absolute=False, normalise=True, seed=0),
+        "effective_complexity": lambda n: M.effective_complexity(maps[:n], eps=EC_EPS, normalise=True),
+        "top_k_intersection": lambda n: M.top_k_intersection(maps[:n], masks[:n], k=TKI_K),
     }
-    out, times = {}, {}
+    calls["random_logit_qdefault"] = calls["random_logit"]     # ours against Quantus' default call
+    for k in ("avg_sensitivity", "local_lipschitz", "infidelity"):
+        calls[k + "_paired"] = calls[k]                           # the same scores, paired with Quantus'
+    out, times, done = {}, {}, {}
     for k in names:
+        if id(calls[k]) in done:                      # the same call as an earlier row: its scores
+            out[k], times[k] = out[done[id(calls[k])]], times[done[id(calls[k])]]
+            continue
         calls[k](2)                                   # warm-up: tracing of the model program
         t0 = time.perf_counter()
         out[k] = np.asarray(calls[k](len(x)), np.float64)
         times[k] = time.perf_counter() - t0
+        done[id(calls[k])] = k
         print(f"xaitf {k}: {times[k]:.2f}s", flush=True)
     return out, times
 
@@ -211,7 +315,7 @@ def compare(name, ours, theirs):
                 "quantus_layer_means": b.mean(axis=1).tolist(), "max_abs": float(d.max()),
                 "quantus_original_min": None if orig is None else float(orig.min()),
                 "max_z": float((d / se).max())}
-    if name.startswith("faithfulness_correlation") or name == "max_sensitivity":
+    if name in MEANS:
         a, b = ours[np.isfinite(ours)], theirs[np.isfinite(theirs)]
         se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
         return {"kind": "stochastic", "ours_mean": float(a.mean()), "quantus_mean": float(b.mean()),
@@ -224,17 +328,47 @@ def compare(name, ours, theirs):
             "n_rel_over_1e-4": int(np.sum(rel > 1e-4)), "n_values": int(d.size)}
 
 
+def kept_rows(out, n, names):
+    """The rows of an earlier OUT.json (same n) for metrics not run now; without OUT.json, the table
+    rows of OUT.md (same n in its title), kept as their markdown line (``md_row``)."""
+    js, md = Path(out + ".json"), Path(out + ".md")
+    if js.exists():
+        old = json.loads(js.read_text())
+        return [r for r in old["rows"] if r["metric"] not in names] if old.get("n") == n else []
+    if not md.exists():
+        return []
+    text = md.read_text().splitlines()
+    m = re.search(r" on (\d+) MNIST images", text[0]) if text else None
+    if not m or int(m.group(1)) != n:
+        return []
+    rows = []
+    for line in text:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] in ("metric", "") or set(cells[0]) <= set("-"):
+            continue
+        if cells[0] not in names:
+            rows.append({"metric": cells[0], "md_row": line, "source": md.name})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="the zoo's mnist_cnn .h5 (create_model.py mnist_cnn)")
+    ap.add_argument("--model", help="the zoo's mnist_cnn .h5 (create_model.py mnist_cnn); required unless --md-only")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--metrics", default=",".join(DETERMINISTIC + STOCHASTIC))
     ap.add_argument("--data-dir", default=os.environ.get("XAITF_DATA_DIR", "/work/shared/data"))
     ap.add_argument("--workdir", default="/tmp/quantus-work")
     ap.add_argument("--out", default=str(HERE / "results-quantus"), help="writes OUT.json and OUT.md")
     ap.add_argument("--append", action="store_true",
-                    help="keep the rows of an existing OUT.json for metrics not run now (same n)")
+                    help="keep the rows of an existing OUT.json for metrics not run now (same n); without "
+                         "OUT.json, the table rows of OUT.md (same n)")
+    ap.add_argument("--md-only", action="store_true", help="rewrite OUT.md from OUT.json (runs nothing)")
     args = ap.parse_args()
+    if args.md_only:
+        write_md(json.loads(Path(args.out + ".json").read_text()), args.out)
+        return
+    if not args.model:
+        ap.error("--model is required")
     import xaitf
     import tf_keras as k
 
@@ -252,7 +386,7 @@ def main():
     versions, res, theirs = run_quantus(model, x, y, maps, masks, names, Path(args.workdir))
     rows = []
     for k_ in names:
-        r = {"metric": k_, "xaitf_s": t_ours[k_]}
+        r = {"metric": k_, "model": args.model, "xaitf_s": t_ours[k_]}
         if "error" in res[k_]:
             r["error"] = res[k_]["error"]
         else:
@@ -262,20 +396,31 @@ def main():
         rows.append(r)
     import tensorflow as tf
 
-    if args.append and Path(args.out + ".json").exists():
-        old = json.loads(Path(args.out + ".json").read_text())
-        if old.get("n") == args.n:
-            rows = [r for r in old["rows"] if r["metric"] not in names] + rows
+    if args.append:
+        rows = kept_rows(args.out, args.n, names) + rows
     meta = {"n": args.n, "versions": {"quantus_side": versions, "xaitf_side": {
         "tensorflow": tf.__version__, "python": sys.version.split()[0]}},
         "settings": {"pixel_flipping_features_in_step": PF_STEP, "region_perturbation": [RP_PATCH, RP_REGIONS],
-                     "road_percentages": ROAD_PCT, "faithfulness_correlation": [FC_RUNS, FC_SUBSET]},
+                     "road_percentages": ROAD_PCT, "faithfulness_correlation": [FC_RUNS, FC_SUBSET],
+                     "sensitivity_samples": MS_SAMPLES, "local_lipschitz": [LL_SAMPLES, LL_MEAN, LL_STD],
+                     "infidelity": [INF_SAMPLES, INF_STD], "effective_complexity_eps": EC_EPS,
+                     "top_k_intersection_k": TKI_K},
         "rows": rows}
     Path(args.out + ".json").write_text(json.dumps(meta, indent=1))
-    lines = [f"# xaitf vs Quantus {versions.get('quantus')} on {args.n} MNIST images (IG maps)", "",
+    write_md(meta, args.out)
+
+
+def write_md(meta, out):
+    """OUT.md: the table of ``meta["rows"]``, the models and :data:`NOTES`."""
+    rows = meta["rows"]
+    lines = [f"# xaitf vs Quantus {meta['versions']['quantus_side'].get('quantus')} on {meta['n']} MNIST images "
+             "(IG maps)", "",
              "| metric | kind | max abs diff | max rel diff | xaitf s | Quantus s | speed-up |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "md_row" in r:                            # kept from an earlier OUT.md
+            lines.append(r["md_row"])
+            continue
         if "error" in r:
             lines.append(f"| {r['metric']} | error | {r['error'][:80]} | | {r['xaitf_s']:.3f} | | |")
             continue
@@ -283,10 +428,14 @@ def main():
             (f"z={r['z']:.2f}" if "z" in r else f"max z={r['max_z']:.2f}")
         lines.append(f"| {r['metric']} | {r['kind']} | {r['max_abs']:.2e} | {rel} | {r['xaitf_s']:.3f} | "
                      f"{r['quantus_s']:.3f} | {r['speedup']:.1f}x |")
+    models = {}
+    for r in rows:
+        models.setdefault(r.get("model", EARLIER_MODEL), []).append(r["metric"])
+    lines += [""] + [f"Model {m}: {', '.join(v)}." for m, v in models.items()]
     lines += ["", "Deterministic rows: max abs / max relative difference per value (curves: every step). "
               "Stochastic rows: difference of the means over the images and z = difference / its standard "
               "error (ROAD, MPRT: the largest over percentages / layers).", "", NOTES]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    Path(out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -7,7 +7,9 @@ Imports nothing from xaitf (Quantus 0.6.0 runs here on TensorFlow 2.15 / Keras 2
 WORKDIR holds ``jobs.json`` (``{"jobs": [{"id", "cls", "kwargs", "call"}...]}``), ``data.npz``
 (``x`` (N,H,W,C) float32, ``y`` (N,) int, ``maps`` (N,H,W) float32, ``masks`` (N,H,W) bool) and
 ``model.h5`` (the same weights as ours, saved by tf-keras). Every job builds the Quantus metric
-with the given keyword arguments (explicit settings: no normalisation or abs unless asked), calls
+with the given keyword arguments (explicit settings: no normalisation or abs unless asked) and the
+functions named in ``funcs`` (``{keyword: name}``, names in :func:`named_funcs`) or, with
+``replay``, a ``perturb_func`` that replays xaitf's noise (:func:`replay_func`), calls
 it once on fresh copies of the arrays (some Quantus metrics change ``a_batch`` in place) and times
 the call. Writes ``results.json`` (times, versions, errors) and ``scores.npz`` (the raw scores).
 """
@@ -41,7 +43,8 @@ def load_model(tf, path):
 def ig_explainer(tf, model, steps):
     """Integrated gradients as xaitf's default ``ig``: baseline 0, midpoint rule with ``steps``
     points, gradients of the pre-softmax output of the target, summed over channels. For the
-    metrics that call an explainer (MaxSensitivity, MPRT); returns (N,1,H,W)."""
+    metrics that call an explainer (the sensitivities, LocalLipschitzEstimate, MPRT, RandomLogit);
+    returns (N,1,H,W)."""
     last = model.layers[-1]
     cfg = dict(last.get_config(), activation="linear", name=last.name + "_logits")
 
@@ -69,6 +72,48 @@ def ig_explainer(tf, model, steps):
     return explain
 
 
+def named_funcs(quantus, shape):
+    """Functions a job may pass by name (``"funcs": {"perturb_func": "batch_gaussian_noise"}``)."""
+    from quantus.functions import perturb_func, similarity_func
+
+    def ssim_2d(a, b, batched=False, **kwargs):
+        """Quantus' ``ssim`` (skimage, default 7-wide window, data_range = max - min of both
+        maps) on the maps as (H,W) images: RandomLogit hands its similarity the maps flattened to
+        (N, H*W), on which Quantus' own ``ssim`` is a 1-D SSIM with 7-value windows."""
+        if not batched:
+            return similarity_func.ssim(np.reshape(a, shape), np.reshape(b, shape), **kwargs)
+        return [similarity_func.ssim(np.reshape(aa, shape), np.reshape(bb, shape), **kwargs)
+                for aa, bb in zip(a, b)]
+
+    return {"batch_gaussian_noise": perturb_func.batch_gaussian_noise, "ssim_2d": ssim_2d}
+
+
+def replay_func(spec, n, n_features, batch_size=64):
+    """A Quantus ``perturb_func`` that adds xaitf's noise instead of drawing its own: the noise of
+    input i is ``default_rng([seed, i]).uniform(low, high, (samples, D))`` (``dist="uniform"``, as
+    xaitf's ``uniform_noise``) or ``.normal(mean, std, (samples, D))`` (as xaitf's ``noise`` and
+    ``infidelity``), float32, D = H*W (one channel). Quantus calls it once per sample and batch
+    (batches of ``batch_size`` inputs in order, samples in order): call c gets sample c % samples
+    of batch c // samples; returns ``arr + sign * noise``."""
+    samples, seed, sign = int(spec["samples"]), int(spec["seed"]), float(spec.get("sign", 1))
+    size = (samples, n_features)
+    if spec["dist"] == "uniform":
+        draw = [np.random.default_rng([seed, i]).uniform(spec["low"], spec["high"], size) for i in range(n)]
+    else:
+        draw = [np.random.default_rng([seed, i]).normal(spec["mean"], spec["std"], size) for i in range(n)]
+    noise = np.stack(draw).astype(np.float32)                     # (n, samples, D)
+    calls = [0]
+
+    def perturb(arr, indices=None, **kwargs):
+        b, j = divmod(calls[0], samples)
+        calls[0] += 1
+        rows = noise[b * batch_size:b * batch_size + len(arr), j]
+        assert rows.shape == arr.shape, (rows.shape, arr.shape)
+        return arr + sign * rows
+
+    return perturb
+
+
 def main(workdir):
     import tensorflow as tf
     import quantus
@@ -79,13 +124,17 @@ def main(workdir):
     model = load_model(tf, os.path.join(workdir, "model.h5"))
     versions = {"quantus": quantus.__version__, "tensorflow": tf.__version__,
                 "numpy": np.__version__, "python": sys.version.split()[0]}
+    funcs = named_funcs(quantus, maps.shape[1:])
     results, scores = {}, {}
     for job in spec["jobs"]:
         n = int(job.get("n", len(x)))
         try:
             np.random.seed(int(job.get("np_seed", 0)))
+            named = {k: funcs[v] for k, v in job.get("funcs", {}).items()}
+            if "replay" in job:
+                named["perturb_func"] = replay_func(job["replay"], n, int(np.prod(maps.shape[1:])))
             metric = getattr(quantus, job["cls"])(disable_warnings=True, display_progressbar=False,
-                                                  **job.get("kwargs", {}))
+                                                  **job.get("kwargs", {}), **named)
             call = dict(job.get("call", {}))
             if "explain_ig_steps" in job:
                 call["explain_func"] = ig_explainer(tf, model, int(job["explain_ig_steps"]))

@@ -321,6 +321,45 @@ def test_noisy_linear_imputation():
     np.testing.assert_array_equal(noisy[~big], 0.5)
 
 
+def test_batched_conjugate_gradients_equal_the_sparse_solve():
+    """linear_impute_batch (conjugate gradients, float32) against noisy_linear_impute (scipy's
+    sparse direct solve, float64) on masks from one pixel to all but one, 1 and 3 channels, values
+    on a 0..255 scale; the kept pixels stay bit-identical."""
+    rs = np.random.RandomState(5)
+    for c, scale in ((1, 1.0), (3, 255.0)):
+        img = (rs.rand(12, 10, 9, c) * scale).astype(np.float32)
+        frac = np.linspace(0.01, 0.999, 12)[:, None, None]
+        gone = rs.rand(12, 10, 9) < frac
+        gone[0] = False
+        gone[0, 4, 4] = True                                  # one pixel: the neighbours' mean
+        gone[-1] = True
+        gone[-1, 9, 8] = False                                # one kept pixel: the image becomes it
+        out = F.linear_impute_batch(img, gone)
+        assert out.dtype == np.float32
+        ref = np.stack([F.noisy_linear_impute(im, g, noise=0.0) for im, g in zip(img, gone)])
+        np.testing.assert_allclose(out, ref, atol=2e-5 * scale, rtol=0)
+        np.testing.assert_array_equal(out[~gone], img[~gone])
+        np.testing.assert_allclose(out[-1], np.broadcast_to(img[-1, 9, 8], (10, 9, c)), rtol=1e-5)
+        # a step limit too small for any image: every image falls back to the exact sparse solve
+        np.testing.assert_allclose(F.linear_impute_batch(img, gone, max_iter=1), ref, rtol=1e-5, atol=1e-6 * scale)
+    # nothing removed: the images themselves
+    np.testing.assert_array_equal(F.linear_impute_batch(img, np.zeros((12, 10, 9), bool)), img)
+
+
+def test_road_solvers_agree(lin_rgb):
+    """road with the batched conjugate gradients and with the per-pair sparse solve: the same noise,
+    scores within the solver's tolerance; the result does not depend on batch_size."""
+    model, x, t, wt = lin_rgb
+    maps = (wt * x).sum(-1)
+    kw = dict(percentages=(0.0, 0.3, 0.6, 0.9), score="output", output="logits", progress=False, seed=3)
+    cg = F.road(model, x, maps, t, solver="cg", **kw)
+    sparse = F.road(model, x, maps, t, solver="sparse", **kw)
+    np.testing.assert_allclose(cg.scores, sparse.scores, atol=1e-4)
+    np.testing.assert_allclose(F.road(model, x, maps, t, solver="cg", batch_size=5, **kw).scores,
+                               cg.scores, atol=1e-5)
+    assert not np.allclose(F.road(model, x, maps, t, solver="cg", **dict(kw, seed=4)).scores, cg.scores)
+
+
 def test_road_curves(lin):
     model, x, t, wt, exact, f0 = lin
     pct = (0.0, 0.25, 0.5, 0.75)
@@ -432,8 +471,12 @@ def test_bad_input_is_one_clear_line(lin):
         (MethodError, "score", lambda: road(score="top1")),
         (MethodError, "noise", lambda: road(noise=-1)),
         (MethodError, "unknown output", lambda: road(output="p")),
+        (MethodError, "solver to be one of cg, sparse", lambda: road(solver="lu")),
         (InputError, "at least one kept pixel",
          lambda: F.noisy_linear_impute(x[0], np.ones((H, W), bool), noise=0.0)),
+        (InputError, "at least one kept pixel",
+         lambda: F.linear_impute_batch(x[:2], np.ones((2, H, W), bool))),
+        (InputError, "removed: expected a", lambda: F.linear_impute_batch(x[:2], np.ones((H, W), bool))),
     ]
     for kind, match, call in cases:
         with pytest.raises(kind, match=match) as e:

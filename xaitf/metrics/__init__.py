@@ -17,7 +17,8 @@ Functions (module in brackets):
 * ``mufidelity`` (faithfulness): Bhatt et al. 2020 on grid cells (Xplique's MuFidelity)
 * ``infidelity`` (faithfulness): Yeh et al. 2019, (I . map - output change)^2 under noise
 * ``road`` (faithfulness): Rong et al. 2022, removal with noisy linear imputation
-* ``noisy_linear_impute`` (faithfulness): ROAD's imputation of one image
+* ``noisy_linear_impute`` (imputation): ROAD's imputation of one image (sparse direct solve)
+* ``linear_impute_batch`` (imputation): the same for a batch, conjugate gradients in TensorFlow
 * ``binarize`` (localization): top-k / threshold / Otsu masks
 * ``iou_1``, ``iou_2`` (localization): mask IoU and box IoU against ground truth (study 5)
 * ``heatmap_box``, ``box_iou`` (localization): tightest box of a mask; IoU of boxes
@@ -44,7 +45,8 @@ _WHERE = {
     "deletion_curve": "curves", "insertion_curve": "curves", "irof": "curves",
     "pixel_flipping": "faithfulness", "region_perturbation": "faithfulness",
     "faithfulness_correlation": "faithfulness", "mufidelity": "faithfulness",
-    "infidelity": "faithfulness", "road": "faithfulness", "noisy_linear_impute": "faithfulness",
+    "infidelity": "faithfulness", "road": "faithfulness",
+    "noisy_linear_impute": "imputation", "linear_impute_batch": "imputation",
     "Curve": "_common", "fill_image": "_common", "pixel_order": "_checks",
     "binarize": "localization", "iou_1": "localization", "iou_2": "localization",
     "heatmap_box": "localization", "box_iou": "localization", "union_boxes": "localization",

@@ -70,9 +70,11 @@ def effective_complexity(maps, eps=1e-5, normalise=True):
         EC = #{ i : |a_i| / max_j |a_j| > eps }        (normalise=True)
         EC = #{ i : |a_i| > eps }                      (normalise=False)
 
-    As Quantus' ``EffectiveComplexity`` with its defaults (``abs=True``, ``normalise=True`` with
-    ``normalise_by_max``, ``eps=1e-5``): the map is divided by its maximum absolute value first,
-    so ``eps`` is relative to the largest relevance. A map that is zero everywhere scores 0.
+    As Quantus' ``EffectiveComplexity`` (``abs=True``, ``normalise=True``, ``eps=1e-5``), except
+    that every map is divided by its own maximum absolute value (Quantus 0.6.0's default
+    ``normalise_by_max`` divides by the maximum over the batch passed: equal with
+    ``normalise_func_kwargs={"normalise_axes": [1, 2, 3]}``; bench/results-quantus.md), so ``eps``
+    is relative to the map's largest relevance. A map that is zero everywhere scores 0.
     Lower is simpler.
 
     Args:

@@ -111,8 +111,8 @@ def local_lipschitz(explainer, x, targets, samples=10, noise_mean=0.1, noise_std
         batch_size: images per explainer call; a chunk of ``max(1, batch_size // (samples + 1))``
             inputs is explained together with all its noisy copies in one call.
         normalise: None (the formula above), or ``"max"`` / ``"negative"`` to normalise every
-            map first as Quantus does by default (``normalise=True``; its default function is
-            ``normalise_by_negative`` in recent releases).
+            map first (Quantus normalises by default, ``normalise=True``; its default function in
+            0.6.0 is ``normalise_by_max`` over the whole batch passed, not per map).
 
     Returns:
         (N,) float64.
