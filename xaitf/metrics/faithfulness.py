@@ -383,9 +383,9 @@ def faithfulness_correlation(model, x, maps, targets, subset_size=224, runs=100,
     ``default_rng([seed, i]).choice(H*W, subset_size, replace=False)``, one call per run.
     Quantus' defaults are the same (224 pixels, 100 runs, ``perturb_baseline="black"`` = fill 0,
     Pearson) except that its ``FaithfulnessCorrelation`` scores logits unless called with
-    ``softmax=True`` (use ``output="logits"`` to match its default) and that it normalises the maps first (``normalise=True``): a positive scaling
-    does not change the correlation, but its default ``normalise_by_negative`` scales positive
-    and negative values apart, which can; pass the normalised maps to compare with it.
+    ``softmax=True`` (use ``output="logits"`` to match its default) and that it normalises the
+    maps first (``normalise=True``; 0.6.0: ``normalise_by_max``, one positive factor for the batch
+    passed, which leaves the correlation unchanged).
 
     Args:
         model: tf-keras or Keras 3 classifier.
@@ -425,7 +425,7 @@ def faithfulness_correlation(model, x, maps, targets, subset_size=224, runs=100,
     def make(s):
         sub = _rows(s, runs, subsets)                       # (B, k)
         rows = np.arange(s.start, s.stop) // runs
-        att[s] = flat[rows[:, None], sub].sum(axis=1)
+        att[s] = np.take_along_axis(flat[rows], sub, axis=1).sum(axis=1)
         mask = np.zeros((len(sub), p), np.float32)
         np.put_along_axis(mask, sub, 1.0, axis=1)
         return mask.reshape(-1, h, w), _NONE

@@ -131,25 +131,28 @@ def _cg_program(h, w, c):
         scale = tf.reduce_max(tf.abs(x - mean) * keep, [1, 2], keepdims=True)
         scale = tf.where(scale > 0, scale, tf.ones_like(scale))
         xn = (x - mean) / scale * keep
-        diag = neighbours(tf.ones_like(m), kernel1)           # d_p: the weights of the pixels inside
+        md = m * neighbours(tf.ones_like(m), kernel1)         # d_p (the weights of the pixels inside), removed p
         rhs = m * neighbours(xn, kernel)
 
         def op(v):                                             # A v on the removed pixels (v = 0 elsewhere)
-            return m * (diag * v - neighbours(v, kernel))
+            return md * v - m * neighbours(v, kernel)
 
         bound = tol * tol * tf.reduce_sum(rhs * rhs, axes)    # per image: ||r||^2 <= tol^2 ||b||^2
 
         def cond(i, v, r, p, rr):
             return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
 
-        def body(i, v, r, p, rr):
+        def step(v, r, p, rr):
             ap = op(p)
             alpha = tf.math.divide_no_nan(rr, tf.reduce_sum(p * ap, axes))[:, None, None, None]
             v = v + alpha * p
             r = r - alpha * ap
             rr_new = tf.reduce_sum(r * r, axes)
             p = r + tf.math.divide_no_nan(rr_new, rr)[:, None, None, None] * p
-            return i + 1, v, r, p, rr_new
+            return v, r, p, rr_new
+
+        def body(i, v, r, p, rr):                              # two steps per test of convergence
+            return (i + 2,) + step(*step(v, r, p, rr))
 
         v0 = tf.zeros_like(xn)
         i, v, r, _, rr = tf.while_loop(cond, body, [tf.constant(0), v0, rhs, rhs, tf.reduce_sum(rhs * rhs, axes)])
