@@ -115,3 +115,18 @@ def test_presets_pass_only_the_common_globals_and_respect_a_methods_own_default(
     assert pda.params["num_classes"] is None and pda.batch_size == 11 * 256
     S.apply_overrides(["global.batch_size=100"])
     assert registry.create_from_presets("pda", MODEL).batch_size == 100
+
+
+NATIVE = [n for n in registry.list_methods()
+          if not n.startswith(("inn.", "tfx.", "shap.", "lime.lib")) and n not in ("interventional", "lrp.composite")]
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_an_explainer_rebuilds_from_its_own_params(name):
+    """``explainer.params`` holds the method's own parameters (what ``parameters()`` accepts), so
+    the same method can be built again from them, as MPRT does on each randomised copy of the model.
+    (FeatureAblation once kept Occlusion's window/stride/fill there and could not be rebuilt.)"""
+    e = xaitf.create_explainer(name, MODEL, progress=False)
+    assert set(e.params) <= set(type(e).parameters()), name
+    again = xaitf.create_explainer(e.name, MODEL, **{**e.params, "progress": False})
+    assert type(again) is type(e) and again.params == e.params

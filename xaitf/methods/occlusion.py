@@ -69,8 +69,13 @@ class Occlusion(Explainer):
         super().__init__(model, params=dict(window=window, stride=stride, fill=fill, output=output,
                                             shortcut=shortcut, segments=segments), **common)
 
+    def occlusion_params(self):
+        """The :class:`Occlusion` parameters this explainer runs with (its own ``params`` here;
+        subclasses with other names map theirs)."""
+        return self.params
+
     def setup(self):
-        p = self.params
+        p = self.occlusion_params()
         owner = type(self).__name__
         self.window = as_pair(p["window"], "window", owner)
         self.stride = as_pair(p["stride"], "stride", owner)
@@ -182,5 +187,12 @@ class FeatureAblation(Occlusion):
     fill_name = "baseline"
 
     def __init__(self, model, *, baseline=0.0, segments=None, output="logits", shortcut=True, **common):
-        Occlusion.__init__(self, model, window=1, stride=1, fill=baseline, output=output, shortcut=shortcut,
-                           segments=segments, **common)
+        # params are this signature's (an explainer rebuilt from them, e.g. on a randomised copy of
+        # the model, gets the same method); occlusion_params() maps them to Occlusion's
+        Explainer.__init__(self, model, params=dict(baseline=baseline, segments=segments, output=output,
+                                                    shortcut=shortcut), **common)
+
+    def occlusion_params(self):
+        p = self.params
+        return dict(window=1, stride=1, fill=p["baseline"], output=p["output"], shortcut=p["shortcut"],
+                    segments=p["segments"])
