@@ -551,6 +551,36 @@ def test_gradcam_layer_names_are_the_users(cnn28, x28):
     assert cam.layer is model.get_layer("pool") and cam(x28[:2], [1, 2]).shape == (2, 28, 28)
 
 
+@pytest.mark.parametrize("kind", ["tf_keras", "keras3"])
+def test_gradcam_on_a_nested_base_model(kind):
+    """Transfer learning, ``Sequential([base, pooling, softmax head])`` with the base a functional
+    model: Grad-CAM's default layer was "the last Conv2D" of the top level (there is none: one line
+    refused the model) and ``layer="base"`` cut the graph at the base's inner output (Graph
+    disconnected). The default is now the base's feature map, and both equal Grad-CAM at the
+    base's last conv of the same layers built flat."""
+    import xaitf
+    from xaitf.keras_bridge import keras3
+
+    k = tfk if kind == "tf_keras" else keras3()
+    inp = k.Input((12, 12, 3))
+    c1, c2 = k.layers.Conv2D(4, 3, activation="relu", name="c1"), k.layers.Conv2D(5, 3, activation="relu", name="c2")
+    base = k.Model(inp, c2(c1(inp)), name="base")
+    gap, head = k.layers.GlobalAveragePooling2D(), k.layers.Dense(3, activation="softmax", name="head")
+    nested = k.Sequential([k.Input((12, 12, 3)), base, gap, head])
+    flat_in = k.Input((12, 12, 3))
+    flat = k.Model(flat_in, head(gap(c2(c1(flat_in)))))                 # the same layer objects, flat
+    rs = np.random.RandomState(7)
+    for layer in (c1, c2, head):
+        layer.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    x = np.random.RandomState(4).rand(3, 12, 12, 3).astype(np.float32)
+    for method in ("gradcam", "gradcampp"):
+        want = xaitf.create_explainer(method, flat, layer="c2", progress=False)(x, [0, 1, 2])
+        assert np.abs(want).max() > 0
+        for kw in ({}, {"layer": "base"}):
+            got = xaitf.create_explainer(method, nested, progress=False, **kw)(x, [0, 1, 2])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * np.abs(want).max())
+
+
 # -- tf-keras and Keras 3 give the same maps ----------------------------------------------------
 def test_tf_keras_and_keras3_agree(cnn28, x28):
     k3 = keras3_cnn((28, 28, 1), 10)

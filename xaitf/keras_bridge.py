@@ -240,12 +240,41 @@ def find_layer(model, name):
 
 
 def find_last_conv(model, methods="this method"):
-    """The last layer with a 4-D (N,H,W,C) output, searched from the output backwards."""
+    """The last convolutional layer, searched from the output backwards; in a model without one at
+    its top level, the last nested model with a 4-D (N,h,w,K) output (transfer learning,
+    ``Sequential([base, pooling, head])``: the base's feature map)."""
     for layer in reversed(model.layers):
         if layer_type(layer) in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose"):
             return layer
+    for layer in reversed(model.layers):
+        if _is_nested(layer) and len(getattr(layer.outputs[0], "shape", ())) == 4:
+            return layer
     raise ModelError(f"{methods} needs a Conv2D layer, and the model has none "
                      "(use grad, ig, occlusion or another model-agnostic method)")
+
+
+def output_in(model, layer):
+    """``layer``'s output tensor in ``model``'s graph. ``layer.output`` is that of its first call;
+    a layer called in more than one graph (a nested model used as a layer: its call in the user's
+    model and in a logits copy; layers shared by two models) has one call node per graph: the
+    latest call whose output ``model`` can be cut at."""
+    from .compat import inbound_node, node_outputs
+
+    calls = []
+    while True:
+        try:
+            calls.append(node_outputs(inbound_node(layer, len(calls)))[0])
+        except IndexError:
+            break
+    if len(calls) < 2 and not _is_nested(layer):
+        return layer.output
+    for out in reversed(calls):
+        try:
+            submodel(model, out)
+        except (ValueError, KeyError, AttributeError):
+            continue
+        return out
+    return layer.output
 
 
 def submodel(model, outputs):
@@ -379,18 +408,30 @@ def logits_model(model):
         out = inner(ins[0] if len(ins) == 1 else ins)
         result, note = submodel(model, out), f"{inner_note}, in nested model {last.name!r}"
     elif layer_type(last) in ("Softmax", "Activation"):
-        result, note = submodel(model, last.input), f"stripped final {head} layer {last.name!r}"
+        result, note = submodel(model, _input_in(model, last)), f"stripped final {head} layer {last.name!r}"
     else:
         cfg = last.get_config()
         cfg["activation"] = "linear"
         cfg["name"] = last.name + "_logits"
         twin = type(last).from_config(cfg)
-        out = twin(last.input)
+        out = twin(_input_in(model, last))
         twin.set_weights(last.get_weights())
         cache["logits.copy"] = (last, twin, weights_fingerprint(last))
         result, note = submodel(model, out), f"replaced {head} activation of {last.name!r} by linear"
     cache["logits"] = (result, note)
     return result, note
+
+
+def _input_in(model, last):
+    """The input of ``model``'s output layer ``last`` in ``model``'s graph (``last.input`` is that of
+    its first call, another graph's when the layer is shared with another model)."""
+    from .compat import inbound_node, keras_history, node_inputs
+
+    hist = keras_history(model.outputs[0])
+    if hist is None or hist[0] is not last:
+        return last.input
+    ins = node_inputs(inbound_node(last, hist[1]))
+    return ins[0] if len(ins) == 1 else ins
 
 
 def sync_logits(model):

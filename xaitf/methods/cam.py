@@ -17,7 +17,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import find_last_conv, submodel
+from ..keras_bridge import find_last_conv, output_in, submodel
 from .gradients import INDEX_SPEC, GradientFamily, as_int32, image_spec
 
 
@@ -95,7 +95,7 @@ class GradCam(GradientFamily):
             layer = find_last_conv(self.forward, self.title_name)
         else:
             layer = resolve_layer(self.model, self.forward, name, self.title_name)
-        out = layer.output
+        out = output_in(self.forward, layer)
         if len(out.shape) != 4:
             raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output; {layer.name!r} "
                              f"gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
