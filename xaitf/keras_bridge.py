@@ -253,6 +253,30 @@ def find_last_conv(model, methods="this method"):
                      "(use grad, ig, occlusion or another model-agnostic method)")
 
 
+def chain_layers(model):
+    """``(layers, "")`` when ``model`` is a simple chain: one input and one output, every layer
+    (input layers left out) reading the previous one's output, the first the model's input, and
+    the last giving the output; else ``(None, reason)`` (one phrase). The walk of the perturbation
+    engine's first-layer shortcut and of the interventional layer chain."""
+    layers = [layer for layer in model.layers if layer_type(layer) != "InputLayer"]
+    if not layers:
+        return None, "model has no layers"
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None, f"{len(model.inputs)} input(s) and {len(model.outputs)} output(s), not one of each"
+    prev = model.inputs[0]
+    try:
+        for cur in layers:
+            if cur.input is not prev:
+                return None, (f"layer {cur.name!r} ({layer_type(cur)}) does not take the previous layer's "
+                              "output (shared, multi-input or branched: not a chain)")
+            prev = cur.output
+        if prev is not model.outputs[0]:
+            return None, "the last layer is not the model output"
+    except (AttributeError, ValueError, RuntimeError) as e:
+        return None, f"not a simple chain ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return layers, ""
+
+
 def output_in(model, layer):
     """``layer``'s output tensor in ``model``'s graph. ``layer.output`` is that of its first call;
     a layer called in more than one graph (a nested model used as a layer: its call in the user's

@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from ..errors import DataError, InputError, MethodError, ModelError
 from ..explainer import Explainer, as_batch, chunks, progress
-from ..keras_bridge import activation_name, is_softmax_layer, layer_type, model_kind
+from ..keras_bridge import activation_name, chain_layers, is_softmax_layer, layer_type, model_kind
 
 GRAPH_FORMAT = "xaitf.interventional.graph/1"
 
@@ -109,20 +109,12 @@ class Chain:
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise ModelError(f"interventional needs a model with one input and one output, got "
                              f"{len(model.inputs)} input(s) and {len(model.outputs)} output(s)")
-        layers = [l for l in model.layers if layer_type(l) != "InputLayer"]
-        if not layers:
+        if not [l for l in model.layers if layer_type(l) != "InputLayer"]:
             raise ModelError("interventional needs a model with layers, got an empty model")
-        prev = model.inputs[0]
-        for l in layers:
-            try:
-                inp = l.input
-            except (AttributeError, ValueError, RuntimeError):
-                inp = None
-            if inp is not prev:
-                raise ModelError(f"interventional needs a chain model (each layer feeding the next); "
-                                 f"layer {l.name!r} ({layer_type(l)}) breaks the chain (shared, "
-                                 "multi-input or branched): rebuild the model as a Sequential chain")
-            prev = l.output
+        layers, reason = chain_layers(model)
+        if layers is None:
+            raise ModelError(f"interventional needs a chain model (each layer feeding the next); {reason}: "
+                             "rebuild the model as a Sequential chain")
         last = len(layers) - 1
         if is_softmax_layer(layers[last]) and layer_type(layers[last]) in ("Softmax", "Activation"):
             layers = layers[:-1]

@@ -44,7 +44,7 @@ from .. import params as _params
 from ..compat import quiet_retracing
 from ..errors import MethodError
 from ..explainer import progress as _progress
-from ..keras_bridge import input_shape, layer_type, probability_head
+from ..keras_bridge import chain_layers, input_shape, layer_type, probability_head  # noqa: F401  (chain_layers: re-exported)
 from ._local_windows import local_stack
 from ._patches import grid_index as _grid_index
 from ._patches import place as _place
@@ -278,23 +278,6 @@ class _Chain:
         for layer in self.rest:
             h = layer(h, training=False)
         return self.post(h) if self.post is not None else h
-
-
-def chain_layers(model):
-    """``(layers, "")`` when the model is a simple chain (each layer feeds only the next one and
-    the last is the single output), else ``(None, reason)``; the input layer is left out."""
-    layers = [layer for layer in model.layers if layer_type(layer) != "InputLayer"]
-    if not layers:
-        return None, "model has no layers"
-    try:  # simple chain: each layer's only input is the previous layer's output
-        for prev, cur in zip(layers[:-1], layers[1:]):
-            if cur.input is not prev.output:
-                return None, f"layer {cur.name!r} does not take {prev.name!r}'s output (not a chain)"
-        if layers[-1].output is not model.outputs[0] or len(model.outputs) != 1:
-            return None, "the last layer is not the model output"
-    except (AttributeError, ValueError) as e:
-        return None, f"not a simple chain ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    return layers, ""
 
 
 def split_chain(model, post=None):
