@@ -253,6 +253,15 @@ def find_last_conv(model, methods="this method"):
                      "(use grad, ig, occlusion or another model-agnostic method)")
 
 
+def leaf_layers(model):
+    """The layers of ``model`` with nested models replaced by their own layers, recursively, in
+    order (input layers included)."""
+    out = []
+    for layer in model.layers:
+        out.extend(leaf_layers(layer) if _is_nested(layer) else [layer])
+    return out
+
+
 def chain_layers(model):
     """``(layers, "")`` when ``model`` is a simple chain: one input and one output, every layer
     (input layers left out) reading the previous one's output, the first the model's input, and

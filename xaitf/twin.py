@@ -32,8 +32,8 @@ import tensorflow as tf
 from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
                      tf_keras_should_use_v2)
 from .errors import ModelError
-from .keras_bridge import (HEADS, input_shape, layer_type, logits_model, model_cache, model_kind, output_head,
-                           tfk)
+from .keras_bridge import (HEADS, input_shape, layer_type, leaf_layers, logits_model, model_cache, model_kind,
+                           output_head, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -237,13 +237,8 @@ def check_layers(model):
 
 def _all_float32(model):
     """True when every layer (nested models included) stores and computes in float32."""
-    for l in model.layers:
-        if _is_model(l) and not _all_float32(l):
-            return False
-        if str(getattr(l, "dtype", "float32")) != "float32" or \
-                str(getattr(l, "compute_dtype", "float32")) != "float32":
-            return False
-    return True
+    return all(str(getattr(l, "dtype", "float32")) == "float32"
+               and str(getattr(l, "compute_dtype", "float32")) == "float32" for l in leaf_layers(model))
 
 
 # -- rebuilding --------------------------------------------------------------------------------
@@ -320,17 +315,7 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False):
 
 def _source_weights(model):
     """id(layer) -> (layer, numpy weights) for every layer, nested models included (read eagerly)."""
-    out = {}
-
-    def collect(m):
-        for l in m.layers:
-            if _is_model(l):
-                collect(l)
-            else:
-                out[id(l)] = (l, [np.asarray(w) for w in l.get_weights()])
-
-    collect(model)
-    return out
+    return {id(l): (l, [np.asarray(w) for w in l.get_weights()]) for l in leaf_layers(model)}
 
 
 def _copy_weights(weights, twins):

@@ -138,14 +138,10 @@ def _flat_layers(model, kernels_only=True):
     """Layers with weights (with ``kernels_only``: a kernel, i.e. Dense and convolutions, not
     BatchNormalization, whose variance must stay positive), nested models flattened, in the model's
     order (bottom first)."""
-    out = []
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:
-            out.extend(_flat_layers(layer, kernels_only))
-        elif layer.get_weights() and (not kernels_only or any(
-                hasattr(layer, k) for k in ("kernel", "depthwise_kernel", "pointwise_kernel"))):
-            out.append(layer)
-    return out
+    from ..keras_bridge import leaf_layers
+
+    return [layer for layer in leaf_layers(model) if layer.get_weights() and (not kernels_only or any(
+        hasattr(layer, k) for k in ("kernel", "depthwise_kernel", "pointwise_kernel")))]
 
 
 def clone(model):
