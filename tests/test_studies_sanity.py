@@ -52,3 +52,29 @@ def test_report_links_exist(study):
     assert {"sanity_mnist_cnn.png", "sanity_cifar_vgg.png", "sanity_curves.png"} <= set(p.src)
     assert all((folder / s).is_file() for s in p.src)
     assert "Which methods keep their maps" in (folder / "report.md").read_text()
+
+
+def test_ctrl_c_keeps_the_finished_methods(tmp_path, data_dir, monkeypatch):
+    """Ctrl-C during the third method: the two finished ones are written as a complete run, the
+    interrupted one and the rest (and the second model) are listed as not run."""
+    from conftest import run_quick_study
+    from xaitf.metrics import randomisation
+
+    real, calls = randomisation.model_parameter_randomisation, []
+
+    def stopped(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(randomisation, "model_parameter_randomisation", stopped)
+    r, folder = run_quick_study("sanity", tmp_path, data_dir)
+    first, second = sanity.QUICK_METHODS[:2], sanity.QUICK_METHODS[2]
+    assert r["interrupted"] == f"mnist_cnn/{second}"
+    assert list(r["scores"]["mnist_cnn"]) == list(first) and list(r["models"]) == ["mnist_cnn"]
+    assert r["skipped"]["mnist_cnn"][second].startswith("interrupted")
+    assert all(r["skipped"]["mnist_cnn"][m].startswith("not run") for m in sanity.QUICK_METHODS[3:])
+    assert "not run" in r["skipped"]["cifar_vgg"]["all"]
+    assert "INTERRUPTED (Ctrl-C) at mnist_cnn/" in (folder / "report.md").read_text()
+    assert (folder / "sanity_mnist_cnn.png").is_file() and (folder / "sanity_curves.png").is_file()

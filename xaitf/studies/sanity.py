@@ -23,6 +23,10 @@ about learned weights: a model that has learned little has little to lose.
 
 Outputs: ``report.md``/``report.html``, ``results.json``, ``sanity_<model>.png`` (methods x
 randomised layers, one image) and ``sanity_curves.png`` (mean Spearman per step and method).
+
+The full default (every native method; the perturbation methods on the VGG's 15 layers) takes
+hours on a laptop CPU. Ctrl-C stops the method running: the methods finished so far are written
+as a complete run (report marked INTERRUPTED, the others listed as not run); a second Ctrl-C aborts.
 """
 import time
 
@@ -73,7 +77,11 @@ def run(args):
               "models": {}, "scores": {}, "keeps": {}, "skipped": {}, "figures": {}, "seconds": {}}
     methods = methods_to_run(p)
     sims = tuple(p["similarities"])
+    interrupted = None        # Ctrl-C: "<model>/<method>"; the finished methods are kept and reported
     for key, label in MODELS:
+        if interrupted:
+            result["skipped"][key] = {"all": f"not run: the study was interrupted at {interrupted}"}
+            continue
         limit = p["train_limit"] if quick else None
         model, info = C.get_model_subset(key, getattr(args, "models_dir", "models"), getattr(args, "data_dir", None),
                                          seed=seed, schedule="quick", epochs=p["epochs"] if quick else None,
@@ -87,12 +95,21 @@ def run(args):
         shape = tuple(input_shape(model))
         results, scores, seconds, skipped = {}, {}, {}, {}
         for name in methods:
+            if interrupted:
+                skipped[name] = f"not run: the study was interrupted at {interrupted}"
+                continue
             t0 = time.perf_counter()
             try:
                 ex = _explainer(name, model, shape)
                 res = model_parameter_randomisation(model, x, targets, ex, similarities=sims,
                                                     randomisation=p["randomisation"], seed=seed,
                                                     return_maps=True, progress=False)
+            except KeyboardInterrupt:
+                interrupted = f"{key}/{name}"
+                skipped[name] = "interrupted (Ctrl-C) while running"
+                say(f"  {name}: interrupted; writing the results of the finished methods "
+                    "(Ctrl-C again aborts)")
+                continue
             except Exception as e:  # noqa: BLE001 - a method that cannot handle the model is reported
                 from ..cli import one_line
 
@@ -115,6 +132,7 @@ def run(args):
                                                       f"first), image 0, |map| / max; ρ: mean Spearman over "
                                                       f"{len(x)} images")
             result["figures"][key] = str(C.save_fig(fig, folder, f"sanity_{key}.png"))
+    result["interrupted"] = interrupted
     result["figures"]["curves"] = str(C.save_fig(curves_figure(result), folder, "sanity_curves.png"))
     result["seconds_total"] = start.seconds()
     C.write_json(folder, "results.json", result)
@@ -173,6 +191,9 @@ def write_report(folder, r, p):
     pre = [f"Command: `{r['command']}` ({'quick' if r['quick'] else 'full'} run, seed {r['seed']}, "
            f"{r['seconds_total']:.0f} s). Re-initialisation: {p['randomisation']}; similarities: "
            f"{', '.join(p['similarities'])}."]
+    if r.get("interrupted"):
+        pre.append(f"INTERRUPTED (Ctrl-C) at {r['interrupted']}: the methods finished before it are reported; "
+                   "the rest were not run (listed under each model).")
     if r["quick"]:
         pre.append("QUICK run: few images, few methods, models trained for one epoch when no model file "
                    "exists: a smoke test, not the finding.")
