@@ -167,8 +167,8 @@ def _cg_program(h, w, c):
 def linear_impute_batch(images, removed, tol=1e-5, max_iter=None):
     """ROAD's linear imputation (no noise) of a batch, by conjugate gradients in TensorFlow.
 
-    The residual of every image and channel ends below ``tol`` times its right-hand side (after
-    shifting and scaling the image by its kept pixels); on MNIST digits the imputed values are
+    The residual of every image (its channels together) ends below ``tol`` times its right-hand
+    side (after shifting and scaling each channel by its kept pixels); on MNIST digits the imputed values are
     within 5e-5 of :func:`noisy_linear_impute`'s sparse direct solution. Images not converged
     after ``max_iter`` steps (default ``4 * (H + W) + 100``; conjugate gradients need about
     ``H + W`` on a Laplacian-like system) are solved by the sparse direct solver instead.
