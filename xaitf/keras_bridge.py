@@ -430,15 +430,12 @@ def logits_model(model):
     if head is None:
         result, note = model, "output used as is (no final softmax or sigmoid found)"
     elif _is_nested(last):        # the head is inside: the nested model's logits, on what fed it
-        from .compat import inbound_node, keras_history, node_inputs
-
         inner, inner_note = logits_model(last)
         hist = keras_history(model.outputs[0])
         if hist is None or hist[0] is not last:
             raise ModelError(f"cannot find the logits of model {model.name!r}: its output does not come "
                              f"from its last layer {last.name!r}")
-        ins = node_inputs(inbound_node(last, hist[1]))
-        out = inner(ins[0] if len(ins) == 1 else ins)
+        out = inner(_input_in(model, last))
         result, note = submodel(model, out), f"{inner_note}, in nested model {last.name!r}"
     elif layer_type(last) in ("Softmax", "Activation"):
         result, note = submodel(model, _input_in(model, last)), f"stripped final {head} layer {last.name!r}"

@@ -44,7 +44,7 @@ from .. import params as _params
 from ..compat import quiet_retracing
 from ..errors import MethodError
 from ..explainer import progress as _progress
-from ..keras_bridge import chain_layers, input_shape, layer_type, probability_head  # noqa: F401  (chain_layers: re-exported)
+from ..keras_bridge import chain_layers, input_shape, layer_type, probability_head
 from ._local_windows import local_stack
 from ._patches import grid_index as _grid_index
 from ._patches import place as _place

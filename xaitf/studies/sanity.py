@@ -192,8 +192,10 @@ def write_report(folder, r, p):
            f"{r['seconds_total']:.0f} s). Re-initialisation: {p['randomisation']}; similarities: "
            f"{', '.join(p['similarities'])}."]
     if r.get("interrupted"):
+        later = [k for k in r["skipped"] if k not in r["models"]]
         pre.append(f"INTERRUPTED (Ctrl-C) at {r['interrupted']}: the methods finished before it are reported; "
-                   "the rest were not run (listed under each model).")
+                   "the rest were not run (listed under each model)"
+                   + (f"; models not run: {', '.join(later)}." if later else "."))
     if r["quick"]:
         pre.append("QUICK run: few images, few methods, models trained for one epoch when no model file "
                    "exists: a smoke test, not the finding.")
