@@ -2,6 +2,7 @@
 rule equals its formula written as explicit numpy matrix products, relevance is conserved where
 the theory says so, the iNNvestigate composites equal iNNvestigate 2.1.2's maps, tf-keras and
 Keras 3 copies agree, and errors are one line naming what is wrong."""
+import copy
 import warnings
 
 import numpy as np
@@ -670,6 +671,57 @@ def test_composites_differ_where_they_should():
     g = graph_of(model)
     first = g.first_linear()
     assert [g[i].name for i in first] == ["conv1"]
+
+
+_MIXED = {"conv": "epsilon", "dense": "w_square", "params": {"epsilon": 0.1}}
+
+
+def _shared_and_unshared(model, composite, x, t):
+    """Names of the nodes whose rule reads its ReLU's output, the map with those rules, and the
+    map with every rule reading the node's own pre-activation."""
+    prop = propagator(model, composite)
+    plain = {k: copy.copy(r) for k, r in prop.rules.items()}
+    for r in plain.values():
+        r.relu_output = None
+    shared = [prop.graph[k].name for k, r in prop.rules.items() if r.relu_output is not None]
+    return (shared, prop(x, t),
+            propagate(prop.graph, plain, prop.output, tf.constant(x), tf.constant(t, tf.int32)).numpy(), prop)
+
+
+@pytest.mark.parametrize("which,composite,expected", [
+    ("mnist_like", "lrp.epsilon", ["conv1", "conv2", "fc1"]),
+    ("mnist_like", "lrp.z", ["conv1", "conv2", "fc1"]),
+    # w^2 at the dense layers spreads relevance onto zero activations of conv2: its z is needed
+    ("mnist_like", _MIXED, ["conv1"]),
+    ("residual", "lrp.epsilon", ["stem", "b1", "add", "down", "fc1"]),
+    ("residual", "deep_taylor", []),          # z+ rules and copies at Add read no pre-activation
+])
+def test_relu_output_denominators_give_the_same_maps(which, composite, expected):
+    """share_relu_outputs: a z/epsilon/proportional node read by one ReLU divides by the ReLU's
+    output, where the relevance analysis allows it, and the maps stay those of the plain rules."""
+    model = mnist_like(seed=5) if which == "mnist_like" else residual_net(seed=5)
+    x = np.random.default_rng(1).random((4, *model.input_shape[1:]), dtype=np.float32)
+    t = np.array([0, 1, 2, 3])
+    shared, r, r_plain, _ = _shared_and_unshared(model, composite, x, t)
+    assert shared == expected
+    assert np.abs(r).max() > 0
+    np.testing.assert_allclose(r, r_plain, rtol=1e-6, atol=1e-6 * np.abs(r_plain).max())
+
+
+def test_relu_output_denominator_would_be_wrong_without_the_analysis():
+    """Forcing conv2 of the mixed composite to divide by its ReLU's output changes the map: the
+    w^2 rule sends relevance to positions where the ReLU is 0."""
+    model = mnist_like(seed=5)
+    x = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
+    t = np.array([0, 1, 2, 3])
+    _, r, _, prop = _shared_and_unshared(model, _MIXED, x, t)
+    conv2 = next(n for n in prop.graph.nodes if n.name == "conv2")
+    relu2 = prop.graph.consumers()[conv2.id][0]
+    rules = dict(prop.rules)
+    rules[conv2.id] = copy.copy(rules[conv2.id])
+    rules[conv2.id].relu_output = relu2
+    forced = propagate(prop.graph, rules, prop.output, tf.constant(x), tf.constant(t, tf.int32)).numpy()
+    assert _rel_err(forced, r) > 1e-3
 
 
 def test_z_box_bounds_follow_input_normalisation():

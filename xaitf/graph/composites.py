@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import MethodError, ModelError
 from . import ir
 from .canonizers import HEADS
-from .rules import RULES, make_rule, rule_params
+from .rules import RULES, make_rule, rule_params, share_relu_outputs
 
 LINEAR_SELECTORS = ("first", "dense", "conv", "batchnorm", "normalization", "linear")
 OTHER_SELECTORS = ("relu", "activation", "add", "avgpool", "maxpool", "shape")
@@ -153,7 +153,7 @@ def _selectors(node, first):
                 "BatchNormalization": ["batchnorm"], "Rescaling": ["normalization"],
                 "Normalization": ["normalization"]}[k]
         return sel + ["linear"]
-    if k in ("ReLU", "Activation") and not node.fused and _plain_relu(node):
+    if k in ("ReLU", "Activation") and not node.fused and ir.plain_relu(node):
         return ["relu"]
     if k in ir.ELEMENTWISE:
         return ["activation"]
@@ -166,13 +166,6 @@ def _selectors(node, first):
     if k in ir.SHAPE or k == "Concatenate":
         return ["shape"]
     return []
-
-
-def _plain_relu(node):
-    if node.kind == "Activation":
-        return node.config.get("activation") == "relu"
-    c = node.config
-    return not c["negative_slope"] and not c["threshold"] and c["max_value"] is None
 
 
 def assign(graph, composite, params=None):
@@ -206,6 +199,7 @@ def assign(graph, composite, params=None):
         if name == "z_box":
             kw = {**kw, **_bounds_at(graph, node, kw.get("low", 0.0), kw.get("high", 1.0))}
         rules[node.id] = make_rule(name, **kw)
+    share_relu_outputs(graph, rules)
     return rules, comp.get("output", "logit")
 
 

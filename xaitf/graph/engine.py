@@ -61,7 +61,8 @@ def propagate(graph, rules, output, x, targets, record=None):
             continue
         r = relevance.pop(node.id)
         rule = rules[node.id]
-        ins = rule.backward(node, [acts[i] for i in node.inputs], acts[node.id], r)
+        y = acts[node.id if rule.relu_output is None else rule.relu_output]
+        ins = rule.backward(node, [acts[i] for i in node.inputs], y, r)
         if record is not None:
             record.append((node, rule, r, ins))
         for i, ri in zip(node.inputs, ins):

@@ -146,6 +146,17 @@ class Graph:
         return {n.id for n in self.nodes if n.kind in KERNEL and all(i in direct for i in n.inputs)}
 
 
+def plain_relu(node):
+    """True for ``max(x, 0)`` itself: a ReLU layer without slope, threshold or cap, or Activation('relu')
+    (also as a layer's ``activation=``)."""
+    if node.kind == "Activation":
+        return node.config.get("activation") == "relu"
+    if node.kind == "ReLU":
+        c = node.config
+        return not c["negative_slope"] and not c["threshold"] and c["max_value"] is None
+    return False
+
+
 # -- forward computations ------------------------------------------------------------------------
 @tf.autograph.experimental.do_not_convert
 def const(node, key, make=None):

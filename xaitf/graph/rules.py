@@ -91,6 +91,7 @@ class Rule:
     name = "rule"
     linear_only = False
     params = ()
+    relu_output = None   # id of the ReLU node whose output the engine passes as ``y`` (share_relu_outputs)
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -117,6 +118,11 @@ class Z(_Linear):
     def denominator(self, z, r):
         return safe_div(r, z)
 
+    def relu_denominator(self, a, r):
+        """``denominator(z, r)`` from ``a = max(z, 0)`` where ``r`` is 0 wherever ``a`` is: for z > 0
+        the two are the same numbers, elsewhere both are 0."""
+        return tf.math.divide_no_nan(r, a)
+
     def modified(self, node):
         return derived(node, "kernel"), (derived(node, "bias") if self.bias else 0.0)
 
@@ -125,11 +131,13 @@ class Z(_Linear):
     def backward(self, node, xs, y, r):
         x = xs[0]
         k, b = self.modified(node)
-        if self.own_weights:      # no second forward computation: z = y (or y - b without the bias)
-            z = y if self.bias else y - derived(node, "bias")
+        if self.relu_output is not None:      # y is the ReLU's output (see share_relu_outputs)
+            s = self.relu_denominator(y, r)
+        elif self.own_weights:      # no second forward computation: z = y (or y - b without the bias)
+            s = self.denominator(y if self.bias else y - derived(node, "bias"), r)
         else:
-            z = ir.linear(node, x, k, b)
-        g = ir.linear_transpose(node, self.denominator(z, r), x, k)
+            s = self.denominator(ir.linear(node, x, k, b), r)
+        g = ir.linear_transpose(node, s, x, k)
         return [x * g]
 
 
@@ -142,6 +150,10 @@ class Epsilon(Z):
 
     def denominator(self, z, r):
         return eps_div(r, z, float(self.epsilon))
+
+    def relu_denominator(self, a, r):
+        eps = float(self.epsilon)
+        return r / (a + eps) if eps else tf.math.divide_no_nan(r, a)
 
 
 class Gamma(Z):
@@ -312,9 +324,60 @@ class Proportional(Rule):
 
     def backward(self, node, xs, y, r):
         eps = float(self.epsilon)
-        s = eps_div(r, y, eps) if eps else safe_div(r, y)
+        if self.relu_output is not None:      # y is the ReLU's output (see share_relu_outputs)
+            s = r / (y + eps) if eps else tf.math.divide_no_nan(r, y)
+        else:
+            s = eps_div(r, y, eps) if eps else safe_div(r, y)
         grads = vjp(lambda *v: ir.apply(node, list(v)), list(xs), s)
         return [x * g for x, g in zip(xs, grads)]
+
+
+# nodes that hand their output's relevance to their input unchanged or moved, never spread onto
+# positions of value 0 (max pooling routes it to the winner, which holds the output's value)
+_ROUTING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Dropout", "Concatenate")
+
+
+def _vanishing_relevance(graph, rules):
+    """Ids of the nodes whose relevance is 0 wherever their output is 0, as the rules of their
+    consumers send it back: rules of the form ``R_i = x_i * (...)`` (z, epsilon, gamma,
+    alpha-beta, proportional), and pass/gradient through a plain ReLU or a routing node that has
+    the property itself; the output node's relevance is ``onehot * f``."""
+    consumers, out = graph.consumers(), set()
+    for node in reversed(graph.nodes):
+        ok = True
+        for c in consumers[node.id]:
+            cn, rule = graph[c], rules.get(c)
+            if isinstance(rule, (Z, AlphaBeta, Proportional)):
+                continue
+            if isinstance(rule, (Pass, Gradient)) and c in out and (ir.plain_relu(cn) or cn.kind in _ROUTING):
+                continue
+            ok = False
+        if ok:
+            out.add(node.id)
+    return out
+
+
+def share_relu_outputs(graph, rules):
+    """Let z/epsilon/proportional rules of a node read by one plain ReLU take their denominator from
+    the ReLU's output ``a = max(z, 0)``, in place (sets ``rule.relu_output``).
+
+    The relevance reaching such a node is 0 wherever ``a`` is (:func:`_vanishing_relevance`), so
+    ``R / stab(z)`` is ``R / (a + eps)`` (``R / a``, 0 where ``a`` = 0, for z) with the same
+    numbers. The pre-activation then has no reader in the backward pass and TF fuses the layer's
+    bias and ReLU into its convolution or matmul, as in a gradient's forward pass: fewer passes
+    over the largest tensors (MNIST CNN lrp.epsilon 1.28x -> 1.07x of the gradient floor)."""
+    consumers, vanishing = graph.consumers(), _vanishing_relevance(graph, rules)
+    for node in graph.nodes:
+        rule = rules.get(node.id)
+        own = isinstance(rule, Z) and rule.own_weights and rule.bias
+        if not (own or isinstance(rule, Proportional)) or node.id == graph.output_id:
+            continue
+        (c, *more) = consumers[node.id] or [None]
+        if more or c is None or not ir.plain_relu(graph[c]) or c not in vanishing:
+            continue
+        if isinstance(rules[c], (Pass, Gradient)):
+            rule.relu_output = c
+    return rules
 
 
 # name -> (class, fixed keyword arguments)
