@@ -133,3 +133,102 @@ def test_run_metrics_use_the_same_code(tmp_path):
     table = evaluate(model, x, t, {"grad": maps}, ["pixel_flipping", "complexity"])
     assert values["pixel_flipping.value"] == pytest.approx(table.values(metric="pixel_flipping").mean())
     assert values["complexity.value"] == pytest.approx(table.values(metric="complexity").mean())
+
+
+# -- estimates, input-scaled defaults, Ctrl-C ---------------------------------------------------
+def test_metric_scaled_defaults():
+    from xaitf.budget import metric_scaled_defaults
+
+    assert metric_scaled_defaults("pixel_flipping", (28, 28, 1)) == {}
+    assert metric_scaled_defaults("pixel_flipping", (32, 32, 3)) == {}          # 1,024 pixels: kept
+    assert metric_scaled_defaults("pixel_flipping", (224, 224, 3)) == {"features_in_step": 49}
+    assert metric_scaled_defaults("pixel_flipping", (64, 64, 1)) == {"features_in_step": 4}
+    assert metric_scaled_defaults("road", (224, 224, 3)) == {}
+
+
+def test_metric_cost_counts_the_curves_points(lin, x):
+    """The estimate's evaluations per image equal the points of the curves the metrics compute."""
+    from xaitf.budget import metric_cost
+
+    maps = x[..., 0]
+    t = np.array([0, 1, 2, 0])
+    cases = [("pixel_flipping", "pixel_flipping", {"features_in_step": 5}),
+             ("pixel_flipping", "pixel_flipping", {}),
+             ("region_perturbation", "region_perturbation", {"patch_size": 4}),
+             ("deletion", "deletion_curve", {"steps": 7}),
+             ("insertion", "insertion_curve", {})]
+    for name, fn, kw in cases:
+        curve = getattr(metrics, fn)(lin, x, maps, t, progress=False, **kw)
+        assert metric_cost(name, kw, (6, 6, 1)) == (curve.scores.shape[1], 0), (name, kw)
+    assert metric_cost("faithfulness_correlation", {"runs": 10}, (6, 6, 1)) == (11, 0)
+    assert metric_cost("max_sensitivity", {"samples": 3}, (6, 6, 1)) == (0, 3)
+    assert metric_cost("mprt", {}, (6, 6, 1), randomised_layers=5) == (0, 5)
+    assert metric_cost("mprt", {"layers": ["a", "b"]}, (6, 6, 1), randomised_layers=5) == (0, 2)
+    assert metric_cost("sparseness", {}, (6, 6, 1)) == (0, 0)
+
+
+def _cnn_files(tmp_path, side=64, n=3):
+    model = make_cnn(shape=(side, side, 1), classes=3, seed=0)
+    model.save(tmp_path / "m.h5")
+    np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(n, side, side, 1) * 255).astype(np.uint8))
+    return ["evaluate", "--model", str(tmp_path / "m.h5"), "--data", str(tmp_path / "x.npy"), "--no-progress"]
+
+
+def test_command_line_scales_defaults_prints_the_estimate_and_keeps_to_the_budget(tmp_path, capsys):
+    import json
+
+    base = _cnn_files(tmp_path)
+    out = tmp_path / "ev"
+    argv = base + ["--methods", "grad", "occlusion", "--metrics", "pixel_flipping", "sparseness", "--out", str(out)]
+    assert xaitf_main(argv) == 0
+    err = capsys.readouterr()[1]
+    assert "occlusion window=5 stride=5" in err and "pixel_flipping features_in_step=4" in err
+    info = json.loads((out / "summary.json").read_text())
+    assert info["metric_kwargs"] == {"pixel_flipping": {"features_in_step": 4}}
+    assert info["method_defaults_scaled"] == {"occlusion": {"window": 5, "stride": 5}}
+    assert info["estimate_seconds"] > 0
+    # --metric-set and --set win over the scaled defaults
+    assert xaitf_main(argv + ["--metric-set", "pixel_flipping.features_in_step=16", "--set",
+                              "occlusion.window=8", "--set", "occlusion.stride=8"]) == 0
+    std = capsys.readouterr()[0]
+    assert "pixel_flipping " in std and "(257 evaluations per image)" in std
+    info = json.loads((out / "summary.json").read_text())
+    assert info["metric_kwargs"] == {"pixel_flipping": {"features_in_step": 16}}
+    assert info["method_defaults_scaled"] == {}
+    # above --budget: one line, nothing written
+    before = (out / "metrics.csv").read_bytes()
+    with pytest.raises(Exception, match=r"the estimate ~\d+ s is above --budget 1 s"):
+        xaitf_main(argv + ["--metric-set", "pixel_flipping.features_in_step=1", "--budget", "1s"])
+    assert (out / "metrics.csv").read_bytes() == before
+
+
+def test_command_line_ctrl_c_keeps_the_finished_pairs(tmp_path, monkeypatch, capsys):
+    import json
+
+    import importlib
+
+    Cx = importlib.import_module("xaitf.metrics.complexity")
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    base = _cnn_files(tmp_path, side=12)
+    out = tmp_path / "ev"
+    argv = base + ["--methods", "grad", "gb", "--metrics", "sparseness", "complexity", "--out", str(out)]
+    assert xaitf_main(argv) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(Cx, "complexity", interrupted)      # the second pair is stopped
+    assert xaitf_main(argv) == 130
+    assert "interrupted; 1 of 4 pairs written; not run: grad x complexity" in capsys.readouterr()[1]
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["method"], r["metric"]) for r in rows} == {("grad", "sparseness")} and len(rows) == 3
+    info = json.loads((out / "summary.json").read_text())
+    assert info["interrupted"] == {"at": "grad x complexity",
+                                   "not_run": ["grad x complexity", "gb x sparseness", "gb x complexity"]}
+    assert "**INTERRUPTED** (Ctrl-C) at grad x complexity" in (out / "report.md").read_text()
+    # stopped before any pair finished: the earlier results stay as they were
+    before = (out / "metrics.csv").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        xaitf_main(base + ["--methods", "grad", "--metrics", "complexity", "--out", str(out)])
+    assert (out / "metrics.csv").read_bytes() == before and not list(tmp_path.glob(".ev.*"))

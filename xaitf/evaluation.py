@@ -84,11 +84,14 @@ class Table:
     randomised layer and similarity of ``mprt``), value. ``rows`` is a list of tuples in
     :data:`COLUMNS` order."""
 
-    def __init__(self, rows=(), results=None):
+    def __init__(self, rows=(), results=None, interrupted=None):
         self.rows = list(rows)
         #: ``{(method label, metric): what the metric's function returned}`` (curves, the
         #: randomisation result with its maps when asked for: figures reuse it, nothing runs twice)
         self.results = dict(results or {})
+        #: None, or ``(method label, metric)`` of the pair that Ctrl-C stopped (``keep_on_interrupt``):
+        #: the rows hold the pairs finished before it
+        self.interrupted = interrupted
 
     def __len__(self):
         return len(self.rows)
@@ -173,7 +176,7 @@ def _methods(model, methods, x, targets, method_kwargs):
 
 
 def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256, seed=0,
-             method_kwargs=None, metric_kwargs=None, progress=False):
+             method_kwargs=None, metric_kwargs=None, progress=False, keep_on_interrupt=False):
     """Score explanations with metrics of :data:`METRICS`: one tidy :class:`Table`.
 
     Args:
@@ -189,14 +192,14 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
         seed: seed of every stochastic metric.
         method_kwargs: ``{label: {keyword: value}}`` for methods given by name.
         metric_kwargs: ``{metric: {keyword: value}}`` passed to the metric's function.
-        progress: progress lines of the long metrics.
+        progress: a line per (method, metric) pair and the progress lines of the long metrics.
+        keep_on_interrupt: on Ctrl-C while the metrics run, return the pairs finished so far
+            (``Table.interrupted`` names the one stopped) instead of raising KeyboardInterrupt.
 
     Returns:
         :class:`Table` with columns image, method, metric, detail, value; ``Table.results`` keeps
         each metric's own result per (method, metric).
     """
-    import inspect
-
     from .explainer import as_batch
     from .keras_bridge import output_units
 
@@ -218,31 +221,48 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
     targets = as_targets(targets, len(x), max(2, output_units(model)))
     explained = _methods(model, methods, x, targets, method_kwargs)
     rows, results = [], {}
-    for label, (explainer, maps) in explained.items():
-        for name in metrics:
-            spec, fn = METRICS[name], fns[name]
-            accepted = inspect.signature(fn).parameters
-            kw = dict(spec.kwargs)
-            for key, value in (("batch_size", batch_size), ("seed", seed), ("progress", progress)):
-                if key in accepted:
-                    kw[key] = value
-            kw.update(metric_kwargs.get(name, {}))
-            if spec.form in ("explainer", "method") and explainer is None:
-                raise MethodError(f"{name} runs the method again and needs a method name or an Explainer, "
-                                  f"not precomputed maps ({label})")
-            if spec.form == "model":
-                result = fn(model, x, maps, targets, **kw)
-            elif spec.form == "maps":
-                result = fn(maps, **kw)
-            elif spec.form == "masks":
-                result = fn(maps, masks, **kw)
-            elif spec.form == "explainer":
-                result = fn(explainer, x, targets, **kw)
-            else:
-                result = fn(model, x, targets, explainer, **kw)
-            rows.extend(_rows(label, name, spec, result))
-            results[(label, name)] = result
+    pairs = [(label, name) for label in explained for name in metrics]
+    for k, (label, name) in enumerate(pairs):
+        explainer, maps = explained[label]
+        try:
+            if progress:
+                print(f"[{k + 1}/{len(pairs)}] {label} x {name}", flush=True)
+            pair_rows, result = _score(model, x, targets, masks, explainer, maps, label, name, fns[name],
+                                       metric_kwargs.get(name, {}), batch_size, seed, progress)
+        except KeyboardInterrupt:
+            if not keep_on_interrupt:
+                raise
+            return Table(rows, results, interrupted=(label, name))
+        rows.extend(pair_rows)
+        results[(label, name)] = result
     return Table(rows, results)
+
+
+def _score(model, x, targets, masks, explainer, maps, label, name, fn, kwargs, batch_size, seed, progress):
+    """Rows and result of one (method, metric) pair."""
+    import inspect
+
+    spec = METRICS[name]
+    accepted = inspect.signature(fn).parameters
+    kw = dict(spec.kwargs)
+    for key, value in (("batch_size", batch_size), ("seed", seed), ("progress", progress)):
+        if key in accepted:
+            kw[key] = value
+    kw.update(kwargs)
+    if spec.form in ("explainer", "method") and explainer is None:
+        raise MethodError(f"{name} runs the method again and needs a method name or an Explainer, "
+                          f"not precomputed maps ({label})")
+    if spec.form == "model":
+        result = fn(model, x, maps, targets, **kw)
+    elif spec.form == "maps":
+        result = fn(maps, **kw)
+    elif spec.form == "masks":
+        result = fn(maps, masks, **kw)
+    elif spec.form == "explainer":
+        result = fn(explainer, x, targets, **kw)
+    else:
+        result = fn(model, x, targets, explainer, **kw)
+    return list(_rows(label, name, spec, result)), result
 
 
 def _rows(label, name, spec, result):

@@ -48,6 +48,9 @@ def add_parser(subparsers):
     p.add_argument("--out", default=None, help="output folder (default results/evaluate/<model>-<data>)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--unsafe-model", action="store_true", help="allow code stored in the model file to run")
+    p.add_argument("--budget", type=cli.budget_seconds, default=None, metavar="DURATION",
+                   help="refuse to start when the estimated time is above this: seconds or 90s / 10m / 1h "
+                        "(default none: the estimate is printed, the run starts)")
     cli.add_common_args(p)
     p.set_defaults(func=main)
     return p
@@ -103,7 +106,8 @@ def main(args):
         raise cli.CliError(f"--out {out} exists and is not a folder")
     if args.masks is None and any(METRICS[m].form == "masks" for m in args.metrics):
         raise cli.CliError(f"{', '.join(m for m in args.metrics if METRICS[m].form == 'masks')} need --masks")
-    cli.apply_sets(args.sets, seed=args.seed, batch_size=args.batch_size)
+    set_keys = {(section, key) for section, key, _ in cli.apply_sets(args.sets, seed=args.seed,
+                                                                      batch_size=args.batch_size)}
     cli.quiet_tensorflow()
 
     from . import settings as S
@@ -128,15 +132,35 @@ def main(args):
         targets = None
     masks = _masks(args.masks, len(x), shape[:2]) if args.masks else None
     batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
-    explainers = {k: registry.create_from_presets(k, model, progress=False) for k in keys}
+    scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
+    explainers = {k: registry.create_from_presets(k, model, progress=False, **scaled.get(k, {})) for k in keys}
+    total, lines = estimate(model, explainers, args.metrics, metric_kwargs, shape, len(x))
+    for line in lines:
+        print(line, flush=True)
+    if args.budget is not None and total is not None and total > args.budget:
+        from .budget import duration
+
+        raise cli.CliError(f"the estimate {duration(total)} is above --budget "
+                           f"{duration(args.budget)[1:]}: lower the costliest settings above "
+                           "(--metric-set, --set) or drop a metric (--budget none runs it anyway)")
     t0 = time.perf_counter()
     run_kwargs = {k: dict(v) for k, v in metric_kwargs.items()}
     if "mprt" in args.metrics:       # the figure's maps (first image) come from the same run
         run_kwargs.setdefault("mprt", {}).setdefault("return_maps", 1)
     table = evaluate(model, x, targets, explainers, args.metrics, masks=masks, batch_size=batch_size,
-                     seed=seed, metric_kwargs=run_kwargs, progress=not args.no_progress)
+                     seed=seed, metric_kwargs=run_kwargs, progress=not args.no_progress, keep_on_interrupt=True)
     wall = time.perf_counter() - t0
+    if table.interrupted and not table.rows:
+        raise KeyboardInterrupt
     summary = table.summary()
+    pairs = [(k, m) for k in keys for m in args.metrics]
+    done = [p for p in pairs if p in table.results]
+    interrupted = None
+    if table.interrupted:
+        interrupted = {"at": "{} x {}".format(*table.interrupted),
+                       "not_run": ["{} x {}".format(*p) for p in pairs if p not in table.results]}
+        print(f"interrupted (Ctrl-C) at {interrupted['at']}: writing the {len(done)} finished pairs of "
+              f"{len(pairs)}", file=sys.stderr, flush=True)
 
     print(f"{len(x)} images of {src.description}; {len(keys)} methods x {len(args.metrics)} metrics "
           f"in {wall:.1f} s")
@@ -152,13 +176,14 @@ def main(args):
         info = {"model": str(model_path), "data": src.description, "n": len(x), "methods": keys,
                 "metrics": args.metrics, "metric_kwargs": metric_kwargs, "batch_size": batch_size,
                 "seed": seed, "target": args.target, "adapt": policy, "seconds": wall,
+                "method_defaults_scaled": scaled, "estimate_seconds": total, "interrupted": interrupted,
                 "summary": [{"method": m, "metric": k, "detail": d, "mean": a, "std": s, "n": n}
                             for (m, k, d), (a, s, n) in summary.items()]}
         (tmp / "summary.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
         figure = None
-        if "mprt" in args.metrics:
-            figure = randomisation_figure({label: table.results[(label, "mprt")] for label in explainers},
-                                          tmp / "randomisation.png", len(x))
+        mprt = {label: table.results[(label, "mprt")] for label in explainers if (label, "mprt") in table.results}
+        if mprt:
+            figure = randomisation_figure(mprt, tmp / "randomisation.png", len(x))
         write_report(tmp, info, summary, figure, argv=sys.argv)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -173,7 +198,78 @@ def main(args):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"wrote {out / 'metrics.csv'}, {out / 'report.html'}")
+    if interrupted:
+        print(f"error: interrupted; {len(done)} of {len(pairs)} pairs written; not run: "
+              f"{', '.join(interrupted['not_run'])}", file=sys.stderr)
+        return 130
     return 0
+
+
+def scaled_settings(model, shape, keys, set_keys, metrics, metric_kwargs):
+    """The input-scaled defaults of the window methods (as ``python -m xaitf run``; not for study
+    1's center-pixel model) and of the metrics (:func:`xaitf.budget.metric_scaled_defaults`), less
+    what ``--set`` / ``--metric-set`` gave; prints what was scaled. Returns ``(method kwargs,
+    metric kwargs with the scaled defaults added)``."""
+    from . import budget
+
+    scaled = {}
+    if not budget.is_center_pixel(model):
+        scaled = {k: budget.unset_scaled_defaults(k, shape, set_keys) for k in keys}
+        scaled = {k: v for k, v in scaled.items() if v}
+    metric_kwargs = {m: dict(v) for m, v in metric_kwargs.items()}
+    metric_scaled = {}
+    for m in metrics:
+        d = {k: v for k, v in budget.metric_scaled_defaults(m, shape).items() if k not in metric_kwargs.get(m, {})}
+        if d:
+            metric_scaled[m] = d
+            metric_kwargs.setdefault(m, {}).update(d)
+    notes = [f"{k} " + " ".join(f"{p}={v}" for p, v in d.items()) for k, d in {**scaled, **metric_scaled}.items()]
+    if notes:
+        print(f"defaults scaled to the {shape[0]}x{shape[1]} input (--set / --metric-set win): " + "; ".join(notes),
+              file=sys.stderr)
+    return scaled, metric_kwargs
+
+
+def estimate(model, explainers, metrics, metric_kwargs, shape, n):
+    """``(seconds or None, lines)``: the run's estimate from one timed batch of the model
+    (:func:`xaitf.budget.measure`): per method its maps and each metric, the model evaluations
+    per image (:func:`xaitf.budget.metric_cost`) and the time (x :data:`xaitf.budget.MARGIN`).
+    None when a method has no cost model."""
+    from . import budget
+    from .metrics.randomisation import _flat_layers
+
+    costs = {}
+    for k, ex in explainers.items():
+        try:
+            costs[k] = budget.cost(k, ex)
+        except KeyError:
+            costs[k] = None
+    timing = budget.measure(model, backward=any(c and c[1] for c in costs.values()), batch=64,
+                            batch_backward=16, warm=True)
+    layers = len(_flat_layers(model))
+    ms = f"{timing['forward'] * 1e3:.3g} ms per image forward" + (
+        f", {timing['backward'] * 1e3:.3g} ms forward+backward" if "backward" in timing else "")
+    lines, total = [f"estimate for {n} images ({ms}, measured; x{budget.MARGIN} margin):"], 0.0
+    for k, ex in explainers.items():
+        maps = budget.seconds(k, ex, n, timing)[0] if costs[k] else None
+        parts = [f"maps {budget.duration(maps) if maps is not None else '(no estimate)'}"]
+        for m in metrics:
+            fwd, expl = budget.metric_cost(m, metric_kwargs.get(m, {}), shape, layers)
+            s = n * fwd * timing["forward"] * budget.MARGIN
+            if expl:
+                s = s + expl * maps if maps is not None else None
+            what = [f"{fwd:,} evaluations"] if fwd else []
+            what += [f"{expl} explanations"] if expl else []
+            if not what:
+                parts.append(f"{m} (no model evaluations)")
+            else:
+                parts.append(f"{m} {budget.duration(s) if s is not None else '(no estimate)'} "
+                             f"({', '.join(what)} per image)")
+            total = None if total is None or s is None else total + s
+        total = None if total is None or maps is None else total + maps
+        lines.append(f"  {k}: " + "; ".join(parts))
+    lines.append(f"total {budget.duration(total) if total is not None else '(no estimate: a method has no cost model)'}")
+    return total, lines
 
 
 def randomisation_figure(results, path, n):
@@ -192,8 +288,11 @@ def write_report(folder, info, summary, figure, argv):
 
     lines = [f"# Evaluation: {Path(info['model']).name} on {info['data']}", "",
              f"{info['n']} images; target: {info['target']}; batch_size {info['batch_size']}; seed "
-             f"{info['seed']}; {info['seconds']:.1f} s.", "",
-             "| method | metric | detail | mean | std | n |", "|---|---|---|---|---|---|"]
+             f"{info['seed']}; {info['seconds']:.1f} s.", ""]
+    if info.get("interrupted"):
+        lines += [f"**INTERRUPTED** (Ctrl-C) at {info['interrupted']['at']}: the table holds the pairs "
+                  f"finished before it; not run: {', '.join(info['interrupted']['not_run'])}.", ""]
+    lines += ["| method | metric | detail | mean | std | n |", "|---|---|---|---|---|---|"]
     for (method, metric, detail), (mean, std, n) in summary.items():
         lines.append(f"| {method} | {metric} | {detail} | {mean:.4g} | {std:.3g} | {n} |")
     lines += ["", "Per-image values: [metrics.csv](metrics.csv). Whether higher or lower is better, and "
