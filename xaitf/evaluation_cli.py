@@ -134,15 +134,15 @@ def main(args):
     batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
     explainers = {k: registry.create_from_presets(k, model, progress=False, **scaled.get(k, {})) for k in keys}
-    total, lines = estimate(model, explainers, args.metrics, metric_kwargs, shape, len(x))
+    total, lines, costliest = estimate(model, explainers, args.metrics, metric_kwargs, shape, len(x), x[0])
     for line in lines:
         print(line, flush=True)
     if args.budget is not None and total is not None and total > args.budget:
         from .budget import duration
 
-        raise cli.CliError(f"the estimate {duration(total)} is above --budget "
-                           f"{duration(args.budget)[1:]}: lower the costliest settings above "
-                           "(--metric-set, --set) or drop a metric (--budget none runs it anyway)")
+        raise cli.CliError(f"the estimate {duration(total)} is above --budget {duration(args.budget)[1:]}; "
+                           f"the costliest part: {costliest}: lower its settings (--metric-set, --set) or "
+                           "drop it (--budget none runs it anyway)")
     t0 = time.perf_counter()
     run_kwargs = {k: dict(v) for k, v in metric_kwargs.items()}
     if "mprt" in args.metrics:       # the figure's maps (first image) come from the same run
@@ -230,11 +230,12 @@ def scaled_settings(model, shape, keys, set_keys, metrics, metric_kwargs):
     return scaled, metric_kwargs
 
 
-def estimate(model, explainers, metrics, metric_kwargs, shape, n):
-    """``(seconds or None, lines)``: the run's estimate from one timed batch of the model
-    (:func:`xaitf.budget.measure`): per method its maps and each metric, the model evaluations
-    per image (:func:`xaitf.budget.metric_cost`) and the time (x :data:`xaitf.budget.MARGIN`).
-    None when a method has no cost model."""
+def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
+    """``(seconds or None, lines, the costliest part in words)``: the run's estimate for ``n``
+    images from one timed batch of the model (:func:`xaitf.budget.measure`; superpixel methods'
+    segmenter timed on ``image``): per method its maps and each metric, the model evaluations per
+    image (:func:`xaitf.budget.metric_cost`) and the time (x :data:`xaitf.budget.MARGIN`). None
+    when a method has no cost model."""
     from . import budget
     from .metrics.randomisation import _flat_layers
 
@@ -246,13 +247,16 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n):
             costs[k] = None
     timing = budget.measure(model, backward=any(c and c[1] for c in costs.values()), batch=64,
                             batch_backward=16, warm=True)
+    budget.measure_segmentation(explainers.values(), np.asarray(image), timing)
     layers = len(_flat_layers(model))
+    parts_s = []
     ms = f"{timing['forward'] * 1e3:.3g} ms per image forward" + (
         f", {timing['backward'] * 1e3:.3g} ms forward+backward" if "backward" in timing else "")
     lines, total = [f"estimate for {n} images ({ms}, measured; x{budget.MARGIN} margin):"], 0.0
     for k, ex in explainers.items():
         maps = budget.seconds(k, ex, n, timing)[0] if costs[k] else None
         parts = [f"maps {budget.duration(maps) if maps is not None else '(no estimate)'}"]
+        parts_s.append((maps or 0.0, f"{k}'s maps {budget.duration(maps)}"))
         for m in metrics:
             fwd, expl = budget.metric_cost(m, metric_kwargs.get(m, {}), shape, layers)
             s = n * fwd * timing["forward"] * budget.MARGIN
@@ -265,11 +269,12 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n):
             else:
                 parts.append(f"{m} {budget.duration(s) if s is not None else '(no estimate)'} "
                              f"({', '.join(what)} per image)")
+                parts_s.append((s or 0.0, f"{k} x {m} {budget.duration(s)} ({', '.join(what)} per image)"))
             total = None if total is None or s is None else total + s
         total = None if total is None or maps is None else total + maps
         lines.append(f"  {k}: " + "; ".join(parts))
     lines.append(f"total {budget.duration(total) if total is not None else '(no estimate: a method has no cost model)'}")
-    return total, lines
+    return total, lines, max(parts_s)[1]
 
 
 def randomisation_figure(results, path, n):
