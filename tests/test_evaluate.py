@@ -233,3 +233,23 @@ def test_command_line_ctrl_c_keeps_the_finished_pairs(tmp_path, monkeypatch, cap
     with pytest.raises(KeyboardInterrupt):
         xaitf_main(base + ["--methods", "grad", "--metrics", "complexity", "--out", str(out)])
     assert (out / "metrics.csv").read_bytes() == before and not list(tmp_path.glob(".ev.*"))
+
+
+def test_run_metrics_scale_pixel_flipping_as_evaluate(tmp_path):
+    """``run --metrics pixel_flipping`` on 36x36 images (1,296 pixels) uses features_in_step 2."""
+    import h5py
+    import json
+
+    model = make_cnn(shape=(36, 36, 1), classes=3, seed=0)
+    model.save(tmp_path / "m.h5")
+    np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(3, 36, 36, 1) * 255).astype(np.uint8))
+    out = tmp_path / "run"
+    assert xaitf_main(["run", "--model", str(tmp_path / "m.h5"), "--data", str(tmp_path / "x.npy"),
+                       "--methods", "grad", "--metrics", "pixel_flipping", "--out", str(out),
+                       "--no-progress", "--index-root", str(tmp_path / "results")]) == 0
+    value = json.loads((out / "metrics.json").read_text())["grad"]["pixel_flipping.value"]
+    with h5py.File(out / "store.h5", "r") as f:
+        x, maps, t = f["inputs"][()], f["maps"]["grad"][()], f["targets"][()]
+    two = metrics.pixel_flipping(model, x, maps, t, features_in_step=2, progress=False).auc.mean()
+    one = metrics.pixel_flipping(model, x, maps, t, progress=False).auc.mean()
+    assert value == pytest.approx(two) and abs(two - one) > 1e-6
