@@ -262,6 +262,56 @@ def test_graph_forward_sequential_and_nested(kind):
     np.testing.assert_allclose(read_model(seq).forward(xs).numpy(), np.asarray(seq(xs)), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_separable_conv_is_read_as_depthwise_then_pointwise(kind):
+    """SeparableConv2D (Xception, NASNet): two nodes whose composition is the layer; BN folds into
+    the pointwise one; LRP-z without biases conserves the logit through it (Cropping2D drops the
+    relevance of what it crops, here nothing relevant: the logit reads only the kept part)."""
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+
+    def net(bias):
+        inp = k.Input((10, 10, 3))
+        h = L.SeparableConv2D(6, 3, strides=2, padding="same", depth_multiplier=2, activation="relu",
+                              use_bias=bias, name="sep1")(inp)
+        h = L.SeparableConv2D(5, 3, padding="valid", use_bias=bias, name="sep2")(h)
+        h = L.BatchNormalization(name="bn")(h)
+        h = L.ReLU()(h)
+        h = L.Cropping2D(((1, 0), (0, 1)), name="crop")(h)      # NASNet's
+        return k.Model(inp, L.Dense(3, use_bias=bias)(L.Flatten()(h)))
+
+    model = _set_random(net(True), 6)
+    g = read_model(model)
+    assert [n.name for n in g.nodes if n.name.startswith("sep")] == [
+        "sep1/depthwise", "sep1/pointwise", "sep1/relu", "sep2/depthwise", "sep2/pointwise"]
+    x = np.random.default_rng(3).random((4, 10, 10, 3), dtype=np.float32)
+    np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    canon = graph_of(model)
+    assert "sep2/pointwise+bn" in [n.name for n in canon.nodes]
+    np.testing.assert_allclose(canon.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    plain = _set_random(net(False), 6)
+    for layer in plain.layers:                     # no BN shift: nothing but the kernels absorbs
+        if type(layer).__name__ == "BatchNormalization":
+            w = layer.get_weights()
+            layer.set_weights([w[0], np.zeros_like(w[1]), np.zeros_like(w[2]), w[3]])
+    t = np.asarray(plain(x)).argmax(1)
+    r = _explain(plain, "lrp.z", x, t)
+    np.testing.assert_allclose(r.reshape(4, -1).sum(1), np.asarray(plain(x))[np.arange(4), t], rtol=1e-4)
+
+
+def test_keras3_operation_node_is_named():
+    """``x + 3.0`` in a Keras 3 functional model is an operation, not a layer: one line naming it."""
+    k = keras3()
+    inp = k.Input((6, 6, 2))
+    h = k.layers.Conv2D(3, 3, name="conv")(inp)
+    h = k.layers.ReLU(6.0)(h + 3.0)
+    model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(h)))
+    with pytest.raises(ModelError) as err:
+        read_model(model)
+    msg = _one_line(err)
+    assert "an operation written in the model's code" in msg and "(Add)" in msg and "grad" in msg
+
+
 def test_graph_normalization_layer():
     k = keras3()
     inp = k.Input((6, 6, 3))
@@ -295,7 +345,7 @@ def test_canonized_zoo_models_equal_the_model(name):
     np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 
-@pytest.mark.parametrize("app,size", [("MobileNetV2", 224), ("ResNet50", 224)])
+@pytest.mark.parametrize("app,size", [("MobileNetV2", 224), ("ResNet50", 224), ("Xception", 96)])
 def test_canonized_keras3_applications(app, size):
     k = keras3()
     model = _set_random(getattr(k.applications, app)(weights=None, input_shape=(size, size, 3)), 6,

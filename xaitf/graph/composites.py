@@ -13,7 +13,7 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
 * other nodes: ``relu`` (a ReLU layer or Activation('relu'), not an ``activation=`` of a layer),
   ``activation`` (every other elementwise activation), ``add``, ``avgpool`` (average and global
   average pooling), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
-  ZeroPadding2D, Dropout, Concatenate).
+  ZeroPadding2D, Cropping2D, Dropout, Concatenate).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
 activation of a layer passes relevance unchanged, a ReLU layer masks it (its gradient, as

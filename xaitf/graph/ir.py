@@ -6,7 +6,11 @@ topological order, each with its kind (the Keras class name, e.g. ``"Conv2D"``),
 float32 numpy arrays, its configuration and the ids of its input nodes. The ``activation=`` of a
 Conv2D/DepthwiseConv2D/Dense becomes its own ``Activation`` node (``fused=True``), so that rules
 see the pre-activation ``z`` of every linear layer. BatchNormalization, Rescaling and
-Normalization are exact per-channel affine nodes ``y = x * scale + shift``.
+Normalization are exact per-channel affine nodes ``y = x * scale + shift``. A SeparableConv2D
+(Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
+``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
+Operations written in a Keras 3 model's code (``x + 3.0``, ``keras.ops.*``; MobileNetV3's hard
+sigmoid) are not layers and are refused with one line naming them.
 
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
 model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
@@ -28,14 +32,15 @@ AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
 LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
 ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
-SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Dropout")
+SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
 MERGE = ("Add", "Concatenate")
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
 KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + POOLING + SHAPE + MERGE + ("Softmax",)
 # layers that are the identity at inference
 _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
              "GaussianDropout", "GaussianNoise", "ActivityRegularization")
-SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY
+SPLIT = ("SeparableConv2D",)     # layers read as several nodes (depthwise, then pointwise)
+SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY + SPLIT
 
 
 @dataclass
@@ -260,6 +265,9 @@ def apply(node, xs):
     if k == "ZeroPadding2D":
         (t, b), (l, r) = c["padding"]
         return tf.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    if k == "Cropping2D":
+        (t, b), (l, r) = c["cropping"]
+        return x[:, t:x.shape[1] - b, l:x.shape[2] - r, :]
     if k == "Dropout":
         return x
     if k == "Add":
@@ -318,9 +326,31 @@ def _channel_axis(layer, axis):
 def _layer_nodes(layer, inputs, new_id):
     """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``."""
     kind = layer_type(layer)
+    if not hasattr(layer, "get_weights"):         # a Keras 3 operation node (keras.ops / x + 3.0)
+        raise ModelError(f"native LRP cannot read {getattr(layer, 'name', kind)!r} ({kind}), an operation "
+                         "written in the model's code (keras.ops, or arithmetic such as x + 3.0 on a layer's "
+                         f"output), not a layer; methods that still work: {STILL_WORK}")
     cfg = layer.get_config()
     ws = [_f32(w) for w in layer.get_weights()]
     out = []
+    if kind == "SeparableConv2D":      # tf.nn.separable_conv2d: depthwise (strided), then 1x1 pointwise
+        _channels_last(layer, cfg)
+        depthwise, pointwise = ws[0], ws[1]
+        bias = ws[2] if cfg.get("use_bias", True) and len(ws) > 2 else np.zeros(pointwise.shape[-1], np.float32)
+        padding = str(cfg["padding"]).upper()
+        if padding not in ("SAME", "VALID"):
+            raise _unsupported(layer, f" with padding={cfg['padding']!r}")
+        conv = {"strides": _pair(cfg["strides"]), "padding": padding,
+                "dilation_rate": _pair(cfg.get("dilation_rate", 1))}
+        point = {"strides": (1, 1), "padding": "VALID", "dilation_rate": (1, 1)}
+        zeros = np.zeros(depthwise.shape[2] * depthwise.shape[3], np.float32)
+        out = [("DepthwiseConv2D", f"{layer.name}/depthwise", {"kernel": depthwise, "bias": zeros}, conv, False),
+               ("Conv2D", f"{layer.name}/pointwise", {"kernel": pointwise, "bias": bias}, point, False)]
+        act = activation_name(layer)
+        if act not in (None, "linear"):
+            out.append(("Activation", f"{layer.name}/{act}", {}, {"activation": act, "fn": layer.activation},
+                        True))
+        return out
     if kind in KERNEL:
         _channels_last(layer, cfg)
         if cfg.get("groups", 1) != 1:
@@ -396,13 +426,14 @@ def _layer_nodes(layer, inputs, new_id):
         return [(kind, layer.name, {}, {}, False)]
     if kind == "Reshape":
         return [(kind, layer.name, {}, {"target_shape": tuple(int(d) for d in cfg["target_shape"])}, False)]
-    if kind == "ZeroPadding2D":
+    if kind in ("ZeroPadding2D", "Cropping2D"):
         _channels_last(layer, cfg)
-        p = cfg["padding"]
+        key = "padding" if kind == "ZeroPadding2D" else "cropping"
+        p = cfg[key]
         if isinstance(p, int):
             p = ((p, p), (p, p))
         p = tuple(_pair(q) for q in p)
-        return [(kind, layer.name, {}, {"padding": p}, False)]
+        return [(kind, layer.name, {}, {key: p}, False)]
     if kind in _IDENTITY:
         return [("Dropout", layer.name, {}, {"layer_class": kind}, False)]
     if kind in MERGE:
