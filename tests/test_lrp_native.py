@@ -1005,3 +1005,20 @@ def test_new_weights_rebuild_the_graph_and_weights_are_read_once(monkeypatch):
     _copy_weights(model, other)
     np.testing.assert_allclose(after, LRP(other, composite="epsilon", progress=False)(x, t), rtol=1e-5, atol=1e-6)
     assert np.abs(after - before).max() > 1e-3 * np.abs(after).max()
+
+
+def test_deep_taylor_warns_when_the_logit_is_not_positive():
+    """Deep Taylor starts from relu(f_c): a class whose logit is <= 0 gets an all-zero map, said in a
+    warning; the predicted class (logit > 0 here) does not warn."""
+    model = mnist_like(seed=3)
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    logits = np.asarray(logits_model(model)[0](x))
+    top, low = logits.argmax(1), logits.argmin(1)
+    assert (logits[np.arange(3), top] > 0).all() and (logits[np.arange(3), low] < 0).all()
+    ex = LRP(model, composite="deep_taylor", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.abs(ex(x, top)).reshape(3, -1).max(1).min() > 0
+    with pytest.warns(UserWarning, match=r"deep_taylor: 3 of 3 maps are all 0: Deep Taylor starts from relu"):
+        r = ex(x, low)
+    assert not np.any(r)

@@ -11,6 +11,8 @@ BatchNormalization the iNNvestigate composites (``lrp.z``, ``lrp.epsilon``,
 iNNvestigate 2.1.2's maps (tests/test_lrp_native.py), starting, like it, from the value of the
 target logit ``f_c``.
 """
+import warnings
+
 import numpy as np
 
 from ..errors import MethodError, ModelError
@@ -76,7 +78,15 @@ class LRP(Explainer):
             _check_relu_network(self._prop.graph, p["composite"])
 
     def explain_batch(self, x, targets):
-        return self._prop(x, targets)
+        r = self._prop(x, targets)
+        if self._prop.output == "relu":
+            zero = ~np.any(r.reshape(len(r), -1), axis=1)
+            if zero.any():
+                name = self.params["composite"] if isinstance(self.params["composite"], str) else "this composite"
+                warnings.warn(f"{name}: {int(zero.sum())} of {len(r)} maps are all 0: Deep Taylor starts from "
+                              "relu(f_c), so an explained logit <= 0 gives an empty map (explain the predicted "
+                              "class, or use an LRP composite such as lrp.epsilon)", stacklevel=2)
+        return r
 
 
 RELU_LIKE = ("relu", "relu6", "linear", None)
