@@ -345,7 +345,8 @@ def test_canonized_zoo_models_equal_the_model(name):
     np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 
-@pytest.mark.parametrize("app,size", [("MobileNetV2", 224), ("ResNet50", 224), ("Xception", 96)])
+@pytest.mark.parametrize("app,size", [("MobileNetV2", 224), ("ResNet50", 224), ("Xception", 96),
+                                      ("EfficientNetB0", 96)])
 def test_canonized_keras3_applications(app, size):
     k = keras3()
     model = _set_random(getattr(k.applications, app)(weights=None, input_shape=(size, size, 3)), 6,
@@ -1022,3 +1023,48 @@ def test_deep_taylor_warns_when_the_logit_is_not_positive():
     with pytest.warns(UserWarning, match=r"deep_taylor: 3 of 3 maps are all 0: Deep Taylor starts from relu"):
         r = ex(x, low)
     assert not np.any(r)
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_squeeze_excitation_gate_takes_no_relevance(kind):
+    """A squeeze-and-excitation block (EfficientNet): Multiply(signal, sigmoid gate). The gate is
+    held constant: the signal takes all the relevance, so LRP-z without biases still conserves the
+    logit, and the inner sigmoid (only on the gate branch) is not refused."""
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+    inp = k.Input((8, 8, 2))
+    h = L.Conv2D(6, 3, padding="same", activation="relu", use_bias=False, name="conv")(inp)
+    g = L.GlobalAveragePooling2D(keepdims=True)(h)
+    g = L.Conv2D(3, 1, activation="relu", use_bias=False, name="se_reduce")(g)
+    g = L.Conv2D(6, 1, activation="sigmoid", use_bias=False, name="se_expand")(g)
+    h = L.Multiply(name="se_excite")([h, g])
+    model = _set_random(k.Model(inp, L.Dense(3, use_bias=False)(L.Flatten()(h))), 8)
+    x = np.random.default_rng(4).random((3, 8, 8, 2), dtype=np.float32)
+    g_ir = read_model(model)
+    assert next(n for n in g_ir.nodes if n.name == "se_excite").config["signal"] == 0
+    np.testing.assert_allclose(g_ir.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    logits = np.asarray(model(x))
+    t = logits.argmax(1)
+    r = _explain(model, "lrp.z", x, t)
+    np.testing.assert_allclose(r.reshape(3, -1).sum(1), logits[np.arange(3), t], rtol=1e-4)
+    # the formula: LRP-z of a bias-free ReLU net is gradient x input, here with the gate constant
+    layer = model.get_layer
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        h = layer("conv")(xt)
+        gate = tf.stop_gradient(layer("se_expand")(layer("se_reduce")(tf.reduce_mean(h, (1, 2), keepdims=True))))
+        out = model.layers[-1](tf.reshape(h * gate, (3, -1)))
+        f = tf.reduce_sum(tf.gather(out, t, axis=1, batch_dims=1))
+    oracle = x * tape.gradient(f, xt).numpy()
+    np.testing.assert_allclose(r, oracle, atol=1e-5 * np.abs(oracle).max())
+
+
+def test_product_without_a_gate_is_refused():
+    L = tfk.layers
+    inp = tfk.Input((4, 4, 2))
+    a = L.Conv2D(2, 1, name="a")(inp)
+    b = L.Conv2D(2, 1, name="b")(inp)
+    model = tfk.Model(inp, L.Dense(2)(L.Flatten()(L.Multiply(name="prod")([a, b]))))
+    with pytest.raises(MethodError, match="'prod' \\(Multiply\\) multiplies inputs of the same size"):
+        LRP(model, progress=False)(np.ones((1, 4, 4, 2), np.float32), [0])

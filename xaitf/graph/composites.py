@@ -11,13 +11,16 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   BatchNormalization left after folding) / ``normalization`` (Rescaling, Normalization), then
   ``linear``;
 * other nodes: ``relu`` (a ReLU layer or Activation('relu'), not an ``activation=`` of a layer),
-  ``activation`` (every other elementwise activation), ``add``, ``avgpool`` (average and global
+  ``activation`` (every other elementwise activation), ``add``, ``multiply`` (a gated product,
+  as in squeeze-and-excitation blocks), ``avgpool`` (average and global
   average pooling), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
   ZeroPadding2D, Cropping2D, Dropout, Concatenate).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
 activation of a layer passes relevance unchanged, a ReLU layer masks it (its gradient, as
-iNNvestigate), Add and average pooling split it proportionally, max pooling is winner-takes-all.
+iNNvestigate), Add and average pooling split it proportionally, max pooling is winner-takes-all,
+a Multiply gives all of it to its full-size input and none to the gates (``signal``; the gate
+branch, a sigmoid included, then needs no rule).
 
 Registered composites (:data:`COMPOSITES`): the iNNvestigate analyzers ``lrp.z``,
 ``lrp.epsilon``, ``lrp.alpha_1_beta_0``, ``lrp.alpha_2_beta_1``, ``lrp.alpha_beta`` (parameters
@@ -33,16 +36,17 @@ import numpy as np
 from ..errors import MethodError, ModelError
 from . import ir
 from .canonizers import HEADS
-from .rules import RULES, make_rule, rule_params, share_relu_outputs
+from .rules import RULES, make_rule, receiving, rule_params, share_relu_outputs
 
 LINEAR_SELECTORS = ("first", "dense", "conv", "batchnorm", "normalization", "linear")
-OTHER_SELECTORS = ("relu", "activation", "add", "avgpool", "maxpool", "shape")
+OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape")
 SELECTORS = LINEAR_SELECTORS + OTHER_SELECTORS
 KEYS = SELECTORS + ("params", "output")
 OUTPUTS = ("logit", "relu")
 PARAMS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 DEFAULTS = {"normalization": "pass", "relu": "gradient", "activation": "pass", "add": "proportional",
+            "multiply": "signal",
             "avgpool": "proportional", "maxpool": "gradient", "shape": "gradient"}
 
 _DT = {"linear": "z_plus", "batchnorm": "w_square", "relu": "gradient", "add": "gradient",
@@ -159,6 +163,8 @@ def _selectors(node, first):
         return ["activation"]
     if k == "Add":
         return ["add"]
+    if k == "Multiply":
+        return ["multiply"]
     if k in ("AveragePooling2D", "GlobalAveragePooling2D"):
         return ["avgpool"]
     if k in ("MaxPooling2D", "GlobalMaxPooling2D"):
@@ -177,13 +183,14 @@ def assign(graph, composite, params=None):
     merged = dict(comp.get("params", {}))
     merged.update({k: v for k, v in (params or {}).items() if v is not None})
     first = graph.first_linear()
-    rules = {}
+    rules, heads = {}, []
     for node in graph.nodes:
         if node.id == graph.input_id:
             continue
         if node.kind == "Softmax" or (node.kind == "Activation" and node.config.get("activation") in HEADS):
-            raise ModelError(f"native LRP cannot propagate relevance through {node.config.get('activation', 'softmax')} "
-                             f"layer {node.name!r} ({node.kind}) inside the model (only a final one is stripped)")
+            heads.append(node)           # refused below unless it only feeds a gate
+            rules[node.id] = make_rule("pass")
+            continue
         spec, sel = None, None
         for sel in _selectors(node, first):
             spec = comp.get(sel, DEFAULTS.get(sel))
@@ -199,6 +206,11 @@ def assign(graph, composite, params=None):
         if name == "z_box":
             kw = {**kw, **_bounds_at(graph, node, kw.get("low", 0.0), kw.get("high", 1.0))}
         rules[node.id] = make_rule(name, **kw)
+    live = receiving(graph, rules)
+    for node in heads:
+        if node.id in live:
+            raise ModelError(f"native LRP cannot propagate relevance through {node.config.get('activation', 'softmax')} "
+                             f"layer {node.name!r} ({node.kind}) inside the model (only a final one is stripped)")
     share_relu_outputs(graph, rules)
     return rules, comp.get("output", "logit")
 

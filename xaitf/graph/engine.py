@@ -66,6 +66,8 @@ def propagate(graph, rules, output, x, targets, record=None):
         if record is not None:
             record.append((node, rule, r, ins))
         for i, ri in zip(node.inputs, ins):
+            if ri is None:          # an input the rule gives no relevance (a gate: rule 'signal')
+                continue
             relevance[i] = relevance[i] + ri if i in relevance else ri
     return relevance.get(graph.input_id, tf.zeros_like(acts[graph.input_id]))
 
@@ -108,7 +110,7 @@ class Propagator:
         record = []
         propagate(self.graph, self.rules, self.output, x, t, record=record)
         for node, rule, _, ins in record:
-            if not all(np.all(np.isfinite(r.numpy())) for r in ins):
+            if not all(np.all(np.isfinite(r.numpy())) for r in ins if r is not None):
                 return MethodError(f"native LRP ({self.composite_name}): relevance became NaN/inf at node "
                                    f"{node.label()} under rule {rule!r}; try a rule with a stabiliser "
                                    f"(epsilon) for this layer")

@@ -9,7 +9,8 @@ see the pre-activation ``z`` of every linear layer. BatchNormalization, Rescalin
 Normalization are exact per-channel affine nodes ``y = x * scale + shift``. A SeparableConv2D
 (Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
 ``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
-Operations written in a Keras 3 model's code (``x + 3.0``, ``keras.ops.*``; MobileNetV3's hard
+A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet): see the
+``signal`` rule. Operations written in a Keras 3 model's code (``x + 3.0``, ``keras.ops.*``; MobileNetV3's hard
 sigmoid) are not layers and are refused with one line naming them.
 
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
@@ -33,7 +34,7 @@ LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = li
 ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
-MERGE = ("Add", "Concatenate")
+MERGE = ("Add", "Concatenate", "Multiply")
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
 KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + POOLING + SHAPE + MERGE + ("Softmax",)
 # layers that are the identity at inference
@@ -277,6 +278,11 @@ def apply(node, xs):
         return out
     if k == "Concatenate":
         return tf.concat(list(xs), axis=c["axis"])
+    if k == "Multiply":
+        out = xs[0]
+        for v in xs[1:]:
+            out = out * v
+        return out
     raise ModelError(f"graph node {node.label()} has no forward computation")   # pragma: no cover
 
 
@@ -321,6 +327,20 @@ def _channel_axis(layer, axis):
     rank = _input_rank(layer)
     if axis != -1 and (rank is None or axis != rank - 1):
         raise _unsupported(layer, f" with axis={axis} (the last axis only)")
+
+
+def _signal_input(layer):
+    """Index of the one input of a Multiply layer with the output's full shape (the signal; the
+    others are gates broadcast onto it), or None."""
+    from ..compat import inbound_node, node_inputs
+
+    try:
+        shapes = [tuple(t.shape[1:]) for t in node_inputs(inbound_node(layer, 0))]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    size = [int(np.prod([d or 0 for d in s])) for s in shapes]
+    full = [i for i, n in enumerate(size) if n == max(size)]
+    return full[0] if len(full) == 1 else None
 
 
 def _layer_nodes(layer, inputs, new_id):
@@ -440,6 +460,8 @@ def _layer_nodes(layer, inputs, new_id):
         conf = {"axis": int(cfg.get("axis", -1))} if kind == "Concatenate" else {}
         if len(inputs) < 2:
             raise _unsupported(layer, f" with {len(inputs)} input(s)")
+        if kind == "Multiply":
+            conf = {"signal": _signal_input(layer)}
         return [(kind, layer.name, {}, conf, False)]
     raise _unsupported(layer)
 

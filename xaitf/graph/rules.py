@@ -381,6 +381,39 @@ def share_relu_outputs(graph, rules):
     return rules
 
 
+class Signal(Rule):
+    """A gated product (Multiply of a feature map by a broadcast gate, as squeeze-and-excitation
+    blocks): the gate is held constant and the signal takes all the relevance, the gate none
+    ("signal-take-all", Arras et al. 2017, "Explaining recurrent neural network predictions in
+    sentiment analysis", WASSA; the treatment of multiplicative gates in LRP). The signal is the one
+    input of the output's own shape; a product of several such inputs (``x * f(x)``) has no gate
+    and is refused."""
+
+    name = "signal"
+
+    def backward(self, node, xs, y, r):
+        signal = node.config.get("signal")
+        if signal is None:
+            raise MethodError(f"rule 'signal' needs a product of one full-size signal and gates broadcast "
+                              f"onto it; {node.label()} multiplies inputs of the same size; use a gradient "
+                              "method for this model")
+        return [r if i == signal else None for i in range(len(xs))]
+
+
+def receiving(graph, rules):
+    """Ids of the nodes that receive relevance: all the output depends on, except what reaches it
+    only through the gates of a ``signal`` rule."""
+    out = {graph.output_id}
+    for node in reversed(graph.nodes):
+        if node.id not in out:
+            continue
+        signal = node.config.get("signal") if isinstance(rules.get(node.id), Signal) else None
+        for j, i in enumerate(node.inputs):
+            if signal is None or j == signal:
+                out.add(i)
+    return out
+
+
 # name -> (class, fixed keyword arguments)
 RULES = {
     "z": (Z, {}), "z_ib": (Z, {"bias": False}),
@@ -393,7 +426,7 @@ RULES = {
     "alpha_2_beta_1_ib": (AlphaBeta, {"alpha": 2.0, "beta": 1.0, "bias": False}),
     "z_plus": (AlphaBeta, {"alpha": 1.0, "beta": 0.0, "bias": False}),
     "w_square": (WSquare, {}), "flat": (Flat, {}), "z_box": (ZBox, {}),
-    "pass": (Pass, {}), "gradient": (Gradient, {}), "proportional": (Proportional, {}),
+    "pass": (Pass, {}), "gradient": (Gradient, {}), "proportional": (Proportional, {}), "signal": (Signal, {}),
 }
 
 
