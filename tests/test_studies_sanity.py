@@ -78,3 +78,15 @@ def test_ctrl_c_keeps_the_finished_methods(tmp_path, data_dir, monkeypatch):
     assert "not run" in r["skipped"]["cifar_vgg"]["all"]
     assert "INTERRUPTED (Ctrl-C) at mnist_cnn/" in (folder / "report.md").read_text()
     assert (folder / "sanity_mnist_cnn.png").is_file() and (folder / "sanity_curves.png").is_file()
+
+
+def test_estimate_line_names_the_costliest_methods():
+    import numpy as np
+    from conftest import make_cnn
+
+    model = make_cnn(shape=(8, 8, 1), classes=3)
+    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    line = sanity.estimate_line(model, (8, 8, 1), ["grad", "rise", "no_such_method"], x)
+    assert "estimate: ~" in line and "for 2 methods x 5 models x 2 images" in line
+    assert "(costliest: rise ~" in line and line.index("rise") < line.index("grad")
+    assert line.endswith("; no estimate for no_such_method")

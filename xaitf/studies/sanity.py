@@ -63,6 +63,29 @@ def _explainer(name, model, shape):
     return create_from_presets(name, model, progress=False, **budget.unset_scaled_defaults(name, shape))
 
 
+def estimate_line(model, shape, methods, x):
+    """One line: the estimated time of the cascading randomisation of every method on ``model``
+    (its maps on the trained model and after each of the L randomised layers: L + 1 runs of each
+    method, :func:`xaitf.budget.seconds`), the total and the costliest methods."""
+    from .. import budget
+    from ..metrics.randomisation import _flat_layers
+
+    timing = budget.measure(model, backward=True, batch=64, batch_backward=16, warm=True)
+    runs = len(_flat_layers(model)) + 1
+    est, unknown = {}, []
+    for name in methods:
+        try:
+            ex = _explainer(name, model, shape)
+            budget.measure_segmentation([ex], np.asarray(x[0]), timing)
+            est[name] = runs * budget.seconds(name, ex, len(x), timing)[0]
+        except Exception:  # noqa: BLE001 - no cost model, or the method cannot handle the model
+            unknown.append(name)
+    top = sorted(est.items(), key=lambda kv: -kv[1])[:4]
+    return (f"  estimate: {budget.duration(sum(est.values()))} for {len(est)} methods x {runs} models x "
+            f"{len(x)} images (costliest: " + ", ".join(f"{k} {budget.duration(v)}" for k, v in top) + ")"
+            + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
+
+
 def run(args):
     """Run the sanity-check study; returns the result dict written to results.json."""
     from ..keras_bridge import input_shape
@@ -93,6 +116,7 @@ def run(args):
         x = x_all[:int(p["images"])]
         targets = predict(model, x).argmax(-1)
         shape = tuple(input_shape(model))
+        say(estimate_line(model, shape, methods, x))
         results, scores, seconds, skipped = {}, {}, {}, {}
         for name in methods:
             if interrupted:
