@@ -115,21 +115,27 @@ def test_command_line_writes_csv_report_and_figure(tmp_path, capsys, monkeypatch
     assert not list(tmp_path.glob(".ev.*"))
 
 
-def test_run_metrics_use_the_same_code(tmp_path):
-    """``python -m xaitf run --metrics`` scores the stored maps through xaitf.evaluate."""
+def _run_grad(tmp_path, side, n, metrics):
+    """``python -m xaitf run --methods grad --metrics ...`` on a small CNN: (model, metrics.json's
+    grad values, the stored inputs, maps, targets)."""
     import h5py
     import json
 
-    model = make_cnn(shape=(12, 12, 1), classes=3, seed=0)
+    model = make_cnn(shape=(side, side, 1), classes=3, seed=0)
     model.save(tmp_path / "m.h5")
-    np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(6, 12, 12, 1) * 255).astype(np.uint8))
+    np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(n, side, side, 1) * 255).astype(np.uint8))
     out = tmp_path / "run"
     assert xaitf_main(["run", "--model", str(tmp_path / "m.h5"), "--data", str(tmp_path / "x.npy"),
-                       "--methods", "grad", "--metrics", "pixel_flipping", "complexity", "--out", str(out),
+                       "--methods", "grad", "--metrics", *metrics, "--out", str(out),
                        "--no-progress", "--index-root", str(tmp_path / "results")]) == 0
     values = json.loads((out / "metrics.json").read_text())["grad"]
     with h5py.File(out / "store.h5", "r") as f:
-        x, maps, t = f["inputs"][()], f["maps"]["grad"][()], f["targets"][()]
+        return model, values, f["inputs"][()], f["maps"]["grad"][()], f["targets"][()]
+
+
+def test_run_metrics_use_the_same_code(tmp_path):
+    """``python -m xaitf run --metrics`` scores the stored maps through xaitf.evaluate."""
+    model, values, x, maps, t = _run_grad(tmp_path, 12, 6, ["pixel_flipping", "complexity"])
     table = evaluate(model, x, t, {"grad": maps}, ["pixel_flipping", "complexity"])
     assert values["pixel_flipping.value"] == pytest.approx(table.values(metric="pixel_flipping").mean())
     assert values["complexity.value"] == pytest.approx(table.values(metric="complexity").mean())
@@ -237,19 +243,7 @@ def test_command_line_ctrl_c_keeps_the_finished_pairs(tmp_path, monkeypatch, cap
 
 def test_run_metrics_scale_pixel_flipping_as_evaluate(tmp_path):
     """``run --metrics pixel_flipping`` on 36x36 images (1,296 pixels) uses features_in_step 2."""
-    import h5py
-    import json
-
-    model = make_cnn(shape=(36, 36, 1), classes=3, seed=0)
-    model.save(tmp_path / "m.h5")
-    np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(3, 36, 36, 1) * 255).astype(np.uint8))
-    out = tmp_path / "run"
-    assert xaitf_main(["run", "--model", str(tmp_path / "m.h5"), "--data", str(tmp_path / "x.npy"),
-                       "--methods", "grad", "--metrics", "pixel_flipping", "--out", str(out),
-                       "--no-progress", "--index-root", str(tmp_path / "results")]) == 0
-    value = json.loads((out / "metrics.json").read_text())["grad"]["pixel_flipping.value"]
-    with h5py.File(out / "store.h5", "r") as f:
-        x, maps, t = f["inputs"][()], f["maps"]["grad"][()], f["targets"][()]
+    model, values, x, maps, t = _run_grad(tmp_path, 36, 3, ["pixel_flipping"])
     two = metrics.pixel_flipping(model, x, maps, t, features_in_step=2, progress=False).auc.mean()
     one = metrics.pixel_flipping(model, x, maps, t, progress=False).auc.mean()
-    assert value == pytest.approx(two) and abs(two - one) > 1e-6
+    assert values["pixel_flipping.value"] == pytest.approx(two) and abs(two - one) > 1e-6
