@@ -1068,3 +1068,15 @@ def test_product_without_a_gate_is_refused():
     model = tfk.Model(inp, L.Dense(2)(L.Flatten()(L.Multiply(name="prod")([a, b]))))
     with pytest.raises(MethodError, match="'prod' \\(Multiply\\) multiplies inputs of the same size"):
         LRP(model, progress=False)(np.ones((1, 4, 4, 2), np.float32), [0])
+
+
+def test_gate_found_with_unknown_spatial_size():
+    """A fully convolutional model (input (None, None, C)): the (1, 1, C) input of Multiply is the
+    gate, whatever the unknown sizes."""
+    L = tfk.layers
+    inp = tfk.Input((None, None, 2))
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    g = L.Conv2D(4, 1, activation="sigmoid")(L.GlobalAveragePooling2D(keepdims=True)(h))
+    out = L.Dense(3)(L.GlobalAveragePooling2D()(L.Multiply(name="gate")([g, h])))
+    g_ir = read_model(tfk.Model(inp, out))
+    assert next(n for n in g_ir.nodes if n.name == "gate").config["signal"] == 1

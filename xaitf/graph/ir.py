@@ -338,9 +338,15 @@ def _signal_input(layer):
         shapes = [tuple(t.shape[1:]) for t in node_inputs(inbound_node(layer, 0))]
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
-    size = [int(np.prod([d or 0 for d in s])) for s in shapes]
-    full = [i for i, n in enumerate(size) if n == max(size)]
-    return full[0] if len(full) == 1 else None
+    if len({len(s) for s in shapes}) != 1:
+        return None
+
+    def gate(i):       # broadcast: size 1 where another input is larger (or of unknown size)
+        return any(d == 1 and any(s[k] != 1 for j, s in enumerate(shapes) if j != i)
+                   for k, d in enumerate(shapes[i]))
+
+    signals = [i for i in range(len(shapes)) if not gate(i)]
+    return signals[0] if len(signals) == 1 else None
 
 
 def _layer_nodes(layer, inputs, new_id):

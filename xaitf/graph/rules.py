@@ -22,7 +22,8 @@ are not sign-stabilised get iNNvestigate's guard: an exact zero becomes 1e-7 (ne
 Other nodes: ``pass`` (relevance unchanged; elementwise activations), ``gradient`` (relevance routed
 by the gradient: max pooling is winner-takes-all, ReLU masks, reshapes move it) and
 ``proportional`` (the z rule of a weightless linear node: Add and average pooling split the
-relevance in proportion to their inputs; optional ``epsilon`` stabiliser).
+relevance in proportion to their inputs; optional ``epsilon`` stabiliser) and ``signal`` (a
+Multiply by a broadcast gate: the signal takes all the relevance).
 """
 import numpy as np
 
