@@ -76,6 +76,7 @@ _DERIVED = {
     "pos": lambda k, b: _pos(k), "neg": lambda k, b: _neg(k),
     "bias_pos": lambda k, b: _pos(b), "bias_neg": lambda k, b: _neg(b),
     "pos_neg": lambda k, b: np.concatenate([_pos(k), _neg(k)], axis=-1),       # side by side (outputs)
+    "bias_both": lambda k, b: np.concatenate([b, b]).astype(np.float32),       # its bias, side by side
     "box": lambda k, b: np.concatenate([k, _pos(k), _neg(k)], axis=-2),       # stacked along inputs
 }
 
@@ -216,10 +217,10 @@ class AlphaBeta(_Linear):
         kn = derived(node, "neg")
         if node.kind in ("Conv2D", "Dense"):      # both parts in one map: kernels side by side
             both = derived(node, "pos_neg")
-            za, zi = tf.split(ir.linear(node, x, both, 0.0), 2, axis=-1)
-            if self.bias:
-                za, zi = za + b, zi + b
-            s = tf.concat([alpha * safe_div(r, za), -beta * safe_div(r, zi)], -1)
+            z = ir.linear(node, x, both, derived(node, "bias_both") if self.bias else 0.0)   # [z_act, z_inh]
+            coef = ir.const(node, ("alpha_beta", alpha, beta),
+                            lambda: np.repeat(np.float32([alpha, -beta]), z.shape[-1] // 2))
+            s = safe_div(tf.concat([r, r], -1), z) * coef
             g = ir.linear_transpose(node, s, x, both)
             return x * g
         za, zi = ir.linear(node, x, kp, bias), ir.linear(node, x, kn, bias)
