@@ -143,7 +143,7 @@ def test_run_metrics_use_the_same_code(tmp_path):
 
 # -- estimates, input-scaled defaults, Ctrl-C ---------------------------------------------------
 def test_metric_scaled_defaults():
-    from xaitf.budget import metric_scaled_defaults
+    from xaitf.evaluation import metric_scaled_defaults
 
     assert metric_scaled_defaults("pixel_flipping", (28, 28, 1)) == {}
     assert metric_scaled_defaults("pixel_flipping", (32, 32, 3)) == {}          # 1,024 pixels: kept
@@ -154,7 +154,7 @@ def test_metric_scaled_defaults():
 
 def test_metric_cost_counts_the_curves_points(lin, x):
     """The estimate's evaluations per image equal the points of the curves the metrics compute."""
-    from xaitf.budget import metric_cost
+    from xaitf.evaluation import metric_cost
 
     maps = x[..., 0]
     t = np.array([0, 1, 2, 0])
@@ -180,7 +180,8 @@ def _cnn_files(tmp_path, side=64, n=3):
     return ["evaluate", "--model", str(tmp_path / "m.h5"), "--data", str(tmp_path / "x.npy"), "--no-progress"]
 
 
-def test_command_line_scales_defaults_prints_the_estimate_and_keeps_to_the_budget(tmp_path, capsys):
+def test_command_line_scales_defaults_prints_the_estimate_and_keeps_to_the_budget(tmp_path, capsys,
+                                                                                  restore_settings):
     import json
 
     base = _cnn_files(tmp_path)

@@ -207,10 +207,11 @@ def main(args):
 
 def scaled_settings(model, shape, keys, set_keys, metrics, metric_kwargs):
     """The input-scaled defaults of the window methods (as ``python -m xaitf run``; not for study
-    1's center-pixel model) and of the metrics (:func:`xaitf.budget.metric_scaled_defaults`), less
+    1's center-pixel model) and of the metrics (:func:`xaitf.evaluation.metric_scaled_defaults`), less
     what ``--set`` / ``--metric-set`` gave; prints what was scaled. Returns ``(method kwargs,
     metric kwargs with the scaled defaults added)``."""
     from . import budget
+    from .evaluation import metric_scaled_defaults
 
     scaled = {}
     if not budget.is_center_pixel(model):
@@ -219,7 +220,7 @@ def scaled_settings(model, shape, keys, set_keys, metrics, metric_kwargs):
     metric_kwargs = {m: dict(v) for m, v in metric_kwargs.items()}
     metric_scaled = {}
     for m in metrics:
-        d = {k: v for k, v in budget.metric_scaled_defaults(m, shape).items() if k not in metric_kwargs.get(m, {})}
+        d = {k: v for k, v in metric_scaled_defaults(m, shape).items() if k not in metric_kwargs.get(m, {})}
         if d:
             metric_scaled[m] = d
             metric_kwargs.setdefault(m, {}).update(d)
@@ -234,9 +235,10 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
     """``(seconds or None, lines, the costliest part in words)``: the run's estimate for ``n``
     images from one timed batch of the model (:func:`xaitf.budget.measure`; superpixel methods'
     segmenter timed on ``image``): per method its maps and each metric, the model evaluations per
-    image (:func:`xaitf.budget.metric_cost`) and the time (x :data:`xaitf.budget.MARGIN`). None
+    image (:func:`xaitf.evaluation.metric_cost`) and the time (x :data:`xaitf.budget.MARGIN`). None
     when a method has no cost model."""
     from . import budget
+    from .evaluation import metric_cost
     from .metrics.randomisation import _flat_layers
 
     costs = {}
@@ -258,7 +260,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
         parts = [f"maps {budget.duration(maps) if maps is not None else '(no estimate)'}"]
         parts_s.append((maps or 0.0, f"{k}'s maps {budget.duration(maps)}"))
         for m in metrics:
-            fwd, expl = budget.metric_cost(m, metric_kwargs.get(m, {}), shape, layers)
+            fwd, expl = metric_cost(m, metric_kwargs.get(m, {}), shape, layers)
             s = n * fwd * timing["forward"] * budget.MARGIN
             if expl:
                 s = s + expl * maps if maps is not None else None
