@@ -208,14 +208,37 @@ def test_faithfulness_correlation_of_a_random_map_is_the_analytic_correlation(li
     rand = np.random.RandomState(3).randn(*exact.shape)
     r = F.faithfulness_correlation(model, x, rand, t, subset_size=8, runs=40, seed=9, **LOGITS)
     want = []
-    for i in range(4):          # the subsets: default_rng([seed, i]).choice(H*W, 8, replace=False)
-        rng = np.random.default_rng([9, i])
-        sub = [rng.choice(H * W, 8, replace=False) for _ in range(40)]
+    for i in range(4):          # the subsets: the 8 smallest of default_rng([seed, i]).random((runs, H*W))
+        u = np.random.default_rng([9, i]).random((40, H * W))
+        sub = [np.argsort(row)[:8] for row in u]
         att = [rand[i].ravel()[s].sum() for s in sub]
         drop = [exact[i].ravel()[s].sum() for s in sub]                # exact output drops
         want.append(np.corrcoef(att, drop)[0, 1])
     np.testing.assert_allclose(r, want, atol=1e-5)
     assert np.all(r < 0.8) and np.abs(r).mean() < 0.5
+
+
+def test_subset_masks_hold_exactly_k_pixels_even_with_equal_draws():
+    from xaitf.metrics.faithfulness import _smallest_mask
+
+    u = np.random.default_rng(0).random((50, 30))
+    m = _smallest_mask(u, 7)
+    assert m.dtype == np.float32 and np.all(m.sum(axis=1) == 7)
+    np.testing.assert_array_equal(m.astype(bool), u <= np.sort(u, axis=1)[:, 6:7])
+    tied = np.array([[0.1, 0.5, 0.5, 0.5, 0.9], [0.5, 0.5, 0.5, 0.5, 0.5]])
+    m = _smallest_mask(tied, 2)       # the threshold value drawn 3 (5) times: the first in sorted order
+    np.testing.assert_array_equal(m, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])
+
+
+def test_spearman_ranks_outputs_equal_within_rounding_as_ties():
+    from scipy.stats import rankdata
+    from xaitf.metrics.faithfulness import _rank_ties_within
+
+    v = np.random.default_rng(1).integers(0, 6, (5, 12)).astype(np.float64)    # exact ties
+    np.testing.assert_array_equal(_rank_ties_within(v, np.zeros(5)), rankdata(v, axis=1))
+    near = np.array([[2.3202119, 2.3202114, 1.0, 5.0]])    # one input scored in two batches: 5e-7 apart
+    np.testing.assert_array_equal(_rank_ties_within(near, [1e-5 * 5.0]), [[2.5, 2.5, 1, 4]])
+    np.testing.assert_array_equal(_rank_ties_within(near, [0.0]), [[3, 2, 1, 4]])
 
 
 def test_mufidelity_of_the_exact_map_is_one(lin):
