@@ -79,13 +79,13 @@ def main():
 
     from bench.harness import Floor, load_average, measure_paired
     from bench.quantus_compare import load, one_channel
-    from xaitf.metrics.randomisation import _flat_layers
+    from xaitf.metrics.randomisation import randomisable_layers
 
     model = one_channel(k.models.load_model(args.model, compile=False))
     x, y = load(args.n, args.data_dir)
     maps = np.asarray(xaitf.create_explainer("ig", model, progress=False)(x, y), np.float32)
     maps = maps.sum(-1) if maps.ndim == 4 else maps
-    n_layers = len(_flat_layers(model))
+    n_layers = len(randomisable_layers(model))
     floor = Floor(model, x, y, 256)
     wanted = [m for m in args.metrics.split(",") if m]
     rows = []

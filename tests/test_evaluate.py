@@ -253,10 +253,10 @@ def test_run_metrics_scale_pixel_flipping_as_evaluate(tmp_path):
 def test_estimate_counts_the_layers_mprt_randomises():
     """The estimate's explanations per image for mprt: the layers the test really randomises."""
     from xaitf.evaluation import metric_cost
-    from xaitf.metrics.randomisation import _flat_layers
+    from xaitf.metrics.randomisation import randomisable_layers
 
     model = make_cnn(shape=(8, 8, 1), classes=3, seed=0)
     x = np.random.RandomState(0).rand(2, 8, 8, 1).astype(np.float32)
     result = metrics.model_parameter_randomisation(model, x, [0, 1], "grad", similarities=("spearman",),
                                                    progress=False)
-    assert metric_cost("mprt", {}, (8, 8, 1), len(_flat_layers(model))) == (0, len(result.layers))
+    assert metric_cost("mprt", {}, (8, 8, 1), len(randomisable_layers(model))) == (0, len(result.layers))

@@ -239,7 +239,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
     when a method has no cost model."""
     from . import budget
     from .evaluation import metric_cost
-    from .metrics.randomisation import _flat_layers
+    from .metrics.randomisation import randomisable_layers
 
     costs = {}
     for k, ex in explainers.items():
@@ -250,7 +250,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
     timing = budget.measure(model, backward=any(c and c[1] for c in costs.values()), batch=64,
                             batch_backward=16, warm=True)
     budget.measure_segmentation(explainers.values(), np.asarray(image), timing)
-    layers = len(_flat_layers(model))
+    layers = len(randomisable_layers(model))
     parts_s = []
     ms = f"{timing['forward'] * 1e3:.3g} ms per image forward" + (
         f", {timing['backward'] * 1e3:.3g} ms forward+backward" if "backward" in timing else "")

@@ -134,7 +134,7 @@ def explainer_factory(method, method_kwargs=None):
                       f"explainer, got {type(method).__name__}")
 
 
-def _flat_layers(model, kernels_only=True):
+def randomisable_layers(model, kernels_only=True):
     """Layers with weights (with ``kernels_only``: a kernel, i.e. Dense and convolutions, not
     BatchNormalization, whose variance must stay positive), nested models flattened, in the model's
     order (bottom first)."""
@@ -229,9 +229,9 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
     original = _explain(factory, model, x, targets)
     check_maps(original, x.shape[:3], name="the method's maps")
     twin = clone(model)
-    weighted = _flat_layers(twin)[::-1]
+    weighted = randomisable_layers(twin)[::-1]
     if layers is not None:
-        every = {l.name: l for l in _flat_layers(twin, kernels_only=False)}
+        every = {l.name: l for l in randomisable_layers(twin, kernels_only=False)}
         wanted = [layers] if isinstance(layers, str) else list(layers)
         unknown = [n for n in wanted if n not in every]
         if unknown:

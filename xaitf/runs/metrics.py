@@ -106,9 +106,7 @@ def compute_metrics(store, model, keys, names, batch_size):
         for name, fn in fns.items():
             params = list(inspect.signature(fn).parameters)
             if _evaluation_metric(name) is not None:       # the same code as xaitf.evaluate
-                from ..evaluation import evaluate
-
-                from ..evaluation import metric_scaled_defaults
+                from ..evaluation import evaluate, metric_scaled_defaults
 
                 scaled = metric_scaled_defaults(name, x.shape[1:3])   # pixel flipping: <= ~1,024 steps
                 table = evaluate(model, x, targets, {m: maps}, [name], batch_size=batch_size,

@@ -68,10 +68,10 @@ def estimate_line(model, shape, methods, x):
     (its maps on the trained model and after each of the L randomised layers: L + 1 runs of each
     method, :func:`xaitf.budget.seconds`), the total and the costliest methods."""
     from .. import budget
-    from ..metrics.randomisation import _flat_layers
+    from ..metrics.randomisation import randomisable_layers
 
     timing = budget.measure(model, backward=True, batch=64, batch_backward=16, warm=True)
-    runs = len(_flat_layers(model)) + 1
+    runs = len(randomisable_layers(model)) + 1
     est, unknown = {}, []
     for name in methods:
         try:
