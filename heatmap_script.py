@@ -389,6 +389,10 @@ def main(argv=None):
         m = np.asarray(e(x, np.array(targets)))
         if not np.all(np.isfinite(m)):
             print(f"  warning: {e.name} map has non-finite values", file=sys.stderr)
+        elif not np.any(m):
+            print(f"  warning: {e.name} map is all 0: the explained output gives it nothing to attribute "
+                  "(untrained or saturated model, an output that does not change under the method's "
+                  "perturbations, or relevance absorbed by a stabiliser such as LRP's epsilon)", file=sys.stderr)
         maps[e.title] = m
         raw_maps[e.name] = m.astype(np.float32)
         est = f" (estimate {budget.duration(estimates[e.name])})" if e.name in estimates else ""

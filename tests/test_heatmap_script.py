@@ -206,3 +206,23 @@ def test_pda_intensities_follow_the_preprocessing(files, tmp_path, capsys, resto
     got = ast.literal_eval(re.search(r"value_range=(\(\(.*?\), \(.*?\)\))", line).group(1))
     mean = np.array([103.939, 116.779, 123.68])                    # caffe: BGR, ImageNet mean
     np.testing.assert_allclose(np.array(got), [-mean, 255.0 - mean], atol=1e-4)
+
+
+def test_all_zero_map_is_warned(files, tmp_path, capsys, restore_settings):
+    """A model whose output ignores the image (last kernel 0): every gradient map is all 0, and the
+    user is told why instead of seeing an empty figure."""
+    import warnings as w
+
+    model = make_cnn(shape=(8, 8, 1), classes=5)
+    k, b = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(k), b])
+    path = tmp_path / "constant.h5"
+    with w.catch_warnings():
+        w.simplefilter("ignore")
+        model.save(path)
+    code, out, err = run_main(capsys, "-ip", files["png"], "-mp", path, "-hm", "grad", "-op", tmp_path / "res")
+    assert code == 0, err
+    assert "warning: grad map is all 0: the explained output gives it nothing to attribute" in err
+    code, out, err = run_main(capsys, "-ip", files["png"], "-mp", files["model"], "-hm", "grad",
+                              "-op", tmp_path / "res2")
+    assert code == 0 and "all 0" not in err
