@@ -342,7 +342,9 @@ def test_recorded_baseline_equals_the_stacked_baseline_row(kind):
     assert len(refs) == 3 and all(v[0].shape[0] == 1 for v in refs.values())
     recorded = grads(x, refs)
     stacked = grads(tf.concat([x, x0], 0))
-    np.testing.assert_allclose(recorded, stacked, rtol=1e-5, atol=1e-7)
+    # float32 rounding of the baseline's pre-activations in a batch of 1 vs 6 (the input equal to the
+    # baseline divides two such roundings): 1e-5 of the map's scale
+    np.testing.assert_allclose(recorded, stacked, rtol=1e-5, atol=1e-5 * np.abs(stacked).max())
     assert np.all(np.isfinite(recorded)) and np.abs(recorded).max() > 0
     with pytest.raises(RuntimeError, match="no baseline pre-activation"):
         grads(x, {})

@@ -2,8 +2,9 @@
 
 For every stochastic native method: an input's map is the same explained alone and inside a batch
 of 4 at another position with another batch_size (its randomness is keyed by the seed, the sample
-and the element only, never by the input's position or the batch split); the same seed gives the
-same maps and another seed different ones."""
+and the element only, never by the input's position or the batch split), up to float32 rounding
+(1e-5 of the map's scale: the CPU's kernels round a batch of 5 and one of 64 differently, and PDA's
+log-odds differences amplify it); the same seed gives the same maps and another seed different ones."""
 import numpy as np
 import pytest
 
@@ -53,12 +54,12 @@ def test_map_independent_of_batch_and_position(model, inputs, name, kw, seeded):
     for i, bs in ((2, 5), (3, 7)):
         alone = _explain(name, model, x[i:i + 1], t[i:i + 1], bs, **kw)[0]
         scale = max(np.abs(batch[i]).max(), 1e-12)
-        np.testing.assert_allclose(alone, batch[i], rtol=0, atol=1e-6 * scale, err_msg=f"input {i}")
+        np.testing.assert_allclose(alone, batch[i], rtol=0, atol=1e-5 * scale, err_msg=f"input {i}")
     # the same input at another position, next to other inputs
     perm = np.array([2, 0, 3, 1])
     moved = _explain(name, model, x[perm], t[perm], 3, **kw)
     scale = max(np.abs(batch).max(), 1e-12)
-    np.testing.assert_allclose(moved, batch[perm], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(moved, batch[perm], rtol=0, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("name,kw,seeded", METHODS, ids=IDS)

@@ -158,7 +158,7 @@ def test_lime_seed_and_gray_and_rgb(tiny_cnn, tiny_rgb_cnn, rng):
     a = xaitf.create_explainer("lime.lib", tiny_cnn, seed=3, **kw)(x)
     b = xaitf.create_explainer("lime.lib", tiny_cnn, seed=3, batch_size=7, **kw)(x)
     c = xaitf.create_explainer("lime.lib", tiny_cnn, seed=4, **kw)(x)
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())    # float32 rounding per batch size
     assert np.abs(a - c).max() > 1e-6
     xr = rng.random((1, 8, 8, 3)).astype(np.float32)
     m = xaitf.create_explainer("lime.lib", tiny_rgb_cnn, num_samples=100, progress=False)(xr)

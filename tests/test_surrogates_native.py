@@ -124,11 +124,12 @@ def test_lime_device_masks_seeds_chunking_and_mixed_segment_counts(mnist_cnn):
     for i in range(3):                                   # alone = in a batch with other counts
         alone = lime.fit(x[i:i + 1], [i], segments=seg[i:i + 1])
         m = together["num_segments"][i]
-        np.testing.assert_allclose(together["weights"][i, :m], alone["weights"][0], rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(together["weights"][i, :m], alone["weights"][0], rtol=1e-5,
+                                   atol=1e-6 * np.abs(alone["weights"]).max())    # float32 rounding per batch
         assert np.all(together["weights"][i, m:] == 0)
     other = xaitf.create_explainer("lime", mnist_cnn, seed=1, batch_size=7, jit_compile=True, **kw)
     np.testing.assert_allclose(other.fit(x, [0, 1, 2], segments=seg)["weights"], together["weights"],
-                               rtol=1e-7, atol=1e-12)           # other chunks, images composed by XLA
+                               rtol=1e-5, atol=1e-6 * np.abs(together["weights"]).max())   # other chunks, XLA
     assert other.xla == sn._xla_works() and not lime.xla
     changed = xaitf.create_explainer("lime", mnist_cnn, seed=2, **kw).fit(x, [0, 1, 2], segments=seg)
     assert np.abs(changed["weights"] - together["weights"]).max() > 1e-6
@@ -247,7 +248,7 @@ def test_kernel_shap_seed_chunking_and_tiny_segment_counts(tiny_cnn, rng):
     a = xaitf.create_explainer("kernelshap", tiny_cnn, seed=3, **kw).fit(x, [0, 1, 2], segments=seg)
     b = xaitf.create_explainer("kernelshap", tiny_cnn, seed=3, batch_size=5, **kw).fit(x, [0, 1, 2], segments=seg)
     c = xaitf.create_explainer("kernelshap", tiny_cnn, seed=4, **kw).fit(x, [0, 1, 2], segments=seg)
-    np.testing.assert_allclose(a["values"], b["values"], rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(a["values"], b["values"], rtol=1e-5, atol=1e-6 * np.abs(a["values"]).max())
     assert np.abs(a["values"][0] - c["values"][0]).max() > 1e-6
     np.testing.assert_allclose(a["values"].sum(1), a["fx"] - a["fnull"], atol=1e-9)
     assert a["values"][1, 0] == pytest.approx(a["fx"][1] - a["fnull"][1]) and np.all(a["values"][1, 1:] == 0)
@@ -328,3 +329,24 @@ def test_native_surrogate_errors(tiny_cnn, rng):
         lime.fit(x, segments=np.zeros((3, 8, 8), np.int32))
     with pytest.raises(InputError, match="masks must be"):
         lime.fit(x, segments=segmentation.grid((8, 8), cell=4), masks=np.ones((10, 2), bool))
+
+
+def test_kernel_shap_rank_deficient_regression_is_stable_and_warned(tiny_cnn, rng):
+    """64 coalitions for 64 segments: the system is singular up to rounding (tf.linalg.solve does not
+    raise there); the minimum-norm solution is used, with a warning, and no longer moves with the
+    batch size (it moved by up to 60x of the map's scale)."""
+    import warnings
+
+    x = rng.random((2, 8, 8, 1)).astype(np.float32)
+    seg = segmentation.grid((8, 8), cell=1)                                    # 64 segments
+    kw = dict(nsamples=64, output="logits", progress=False, seed=0)
+    with pytest.warns(UserWarning, match="rank-deficient"):
+        a = xaitf.create_explainer("kernelshap", tiny_cnn, **kw).fit(x, [0, 1], segments=seg)
+    with pytest.warns(UserWarning, match="rank-deficient"):
+        b = xaitf.create_explainer("kernelshap", tiny_cnn, batch_size=5, **kw).fit(x[1:], [1], segments=seg)
+    np.testing.assert_allclose(a["values"][1], b["values"][0], rtol=1e-5, atol=1e-5 * np.abs(a["values"]).max())
+    np.testing.assert_allclose(a["values"].sum(1), a["fx"] - a["fnull"], atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                         # full rank: no warning
+        xaitf.create_explainer("kernelshap", tiny_cnn, **{**kw, "nsamples": 400}).fit(
+            x, [0, 1], segments=segmentation.grid((8, 8), cell=2))

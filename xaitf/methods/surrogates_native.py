@@ -33,6 +33,7 @@ The library paths are :mod:`xaitf.methods.surrogates` (registry names ``lime.lib
 """
 import itertools
 import math
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -831,19 +832,30 @@ def _shap_system(sx, sxg, sxx, counts, fx, fnull):
     return A, b, act, last, delta
 
 
+SHAP_RCOND = 1e-10   # singular values below this times the largest: A is rank-deficient (too few coalitions)
+
+
 def _shap_solve(sx, sxg, sxx, counts, fx, fnull):
-    """phi (N,S): the eliminated Kernel SHAP system solved for every image (least squares if singular)."""
+    """phi (N,S): the eliminated Kernel SHAP system solved for every image; where it is
+    rank-deficient (fewer distinct coalitions than free features: its smallest singular values are
+    rounding, ~1e-19 of the largest with 64 coalitions of 64 segments), the minimum-norm least
+    squares solution (singular values under :data:`SHAP_RCOND` of the largest dropped), with a
+    warning. shap's KernelExplainer also falls back to least squares, but only where
+    ``np.linalg.solve`` raises; ``tf.linalg.solve`` raises only on exact zeros, and on such a
+    system it returned a finite solution made of rounding noise, which moved by up to 60x with the
+    batch size."""
     c = tf.convert_to_tensor
     A, b, act, last, delta = _shap_system(c(sx), c(sxg), c(sxx),
                                           tf.constant(counts, tf.int32), tf.constant(fx, tf.float64),
                                           tf.constant(fnull, tf.float64))
-    try:
+    sv = tf.linalg.svd(A, compute_uv=False)                     # descending
+    if bool(tf.reduce_all(sv[:, -1] > SHAP_RCOND * sv[:, 0])):
         w = tf.linalg.solve(A, b[..., None])[..., 0]
-        ok = bool(tf.reduce_all(tf.math.is_finite(w)))
-    except tf.errors.InvalidArgumentError:      # exactly singular (too few coalitions)
-        ok = False
-    if not ok:
-        w = tf.linalg.matvec(tf.linalg.pinv(A), b)
+    else:
+        warnings.warn(f"kernelshap: too few coalitions for {int(np.max(counts))} segments (the regression is "
+                      "rank-deficient): the minimum-norm solution is used; raise nsamples or use fewer segments",
+                      stacklevel=3)
+        w = tf.linalg.matvec(tf.linalg.pinv(A, rcond=SHAP_RCOND), b)
     w = w * act
     phi = w + tf.one_hot(last, tf.shape(sx)[1], dtype=tf.float64) * (delta - tf.reduce_sum(w, 1))[:, None]
     return phi.numpy()
