@@ -51,11 +51,16 @@ endif
 	@echo "results index:"
 	@$(PY) -m xaitf.reports results
 
+# The tests run on TEST_WORKERS processes (pytest-xdist), each taking whole test files, so that a file's
+# module fixtures (the quick studies) are built once; TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 2
+TEST_ARGS := -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup-extras
-	$(PY) -m pytest -q
+	$(PY) -m pytest $(TEST_ARGS)
 
 test-all: setup-extras
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest $(TEST_ARGS) -m ""
 
 bench: setup
 	$(PY) -m bench.run
