@@ -54,7 +54,7 @@ endif
 # The tests run on TEST_WORKERS processes (pytest-xdist), each taking whole test files, so that a file's
 # module fixtures (the quick studies) are built once; TEST_WORKERS=0 runs them all in this process.
 TEST_WORKERS ?= 2
-TEST_ARGS := -q -n $(TEST_WORKERS) --dist loadfile
+TEST_ARGS := -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test: setup-extras
 	$(PY) -m pytest $(TEST_ARGS)
