@@ -21,19 +21,6 @@ if "XAITF_INDEX_ROOT" not in os.environ:
     os.environ["XAITF_INDEX_ROOT"] = tempfile.mkdtemp(prefix="xaitf-test-index-")
 
 
-# `make test` runs the suite on two processes (pytest-xdist, --dist loadfile), which take whole files
-# in collection order: the costliest files go first (seconds measured on a 2-core CPU), so that the
-# last files handed out are short ones and neither process waits long for the other at the end.
-SLOW_FIRST = ("test_studies_sanity", "test_studies_svhn_iou", "test_studies_xainn", "test_studies_mnist_cifar",
-              "test_lrp_native", "test_runs", "test_atomic_outputs", "test_studies_center_pixel",
-              "test_keras3", "test_studies_interventional")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(SLOW_FIRST)))   # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session")
 def data_dir():
     d = os.environ.get("XAITF_DATA_DIR")
