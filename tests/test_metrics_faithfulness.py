@@ -369,6 +369,44 @@ def test_batched_conjugate_gradients_equal_the_sparse_solve():
     np.testing.assert_array_equal(F.linear_impute_batch(img, np.zeros((12, 10, 9), bool)), img)
 
 
+def test_conjugate_gradients_compiled_padded_and_uncompiled_agree(monkeypatch):
+    """The XLA-compiled solver (batch padded from 11 to 16 by repeats of the last image), the
+    uncompiled one and the fallback taken when XLA is missing all give the sparse solution."""
+    import tensorflow as tf
+    from xaitf.metrics import imputation as I
+
+    rs = np.random.RandomState(7)
+    img = rs.rand(11, 10, 9, 2).astype(np.float32)
+    gone = rs.rand(11, 10, 9) < np.linspace(0.05, 0.95, 11)[:, None, None]
+    gone[:, 0, 0] = False
+    ref = np.stack([F.noisy_linear_impute(im, g, noise=0.0) for im, g in zip(img, gone)])
+    for jit in (True, False):
+        out, ok = I._run_cg(img, gone, 1e-5, 200, jit=jit)
+        assert out.shape == img.shape and ok.shape == (11,) and ok.all()
+        np.testing.assert_allclose(out, ref, atol=2e-5)
+    real = I._cg_program
+
+    asked = []
+
+    def no_xla(h, w, c, jit=True):
+        asked.append(jit)
+        if jit:
+            def fail(*args):
+                raise tf.errors.UnimplementedError(None, None, "no XLA in this build")
+            return fail
+        return real(h, w, c, jit)
+
+    monkeypatch.setattr(I, "_cg_program", no_xla)
+    np.testing.assert_allclose(I._run_cg(img, gone, 1e-5, 200, jit=True)[0], ref, atol=2e-5)
+    assert asked == [True, False]
+    # the automatic choice: a batch below JIT_MIN_VALUES values runs uncompiled, a larger one compiled
+    asked.clear()
+    np.testing.assert_allclose(F.linear_impute_batch(img, gone), ref, atol=2e-5)
+    monkeypatch.setattr(I, "JIT_MIN_VALUES", img.size)
+    np.testing.assert_allclose(F.linear_impute_batch(img, gone), ref, atol=2e-5)
+    assert asked == [False, True, False]
+
+
 def test_road_solvers_agree(lin_rgb):
     """road with the batched conjugate gradients and with the per-pair sparse solve: the same noise,
     scores within the solver's tolerance; the result does not depend on batch_size."""

@@ -34,7 +34,7 @@ from ..explainer import chunks
 from ..explainer import progress as _progress
 from ..keras_bridge import model_cache
 from ._common import Curve, fill_image, pixel_order, prepare
-from .imputation import add_imputation_noise, linear_impute_batch, noisy_linear_impute  # noqa: F401
+from .imputation import JIT_MIN_VALUES, add_imputation_noise, linear_impute_batch, noisy_linear_impute  # noqa: F401
 
 ORDERS = ("morf", "lerf")
 LAYOUTS = ("grid", "sliding")
@@ -659,8 +659,8 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
 
     The systems of ``batch_size`` (image, fraction) pairs are solved together by conjugate
     gradients in one TensorFlow program (``solver="cg"``, float32, relative residual 1e-5: within
-    5e-5 of the exact solution on MNIST, far below the noise), pairs of the same fraction side by
-    side; ``solver="sparse"`` solves each with scipy's sparse direct solver, as the paper's code
+    5e-5 of the exact solution on MNIST, far below the noise; compiled by XLA when the run solves
+    at least ``JIT_MIN_VALUES`` values in all), pairs of the same fraction side by side; ``solver="sparse"`` solves each with scipy's sparse direct solver, as the paper's code
     (:func:`noisy_linear_impute`). The noise is the same for both solvers.
 
     Args:
@@ -711,6 +711,7 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
     # pairs (image i, fraction j) as rows i * P + j, visited fraction-major: a batch of the
     # conjugate gradients holds systems of similar size, which converge in similar numbers of steps
     visit = np.arange(n * P).reshape(n, P).T.ravel()
+    jit = n * P * x[0].size >= JIT_MIN_VALUES          # XLA's compilation pays off on long runs
 
     def make_images(rows):
         i, j = np.divmod(rows, P)
@@ -718,11 +719,11 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
         if not linear:
             return np.where(gone[..., None], np.float32(value), x[i]).astype(np.float32)
         if solver == "cg":
-            imgs = linear_impute_batch(x[i], gone)
+            imgs = linear_impute_batch(x[i], gone, jit=jit)
         else:
             imgs = np.stack([noisy_linear_impute(x[a], g, 0.0) for a, g in zip(i, gone)])
-        return add_imputation_noise(imgs.astype(np.float64), gone, noise,
-                                    [[seed, int(a), int(b)] for a, b in zip(i, j)]).astype(np.float32)
+        return add_imputation_noise(imgs, gone, noise, [[seed, int(a), int(b)] for a, b in zip(i, j)]
+                                    ).astype(np.float32, copy=False)
 
     run = _program(sc, tuple(int(v) for v in x.shape[1:]))
     zero = tf.constant(np.zeros((1, 1, 1, 1), np.float32))
