@@ -52,7 +52,8 @@ endif
 	@$(PY) -m xaitf.reports results
 
 # The tests run on TEST_WORKERS processes (pytest-xdist), each taking whole test files, so that a file's
-# module fixtures (the quick studies) are built once; TEST_WORKERS=0 runs them all in this process.
+# module fixtures (the quick studies) are built once; files that share a session fixture go to one
+# process together (tests/conftest.py, SHARED_PROCESS). TEST_WORKERS=0 runs them all in this process.
 TEST_WORKERS ?= 2
 TEST_ARGS := -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 

@@ -135,3 +135,54 @@ def run_quick_study(name, out, data_dir=None):
     folder = common.latest_folder(out, name)
     assert folder is not None and folder.parent == out / name
     return json.loads((folder / "results.json").read_text()), folder
+
+
+# Test files that share a session fixture (below) and must therefore run in one process. `make test`
+# runs `--dist loadfile`: each file goes to one process; the files named here go to one together.
+SHARED_PROCESS = {"test_studies_center_pixel.py": "center_pixel_quick",
+                  "test_atomic_outputs.py": "center_pixel_quick"}
+
+
+@pytest.hookimpl(tryfirst=True)          # before pytest-xdist's own choice
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with SHARED_PROCESS's files as one scope. (pytest-xdist 3.8's
+    ``--dist loadgroup`` would do it with marks, but under pytest 9 its marks never reach the
+    scheduler: it renames ``item._nodeid``, which pytest 9's ``nodeid`` no longer reads.) Any other
+    ``--dist`` is left to pytest-xdist."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return SHARED_PROCESS.get(os.path.basename(path), path)
+
+    return SharedFileScheduling(config, log)
+
+
+@pytest.fixture(scope="session")
+def center_pixel_quick(tmp_path_factory):
+    """One quick run of study 1 for the two files that check it: test_studies_center_pixel (its
+    numbers) and test_atomic_outputs (how it is published; it runs failing commands into the same
+    ``D`` and checks that nothing there changes). About 45 s, so it runs once per process.
+
+    Returns (D, the run folder, results.json as a dict, what the run printed); settings changed by
+    the run are restored."""
+    import contextlib
+    import copy
+    import io
+
+    from xaitf import settings
+
+    root = tmp_path_factory.mktemp("center_pixel_quick")
+    buf = io.StringIO()
+    saved = copy.deepcopy(settings.SECTIONS)
+    try:
+        with contextlib.redirect_stdout(buf):
+            results, folder = run_quick_study("center_pixel", root / "D")
+    finally:
+        for name, d in settings.SECTIONS.items():
+            d.clear()
+            d.update(saved[name])
+    return root / "D", folder, results, buf.getvalue()

@@ -7,12 +7,11 @@ files left on disk are checked.
 
 * studies (``python -m xaitf.studies center_pixel --quick``): one real quick run (about 45 s on
   2 CPU cores; ``--quick``'s own Shapley/MP/PDA sizes win over ``--set``, so nothing shrinks it
-  much) is the "last good run"; the failing runs after it stop early.
+  much, and conftest's ``center_pixel_quick`` shares it with test_studies_center_pixel) is the
+  "last good run"; the failing runs after it stop early.
 * dataset runs (``python -m xaitf run``): a tiny CNN and an 8-image ``mnist.npz`` made here.
 """
-import contextlib
 import copy
-import io
 import json
 import os
 import re
@@ -66,23 +65,11 @@ def tree(root):
 
 # -- studies -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    """A finished quick run of study 1 under ``D``: (D, its folder, what it printed)."""
-    root = tmp_path_factory.mktemp("atomic")
-    out = root / "D"
-    buf = io.StringIO()
-    saved = copy.deepcopy(S.SECTIONS)
-    try:
-        with contextlib.redirect_stdout(buf):
-            assert studies_main([STUDY, "--quick", "--no-progress", "--out", str(out),
-                                 "--models-dir", str(root / "no_models")]) == 0
-    finally:
-        for name, d in S.SECTIONS.items():
-            d.clear()
-            d.update(saved[name])
-    folder = C.latest_folder(out, STUDY)
-    assert folder is not None
-    return out, folder, buf.getvalue()
+def good(center_pixel_quick):
+    """A finished quick run of study 1 under ``D`` (conftest's session run, shared with
+    test_studies_center_pixel): (D, its folder, what it printed)."""
+    out, folder, _, printed = center_pixel_quick
+    return out, folder, printed
 
 
 def test_a_study_is_published_only_when_finished_with_final_paths(good):

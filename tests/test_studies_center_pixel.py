@@ -1,12 +1,12 @@
 """Study 1 (center-pixel model) through ``python -m xaitf.studies center_pixel --quick``, in-process:
 the numbers it writes are checked against the model's analytic answers, plus the studies' shared
 helpers (run folders, JSON, report tables) and the command line's errors."""
+import copy
 import json
 
 import numpy as np
 import pytest
 
-from conftest import run_quick_study
 
 import xaitf  # noqa: F401
 from xaitf import cli, registry
@@ -17,8 +17,10 @@ LABEL = 206
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    return run_quick_study("center_pixel", tmp_path_factory.mktemp("studies"))
+def study(center_pixel_quick):
+    """conftest's session run of ``--quick`` (shared with test_atomic_outputs): (results, folder)."""
+    _, folder, results, _ = center_pixel_quick
+    return copy.deepcopy(results), folder
 
 
 def methods(result):
