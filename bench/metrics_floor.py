@@ -12,7 +12,9 @@ median of per-round ratios, measured in one run. Settings: those of bench/quantu
     XAITF_DATA_DIR=/work/shared/data .venv/bin/python -m bench.metrics_floor --model models/mnist_cnn.h5 \
         --n 256 --out bench/results-metrics-floor
 
-Writes OUT.json and OUT.md and prints the table.
+Writes OUT.json and OUT.md and prints the table. ``--metrics a,b --append`` re-runs some rows and
+keeps the others; the hand-written sections of an earlier OUT.md (from its first ``## `` heading on)
+are kept after the regenerated table either way.
 """
 import argparse
 import json
@@ -69,7 +71,12 @@ def main():
     ap.add_argument("--metrics", default="", help="comma-separated subset (default: all)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--data-dir", default=os.environ.get("XAITF_DATA_DIR", "/work/shared/data"))
-    ap.add_argument("--out", default=str(HERE / "results-metrics-floor"), help="writes OUT.json and OUT.md")
+    ap.add_argument("--out", default=str(HERE / "results-metrics-floor"),
+                    help="writes OUT.json and OUT.md (the hand-written sections of an earlier OUT.md, from "
+                         "its first '## ' heading on, are kept)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of an earlier OUT.json for metrics not run now (same n); without "
+                         "OUT.json, the table rows of OUT.md (same n)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent))
     import xaitf
@@ -78,6 +85,7 @@ def main():
     import tensorflow as tf
 
     from bench.harness import Floor, load_average, measure_paired
+    from bench.report import kept_notes, kept_rows
     from bench.quantus_compare import load, one_channel
     from xaitf.metrics.randomisation import randomisable_layers
 
@@ -96,22 +104,40 @@ def main():
         _, st = measure_paired(call, run, args.repeats, slow=20.0)
         rows.append({"metric": name, "evaluations": int(evals), "backward": backward, "xaitf_s": st["time_s"],
                      "floor_s": st["floor_s"], "ratio": st["ratio"], "repeats": st["repeats"],
-                     "floor_extrapolated": info["extrapolated"]})
+                     "floor_extrapolated": info["extrapolated"], "date": time.strftime("%Y-%m-%d")})
         print(f"{name}: ours {st['time_s']:.3f}s floor {st['floor_s']:.3f}s ratio {st['ratio']:.2f}", flush=True)
+    if args.append:
+        rows = kept_rows(args.out, args.n, [r["metric"] for r in rows]) + rows
     meta = {"n": args.n, "model": args.model, "tensorflow": tf.__version__, "load_average": load_average(),
             "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    notes = kept_notes(args.out + ".md")
     Path(args.out + ".json").write_text(json.dumps(meta, indent=1))
-    lines = [f"# xaitf metrics against their floor, {args.n} MNIST images (IG maps)", "",
+    text = floor_md(meta)
+    Path(args.out + ".md").write_text(text + ("\n" + notes + "\n" if notes else ""))
+    print(text, end="")
+
+
+def floor_md(meta):
+    """The generated part of OUT.md: the table of ``meta["rows"]`` (rows kept from an earlier OUT.md
+    as their line) and how the floor is measured."""
+    lines = [f"# xaitf metrics against their floor, {meta['n']} MNIST images (IG maps)", "",
              "| metric | model evaluations | pass | xaitf s | floor s | ratio |", "|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in meta["rows"]:
+        if "md_row" in r:
+            lines.append(r["md_row"])
+            continue
         lines.append(f"| {r['metric']} | {r['evaluations']:,} | {'fwd+bwd' if r['backward'] else 'fwd'} | "
                      f"{r['xaitf_s']:.3f} | {r['floor_s']:.3f} | {r['ratio']:.2f}x |")
+    dates = sorted({r.get("date", "earlier") for r in meta["rows"] if "md_row" not in r})
+    kept = [r["metric"] for r in meta["rows"] if "md_row" in r]
     lines += ["", "Floor: the model evaluations the metric needs, as compiled batched calls of 256 over inputs "
               "made in advance (bench.harness.Floor; long floors timed on 8 chunks and scaled). Ratio: median "
               "of per-round ratios, ours and the floor alternating. Explainer-based rows: 64 IG gradient "
               f"evaluations per explanation. Load average at the end: {meta['load_average']}."]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if len(dates) > 1 or kept:
+        lines += ["", "Rows from several runs (`--append`): measured on " + ", ".join(dates)
+                  + (f"; kept from the earlier table: {', '.join(kept)}" if kept else "") + "."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ every row records its model. ``--md-only`` rewrites OUT.md from OUT.json (after 
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -328,29 +327,6 @@ def compare(name, ours, theirs):
             "n_rel_over_1e-4": int(np.sum(rel > 1e-4)), "n_values": int(d.size)}
 
 
-def kept_rows(out, n, names):
-    """The rows of an earlier OUT.json (same n) for metrics not run now; without OUT.json, the table
-    rows of OUT.md (same n in its title), kept as their markdown line (``md_row``)."""
-    js, md = Path(out + ".json"), Path(out + ".md")
-    if js.exists():
-        old = json.loads(js.read_text())
-        return [r for r in old["rows"] if r["metric"] not in names] if old.get("n") == n else []
-    if not md.exists():
-        return []
-    text = md.read_text().splitlines()
-    m = re.search(r" on (\d+) MNIST images", text[0]) if text else None
-    if not m or int(m.group(1)) != n:
-        return []
-    rows = []
-    for line in text:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or cells[0] in ("metric", "") or set(cells[0]) <= set("-"):
-            continue
-        if cells[0] not in names:
-            rows.append({"metric": cells[0], "md_row": line, "source": md.name})
-    return rows
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="the zoo's mnist_cnn .h5 (create_model.py mnist_cnn); required unless --md-only")
@@ -397,6 +373,9 @@ def main():
     import tensorflow as tf
 
     if args.append:
+        sys.path.insert(0, str(HERE.parent))
+        from bench.report import kept_rows
+
         rows = kept_rows(args.out, args.n, names) + rows
     meta = {"n": args.n, "versions": {"quantus_side": versions, "xaitf_side": {
         "tensorflow": tf.__version__, "python": sys.version.split()[0]}},

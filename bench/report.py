@@ -1,4 +1,9 @@
-"""Markdown of the benchmark: the main table, the peer table, the summary, docs/performance.md."""
+"""Markdown of the benchmark: the main table, the peer table, the summary, docs/performance.md;
+and, for the metric benches' ``--append``, the rows and notes of an earlier result file."""
+import json
+import re
+from pathlib import Path
+
 from .harness import fmt_time
 
 # native methods the acceptance questions are about
@@ -363,3 +368,41 @@ if __name__ == "__main__":   # re-render results.md (and docs/performance.md) fr
     src.with_suffix(".md").write_text(markdown(res))
     if "--docs" in sys.argv:
         write_docs(res, Path(__file__).resolve().parents[1] / "docs" / "performance.md")
+
+
+def kept_rows(out, n, names):
+    """The rows of an earlier result for metrics not in ``names``: from OUT.json if it has the same
+    ``n``; without OUT.json, the table rows of OUT.md (same ``n`` in its title, "... N MNIST
+    images ..."), kept as their markdown line (``md_row``)."""
+    js, md = Path(str(out) + ".json"), Path(str(out) + ".md")
+    if js.exists():
+        old = json.loads(js.read_text())
+        return [r for r in old["rows"] if r["metric"] not in names] if old.get("n") == n else []
+    if not md.exists():
+        return []
+    text = md.read_text().splitlines()
+    m = re.search(r"(\d+) MNIST images", text[0]) if text else None
+    if not m or int(m.group(1)) != n:
+        return []
+    rows = []
+    for line in text[:_notes_start(text)]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] in ("metric", "") or set(cells[0]) <= set("-"):
+            continue
+        if cells[0] not in names:
+            rows.append({"metric": cells[0], "md_row": line, "source": md.name})
+    return rows
+
+
+def _notes_start(lines):
+    return next((i for i, ln in enumerate(lines) if ln.startswith("## ")), len(lines))
+
+
+def kept_notes(md):
+    """The hand-written sections of an earlier OUT.md: everything from its first ``## `` heading on
+    (a generated OUT.md has none), so that rewriting the generated part keeps them. "" if none."""
+    md = Path(md)
+    if not md.exists():
+        return ""
+    lines = md.read_text().splitlines()
+    return "\n".join(lines[_notes_start(lines):])

@@ -131,3 +131,34 @@ def test_short_rows_get_more_paired_rounds():
     assert st["repeats"] > 3 and sum(t) >= 0.02 > sum(t[:-1]) and len(st["floor_times"]) == len(t)
     _, st = measure_paired(nap, nap, 3, min_seconds=10.0)            # capped at 10 x repeats
     assert st["repeats"] == 30
+
+
+def test_append_keeps_other_rows_and_the_hand_written_notes(tmp_path):
+    """metrics_floor/quantus_compare ``--append``: rows of metrics not re-run are kept (from OUT.json,
+    else from OUT.md's table with the same n), and OUT.md's sections from its first ``## `` on survive
+    a rewrite of the generated table."""
+    import json
+
+    from bench.metrics_floor import floor_md
+
+    out = tmp_path / "floor"
+    row = {"metric": "road", "evaluations": 12800, "backward": False, "xaitf_s": 3.7, "floor_s": 1.3,
+           "ratio": 2.85, "date": "2026-12-06"}
+    first = floor_md({"n": 256, "load_average": [1.0], "rows": [
+        dict(row, metric="pixel_flipping", evaluations=200960, ratio=1.14, date="2026-12-05"), row]})
+    notes = "## Re-run by hand\n\nfaithfulness correlation 1.19x | with | pipes"
+    (tmp_path / "floor.md").write_text(first + "\n" + notes + "\n")
+    assert report.kept_notes(tmp_path / "floor.md") == notes
+    assert report.kept_notes(tmp_path / "absent.md") == ""
+    # no OUT.json: the table lines of OUT.md (not the notes' lines), only for the same n
+    kept = report.kept_rows(out, 256, ["road"])
+    assert [r["metric"] for r in kept] == ["pixel_flipping"]
+    assert kept[0]["md_row"] == "| pixel_flipping | 200,960 | fwd | 3.700 | 1.300 | 1.14x |"
+    assert report.kept_rows(out, 64, ["road"]) == []
+    md = floor_md({"n": 256, "load_average": [2.0], "rows": kept + [dict(row, ratio=2.93)]})
+    assert kept[0]["md_row"] in md and "| road | 12,800 | fwd | 3.700 | 1.300 | 2.93x |" in md
+    assert "kept from the earlier table: pixel_flipping" in md
+    # with OUT.json: its rows for the same n
+    (tmp_path / "floor.json").write_text(json.dumps({"n": 256, "rows": [row, dict(row, metric="infidelity")]}))
+    assert [r["metric"] for r in report.kept_rows(out, 256, ["road"])] == ["infidelity"]
+    assert report.kept_rows(out, 128, ["road"]) == []
