@@ -85,7 +85,7 @@ def main():
     import tensorflow as tf
 
     from bench.harness import Floor, load_average, measure_paired
-    from bench.report import kept_notes, kept_rows
+    from bench.report import kept_notes, merged_rows
     from bench.quantus_compare import load, one_channel
     from xaitf.metrics.randomisation import randomisable_layers
 
@@ -107,7 +107,7 @@ def main():
                      "floor_extrapolated": info["extrapolated"], "date": time.strftime("%Y-%m-%d")})
         print(f"{name}: ours {st['time_s']:.3f}s floor {st['floor_s']:.3f}s ratio {st['ratio']:.2f}", flush=True)
     if args.append:
-        rows = kept_rows(args.out, args.n, [r["metric"] for r in rows]) + rows
+        rows = merged_rows(args.out, args.n, rows)
     meta = {"n": args.n, "model": args.model, "tensorflow": tf.__version__, "load_average": load_average(),
             "date": time.strftime("%Y-%m-%d"), "rows": rows}
     notes = kept_notes(args.out + ".md")

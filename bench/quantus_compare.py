@@ -374,9 +374,9 @@ def main():
 
     if args.append:
         sys.path.insert(0, str(HERE.parent))
-        from bench.report import kept_rows
+        from bench.report import merged_rows
 
-        rows = kept_rows(args.out, args.n, names) + rows
+        rows = merged_rows(args.out, args.n, rows)
     meta = {"n": args.n, "versions": {"quantus_side": versions, "xaitf_side": {
         "tensorflow": tf.__version__, "python": sys.version.split()[0]}},
         "settings": {"pixel_flipping_features_in_step": PF_STEP, "region_perturbation": [RP_PATCH, RP_REGIONS],

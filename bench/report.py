@@ -394,6 +394,15 @@ def kept_rows(out, n, names):
     return rows
 
 
+def merged_rows(out, n, rows):
+    """``rows`` (just measured) merged into the earlier result's rows (:func:`kept_rows`): a row
+    re-run takes its earlier place, the others keep theirs, metrics new to the table come last."""
+    new = {r["metric"]: r for r in rows}
+    old = kept_rows(out, n, ())
+    merged = [new.pop(r["metric"], r) for r in old]
+    return merged + [r for r in rows if r["metric"] in new]
+
+
 def _notes_start(lines):
     return next((i for i, ln in enumerate(lines) if ln.startswith("## ")), len(lines))
 

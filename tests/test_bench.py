@@ -155,8 +155,11 @@ def test_append_keeps_other_rows_and_the_hand_written_notes(tmp_path):
     assert [r["metric"] for r in kept] == ["pixel_flipping"]
     assert kept[0]["md_row"] == "| pixel_flipping | 200,960 | fwd | 3.700 | 1.300 | 1.14x |"
     assert report.kept_rows(out, 64, ["road"]) == []
-    md = floor_md({"n": 256, "load_average": [2.0], "rows": kept + [dict(row, ratio=2.93)]})
-    assert kept[0]["md_row"] in md and "| road | 12,800 | fwd | 3.700 | 1.300 | 2.93x |" in md
+    # a re-run row takes its earlier place; a new metric comes last
+    merged = report.merged_rows(out, 256, [dict(row, metric="mufidelity"), dict(row, ratio=2.93)])
+    assert [r["metric"] for r in merged] == ["pixel_flipping", "road", "mufidelity"]
+    md = floor_md({"n": 256, "load_average": [2.0], "rows": merged})
+    assert md.index(kept[0]["md_row"]) < md.index("| road | 12,800 | fwd | 3.700 | 1.300 | 2.93x |")
     assert "kept from the earlier table: pixel_flipping" in md
     # with OUT.json: its rows for the same n
     (tmp_path / "floor.json").write_text(json.dumps({"n": 256, "rows": [row, dict(row, metric="infidelity")]}))
