@@ -384,13 +384,19 @@ def kept_rows(out, n, names):
     m = re.search(r"(\d+) MNIST images", text[0]) if text else None
     if not m or int(m.group(1)) != n:
         return []
-    rows = []
+    rows, models = [], {}
     for line in text[:_notes_start(text)]:
+        said = re.fullmatch(r"Model (.+?): (.+)\.", line)
+        if said:                                     # quantus_compare's "Model PATH: metric, metric."
+            models.update({m: said.group(1) for m in said.group(2).split(", ")})
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("| ") or cells[0] in ("metric", "") or set(cells[0]) <= set("-"):
             continue
         if cells[0] not in names:
             rows.append({"metric": cells[0], "md_row": line, "source": md.name})
+    for r in rows:
+        if r["metric"] in models:
+            r["model"] = models[r["metric"]]
     return rows
 
 

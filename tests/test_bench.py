@@ -161,6 +161,13 @@ def test_append_keeps_other_rows_and_the_hand_written_notes(tmp_path):
     md = floor_md({"n": 256, "load_average": [2.0], "rows": merged})
     assert md.index(kept[0]["md_row"]) < md.index("| road | 12,800 | fwd | 3.700 | 1.300 | 2.93x |")
     assert "kept from the earlier table: pixel_flipping" in md
+    # quantus_compare's "Model PATH: metrics." lines give kept rows their model back
+    q = tmp_path / "q"
+    (tmp_path / "q.md").write_text("# xaitf vs Quantus 0.6.0 on 256 MNIST images (IG maps)\n\n"
+                                   "| metric | kind |\n|---|---|\n| road | stochastic |\n| pixel_flipping | x |\n\n"
+                                   "Model /tmp/m.h5 (earlier run): road.\nModel models/a.h5: pixel_flipping.\n")
+    assert {r["metric"]: r["model"] for r in report.kept_rows(q, 256, ())} == {
+        "road": "/tmp/m.h5 (earlier run)", "pixel_flipping": "models/a.h5"}
     # with OUT.json: its rows for the same n
     (tmp_path / "floor.json").write_text(json.dumps({"n": 256, "rows": [row, dict(row, metric="infidelity")]}))
     assert [r["metric"] for r in report.kept_rows(out, 256, ["road"])] == ["infidelity"]
