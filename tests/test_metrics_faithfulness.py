@@ -370,41 +370,36 @@ def test_batched_conjugate_gradients_equal_the_sparse_solve():
 
 
 def test_conjugate_gradients_compiled_padded_and_uncompiled_agree(monkeypatch):
-    """The XLA-compiled solver (batch padded from 11 to 16 by repeats of the last image), the
-    uncompiled one and the fallback taken when XLA is missing all give the sparse solution."""
-    import tensorflow as tf
+    """The XLA-compiled solver (batch padded from 19 to 20 by a repeat of the last image), the
+    uncompiled one, and what runs where XLA is missing all give the sparse solution."""
     from xaitf.metrics import imputation as I
+    from xaitf.methods import _xla
 
     rs = np.random.RandomState(7)
-    img = rs.rand(11, 10, 9, 2).astype(np.float32)
-    gone = rs.rand(11, 10, 9) < np.linspace(0.05, 0.95, 11)[:, None, None]
+    img = rs.rand(19, 10, 9, 2).astype(np.float32)
+    gone = rs.rand(19, 10, 9) < np.linspace(0.05, 0.95, 19)[:, None, None]
     gone[:, 0, 0] = False
     ref = np.stack([F.noisy_linear_impute(im, g, noise=0.0) for im, g in zip(img, gone)])
-    for jit in (True, False):
-        out, ok = I._run_cg(img, gone, 1e-5, 200, jit=jit)
-        assert out.shape == img.shape and ok.shape == (11,) and ok.all()
-        np.testing.assert_allclose(out, ref, atol=2e-5)
-    real = I._cg_program
+    real, asked = I._cg_program, []
 
-    asked = []
-
-    def no_xla(h, w, c, jit=True):
+    def spy(h, w, c, jit):
         asked.append(jit)
-        if jit:
-            def fail(*args):
-                raise tf.errors.UnimplementedError(None, None, "no XLA in this build")
-            return fail
         return real(h, w, c, jit)
 
-    monkeypatch.setattr(I, "_cg_program", no_xla)
-    np.testing.assert_allclose(I._run_cg(img, gone, 1e-5, 200, jit=True)[0], ref, atol=2e-5)
-    assert asked == [True, False]
+    monkeypatch.setattr(I, "_cg_program", spy)
+    for jit in (True, False):
+        out, ok = I._run_cg(img, gone, 1e-5, 200, jit=jit)
+        assert out.shape == img.shape and ok.shape == (19,) and ok.all()
+        np.testing.assert_allclose(out, ref, atol=2e-5)
     # the automatic choice: a batch below JIT_MIN_VALUES values runs uncompiled, a larger one compiled
-    asked.clear()
     np.testing.assert_allclose(F.linear_impute_batch(img, gone), ref, atol=2e-5)
     monkeypatch.setattr(I, "JIT_MIN_VALUES", img.size)
     np.testing.assert_allclose(F.linear_impute_batch(img, gone), ref, atol=2e-5)
-    assert asked == [False, True, False]
+    assert asked == [True, False, False, True]
+    # without XLA (a TensorFlow build without it) even jit=True runs uncompiled
+    monkeypatch.setattr(_xla, "_AVAILABLE", [False])
+    np.testing.assert_allclose(I._run_cg(img, gone, 1e-5, 200, jit=True)[0], ref, atol=2e-5)
+    assert asked[-1] is False
 
 
 def test_road_solvers_agree(lin_rgb):

@@ -657,11 +657,13 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
     ``imputation`` may also be a number: the removed pixels take that value (no imputation, no
     noise), the "remove without debiasing" baseline of the paper.
 
-    The systems of ``batch_size`` (image, fraction) pairs are solved together by conjugate
-    gradients in one TensorFlow program (``solver="cg"``, float32, relative residual 1e-5: within
-    5e-5 of the exact solution on MNIST, far below the noise; compiled by XLA when the run solves
-    at least ``JIT_MIN_VALUES`` values in all), pairs of the same fraction side by side; ``solver="sparse"`` solves each with scipy's sparse direct solver, as the paper's code
-    (:func:`noisy_linear_impute`). The noise is the same for both solvers.
+    The pairs (image, fraction) are visited fraction by fraction in chunks of ``batch_size``; a
+    chunk's systems of one fraction are solved together by conjugate gradients in one TensorFlow
+    program (``solver="cg"``, float32, relative residual 1e-5: within 5e-5 of the exact solution on
+    MNIST, far below the noise; compiled by XLA when the run solves at least ``JIT_MIN_VALUES``
+    values in all), so that a solve's systems need alike many steps. ``solver="sparse"`` solves
+    each with scipy's sparse direct solver, as the paper's code (:func:`noisy_linear_impute`).
+    The noise is the same for both solvers.
 
     Args:
         model: tf-keras or Keras 3 classifier.
@@ -718,8 +720,11 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
         gone = ranks[i] < counts[j][:, None, None]
         if not linear:
             return np.where(gone[..., None], np.float32(value), x[i]).astype(np.float32)
-        if solver == "cg":
-            imgs = linear_impute_batch(x[i], gone, jit=jit)
+        if solver == "cg":                    # one solve per fraction: its systems take alike many steps
+            imgs = np.empty(x[i].shape, np.float32)
+            for f in np.unique(j):
+                at = np.flatnonzero(j == f)
+                imgs[at] = linear_impute_batch(x[i[at]], gone[at], jit=jit)
         else:
             imgs = np.stack([noisy_linear_impute(x[a], g, 0.0) for a, g in zip(i, gone)])
         return add_imputation_noise(imgs, gone, noise, [[seed, int(a), int(b)] for a, b in zip(i, j)]
