@@ -220,3 +220,37 @@ def test_dense_first_shortcut_is_estimated_cheaper(center_pixel_small, tiny_rgb_
     assert s == pytest.approx(0.5 + budget.MARGIN * 0.005 * (225 * 256 + 1) * 0.01)
     cnn = xaitf.create_explainer("occlusion", tiny_rgb_cnn)
     assert budget._factor("occlusion", cnn) == 2.0
+
+
+def test_road_imputation_is_timed_and_added_per_pair(tiny_rgb_cnn, monkeypatch):
+    """ROAD's imputation runs besides the model: timed once on copies of the image (uncompiled for a
+    short run, XLA for a long one, as road decides), nothing for a numeric fill, the sparse solver
+    for solver="sparse"; the estimate adds it per (image, percentage) pair."""
+    from xaitf.evaluation_cli import estimate
+    from xaitf.metrics import imputation as I
+
+    image = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    calls = []
+    real = I.linear_impute_batch
+
+    def spy(images, removed, tol=1e-5, max_iter=None, jit=None):
+        calls.append((images.shape, int(removed[0].sum()), jit))
+        return real(images, removed, tol, max_iter, jit=False)
+
+    monkeypatch.setattr(I, "linear_impute_batch", spy)
+    assert budget.measure_imputation(image, {"imputation": 0.5}) == 0.0 and calls == []
+    assert budget.measure_imputation(image, {"percentages": (0.1, 0.25, 0.9)}, n=2) > 0
+    assert calls == [((64, 8, 8, 3), 16, False)]          # 25 % of 64 px: a 4x4 hole; 64 copies
+    calls.clear()
+    big = (I.JIT_MIN_VALUES // (3 * image.size)) + 1       # 3 percentages x big images: compiled
+    budget.measure_imputation(image, {"percentages": (0.1, 0.25, 0.9)}, n=big)
+    assert [c[2] for c in calls] == [True, True]          # one untimed call that compiles, one timed
+    sparse = []
+    monkeypatch.setattr(I, "noisy_linear_impute", lambda im, g, noise: sparse.append(g.sum()) or im)
+    assert budget.measure_imputation(image, {"solver": "sparse"}) >= 0 and sparse == [36]   # 50 %: 6x6
+    # the estimate: ROAD's line counts the imputations and its seconds include them
+    monkeypatch.setattr(budget, "measure_imputation", lambda image, kwargs, n: 0.5)
+    grad = xaitf.create_explainer("grad", tiny_rgb_cnn)
+    total, lines, _ = estimate(tiny_rgb_cnn, {"grad": grad}, ["road"], {}, (8, 8, 3), 4, image)
+    assert "road" in lines[1] and "9 imputations of 500 ms" in lines[1]
+    assert total > 4 * 9 * 0.5 * budget.MARGIN

@@ -345,6 +345,43 @@ def measure_segmentation(explainers, image, timing):
     return timing
 
 
+def measure_imputation(image, kwargs=None, n=1):
+    """Seconds per (image, percentage) pair of ROAD's linear imputation (``road`` called with
+    ``kwargs`` on ``n`` images), timed on copies of ``image`` (H,W,C) with a central square of the
+    median percentage removed: one large hole, the slow case of the conjugate gradients. Up to 64
+    copies are solved together (fewer for large images: about 2^18 values), compiled by XLA when
+    the run would be (after one untimed call that compiles). The run solves up to ``batch_size``
+    pairs of a percentage at once, so this is an upper estimate. 0.0 when ``imputation`` is a
+    number (no solve)."""
+    import numpy as np
+
+    from .metrics.faithfulness import ROAD_PERCENTAGES
+    from .metrics.imputation import JIT_MIN_VALUES, linear_impute_batch, noisy_linear_impute
+
+    kwargs = kwargs or {}
+    if kwargs.get("imputation", "linear") != "linear":
+        return 0.0
+    image = np.asarray(image, np.float32)
+    h, w = image.shape[:2]
+    percentages = np.asarray(kwargs.get("percentages", ROAD_PERCENTAGES), np.float64).reshape(-1)
+    k = max(1, min(h, w, int(round(np.sqrt(float(np.median(percentages)) * h * w)))))
+    gone = np.zeros((h, w), bool)
+    gone[(h - k) // 2:(h - k) // 2 + k, (w - k) // 2:(w - k) // 2 + k] = True
+    gone[0, 0] = False                                   # at least one pixel kept
+    if kwargs.get("solver", "cg") == "sparse":         # one pair at a time in the run too
+        t0 = time.perf_counter()
+        noisy_linear_impute(image, gone, noise=0.0)
+        return time.perf_counter() - t0
+    b = max(1, min(64, 2 ** 18 // image.size))
+    imgs, masks = np.repeat(image[None], b, axis=0), np.repeat(gone[None], b, axis=0)
+    jit = n * percentages.size * image.size >= JIT_MIN_VALUES      # as road decides
+    if jit:
+        linear_impute_batch(imgs, masks, jit=True)
+    t0 = time.perf_counter()
+    linear_impute_batch(imgs, masks, jit=jit)
+    return (time.perf_counter() - t0) / b
+
+
 #: the evaluations' measured time is multiplied by this: chunk overheads (perturbed batches built,
 #: maps reduced, segmentation) and a machine shared with other work; the estimate is an upper one
 MARGIN = 1.25

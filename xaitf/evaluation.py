@@ -108,7 +108,8 @@ def metric_cost(name, kwargs, input_shape, randomised_layers=0):
     """``(forward evaluations, explanations)`` per image of metric ``name`` of :data:`METRICS`
     called with ``kwargs`` (its defaults for the rest) on images of ``input_shape``, besides the
     method's own maps. ``randomised_layers``: the layers MPRT randomises. ROAD's imputation and
-    IROF's segmentation run on the CPU besides (not counted)."""
+    IROF's segmentation run besides (not counted here; the command line's estimate times ROAD's
+    imputation with :func:`xaitf.budget.measure_imputation`)."""
     spec = METRICS[name]
     kw = {**spec.kwargs, **_kw(metric_function(name), kwargs)}
     h, w = int(input_shape[0]), int(input_shape[1])
