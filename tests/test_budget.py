@@ -254,3 +254,29 @@ def test_road_imputation_is_timed_and_added_per_pair(tiny_rgb_cnn, monkeypatch):
     total, lines, _ = estimate(tiny_rgb_cnn, {"grad": grad}, ["road"], {}, (8, 8, 3), 4, image)
     assert "road" in lines[1] and "9 imputations of 500 ms" in lines[1]
     assert total > 4 * 9 * 0.5 * budget.MARGIN
+
+
+def test_irof_counts_its_segments_and_times_the_segmentation(tiny_rgb_cnn, monkeypatch):
+    """IROF removes one segment per step: SLIC's n_segments (100 by default) + 1 evaluations, or the
+    labels of given maps + 1; its segmentation is timed once on the image and added per image."""
+    from xaitf.evaluation import metric_cost
+    from xaitf.evaluation_cli import estimate
+    from xaitf.metrics import curves
+
+    assert metric_cost("irof", {}, (8, 8, 3)) == (101, 0)
+    assert metric_cost("irof", {"segment_params": {"n_segments": 20}}, (8, 8, 3)) == (21, 0)
+    labels = np.zeros((2, 8, 8), np.int32)
+    labels[0, :4], labels[1, :2], labels[1, 2:5] = 1, 1, 2
+    assert metric_cost("irof", {"segments": labels}, (8, 8, 3)) == (4, 0)
+    image = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    got = []
+    real = curves.irof_segments
+    monkeypatch.setattr(curves, "irof_segments", lambda x, s, p: got.append((x.shape, s, p)) or real(x, s, p))
+    seconds, words = budget.metric_host_seconds("irof", {"segment_params": {"n_segments": 4}}, image, 3)
+    assert got == [((1, 8, 8, 3), None, {"n_segments": 4})] and seconds > 0 and words.startswith("segmentation ")
+    assert budget.metric_host_seconds("sparseness", {}, image, 3) == (0.0, None)
+    monkeypatch.setattr(budget, "metric_host_seconds", lambda m, kw, image, n: (0.25, "segmentation 250 ms"))
+    grad = xaitf.create_explainer("grad", tiny_rgb_cnn)
+    total, lines, _ = estimate(tiny_rgb_cnn, {"grad": grad}, ["irof"], {}, (8, 8, 3), 4, image)
+    assert "irof" in lines[1] and "(101 evaluations, segmentation 250 ms per image)" in lines[1]
+    assert total > 4 * 0.25 * budget.MARGIN

@@ -382,6 +382,29 @@ def measure_imputation(image, kwargs=None, n=1):
     return (time.perf_counter() - t0) / b
 
 
+def metric_host_seconds(name, kwargs, image, n):
+    """``(seconds per image, words)`` of the work metric ``name`` (called with ``kwargs`` on ``n``
+    images like ``image``) does besides the model, timed here on ``image``: ROAD's imputations
+    (:func:`measure_imputation`, one per percentage) and IROF's segmentation (once per image).
+    ``(0.0, None)`` for the other metrics."""
+    import numpy as np
+
+    if name == "road":
+        from .metrics.faithfulness import ROAD_PERCENTAGES
+
+        pair = measure_imputation(image, kwargs, n)
+        count = np.asarray(kwargs.get("percentages", ROAD_PERCENTAGES)).size
+        return (count * pair, f"{count} imputations of {pair * 1e3:.3g} ms") if pair else (0.0, None)
+    if name == "irof":
+        from .metrics.curves import irof_segments
+
+        t0 = time.perf_counter()
+        irof_segments(np.asarray(image, np.float32)[None], kwargs.get("segments"), kwargs.get("segment_params"))
+        seconds = time.perf_counter() - t0
+        return seconds, f"segmentation {seconds * 1e3:.3g} ms"
+    return 0.0, None
+
+
 #: the evaluations' measured time is multiplied by this: chunk overheads (perturbed batches built,
 #: maps reduced, segmentation) and a machine shared with other work; the estimate is an upper one
 MARGIN = 1.25

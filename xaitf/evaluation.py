@@ -108,8 +108,8 @@ def metric_cost(name, kwargs, input_shape, randomised_layers=0):
     """``(forward evaluations, explanations)`` per image of metric ``name`` of :data:`METRICS`
     called with ``kwargs`` (its defaults for the rest) on images of ``input_shape``, besides the
     method's own maps. ``randomised_layers``: the layers MPRT randomises. ROAD's imputation and
-    IROF's segmentation run besides (not counted here; the command line's estimate times ROAD's
-    imputation with :func:`xaitf.budget.measure_imputation`)."""
+    IROF's segmentation run besides (not counted here; the command line's estimate times them with
+    :func:`xaitf.budget.metric_host_seconds`)."""
     spec = METRICS[name]
     kw = {**spec.kwargs, **_kw(metric_function(name), kwargs)}
     h, w = int(input_shape[0]), int(input_shape[1])
@@ -122,9 +122,14 @@ def metric_cost(name, kwargs, input_shape, randomised_layers=0):
         return int(regions) + 1, 0
     if name in ("deletion", "insertion"):
         return int(kw["steps"]) + 1, 0
-    if name == "irof":
+    if name == "irof":                                # a removal per segment (and none removed)
+        from .metrics.curves import IROF_SEGMENTS
+
         seg = kw["segments"]
-        return (int(seg.get("n_segments", 50)) if isinstance(seg, dict) else 50) + 1, 0
+        if seg is not None and not isinstance(seg, str) and not callable(seg):       # label maps
+            return max(len(np.unique(s)) for s in np.asarray(seg)) + 1, 0
+        params = {**IROF_SEGMENTS, **(kw.get("segment_params") or {})}
+        return int(params.get("n_segments", IROF_SEGMENTS["n_segments"])) + 1, 0
     if name == "faithfulness_correlation":
         return int(kw["runs"]) + 1, 0
     if name == "infidelity":

@@ -250,7 +250,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
     timing = budget.measure(model, backward=any(c and c[1] for c in costs.values()), batch=64,
                             batch_backward=16, warm=True)
     budget.measure_segmentation(explainers.values(), np.asarray(image), timing)
-    road_pair = budget.measure_imputation(image, metric_kwargs.get("road", {}), n) if "road" in metrics else 0.0
+    host = {m: budget.metric_host_seconds(m, metric_kwargs.get(m, {}), image, n) for m in metrics}
     layers = len(randomisable_layers(model))
     parts_s = []
     ms = f"{timing['forward'] * 1e3:.3g} ms per image forward" + (
@@ -267,9 +267,9 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
                 s = s + expl * maps if maps is not None else None
             what = [f"{fwd:,} evaluations"] if fwd else []
             what += [f"{expl} explanations"] if expl else []
-            if m == "road" and road_pair:             # one imputation per percentage, besides the model
-                s += n * (fwd - 1) * road_pair * budget.MARGIN
-                what += [f"{fwd - 1} imputations of {road_pair * 1e3:.3g} ms"]
+            if host[m][1] is not None:                 # work besides the model (ROAD, IROF)
+                s = s + n * host[m][0] * budget.MARGIN if s is not None else None
+                what += [host[m][1]]
             if not what:
                 parts.append(f"{m} (no model evaluations)")
             else:

@@ -110,6 +110,25 @@ def _segment_order(maps, segments):
     return pix.reshape(maps.shape).astype(np.int32), nseg
 
 
+#: IROF's segmentation when none is given: scikit-image's SLIC defaults, which Quantus uses
+IROF_SEGMENTS = {"method": "slic", "n_segments": 100, "compactness": 10.0, "sigma": 0.0}
+
+
+def irof_segments(x, segments=None, segment_params=None):
+    """IROF's label maps of images ``x`` (N,H,W,C): ``segments`` itself when it is label maps, else
+    :func:`xaitf.segmentation.segment` with :data:`IROF_SEGMENTS`, ``segments`` as the method
+    (a name or a callable) and ``segment_params`` over them."""
+    from ..segmentation import segment
+
+    if segments is None or isinstance(segments, str) or callable(segments):
+        params = dict(IROF_SEGMENTS)
+        if segments is not None:
+            params["method"] = segments
+        params.update(segment_params or {})
+        return segment(x, **params)
+    return segments
+
+
 def irof(model, x, maps, targets, segments=None, batch_size=256, output="probabilities",
          segment_params=None, progress=True):
     """IROF, Iterative Removal Of Features (Rieger & Hansen 2020).
@@ -138,17 +157,9 @@ def irof(model, x, maps, targets, segments=None, batch_size=256, output="probabi
     Returns:
         (N,) areas in [0, 1] for scores that only fall (NaN where ``P_y(x) = 0``).
     """
-    from ..segmentation import segment
-
     sc, x, m, t, bs = prepare(model, x, maps, targets, output, batch_size)
     n = len(x)
-    if segments is None or isinstance(segments, str) or callable(segments):
-        params = {"method": "slic", "n_segments": 100, "compactness": 10.0, "sigma": 0.0}
-        if segments is not None:
-            params["method"] = segments
-        params.update(segment_params or {})
-        segments = segment(x, **params)
-    seg = np.asarray(segments)
+    seg = np.asarray(irof_segments(x, segments, segment_params))
     if seg.shape != m.shape or not np.issubdtype(seg.dtype, np.integer):
         raise InputError(f"segments must be integer label maps shaped {m.shape}, got "
                          f"{seg.dtype} {seg.shape}")
