@@ -1,4 +1,5 @@
 """xaitf.evaluate (the tidy table over methods x metrics) and ``python -m xaitf evaluate``."""
+import collections
 import csv
 
 import numpy as np
@@ -76,6 +77,29 @@ def test_every_registered_metric_resolves():
         except (AttributeError, ImportError):
             missing.append(name)
     assert not missing, missing
+
+
+def test_every_registered_metric_runs_through_evaluate():
+    """Each metric of METRICS, through evaluate on a small CNN: one value per image (mprt: per
+    randomised layer and similarity), none of them raises (found as: irof's areas were read as
+    ``.auc`` and every ``evaluate --metrics irof`` failed)."""
+    model = make_cnn(shape=(10, 10, 3), classes=3, seed=0)
+    x = np.random.RandomState(1).rand(2, 10, 10, 3).astype(np.float32)
+    masks = np.zeros((2, 10, 10), bool)
+    masks[:, 2:6, 3:7] = True
+    small = {"pixel_flipping": {"features_in_step": 10}, "faithfulness_correlation": {"runs": 5, "subset_size": 10},
+             "infidelity": {"samples": 4}, "mufidelity": {"nb_samples": 4, "grid_size": 5},
+             "road": {"percentages": (0.2, 0.6)}, "irof": {"segment_params": {"n_segments": 6}},
+             "max_sensitivity": {"samples": 2}, "avg_sensitivity": {"samples": 2},
+             "local_lipschitz": {"samples": 2}, "mprt": {"similarities": ("spearman",)},
+             "mprt_independent": {"similarities": ("spearman",)}}
+    table = evaluate(model, x, None, ["grad"], list(METRICS), masks=masks,
+                     metric_kwargs={k: v for k, v in small.items() if k in METRICS})
+    per_metric = collections.Counter(row[2] for row in table.rows)
+    layers = len([layer for layer in model.layers if layer.get_weights()])
+    for name in METRICS:
+        want = 2 * layers if name.startswith("mprt") else 2
+        assert per_metric[name] == want, (name, per_metric[name])
 
 
 def test_command_line_writes_csv_report_and_figure(tmp_path, capsys, monkeypatch):

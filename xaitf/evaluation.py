@@ -43,7 +43,7 @@ METRICS = {
     "region_perturbation": _spec("faithfulness", "region_perturbation", "model", "auc"),
     "deletion": _spec("curves", "deletion_curve", "model", "auc"),
     "insertion": _spec("curves", "insertion_curve", "model", "auc"),
-    "irof": _spec("curves", "irof", "model", "auc"),
+    "irof": _spec("curves", "irof", "model"),          # its function returns the (N,) areas
     "faithfulness_correlation": _spec("faithfulness", "faithfulness_correlation", "model"),
     "infidelity": _spec("faithfulness", "infidelity", "model"),
     "road": _spec("faithfulness", "road", "model", "auc"),
