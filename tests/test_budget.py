@@ -240,7 +240,7 @@ def test_road_imputation_is_timed_and_added_per_pair(tiny_rgb_cnn, monkeypatch):
     monkeypatch.setattr(I, "linear_impute_batch", spy)
     assert budget.measure_imputation(image, {"imputation": 0.5}) == 0.0 and calls == []
     assert budget.measure_imputation(image, {"percentages": (0.1, 0.25, 0.9)}, n=2) > 0
-    assert calls == [((64, 8, 8, 3), 16, False)]          # 25 % of 64 px: a 4x4 hole; 64 copies
+    assert calls == [((64, 8, 8, 3), 16, False)] * 2      # 25 % of 64 px: a 4x4 hole; 64 copies; traced, timed
     calls.clear()
     big = (I.JIT_MIN_VALUES // (3 * image.size)) + 1       # 3 percentages x big images: compiled
     budget.measure_imputation(image, {"percentages": (0.1, 0.25, 0.9)}, n=big)
@@ -273,7 +273,8 @@ def test_irof_counts_its_segments_and_times_the_segmentation(tiny_rgb_cnn, monke
     real = curves.irof_segments
     monkeypatch.setattr(curves, "irof_segments", lambda x, s, p: got.append((x.shape, s, p)) or real(x, s, p))
     seconds, words = budget.metric_host_seconds("irof", {"segment_params": {"n_segments": 4}}, image, 3)
-    assert got == [((1, 8, 8, 3), None, {"n_segments": 4})] and seconds > 0 and words.startswith("segmentation ")
+    assert got == [((1, 8, 8, 3), None, {"n_segments": 4})] * 2 and seconds > 0   # untimed, timed
+    assert words.startswith("segmentation ")
     assert budget.metric_host_seconds("sparseness", {}, image, 3) == (0.0, None)
     monkeypatch.setattr(budget, "metric_host_seconds", lambda m, kw, image, n: (0.25, "segmentation 250 ms"))
     grad = xaitf.create_explainer("grad", tiny_rgb_cnn)

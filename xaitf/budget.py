@@ -350,7 +350,7 @@ def measure_imputation(image, kwargs=None, n=1):
     ``kwargs`` on ``n`` images), timed on copies of ``image`` (H,W,C) with a central square of the
     median percentage removed: one large hole, the slow case of the conjugate gradients. Up to 64
     copies are solved together (fewer for large images: about 2^18 values), compiled by XLA when
-    the run would be (after one untimed call that compiles). The run solves up to ``batch_size``
+    the run would be (after one untimed call that traces and compiles). The run solves up to ``batch_size``
     pairs of a percentage at once, so this is an upper estimate. 0.0 when ``imputation`` is a
     number (no solve)."""
     import numpy as np
@@ -375,8 +375,7 @@ def measure_imputation(image, kwargs=None, n=1):
     b = max(1, min(64, 2 ** 18 // image.size))
     imgs, masks = np.repeat(image[None], b, axis=0), np.repeat(gone[None], b, axis=0)
     jit = n * percentages.size * image.size >= JIT_MIN_VALUES      # as road decides
-    if jit:
-        linear_impute_batch(imgs, masks, jit=True)
+    linear_impute_batch(imgs, masks, jit=jit)                      # traces (and compiles) it: untimed
     t0 = time.perf_counter()
     linear_impute_batch(imgs, masks, jit=jit)
     return (time.perf_counter() - t0) / b
@@ -384,8 +383,9 @@ def measure_imputation(image, kwargs=None, n=1):
 
 def metric_host_seconds(name, kwargs, image, n):
     """``(seconds per image, words)`` of the work metric ``name`` (called with ``kwargs`` on ``n``
-    images like ``image``) does besides the model, timed here on ``image``: ROAD's imputations
-    (:func:`measure_imputation`, one per percentage) and IROF's segmentation (once per image).
+    images like ``image``) does besides the model, timed here on ``image`` (after an untimed call):
+    ROAD's imputations (:func:`measure_imputation`, one per percentage) and IROF's segmentation
+    (once per image).
     ``(0.0, None)`` for the other metrics."""
     import numpy as np
 
@@ -398,8 +398,10 @@ def metric_host_seconds(name, kwargs, image, n):
     if name == "irof":
         from .metrics.curves import irof_segments
 
+        one = np.asarray(image, np.float32)[None]
+        irof_segments(one, kwargs.get("segments"), kwargs.get("segment_params"))   # imports: untimed
         t0 = time.perf_counter()
-        irof_segments(np.asarray(image, np.float32)[None], kwargs.get("segments"), kwargs.get("segment_params"))
+        irof_segments(one, kwargs.get("segments"), kwargs.get("segment_params"))
         seconds = time.perf_counter() - t0
         return seconds, f"segmentation {seconds * 1e3:.3g} ms"
     return 0.0, None
