@@ -1,13 +1,14 @@
 """xaitf.evaluate (the tidy table over methods x metrics) and ``python -m xaitf evaluate``."""
 import collections
 import csv
+import re
 
 import numpy as np
 import pytest
 
 import xaitf
 from conftest import make_cnn, make_linear
-from xaitf import metrics
+from xaitf import cli, metrics
 from xaitf.errors import InputError, MethodError
 from xaitf.evaluation import COLUMNS, METRICS, Table, evaluate
 from xaitf.__main__ import main as xaitf_main
@@ -232,6 +233,36 @@ def test_command_line_scales_defaults_prints_the_estimate_and_keeps_to_the_budge
                                         r"(grad|occlusion) x pixel_flipping ~\d+ s \(4,097 evaluations per image\)"):
         xaitf_main(argv + ["--metric-set", "pixel_flipping.features_in_step=1", "--budget", "1s"])
     assert (out / "metrics.csv").read_bytes() == before
+
+
+def test_command_line_reads_masks_from_npy_and_npz(tmp_path, capsys, restore_settings):
+    """--masks as a .npy array (found as: it failed with "'numpy.ndarray' object does not support
+    the context manager protocol"), a .npz's 'masks' or only array; other files: one line."""
+    base = _cnn_files(tmp_path, side=16, n=3)
+    masks = np.zeros((3, 16, 16), bool)
+    masks[:, 4:9, 5:10] = True
+    np.save(tmp_path / "m.npy", masks)
+    np.savez(tmp_path / "named.npz", masks=masks, other=np.zeros(2))
+    np.savez(tmp_path / "only.npz", masks.astype(np.uint8))
+    values = []
+    for name in ("m.npy", "named.npz", "only.npz"):
+        out = tmp_path / f"ev_{name}"
+        assert xaitf_main(base + ["--methods", "grad", "--metrics", "relevance_mass", "--masks",
+                                  str(tmp_path / name), "--out", str(out)]) == 0
+        with open(out / "metrics.csv") as f:
+            values.append([row["value"] for row in csv.DictReader(f)])
+    assert len(values[0]) == 3 and values[0] == values[1] == values[2]
+    np.savez(tmp_path / "two.npz", a=masks, b=masks)
+    (tmp_path / "text.npy").write_text("not an array")
+    for name, msg in (("two.npz", "expected an array named 'masks' .or a single array., found a, b"),
+                      ("text.npy", "not a .npy or .npz file of masks")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            cli.run(xaitf_main, base + ["--methods", "grad", "--metrics", "relevance_mass", "--masks",
+                                        str(tmp_path / name), "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code != 0 and len(err) == 1 and re.search(msg, err[0]), err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_command_line_ctrl_c_keeps_the_finished_pairs(tmp_path, monkeypatch, capsys):

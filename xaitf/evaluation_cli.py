@@ -76,14 +76,24 @@ def parse_metric_sets(texts, metrics):
 
 
 def _masks(path, n, shape):
+    """--masks: (n, H, W) bool from a .npy array or a .npz's ``masks`` (or only) array."""
     from .errors import InputError
 
     p = Path(path)
     if not p.is_file():
         raise cli.CliError(f"--masks file not found: {p}")
-    with np.load(p, allow_pickle=False) as f:
-        m = f["masks"] if hasattr(f, "files") else f
-        m = np.asarray(m)
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise InputError(f"--masks {p}: not a .npy or .npz file of masks ({cli.one_line(e)})") from None
+    if hasattr(loaded, "files"):                     # .npz: its 'masks', or its only array
+        with loaded:
+            if "masks" not in loaded.files and len(loaded.files) != 1:
+                raise InputError(f"--masks {p}: expected an array named 'masks' (or a single array), "
+                                 f"found {', '.join(loaded.files) or 'none'}")
+            m = np.asarray(loaded["masks" if "masks" in loaded.files else loaded.files[0]])
+    else:
+        m = np.asarray(loaded)
     if m.ndim != 3 or m.shape[0] < n or tuple(m.shape[1:]) != tuple(shape):
         raise InputError(f"--masks {p}: expected (N>={n}, {shape[0]}, {shape[1]}) masks, got {m.shape}")
     return m[:n].astype(bool)
