@@ -358,18 +358,6 @@ def write_docs(result, path):
     path.write_text(DOC_HEAD + "## Latest run\n\n" + md + "\n" + fig)
 
 
-if __name__ == "__main__":   # re-render results.md (and docs/performance.md) from a results .json
-    import json
-    import sys
-    from pathlib import Path
-
-    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("results.json"))
-    res = json.loads(src.read_text())
-    src.with_suffix(".md").write_text(markdown(res))
-    if "--docs" in sys.argv:
-        write_docs(res, Path(__file__).resolve().parents[1] / "docs" / "performance.md")
-
-
 def kept_rows(out, n, names):
     """The rows of an earlier result for metrics not in ``names``: from OUT.json if it has the same
     ``n``; without OUT.json, the table rows of OUT.md (same ``n`` in its title, "... N MNIST
@@ -421,3 +409,14 @@ def kept_notes(md):
         return ""
     lines = md.read_text().splitlines()
     return "\n".join(lines[_notes_start(lines):])
+
+
+if __name__ == "__main__":   # re-render results.md (and docs/performance.md) from a results .json
+    import sys
+
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("results.json"))
+    res = json.loads(src.read_text())
+    src.with_suffix(".md").write_text(markdown(res))
+    if "--docs" in sys.argv:
+        write_docs(res, Path(__file__).resolve().parents[1] / "docs" / "performance.md")
+

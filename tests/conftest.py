@@ -1,4 +1,5 @@
 """Shared fixtures: tiny deterministic models with known answers, and the offline data directory."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -29,18 +30,26 @@ def data_dir():
     return Path(d).resolve()
 
 
-@pytest.fixture
-def restore_settings():
+@contextlib.contextmanager
+def settings_restored():
     """``--set`` changes xaitf.settings' presets in place; put every section back afterwards."""
     import copy
 
     from xaitf import settings as S
 
     saved = copy.deepcopy(S.SECTIONS)
-    yield
-    for name, section in S.SECTIONS.items():
-        section.clear()
-        section.update(saved[name])
+    try:
+        yield
+    finally:
+        for name, section in S.SECTIONS.items():
+            section.clear()
+            section.update(saved[name])
+
+
+@pytest.fixture
+def restore_settings():
+    with settings_restored():
+        yield
 
 
 def run_heatmap(capsys, *args):
@@ -169,20 +178,10 @@ def center_pixel_quick(tmp_path_factory):
 
     Returns (D, the run folder, results.json as a dict, what the run printed); settings changed by
     the run are restored."""
-    import contextlib
-    import copy
     import io
-
-    from xaitf import settings
 
     root = tmp_path_factory.mktemp("center_pixel_quick")
     buf = io.StringIO()
-    saved = copy.deepcopy(settings.SECTIONS)
-    try:
-        with contextlib.redirect_stdout(buf):
-            results, folder = run_quick_study("center_pixel", root / "D")
-    finally:
-        for name, d in settings.SECTIONS.items():
-            d.clear()
-            d.update(saved[name])
+    with settings_restored(), contextlib.redirect_stdout(buf):
+        results, folder = run_quick_study("center_pixel", root / "D")
     return root / "D", folder, results, buf.getvalue()

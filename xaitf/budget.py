@@ -356,7 +356,7 @@ def measure_imputation(image, kwargs=None, n=1):
     import numpy as np
 
     from .metrics.faithfulness import ROAD_PERCENTAGES
-    from .metrics.imputation import JIT_MIN_VALUES, linear_impute_batch, noisy_linear_impute
+    from .metrics.imputation import linear_impute_batch, noisy_linear_impute, worth_compiling
 
     kwargs = kwargs or {}
     if kwargs.get("imputation", "linear") != "linear":
@@ -374,7 +374,7 @@ def measure_imputation(image, kwargs=None, n=1):
         return time.perf_counter() - t0
     b = max(1, min(64, 2 ** 18 // image.size))
     imgs, masks = np.repeat(image[None], b, axis=0), np.repeat(gone[None], b, axis=0)
-    jit = n * percentages.size * image.size >= JIT_MIN_VALUES      # as road decides
+    jit = worth_compiling(n * percentages.size * image.size)      # as road decides
     linear_impute_batch(imgs, masks, jit=jit)                      # traces (and compiles) it: untimed
     t0 = time.perf_counter()
     linear_impute_batch(imgs, masks, jit=jit)

@@ -129,7 +129,7 @@ def metric_cost(name, kwargs, input_shape, randomised_layers=0):
         if seg is not None and not isinstance(seg, str) and not callable(seg):       # label maps
             return max(len(np.unique(s)) for s in np.asarray(seg)) + 1, 0
         params = {**IROF_SEGMENTS, **(kw.get("segment_params") or {})}
-        return int(params.get("n_segments", IROF_SEGMENTS["n_segments"])) + 1, 0
+        return int(params["n_segments"]) + 1, 0
     if name == "faithfulness_correlation":
         return int(kw["runs"]) + 1, 0
     if name == "infidelity":

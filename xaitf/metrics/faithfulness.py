@@ -34,7 +34,7 @@ from ..explainer import chunks
 from ..explainer import progress as _progress
 from ..keras_bridge import model_cache
 from ._common import Curve, fill_image, pixel_order, prepare
-from .imputation import JIT_MIN_VALUES, add_imputation_noise, linear_impute_batch, noisy_linear_impute  # noqa: F401
+from .imputation import add_imputation_noise, linear_impute_batch, noisy_linear_impute, worth_compiling  # noqa: F401
 
 ORDERS = ("morf", "lerf")
 LAYOUTS = ("grid", "sliding")
@@ -713,7 +713,7 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
     # pairs (image i, fraction j) as rows i * P + j, visited fraction-major: a batch of the
     # conjugate gradients holds systems of similar size, which converge in similar numbers of steps
     visit = np.arange(n * P).reshape(n, P).T.ravel()
-    jit = n * P * x[0].size >= JIT_MIN_VALUES          # XLA's compilation pays off on long runs
+    jit = worth_compiling(n * P * x[0].size)           # XLA's compilation pays off on long runs
 
     def make_images(rows):
         i, j = np.divmod(rows, P)
@@ -721,7 +721,7 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
         if not linear:
             return np.where(gone[..., None], np.float32(value), x[i]).astype(np.float32)
         if solver == "cg":                    # one solve per fraction: its systems take alike many steps
-            imgs = np.empty(x[i].shape, np.float32)
+            imgs = np.empty((len(i),) + x.shape[1:], np.float32)
             for f in np.unique(j):
                 at = np.flatnonzero(j == f)
                 imgs[at] = linear_impute_batch(x[i[at]], gone[at], jit=jit)

@@ -185,6 +185,11 @@ def _cg_program(h, w, c, jit=True):
 JIT_MIN_VALUES = 2 ** 20
 
 
+def worth_compiling(values):
+    """Whether a run solving ``values`` values in all should compile the solver (:data:`JIT_MIN_VALUES`)."""
+    return values >= JIT_MIN_VALUES
+
+
 def _run_cg(x, gone, tol, limit, jit=None):
     """Run :func:`_cg_program` on (B,H,W,C) float32 ``x`` and (B,H,W) bool ``gone``.
 
@@ -198,7 +203,7 @@ def _run_cg(x, gone, tol, limit, jit=None):
     from ..methods._xla import xla_available
 
     b, h, w, c = x.shape
-    jit = (x.size >= JIT_MIN_VALUES if jit is None else bool(jit)) and xla_available()
+    jit = (worth_compiling(x.size) if jit is None else bool(jit)) and xla_available()
     step = 1 << max(0, int(b).bit_length() - 4)
     size = -(-b // step) * step if jit else b
     if size > b:
