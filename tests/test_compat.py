@@ -221,3 +221,23 @@ def test_shap_handler():
         _fail_unless(callable(h), api, lib, f"{rule}(0) is not a handler")
     with pytest.raises(ValueError):
         C.shap_handler("nope")
+
+
+def test_eager_gradient_recorder_kept():
+    api, lib = "tensorflow.python.eager.execute.record_gradient", "tensorflow"
+    try:
+        from tensorflow.python.eager import execute
+    except ImportError as e:
+        _fail_unless(False, api, lib, f"ImportError: {e}")
+    saved = execute.record_gradient
+    _fail_unless(callable(saved), api, lib, "record_gradient is not a function")
+    with pytest.raises(RuntimeError):
+        with C.eager_gradient_recorder_kept():
+            execute.record_gradient = lambda *a, **k: None       # as shap's DeepExplainer does
+            raise RuntimeError("the model call failed")
+    assert execute.record_gradient is saved
+    x = tf.constant([1.0, 2.0])
+    with tf.GradientTape() as tape:                             # TF still records through it
+        tape.watch(x)
+        y = tf.reduce_sum(x * x)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), [2.0, 4.0])

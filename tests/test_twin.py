@@ -182,3 +182,70 @@ def test_tfx_gradcam_layer_and_square_checks():
     assert xaitf.create_explainer("tfx.gradcam", m).layer_name == "conv2"
     with pytest.raises(InputError, match="square"):
         xaitf.create_explainer("tfx.occlusion", make_cnn(shape=(8, 10, 1)))
+
+
+def keras3_mobile_blocks():
+    """Keras 3 layers of keras.applications' mobile and efficient nets: Rescaling, Normalization, ReLU(6),
+    depthwise and separable convolutions, a squeeze-and-excitation Multiply, the other merge
+    layers, cropping and upsampling."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12, 12, 3), name="image")
+    h = L.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inp)
+    h = L.Rescaling([1.0, 0.5, 2.0], name="rescale_ch")(h)
+    h = L.Normalization(axis=-1, name="norm")(h)          # statistics set below, as if adapted
+    h = L.ReLU(6.0, name="relu6")(L.Conv2D(4, 3, padding="same", name="c1")(h))
+    d = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu", name="dw")(h)
+    s = L.SeparableConv2D(8, 3, padding="same", name="sep")(h)
+    se = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(d)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="se_fc")(se)
+    h = L.Multiply(name="se_mul")([d, se])
+    h = L.Add(name="add")([L.Subtract(name="sub")([h, s]), L.Average(name="avg")([h, s])])
+    h = L.Maximum(name="max")([h, L.Minimum(name="min")([d, s])])
+    h = L.UpSampling2D(2, name="up")(L.Cropping2D(((1, 1), (2, 0)), name="crop")(h))
+    out = L.Dense(5, activation="softmax", name="fc")(L.GlobalAveragePooling2D(name="gap")(h))
+    model = keras.Model(inp, out, name="k3_mobile")
+    model.get_layer("norm").set_weights([np.array([0.1, -0.2, 0.3], np.float32),
+                                         np.array([0.5, 2.0, 1.5], np.float32), np.array(10.0, np.float32)])
+    return model
+
+
+def test_keras3_mobile_layers_twin_and_twin_backends_agree_with_native_gradient():
+    model = keras3_mobile_blocks()
+    x = np.random.default_rng(8).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
+    kinds = {kind for _, kind in T.check_layers(model)}
+    assert {"DepthwiseConv2D", "SeparableConv2D", "Rescaling", "Normalization", "Multiply", "Subtract", "Average",
+            "Maximum", "Minimum", "Cropping2D", "UpSampling2D"} <= kinds
+    ref = np.asarray(model(x, training=False))
+    got = T.tf_keras_twin(model)(x, training=False).numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(T.graph_twin(model).predict(x, logits=False), ref, rtol=0,
+                               atol=1e-5 * np.abs(ref).max())
+    t = np.array([0, 3, 4])
+    native = xaitf.create_explainer("grad", model, progress=False)(x, t)
+    inn = xaitf.create_explainer("inn.gradient", model, progress=False)(x, t)
+    assert np.abs(native).max() > 0
+    np.testing.assert_allclose(inn, native, rtol=0, atol=1e-4 * np.abs(native).max())
+    for name in ("tfx.gradcam", "shap.gradient"):
+        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
+        assert maps.shape == (3, 12, 12) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+
+
+def test_shap_deep_on_depthwise_and_upsampling_and_one_line_where_shap_cannot():
+    """shap's DeepExplainer learns depthwise convolutions, ReLU6 and resizing for the call (its
+    own additivity holds: sum phi = f(x) - f(0)); on a squeeze-and-excitation gate it fails, and
+    says so in one line that names the alternatives."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((8, 8, 2))
+    h = L.ReLU(6.0)(L.DepthwiseConv2D(3, depth_multiplier=2, padding="same")(inp))
+    h = L.UpSampling2D(2)(L.Conv2D(3, 1, activation="relu")(h))
+    model = keras.Model(inp, L.Dense(4)(L.Flatten()(h)))
+    x = np.random.default_rng(2).uniform(0, 1, (2, 8, 8, 2)).astype(np.float32)
+    phi = xaitf.create_explainer("shap.deep", model, channel_reduce="none", progress=False)(x, [1, 3])
+    logits = np.asarray(model(x)) - np.asarray(model(np.zeros_like(x)))
+    np.testing.assert_allclose(phi.reshape(2, -1).sum(1), logits[[0, 1], [1, 3]], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelError, match=r"^ShapDeepExplainer: shap's DeepExplainer failed .* use deepliftshap"):
+        xaitf.create_explainer("shap.deep", keras3_mobile_blocks(), progress=False)(
+            np.ones((1, 12, 12, 3), np.float32), [0])
+    # the failure leaves TF's gradients working (shap swaps TF's gradient recorder during a call)
+    g = xaitf.create_explainer("grad", model, channel_reduce="none", progress=False)(x, [1, 3])
+    assert np.all(np.isfinite(g)) and np.abs(g).max() > 0

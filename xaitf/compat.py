@@ -9,6 +9,7 @@ function, run on the installed versions) says which private API and which librar
 Nothing here imports another xaitf module (``import xaitf`` only sets ``TF_USE_LEGACY_KERAS``),
 and the optional libraries (tf-keras internals, shap) are imported on first use.
 """
+import contextlib
 import sys
 
 import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
@@ -191,6 +192,24 @@ def shap_op_handlers():
     for the duration of a call. Fallback: none (ImportError / AttributeError).
     """
     return _shap_deep_tf().op_handlers
+
+
+@contextlib.contextmanager
+def eager_gradient_recorder_kept():
+    """Put TensorFlow's eager gradient recorder back after the block, even when the block raises.
+
+    Private: ``tensorflow.python.eager.execute.record_gradient``. Why: shap 0.51's DeepExplainer
+    (``deep_tf.run``) swaps in a recorder that prefixes ``shap_`` to every op type and puts TF's
+    back only when the model call returns; after a failed call every later gradient in the process
+    fails with "gradient registry has no entry for: shap_Sum". Fallback: none (ImportError).
+    """
+    from tensorflow.python.eager import execute
+
+    saved = execute.record_gradient
+    try:
+        yield
+    finally:
+        execute.record_gradient = saved
 
 
 def shap_handler(rule, input_index=0):

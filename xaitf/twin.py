@@ -40,6 +40,10 @@ from .keras_bridge import (HEADS, input_shape, layer_type, leaf_layers, logits_m
 SUPPORTED = {
     "Conv2D": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
                "groups", "activation", "use_bias"),
+    "DepthwiseConv2D": ("kernel_size", "strides", "padding", "depth_multiplier", "data_format",
+                        "dilation_rate", "activation", "use_bias"),
+    "SeparableConv2D": ("filters", "kernel_size", "strides", "padding", "depth_multiplier", "data_format",
+                        "dilation_rate", "activation", "use_bias"),
     "Dense": ("units", "activation", "use_bias"),
     "MaxPooling2D": ("pool_size", "strides", "padding", "data_format"),
     "AveragePooling2D": ("pool_size", "strides", "padding", "data_format"),
@@ -52,13 +56,23 @@ SUPPORTED = {
     "Activation": ("activation",),
     "ReLU": ("max_value", "negative_slope", "threshold"),
     "Softmax": ("axis",),
+    "Rescaling": ("scale", "offset"),
+    "Normalization": ("axis",),            # mean and variance: constants of the twin (_layer_config)
     "Add": (),
+    "Subtract": (),
+    "Multiply": (),
+    "Average": (),
+    "Maximum": (),
+    "Minimum": (),
     "Concatenate": ("axis",),
     "ZeroPadding2D": ("padding", "data_format"),
+    "Cropping2D": ("cropping", "data_format"),
+    "UpSampling2D": ("size", "data_format", "interpolation"),
 }
-_MULTI_INPUT = ("Add", "Concatenate")
+_MULTI_INPUT = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
 NATIVE_METHODS = ("grad, ig, sg, gb, deconvnet, inpgrad, deeplift, gradcam, gradcampp, lrp.*, deep_taylor*, "
-                  "occlusion, rise, shapley, pda, mp, lime, shap")
+                  "occlusion, rise, shapley, pda, mp, lime, kernelshap, shap.lib, shap.partition")
+TWIN_BACKENDS = "iNNvestigate (inn.*), tf-explain (tfx.*) and shap's TF explainers (shap.gradient, shap.deep)"
 TOLERANCE = 1e-5
 _GRAPH_SUFFIX = "__xt"  # graph-twin layer names: never equal to names iNNvestigate generates
 
@@ -116,8 +130,7 @@ def _unsupported(layer, why=""):
     extra = f" ({why})" if why else ""
     return ModelError(
         f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
-        "so the iNNvestigate (inn.*) and tf-explain (tfx.*) backends cannot run "
-        f"on this model; supported layers: {', '.join(SUPPORTED)}; the native methods still work: "
+        f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}; the native methods still work: "
         f"{NATIVE_METHODS}")
 
 
@@ -150,13 +163,20 @@ def _layer_config(layer):
     if cfg.get("renorm"):
         raise _unsupported(layer, "batch renormalization")
     out = {k: cfg[k] for k in SUPPORTED[kind] if k in cfg}
+    if kind == "Normalization":
+        axis = out.get("axis", -1)
+        if cfg.get("invert") or tuple(np.atleast_1d(axis)) not in ((-1,), (3,)):
+            raise _unsupported(layer, "invert=True or an axis other than the channels")
+        out = {"axis": -1, "mean": np.asarray(layer.mean, np.float64).reshape(-1).tolist(),
+               "variance": np.asarray(layer.variance, np.float64).reshape(-1).tolist()}
     if "activation" in out:
         out["activation"] = _activation(layer, out["activation"])
-    for k in ("kernel_size", "strides", "pool_size", "dilation_rate", "target_shape", "noise_shape"):
+    for k in ("kernel_size", "strides", "pool_size", "dilation_rate", "target_shape", "noise_shape", "size"):
         if isinstance(out.get(k), list):
             out[k] = tuple(out[k])
-    if isinstance(out.get("padding"), list):  # ZeroPadding2D ((t, b), (l, r))
-        out["padding"] = tuple(tuple(p) if isinstance(p, list) else p for p in out["padding"])
+    for k in ("padding", "cropping"):  # ZeroPadding2D / Cropping2D ((t, b), (l, r))
+        if isinstance(out.get(k), list):
+            out[k] = tuple(tuple(p) if isinstance(p, list) else p for p in out[k])
     return kind, out
 
 
@@ -322,7 +342,7 @@ def _copy_weights(weights, twins):
     """Copy every source layer's weights (cast to the twin's dtype) into its twin layer."""
     for key, tw in twins.items():
         src, ws = weights[key]
-        if ws:
+        if ws and layer_type(src) != "Normalization":    # its statistics are the twin's constants
             want = tw.get_weights()
             if len(ws) != len(want) or any(a.shape != b.shape for a, b in zip(ws, want)):
                 raise _unsupported(src, f"weights {[w.shape for w in ws]} do not fit the tf-keras layer "

@@ -23,6 +23,7 @@ model at once. Gray models: lime works on RGB images, so the classifier function
 one channel (the three channels lime builds from a gray image are equal).
 """
 import contextlib
+import re
 import warnings
 
 import numpy as np
@@ -31,8 +32,8 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from .. import segmentation
-from ..compat import shap_handler, shap_op_handlers
-from ..errors import MethodError
+from ..compat import eager_gradient_recorder_kept, shap_handler, shap_op_handlers
+from ..errors import MethodError, ModelError
 from ..explainer import Explainer
 from ..keras_bridge import kmodule, logits_model
 
@@ -92,14 +93,15 @@ def _deep_extra_ops():
     shap's TF DeepExplainer only backpropagates through the op types in its ``op_handlers`` table
     and fails on others ("gradient registry has no entry for: shap_FusedBatchNormV3", shap issue
     #1761, open). Inference-mode batch normalisation (FusedBatchNormV2/V3) is affine in its first
-    input, so its plain gradient is the DeepLIFT multiplier (shap's own ``linearity_1d``);
-    LeakyRelu, Relu6 and Elu-like element-wise activations take the rescale rule (shap's
-    ``nonlinearity_1d``). The entries are removed afterwards.
+    input, so its plain gradient is the DeepLIFT multiplier (shap's own ``linearity_1d``), and so
+    are depthwise convolutions (MobileNets) and resizing (UpSampling2D); LeakyRelu and Relu6 take
+    the rescale rule (shap's ``nonlinearity_1d``). The entries are removed afterwards.
     """
     handlers = shap_op_handlers()
-    extra = {"FusedBatchNormV3": shap_handler("linearity_1d"), "FusedBatchNormV2": shap_handler("linearity_1d"),
-             "FusedBatchNorm": shap_handler("linearity_1d"), "LeakyRelu": shap_handler("nonlinearity_1d"),
-             "Relu6": shap_handler("nonlinearity_1d")}
+    linear = ("FusedBatchNormV3", "FusedBatchNormV2", "FusedBatchNorm", "DepthwiseConv2dNative",
+              "ResizeNearestNeighbor", "ResizeBilinear")
+    extra = {op: shap_handler("linearity_1d") for op in linear}
+    extra.update({op: shap_handler("nonlinearity_1d") for op in ("LeakyRelu", "Relu6")})
     added = [k for k in extra if k not in handlers]
     for k in added:
         handlers[k] = extra[k]
@@ -502,8 +504,18 @@ class ShapDeepExplainer(_LibraryExplainer):
         for t in np.unique(targets):
             idx = np.flatnonzero(targets == t)
             explainer = self._explainer_for(int(t))
-            with _quiet(), _deep_extra_ops():
-                v = np.asarray(explainer.shap_values(x[idx], check_additivity=False))[..., 0]
+            with _quiet(), _deep_extra_ops(), eager_gradient_recorder_kept():
+                try:
+                    v = np.asarray(explainer.shap_values(x[idx], check_additivity=False))[..., 0]
+                except Exception as e:      # noqa: BLE001 - TF's errors while shap runs its graph
+                    if not (isinstance(e, (tf.errors.OpError, LookupError)) or type(e).__name__ == "StagingError"):
+                        raise
+                    op = re.search(r"no entry for: shap_(\w+)", str(e))
+                    node = re.search(r"at node (\S+)", str(e))
+                    why = (f"has no rule for the TensorFlow operation {op.group(1)}" if op else
+                           f"failed ({type(e).__name__}" + (f" at node {node.group(1)})" if node else ")"))
+                    raise ModelError(f"ShapDeepExplainer: shap's DeepExplainer {why} on this model; use "
+                                     "deepliftshap (xaitf's DeepLIFT-SHAP) or shap.gradient") from None
             if self.params["check_additivity"]:
                 fx = self.scores(x[idx])[:, int(t)]
                 base = float(np.asarray(explainer.expected_value).reshape(-1)[0])
