@@ -24,6 +24,7 @@ import argparse
 import glob
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from xaitf.errors import XaitfError  # noqa: E402
 DEFAULT_MODEL = HERE / "models" / "center_pixel.h5"
 CENTER_PIXEL_GLOBALS = ("image_size", "num_classes", "alpha", "relu_flag")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+INN_SLOW_LAYERS = 50   # iNNvestigate builds analyzers of larger models for minutes (ResNet50: ~2.5 min here)
 
 
 def build_parser():
@@ -271,7 +273,7 @@ def main(argv=None):
 
     from xaitf import budget
     from xaitf.data.preprocess import describe, intensity_range, model_preprocessing, preprocess
-    from xaitf.keras_bridge import input_shape, logits_model, model_kind
+    from xaitf.keras_bridge import input_shape, leaf_layers, logits_model, model_kind
     cli.quiet_tensorflow()
 
     overridden = any(sec == "global" and key in CENTER_PIXEL_GLOBALS for sec, key, _ in applied)
@@ -321,20 +323,23 @@ def main(argv=None):
 
     # ---- build every explainer first: a method that cannot handle the model fails here -------
     set_keys = {(sec, key) for sec, key, _ in applied}
-    pda_range = intensity_range(prep, shape[-1], scale=args.scale)     # PDA's intensities, preprocessed
-    pda_range = None if pda_range == (0.0, 1.0) else pda_range
+    value_range = intensity_range(prep, shape[-1], scale=args.scale)   # black and white pixels, preprocessed
     explainers, scaled = [], []
     for k in keys:
         try:
-            extra = {}
-            if pda_range is not None and registry.preset_section(k) == "pda" and ("pda", "value_range") not in set_keys:
-                extra["value_range"] = pda_range
+            extra = registry.input_range_arguments(k, value_range, set_keys)   # PDA's, LRP's z^B bounds
             if not center_model:
                 window = budget.unset_scaled_defaults(k, shape, set_keys)
                 if window:
                     scaled.append(f"{k} " + " ".join(f"{p}={v}" for p, v in window.items()))
                 extra.update(window)
+            if k.startswith("inn.") and len(leaf_layers(model)) > INN_SLOW_LAYERS:
+                print(f"building {k}: iNNvestigate builds its analyzer in graph mode, which takes minutes on "
+                      f"a model of {len(leaf_layers(model))} layers ...", flush=True)
+            t0 = time.perf_counter()
             explainers.append(registry.create_from_presets(k, model, **extra))
+            if time.perf_counter() - t0 > 10:
+                print(f"built {k} in {time.perf_counter() - t0:.0f} s", flush=True)
         except Exception as e:
             if isinstance(e, XaitfError):
                 raise type(e)(f"{k}: {cli.one_line(e)}") from e
@@ -386,10 +391,15 @@ def main(argv=None):
     t_all = time.perf_counter()
     for e in explainers:
         t0 = time.perf_counter()
-        m = np.asarray(e(x, np.array(targets)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = np.asarray(e(x, np.array(targets)))
+        said = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+        for text in said:            # the method's own reason, once, instead of the generic one below
+            print(f"  warning: {text}", file=sys.stderr)
         if not np.all(np.isfinite(m)):
             print(f"  warning: {e.name} map has non-finite values", file=sys.stderr)
-        elif not np.any(m):
+        elif not np.any(m) and not said:
             print(f"  warning: {e.name} map is all 0: the explained output gives it nothing to attribute "
                   "(untrained or saturated model, an output that does not change under the method's "
                   "perturbations, or relevance absorbed by a stabiliser such as LRP's epsilon)", file=sys.stderr)

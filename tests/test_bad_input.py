@@ -149,6 +149,36 @@ def test_debug_last_line_does_not_ask_for_debug(capsys):
     assert "--debug" not in err[-1]
 
 
+def test_command_line_warnings_are_one_line(capsys):
+    """A warning during a command is one 'warning:' line (the category named unless a UserWarning),
+    not Python's file:line form; --debug keeps that form; the handler is restored afterwards."""
+    import warnings
+
+    from xaitf import cli
+
+    def warns(argv):
+        warnings.warn("maps are all 0:\n  explain the predicted class", stacklevel=1)
+        warnings.warn("old flag", DeprecationWarning, stacklevel=1)
+        return 0
+
+    def python_form(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = before = python_form      # not pytest's recorder
+        with pytest.raises(SystemExit) as e:
+            cli.run(warns, ["-hm", "grad"])
+        assert warnings.showwarning is before
+        err = capsys.readouterr().err.splitlines()
+        assert e.value.code == 0 and err == ["warning: maps are all 0: explain the predicted class",
+                                             "warning (DeprecationWarning): old flag"]
+        with pytest.raises(SystemExit):
+            cli.run(warns, ["--debug"])
+        err = capsys.readouterr().err
+        assert "UserWarning: maps are all 0" in err and ".py:" in err
+
+
 @pytest.mark.parametrize("text, message", [
     ("deconvnet.x=1", "deconvnet has no settings"),
     ("global.image_size=16", "global.image_size: expected an odd integer >= 1"),

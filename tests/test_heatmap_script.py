@@ -208,21 +208,57 @@ def test_pda_intensities_follow_the_preprocessing(files, tmp_path, capsys, resto
     np.testing.assert_allclose(np.array(got), [-mean, 255.0 - mean], atol=1e-4)
 
 
+def constant_logits_model(path, bias=None):
+    """A tiny CNN whose last kernel is 0 (its logits ignore the image; all ``bias`` if given),
+    saved as .h5 at ``path``."""
+    model = make_cnn(shape=(8, 8, 1), classes=5)
+    k, b = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(k), b if bias is None else np.full_like(b, bias)])
+    with warnings.catch_warnings():                     # "HDF5 is legacy": .h5 is what we test
+        warnings.simplefilter("ignore")
+        model.save(path)
+    return path
+
+
 def test_all_zero_map_is_warned(files, tmp_path, capsys, restore_settings):
     """A model whose output ignores the image (last kernel 0): every gradient map is all 0, and the
     user is told why instead of seeing an empty figure."""
-    import warnings as w
-
-    model = make_cnn(shape=(8, 8, 1), classes=5)
-    k, b = model.layers[-1].get_weights()
-    model.layers[-1].set_weights([np.zeros_like(k), b])
-    path = tmp_path / "constant.h5"
-    with w.catch_warnings():
-        w.simplefilter("ignore")
-        model.save(path)
+    path = constant_logits_model(tmp_path / "constant.h5")
     code, out, err = run_main(capsys, "-ip", files["png"], "-mp", path, "-hm", "grad", "-op", tmp_path / "res")
     assert code == 0, err
     assert "warning: grad map is all 0: the explained output gives it nothing to attribute" in err
     code, out, err = run_main(capsys, "-ip", files["png"], "-mp", files["model"], "-hm", "grad",
                               "-op", tmp_path / "res2")
     assert code == 0 and "all 0" not in err
+
+
+def test_z_box_bounds_follow_the_preprocessing(files, tmp_path, capsys, restore_settings):
+    """--preprocess tf (x / 127.5 - 1): the z^B rule's bounds are the inputs of a black and a white
+    pixel, -1 and 1, not the presets' 0 and 1 (the rule refuses inputs outside its box)."""
+    model = tmp_path / "rgb.keras"
+    make_cnn(shape=(8, 8, 3), classes=5).save(model)
+    code, stdout, stderr = run_main(capsys, "-ip", files["png"], "-mp", model, "-op", tmp_path / "o", "--save-arrays",
+                                    "-hm", "deep_taylor.bounded", "lrp.epsilon_gamma_box", "--preprocess", "tf")
+    assert code == 0, stderr
+    for key in ("deep_taylor.bounded", "lrp.epsilon_gamma_box"):
+        line = next(ln for ln in stdout.splitlines() if f"({key}):" in ln)
+        assert "low=-1, high=1," in line, line
+    arrays = np.load(next((tmp_path / "o" / "digit").glob("*.npz")), allow_pickle=False)
+    assert all(np.isfinite(arrays[k]).all() for k in arrays.files)
+    # --set wins over the preprocessing's range (and the rule then refuses the inputs, in one line)
+    code, _, stderr = run_main(capsys, "-ip", files["png"], "-mp", model, "-op", tmp_path / "o2",
+                               "-hm", "deep_taylor.bounded", "--preprocess", "tf", "--set", "deep_taylor.low=0")
+    assert code == 1 and stderr.count("\n") == 1
+    assert "outside the z^B bounds low=0, high=1" in stderr and "pass low= and high=" in stderr
+
+
+def test_method_warnings_are_one_line_and_replace_the_generic_one(files, tmp_path, capsys, restore_settings):
+    """Deep Taylor on a logit <= 0 says why its map is empty: once, as one 'warning:' line, without
+    Python's file:line form and without the generic all-zero message."""
+    path = constant_logits_model(tmp_path / "negative.h5", bias=-1.0)      # every logit is -1
+    code, _, err = run_main(capsys, "-ip", files["png"], "-mp", path, "-hm", "deep_taylor", "-op", tmp_path / "res")
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "warning" in ln.lower()]
+    assert len(lines) == 1, err
+    assert lines[0].strip().startswith("warning: deep_taylor: 1 of 1 maps are all 0: Deep Taylor starts from relu(f_c)")
+    assert ".py:" not in err and "nothing to attribute" not in err

@@ -19,6 +19,8 @@ from xaitf.graph.engine import forget, graph_of, propagate, propagator
 from xaitf.keras_bridge import keras3, logits_model, model_cache, tfk
 from xaitf.methods.lrp import LRP
 
+from conftest import make_cnn
+
 GUARD = 1e-7
 
 
@@ -1080,3 +1082,44 @@ def test_gate_found_with_unknown_spatial_size():
     out = L.Dense(3)(L.GlobalAveragePooling2D()(L.Multiply(name="gate")([g, h])))
     g_ir = read_model(tfk.Model(inp, out))
     assert next(n for n in g_ir.nodes if n.name == "gate").config["signal"] == 1
+
+
+def test_z_box_refuses_inputs_outside_its_bounds():
+    """z^B needs low <= x <= high: inputs in [-1, 1] with the default box [0, 1] give one line that
+    says so; per-channel bounds name the first channel outside them; rounding within 1e-5 passes."""
+    from xaitf.errors import InputError
+
+    model = make_cnn(shape=(8, 8, 3), classes=4)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
+    x[0, 0, 0] = [-1, -1, -1]
+    x[0, 0, 1] = [1, 1, 1]
+    with pytest.raises(InputError, match=r"^deep_taylor.bounded: the inputs range over \[-1, 1\], outside the "
+                                         r"z\^B bounds low=0, high=1 the rule needs; pass low= and high="):
+        xaitf.create_explainer("deep_taylor.bounded", model, progress=False)(x, [0, 1, 2])
+    with pytest.raises(InputError, match=r"channel 1 of the inputs ranges over \[-1, 1\], outside the z\^B bounds "
+                                         r"low=-1, high=0.5\b"):
+        xaitf.create_explainer("lrp.epsilon_gamma_box", model, low=(-1, -1, -1), high=(1, 0.5, 0.5),
+                               progress=False)(x, [0, 1, 2])
+    edge = np.clip(x, 0, 1) + np.float32(5e-6)              # within the tolerance of the box
+    for name, kw in [("deep_taylor.bounded", {}), ("lrp.epsilon_gamma_box", {"low": -1.0, "high": 1.0})]:
+        maps = xaitf.create_explainer(name, model, progress=False, **kw)(edge if not kw else x, [0, 1, 2])
+        assert np.all(np.isfinite(maps))
+    # rules other than z^B take any inputs
+    assert np.all(np.isfinite(xaitf.create_explainer("lrp.epsilon", model, progress=False)(x * 10, [0, 1, 2])))
+
+
+def test_input_range_arguments_reach_pda_and_z_box_composites():
+    from xaitf import registry
+
+    rng = ((-1.0, -2.0, -3.0), (1.0, 2.0, 3.0))
+    assert registry.input_range_arguments("deep_taylor.bounded", rng) == {"low": rng[0], "high": rng[1]}
+    assert registry.input_range_arguments("lrp.epsilon_gamma_box", rng) == {"low": rng[0], "high": rng[1]}
+    assert registry.input_range_arguments("pda", rng) == {"value_range": rng}
+    # iNNvestigate's z^B takes one box: the one around every channel's range
+    assert registry.input_range_arguments("inn.deep_taylor.bounded", rng) == {"low": -3.0, "high": 3.0}
+    assert registry.input_range_arguments("inn.deep_taylor", rng) == {}
+    for key in ("lrp.epsilon", "deep_taylor", "lrp.alpha_2_beta_1", "grad", "occlusion"):
+        assert registry.input_range_arguments(key, rng) == {}, key
+    assert registry.input_range_arguments("deep_taylor.bounded", (0.0, 1.0)) == {}     # the presets' own range
+    assert registry.input_range_arguments("deep_taylor.bounded", rng, {("deep_taylor", "high")}) == {}
+    assert registry.input_range_arguments("pda", rng, {("pda", "value_range")}) == {}

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 from .errors import XaitfError
@@ -59,6 +60,9 @@ def run(main, argv=None):
     """
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    before = warnings.showwarning
+    if not debug:                  # warnings as one line each; --debug keeps Python's file:line form
+        warnings.showwarning = show_warning
     try:
         code = main(args)
     except SystemExit:
@@ -77,7 +81,17 @@ def run(main, argv=None):
         else:
             hint = "unexpected; rerun with --debug for the traceback"
         fail(f"{type(e).__name__}: {one_line(e)} ({hint})", EXIT_INTERNAL)
+    finally:
+        warnings.showwarning = before
     raise SystemExit(code or 0)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` of the command lines: ``warning: text`` on one line of stderr (the
+    category named unless it is a UserWarning), without Python's file, line and source."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    text = " ".join(str(message).split()) or category.__name__
+    print(f"warning{kind}: {text}", file=file or sys.stderr, flush=True)
 
 
 def one_line(e):

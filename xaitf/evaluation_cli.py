@@ -125,7 +125,7 @@ def main(args):
     from .evaluation import evaluate
     from .keras_bridge import input_shape
     from .model_files import load_model
-    from .runs.cli import apply_preprocess
+    from .runs.cli import apply_preprocess, input_range_kwargs
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
     model = load_model(model_path, safe_mode=not args.unsafe_model)
@@ -143,7 +143,9 @@ def main(args):
     masks = _masks(args.masks, len(x), shape[:2]) if args.masks else None
     batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
-    explainers = {k: registry.create_from_presets(k, model, progress=False, **scaled.get(k, {})) for k in keys}
+    ranges = input_range_kwargs(args.preprocess, shape, scale, keys, set_keys)
+    explainers = {k: registry.create_from_presets(k, model, progress=False, **scaled.get(k, {}), **ranges.get(k, {}))
+                  for k in keys}
     total, lines, costliest = estimate(model, explainers, args.metrics, metric_kwargs, shape, len(x), x[0])
     for line in lines:
         print(line, flush=True)

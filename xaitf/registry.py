@@ -11,7 +11,9 @@ and ``inn.deep_taylor*``.
 import importlib
 import importlib.util
 
-from .errors import MethodError
+import numpy as np
+
+from .errors import MethodError, XaitfError
 
 # name: (module, class, fixed kwargs, figure title)
 _METHODS = {
@@ -243,6 +245,41 @@ def preset_kwargs(name):
         kwargs.update({k: v for k, v in S.section(section).items()
                        if k in accepted and k not in S.STUDY_SWITCHES.get(section, ())})
     return kwargs
+
+
+def input_range_arguments(name, value_range, set_keys=()):
+    """Keyword arguments that tell method ``name`` the model inputs of a black and a white pixel.
+
+    ``value_range``: ``(low, high)`` as :func:`xaitf.data.preprocess.intensity_range` gives them
+    (numbers, or tuples per channel) for the command line's ``--preprocess``. PDA takes them as its
+    intensity ``value_range``; an LRP composite whose first layers take the z^B rule
+    (``deep_taylor.bounded``, ``lrp.epsilon_gamma_box``) as its ``low``/``high`` bounds, and
+    iNNvestigate's ``inn.deep_taylor.bounded`` the box around all channels' ranges. Nothing
+    for the others, for (0, 1) (the presets' own range), or where ``set_keys`` (``(section, key)``
+    pairs of ``--set``) already names the parameter.
+    """
+    key = canonical(name)
+    low, high = value_range
+    if (low, high) == (0.0, 1.0):
+        return {}
+    section = preset_section(key)
+    if section == "pda":
+        return {} if ("pda", "value_range") in set_keys else {"value_range": (low, high)}
+    accepted = get_method(key).parameters()
+    if not {"low", "high"} <= set(accepted) or {(section, "low"), (section, "high")} & set(set_keys):
+        return {}
+    given = {**preset_kwargs(key), **_METHODS[key][2]}
+    if "composite" not in accepted:     # iNNvestigate's deep_taylor.bounded: one box for every channel
+        if given.get("analyzer") != "deep_taylor.bounded":
+            return {}
+        return {"low": float(min(np.atleast_1d(low))), "high": float(max(np.atleast_1d(high)))}
+    from .graph import composites as C
+
+    try:
+        needs = C.input_bounds(given.get("composite", accepted["composite"])) is not None
+    except XaitfError:       # a broken user composite: its explainer reports it
+        needs = False
+    return {"low": low, "high": high} if needs else {}
 
 
 def create_from_presets(name, model, **params):

@@ -215,6 +215,20 @@ def assign(graph, composite, params=None):
     return rules, comp.get("output", "logit")
 
 
+def input_bounds(composite, params=None):
+    """``(low, high)`` (float64 arrays: scalars or one per channel) that a ``z_box`` rule on the
+    ``first`` layers assumes of the model's inputs, ``params`` overriding the composite's; None when
+    the first layers take another rule."""
+    comp = get(composite)
+    if "first" not in comp:
+        return None
+    name, kw = _rule_spec(comp["first"], "first")
+    if name != "z_box":
+        return None
+    merged = {**comp.get("params", {}), **(params or {}), **kw}
+    return (np.asarray(merged.get("low", 0.0), np.float64), np.asarray(merged.get("high", 1.0), np.float64))
+
+
 def _bounds_at(graph, node, low, high):
     """The input bounds ``low <= x <= high`` carried through the input normalisation before ``node``
     (Rescaling, Normalization, an input BatchNormalization: ``x * s + t`` per channel)."""

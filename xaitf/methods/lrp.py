@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import MethodError, ModelError
+from ..errors import InputError, MethodError, ModelError
 from ..explainer import Explainer
 from ..graph import composites as C
 from ..graph.engine import propagator
@@ -74,10 +74,13 @@ class LRP(Explainer):
             raise MethodError(f"LRP batchnorm must be True or False, got {p['batchnorm']!r}")
         self._prop = propagator(self.model, p["composite"], given, batchnorm=bool(p["batchnorm"]),
                                 fingerprint=self._weights_crc)
+        self._bounds = C.input_bounds(comp, given)
         if self._prop.output == "relu":
             _check_relu_network(self._prop.graph, p["composite"])
 
     def explain_batch(self, x, targets):
+        if self._bounds is not None:
+            _check_bounds(x, *self._bounds, self.params["composite"])
         r = self._prop(x, targets)
         if self._prop.output == "relu":
             zero = ~np.any(r.reshape(len(r), -1), axis=1)
@@ -90,6 +93,30 @@ class LRP(Explainer):
 
 
 RELU_LIKE = ("relu", "relu6", "linear", None)
+BOUNDS_TOLERANCE = 1e-5     # of high - low: rounding of the preprocessing, not a wrong domain
+
+
+def _check_bounds(x, low, high, composite):
+    """The z^B rule (Montavon et al. 2017, sec. 4.3) needs low <= x <= high per value: its
+    denominators can change sign outside the box, and the maps then blow up. InputError otherwise."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - 1))
+    lo, hi = np.min(x, axis=axes), np.max(x, axis=axes)
+    low, high = np.broadcast_to(low, lo.shape), np.broadcast_to(high, hi.shape)
+    tol = BOUNDS_TOLERANCE * np.max(high - low)
+    bad = np.flatnonzero((lo < low - tol) | (hi > high + tol))
+    if not bad.size:
+        return
+    name = composite if isinstance(composite, str) else "this composite"
+    if np.ptp(low) == 0 and np.ptp(high) == 0:
+        where, c = "the inputs range", 0
+        lo, hi = np.min(lo), np.max(hi)
+    else:
+        c = int(bad[0])
+        where, lo, hi = f"channel {c} of the inputs ranges", lo[c], hi[c]
+    raise InputError(f"{name}: {where} over [{lo:.4g}, {hi:.4g}], outside the z^B bounds low={low[c]:.4g}, "
+                     f"high={high[c]:.4g} the rule needs; pass low= and high= the range of the model's inputs "
+                     "(e.g. low=-1, high=1 after x / 127.5 - 1; the command lines take them from --preprocess)")
 
 
 def _check_relu_network(graph, composite):

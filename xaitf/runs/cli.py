@@ -234,14 +234,8 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         # the presets (with --set/--seed/--batch-size) become keyword arguments once, here: the
         # explainers, and the Ray workers', are built from them (no worker replays --set)
         method_kwargs = preset_arguments(keys)
-        if args.preprocess:            # PDA's intensities in the preprocessed input space
-            from .. import registry
-            from ..data.preprocess import intensity_range
-
-            rng = intensity_range(args.preprocess, shape[-1], scale=scale)
-            for k in keys:
-                if registry.preset_section(k) == "pda" and ("pda", "value_range") not in set_keys:
-                    method_kwargs[k]["value_range"] = rng
+        for k, extra in input_range_kwargs(args.preprocess, shape, scale, keys, set_keys).items():
+            method_kwargs[k].update(extra)
         from .. import budget
 
         if not budget.is_center_pixel(model):   # study 1's window-1 presets: its model only
@@ -394,6 +388,20 @@ def apply_preprocess(args, x, policy, scale):
     return x, {**policy, "scale": 1.0, "preprocess_name": name,
                "preprocess": f"{describe(name, scale)} (xaitf.data.preprocess.preprocess on the "
                              "0..255 values, after the fit)"}
+
+
+def input_range_kwargs(name, shape, scale, keys, set_keys):
+    """``{method: kwargs}`` under ``--preprocess name`` (none: {}): the preprocessed values of a black
+    and a white pixel as PDA's intensities and as the z^B bounds of LRP composites
+    (:func:`xaitf.registry.input_range_arguments`)."""
+    if not name:
+        return {}
+    from .. import registry
+    from ..data.preprocess import intensity_range
+
+    rng = intensity_range(name, shape[-1], scale=scale)
+    out = {k: registry.input_range_arguments(k, rng, set_keys) for k in keys}
+    return {k: v for k, v in out.items() if v}
 
 
 def _progress_line(store, keys):
