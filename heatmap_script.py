@@ -387,13 +387,33 @@ def main(argv=None):
     print(f"  total: {budget.duration(total)}")
 
     # ---- explain -------------------------------------------------------------------------------
-    maps, raw_maps = {}, {}
+    # a method that fails (or Ctrl-C) does not cost the others' maps: the figure shows the
+    # finished methods, and the exit code says that something failed
+    maps, raw_maps, failed, interrupted = {}, {}, {}, False
     t_all = time.perf_counter()
     for e in explainers:
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            m = np.asarray(e(x, np.array(targets)))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                m = np.asarray(e(x, np.array(targets)))
+        except KeyboardInterrupt:
+            interrupted = True
+            print(f"  {e.name}: interrupted", file=sys.stderr, flush=True)
+            break
+        except Exception as err:     # noqa: BLE001 - reported on one line, the other methods go on
+            text = cli.one_line(err)
+            text = text if text.startswith(f"{e.name}:") else f"{e.name}: {text}"
+            if args.debug or len(explainers) == 1:
+                if isinstance(err, XaitfError):
+                    raise type(err)(text) from err
+                raise
+            failed[e.name] = err
+            known = isinstance(err, (XaitfError, OSError))
+            print(f"error: {text}" if known else
+                  f"error: {type(err).__name__}: {text} (unexpected; rerun with --debug for the traceback)",
+                  file=sys.stderr, flush=True)
+            continue
         said = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
         for text in said:            # the method's own reason, once, instead of the generic one below
             print(f"  warning: {text}", file=sys.stderr)
@@ -409,6 +429,13 @@ def main(argv=None):
         print(f"  {e.name}: {time.perf_counter() - t0:.2f} s{est}, map {m.shape[1:]}, range "
               f"[{np.nanmin(m):.4g}, {np.nanmax(m):.4g}]", flush=True)
     print(f"  all methods: {time.perf_counter() - t_all:.1f} s (estimate {budget.duration(total)})")
+    bug = any(not isinstance(err, (XaitfError, OSError)) for err in failed.values())
+    if not maps:
+        if interrupted:
+            raise KeyboardInterrupt
+        cli.fail(f"every method failed ({', '.join(failed)}; errors above); nothing was written",
+                 cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
+    explainers = [e for e in explainers if e.name in raw_maps]
 
     # ---- figures (atomic, never overwriting) ---------------------------------------------------
     from xaitf import plotting
@@ -442,6 +469,11 @@ def main(argv=None):
         fig = summary_figure(shown, maps, labels, header=header)
         path = plotting.save_figure(fig, out_root / f"heatmap_summary_{stamp}.png")
         print(f"summary: {path}")
+    if interrupted:
+        cli.fail(f"interrupted; the figure holds the {len(maps)} method(s) that finished", 130)
+    if failed:
+        cli.fail(f"{len(failed)} method(s) failed ({', '.join(failed)}; errors above); the figure shows the "
+                 f"{len(maps)} that finished", cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
     return 0
 
 

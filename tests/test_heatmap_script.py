@@ -262,3 +262,34 @@ def test_method_warnings_are_one_line_and_replace_the_generic_one(files, tmp_pat
     assert len(lines) == 1, err
     assert lines[0].strip().startswith("warning: deep_taylor: 1 of 1 maps are all 0: Deep Taylor starts from relu(f_c)")
     assert ".py:" not in err and "nothing to attribute" not in err
+
+
+def test_a_failing_or_interrupted_method_keeps_the_others(files, tmp_path, capsys, restore_settings, monkeypatch):
+    """One method failing while it explains (z^B refuses [-1, 1] inputs with --set low=0) does not
+    cost the other maps: the figure and arrays hold them, each failure is one line, the exit code is
+    1. Ctrl-C during a method keeps the finished ones too (exit 130)."""
+    model = tmp_path / "rgb.keras"
+    make_cnn(shape=(8, 8, 3), classes=5).save(model)
+    base = ("-ip", files["png"], "-mp", model, "--preprocess", "tf", "--save-arrays")
+    code, stdout, stderr = run_main(capsys, *base, "-op", tmp_path / "o", "-hm", "grad", "deep_taylor.bounded",
+                                    "--set", "deep_taylor.low=0")
+    assert code == 1
+    assert stderr.splitlines() == [
+        next(ln for ln in stderr.splitlines() if ln.startswith("error: deep_taylor.bounded: the inputs range over")),
+        "error: 1 method(s) failed (deep_taylor.bounded; errors above); the figure shows the 1 that finished"]
+    folder = tmp_path / "o" / "digit"
+    assert len(figures(folder)) == 1
+    assert np.load(next(folder.glob("*.npz")), allow_pickle=False).files == ["grad"]
+
+    from xaitf.methods.lrp import LRP
+
+    def interrupted(self, x, targets):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LRP, "explain_batch", interrupted)
+    code, _, stderr = run_main(capsys, *base, "-op", tmp_path / "i", "-hm", "grad", "lrp.epsilon")
+    assert code == 130 and stderr.splitlines()[-1] == \
+        "error: interrupted; the figure holds the 1 method(s) that finished"
+    assert np.load(next((tmp_path / "i" / "digit").glob("*.npz")), allow_pickle=False).files == ["grad"]
+    code, _, stderr = run_main(capsys, *base, "-op", tmp_path / "n", "-hm", "lrp.epsilon")
+    assert code == 130 and "nothing was written" in stderr and not (tmp_path / "n").exists()
