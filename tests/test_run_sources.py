@@ -314,13 +314,20 @@ def test_preprocess_flag(env, tmp_path):
         xaitf_main(argv(env, out, "--scale", "127.5", methods=["grad"]))
 
 
-def test_preprocess_sets_pda_intensities(env, tmp_path):
-    """--preprocess scale --scale 127.5 (inputs 0..2): PDA's marginal intensities run 0..2."""
+def test_preprocess_sets_pda_intensities_and_z_box_bounds(env, tmp_path, capsys):
+    """--preprocess scale --scale 127.5 (inputs 0..2): PDA's marginal intensities and the z^B
+    bounds of deep_taylor.bounded run 0..2; the fit line names the preprocessing, not a divisor."""
     out = tmp_path / "pda"
     assert xaitf_main(argv(env, out, "--preprocess", "scale", "--scale", "127.5", "--set", "pda.values=2",
-                           "--set", "pda.window=14", "--set", "pda.stride=14", methods=["pda"])) == 0
+                           "--set", "pda.window=14", "--set", "pda.stride=14",
+                           methods=["pda", "deep_taylor.bounded"])) == 0
     info = json.loads((out / "run.json").read_text())
     assert tuple(info["settings"]["pda"]["params"]["value_range"]) == (0.0, 2.0)
+    bounds = info["settings"]["deep_taylor.bounded"]["params"]
+    assert (bounds["low"], bounds["high"]) == (0.0, 2.0)
+    fit = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit to the model"))
+    assert fit.endswith("; preprocess scale: x/127.5 (xaitf.data.preprocess.preprocess on the 0..255 values, after "
+                        "the fit)") and "divided by" not in fit, fit
 
 
 def test_window_defaults_scaled_to_the_input(env, tmp_path, capsys):

@@ -287,8 +287,8 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
               f"{engine}", flush=True)
         print(f"data: {src.description}")
         print(f"fit to the model {'x'.join(map(str, shape))}: resize {policy['resize']}; channels "
-              f"{policy['channels']}; divided by {scale:g}"
-              + (f"; preprocess {policy['preprocess']}" if policy.get("preprocess") else ""))
+              f"{policy['channels']}; "
+              + (f"preprocess {policy['preprocess']}" if policy.get("preprocess") else f"divided by {scale:g}"))
         for note in src.notes if src.kind != "builtin" else []:
             print(f"note: {note}")
         for k, e in explainers.items():
