@@ -315,3 +315,24 @@ def test_estimate_counts_the_layers_mprt_randomises():
     result = metrics.model_parameter_randomisation(model, x, [0, 1], "grad", similarities=("spearman",),
                                                    progress=False)
     assert metric_cost("mprt", {}, (8, 8, 1), len(randomisable_layers(model))) == (0, len(result.layers))
+
+
+def test_command_line_preprocess_reaches_pda_and_z_box_and_the_settings_are_recorded(tmp_path, capsys,
+                                                                                    restore_settings):
+    """--preprocess scale --scale 127.5 (inputs 0..2): PDA's intensities and deep_taylor.bounded's
+    z^B box are 0..2 (with the presets' 0..1 the rule would refuse the inputs), and summary.json and
+    report.md record every method's settings."""
+    import json
+
+    out = tmp_path / "ev"
+    argv = _cnn_files(tmp_path, side=12) + ["--preprocess", "scale", "--scale", "127.5", "--set", "pda.values=2",
+                                            "--methods", "pda", "deep_taylor.bounded", "--metrics", "sparseness",
+                                            "--out", str(out)]
+    assert xaitf_main(argv) == 0
+    settings = json.loads((out / "summary.json").read_text())["method_settings"]
+    assert tuple(settings["pda"]["params"]["value_range"]) == (0.0, 2.0)
+    assert (settings["deep_taylor.bounded"]["params"]["low"], settings["deep_taylor.bounded"]["params"]["high"]) \
+        == (0.0, 2.0)
+    report = (out / "report.md").read_text()
+    assert "## Method settings" in report and "- deep_taylor.bounded: `composite='deep_taylor.bounded'" in report
+    assert "low=0, high=2," in report

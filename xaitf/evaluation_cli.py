@@ -126,6 +126,7 @@ def main(args):
     from .keras_bridge import input_shape
     from .model_files import load_model
     from .runs.cli import apply_preprocess, input_range_kwargs
+    from .runs.local import explainer_settings
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
     model = load_model(model_path, safe_mode=not args.unsafe_model)
@@ -188,7 +189,9 @@ def main(args):
         info = {"model": str(model_path), "data": src.description, "n": len(x), "methods": keys,
                 "metrics": args.metrics, "metric_kwargs": metric_kwargs, "batch_size": batch_size,
                 "seed": seed, "target": args.target, "adapt": policy, "seconds": wall,
-                "method_defaults_scaled": scaled, "estimate_seconds": total, "interrupted": interrupted,
+                "method_defaults_scaled": scaled, "method_settings": {k: explainer_settings(e) for k, e in
+                                                                      explainers.items()},
+                "estimate_seconds": total, "interrupted": interrupted,
                 "summary": [{"method": m, "metric": k, "detail": d, "mean": a, "std": s, "n": n}
                             for (m, k, d), (a, s, n) in summary.items()]}
         (tmp / "summary.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -322,6 +325,11 @@ def write_report(folder, info, summary, figure, argv):
               "each metric's formula, is in its docstring (`help(xaitf.metrics.<name>)`).", ""]
     if figure:
         lines += ["## Randomisation", "", f"![randomisation]({figure})", ""]
+    if info.get("method_settings"):
+        lines += ["## Method settings", ""]
+        lines += [f"- {k}: `{cli.format_params(v['params'], batch_size=v['batch_size'], seed=v['seed'])}`"
+                  for k, v in info["method_settings"].items()]
+        lines += [""]
     if info["metric_kwargs"]:
         lines += ["## Metric settings", "", "```", json.dumps(info["metric_kwargs"], indent=1), "```", ""]
     lines += ["## Command", "", "```", " ".join(argv), "```", "", versions_markdown(versions())]
