@@ -336,3 +336,38 @@ def test_command_line_preprocess_reaches_pda_and_z_box_and_the_settings_are_reco
     report = (out / "report.md").read_text()
     assert "## Method settings" in report and "- deep_taylor.bounded: `composite='deep_taylor.bounded'" in report
     assert "low=0, high=2," in report
+
+
+def test_keep_going_records_failures_and_keeps_the_rest(tmp_path, capsys, restore_settings):
+    """keep_going: a method that cannot explain the inputs and a pair that cannot run are recorded
+    in Table.failed; the other pairs are scored. The command line writes those, prints one line
+    per failure and exits 1; without keep_going the first failure raises."""
+    import json
+
+    model = make_cnn(shape=(8, 8, 1), classes=3)
+    x = np.random.default_rng(0).uniform(0, 2, (3, 8, 8, 1)).astype(np.float32)   # outside z^B's [0, 1]
+    methods = {"grad": "grad", "dt": "deep_taylor.bounded", "given": np.ones((3, 8, 8))}
+    table = evaluate(model, x, None, methods, ["sparseness", "max_sensitivity"], keep_going=True,
+                     metric_kwargs={"max_sensitivity": {"samples": 2}})
+    assert set(table.failed) == {("dt", None), ("given", "max_sensitivity")}
+    assert isinstance(table.failed[("dt", None)], InputError)
+    assert {(m, k) for _, m, k, _, _ in table.rows} == {("grad", "sparseness"), ("grad", "max_sensitivity"),
+                                                       ("given", "sparseness")}
+    with pytest.raises(InputError, match="outside the z\\^B bounds"):
+        evaluate(model, x, None, methods, ["sparseness"])
+
+    out = tmp_path / "ev"
+    argv = _cnn_files(tmp_path, side=12) + ["--preprocess", "scale", "--scale", "127.5", "--set", "deep_taylor.high=1",
+                                            "--methods", "grad", "deep_taylor.bounded", "--metrics", "sparseness",
+                                            "--out", str(out)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.run(xaitf_main, argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 1 and len(err) == 2
+    assert err[0].startswith("error: deep_taylor.bounded: the inputs range over [0.007843, 1.992], outside the z^B "
+                             "bounds low=0, high=1")
+    assert err[1] == "error: 1 failed (deep_taylor.bounded; errors above); 1 of 2 pairs written"
+    info = json.loads((out / "summary.json").read_text())
+    assert list(info["failed"]) == ["deep_taylor.bounded"] and [r["method"] for r in info["summary"]] == ["grad"]
+    assert "**FAILED** (not in the table):" in (out / "report.md").read_text()

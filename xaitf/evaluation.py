@@ -162,8 +162,11 @@ class Table:
     randomised layer and similarity of ``mprt``), value. ``rows`` is a list of tuples in
     :data:`COLUMNS` order."""
 
-    def __init__(self, rows=(), results=None, interrupted=None):
+    def __init__(self, rows=(), results=None, interrupted=None, failed=None):
         self.rows = list(rows)
+        #: ``{(method label, metric or None for the method itself): exception}`` of the parts that
+        #: raised (``keep_going``); the rows hold the others
+        self.failed = dict(failed or {})
         #: ``{(method label, metric): what the metric's function returned}`` (curves, the
         #: randomisation result with its maps when asked for: figures reuse it, nothing runs twice)
         self.results = dict(results or {})
@@ -226,8 +229,9 @@ class Table:
                f"{sorted(set(self.column('metric')))})"
 
 
-def _methods(model, methods, x, targets, method_kwargs):
-    """``{label: (explainer or None, maps (N,H,W) float64)}``."""
+def _methods(model, methods, x, targets, method_kwargs, failed=None):
+    """``{label: (explainer or None, maps (N,H,W) float64)}``. With a ``failed`` dict, a method
+    that raises is recorded there (``{(label, None): exception}``) and left out."""
     from . import registry
     from .explainer import Explainer
     from .metrics._checks import check_maps
@@ -242,19 +246,24 @@ def _methods(model, methods, x, targets, method_kwargs):
         raise MethodError("evaluate needs at least one method (a name, an Explainer or precomputed maps)")
     out = {}
     for label, m in items:
-        if isinstance(m, str):
-            m = registry.create_explainer(m, model, **{"progress": False, **(method_kwargs or {}).get(label, {})})
-        if isinstance(m, Explainer):
-            maps = np.asarray(m(x, targets))
-            maps = maps.sum(-1) if maps.ndim == 4 else maps
-            out[label] = (m, check_maps(maps, x.shape[:3], name=f"{label} maps"))
-        else:
-            out[label] = (None, check_maps(m, x.shape[:3], name=f"{label} maps"))
+        try:
+            if isinstance(m, str):
+                m = registry.create_explainer(m, model, **{"progress": False, **(method_kwargs or {}).get(label, {})})
+            if isinstance(m, Explainer):
+                maps = np.asarray(m(x, targets))
+                maps = maps.sum(-1) if maps.ndim == 4 else maps
+                out[label] = (m, check_maps(maps, x.shape[:3], name=f"{label} maps"))
+            else:
+                out[label] = (None, check_maps(m, x.shape[:3], name=f"{label} maps"))
+        except Exception as e:       # noqa: BLE001 - kept for the caller when it asked to go on
+            if failed is None:
+                raise
+            failed[(label, None)] = e
     return out
 
 
 def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256, seed=0,
-             method_kwargs=None, metric_kwargs=None, progress=False, keep_on_interrupt=False):
+             method_kwargs=None, metric_kwargs=None, progress=False, keep_on_interrupt=False, keep_going=False):
     """Score explanations with metrics of :data:`METRICS`: one tidy :class:`Table`.
 
     Args:
@@ -273,6 +282,8 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
         progress: a line per (method, metric) pair and the progress lines of the long metrics.
         keep_on_interrupt: on Ctrl-C while the metrics run, return the pairs finished so far
             (``Table.interrupted`` names the one stopped) instead of raising KeyboardInterrupt.
+        keep_going: a method or (method, metric) pair that raises is recorded in
+            ``Table.failed`` and the others go on (default: the exception propagates).
 
     Returns:
         :class:`Table` with columns image, method, metric, detail, value; ``Table.results`` keeps
@@ -297,7 +308,8 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
     from .explainer import as_targets
 
     targets = as_targets(targets, len(x), max(2, output_units(model)))
-    explained = _methods(model, methods, x, targets, method_kwargs)
+    failed = {} if keep_going else None
+    explained = _methods(model, methods, x, targets, method_kwargs, failed)
     rows, results = [], {}
     pairs = [(label, name) for label in explained for name in metrics]
     for k, (label, name) in enumerate(pairs):
@@ -310,10 +322,15 @@ def evaluate(model, x, targets, methods, metrics, *, masks=None, batch_size=256,
         except KeyboardInterrupt:
             if not keep_on_interrupt:
                 raise
-            return Table(rows, results, interrupted=(label, name))
+            return Table(rows, results, interrupted=(label, name), failed=failed)
+        except Exception as e:       # noqa: BLE001 - recorded, the other pairs go on
+            if failed is None:
+                raise
+            failed[(label, name)] = e
+            continue
         rows.extend(pair_rows)
         results[(label, name)] = result
-    return Table(rows, results)
+    return Table(rows, results, failed=failed)
 
 
 def _score(model, x, targets, masks, explainer, maps, label, name, fn, kwargs, batch_size, seed, progress):

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import cli
 from .data.sources import RESIZE_CHOICES
+from .errors import XaitfError
 
 
 def add_parser(subparsers):
@@ -161,10 +162,22 @@ def main(args):
     if "mprt" in args.metrics:       # the figure's maps (first image) come from the same run
         run_kwargs.setdefault("mprt", {}).setdefault("return_maps", 1)
     table = evaluate(model, x, targets, explainers, args.metrics, masks=masks, batch_size=batch_size,
-                     seed=seed, metric_kwargs=run_kwargs, progress=not args.no_progress, keep_on_interrupt=True)
+                     seed=seed, metric_kwargs=run_kwargs, progress=not args.no_progress, keep_on_interrupt=True,
+                     keep_going=not args.debug)
     wall = time.perf_counter() - t0
+    failed = {("{} x {}".format(*p) if p[1] else p[0]): e for p, e in table.failed.items()}
+    bug = any(not isinstance(e, (XaitfError, OSError)) for e in failed.values())
+    for part, e in failed.items():      # one line each; the other pairs are written below
+        text = cli.one_line(e)
+        text = text[len(part) + 1:].lstrip() if text.startswith(f"{part}:") else text
+        print(f"error: {part}: " + (text if isinstance(e, (XaitfError, OSError)) else
+              f"{type(e).__name__}: {text} (unexpected; rerun with --debug for the traceback)"),
+              file=sys.stderr, flush=True)
     if table.interrupted and not table.rows:
         raise KeyboardInterrupt
+    if not table.rows:
+        cli.fail(f"nothing to write: every method or pair failed ({', '.join(failed)}; errors above)",
+                 cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
     summary = table.summary()
     pairs = [(k, m) for k in keys for m in args.metrics]
     done = [p for p in pairs if p in table.results]
@@ -192,6 +205,7 @@ def main(args):
                 "method_defaults_scaled": scaled, "method_settings": {k: explainer_settings(e) for k, e in
                                                                       explainers.items()},
                 "estimate_seconds": total, "interrupted": interrupted,
+                "failed": {part: f"{type(e).__name__}: {cli.one_line(e)}" for part, e in failed.items()},
                 "summary": [{"method": m, "metric": k, "detail": d, "mean": a, "std": s, "n": n}
                             for (m, k, d), (a, s, n) in summary.items()]}
         (tmp / "summary.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -217,6 +231,9 @@ def main(args):
         print(f"error: interrupted; {len(done)} of {len(pairs)} pairs written; not run: "
               f"{', '.join(interrupted['not_run'])}", file=sys.stderr)
         return 130
+    if failed:
+        cli.fail(f"{len(failed)} failed ({', '.join(failed)}; errors above); {len(done)} of {len(pairs)} pairs "
+                 "written", cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
     return 0
 
 
@@ -318,6 +335,9 @@ def write_report(folder, info, summary, figure, argv):
     if info.get("interrupted"):
         lines += [f"**INTERRUPTED** (Ctrl-C) at {info['interrupted']['at']}: the table holds the pairs "
                   f"finished before it; not run: {', '.join(info['interrupted']['not_run'])}.", ""]
+    if info.get("failed"):
+        lines += ["**FAILED** (not in the table):", ""] + [f"- {part}: {why}" for part, why in info["failed"].items()]
+        lines += [""]
     lines += ["| method | metric | detail | mean | std | n |", "|---|---|---|---|---|---|"]
     for (method, metric, detail), (mean, std, n) in summary.items():
         lines.append(f"| {method} | {metric} | {detail} | {mean:.4g} | {std:.3g} | {n} |")
