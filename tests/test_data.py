@@ -399,6 +399,21 @@ def test_load_image_modes(pngs):
     np.testing.assert_array_equal(a, arrays["rgba"][..., :3])      # alpha dropped
 
 
+def test_load_image_16_bit_and_float_gray(tmp_path):
+    """16-bit gray and [0, 1] float gray come back on the 0..255 scale of 8-bit files; float data
+    beyond 1 is taken as 0..255 values (clipped); NaN is refused in one line."""
+    ramp = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "g16.png")
+    np.testing.assert_allclose(images.load_image(tmp_path / "g16.png")[..., 0], ramp * 255, atol=0.01)
+    Image.fromarray(ramp, "F").save(tmp_path / "unit.tif")
+    np.testing.assert_allclose(images.load_image(tmp_path / "unit.tif")[..., 0], ramp * 255, rtol=1e-6)
+    Image.fromarray(ramp * 300, "F").save(tmp_path / "big.tif")
+    np.testing.assert_allclose(images.load_image(tmp_path / "big.tif")[..., 0], np.minimum(ramp * 300, 255))
+    Image.fromarray(np.full((3, 4), np.nan, np.float32), "F").save(tmp_path / "nan.tif")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        images.load_image(tmp_path / "nan.tif")
+
+
 def test_fit_to_model_shapes_and_channels(pngs):
     paths, arrays = pngs
     for name in ("gray", "rgb", "rgba"):

@@ -25,7 +25,8 @@ def load_image(path):
 
     Gray files give C=1 and colour files C=3. An alpha channel is dropped (the colour values are
     kept as stored, not composited). Palette images are expanded to RGB, 16-bit gray is scaled to
-    0..255, and the EXIF orientation of photos is applied.
+    0..255, 32-bit float gray with values in [0, 1] too (other float values are clipped to 0..255),
+    and the EXIF orientation of photos is applied.
 
     Raises:
         InputError: the file is missing or PIL cannot read it (one line).
@@ -45,8 +46,12 @@ def load_image(path):
                 if mode != "I" or a.max(initial=0) > 255:
                     a = a * np.float32(255.0 / 65535.0)
                 a = a[..., None]
-            elif mode == "F":
-                a = np.clip(np.asarray(im, dtype=np.float32), 0, 255)[..., None]
+            elif mode == "F":         # 32-bit float gray (TIFF): [0, 1] data scaled to 0..255
+                a = np.asarray(im, dtype=np.float32)
+                if not np.all(np.isfinite(a)):
+                    raise InputError(f"image {p} has NaN or infinite values")
+                a = np.clip(a * np.float32(255.0) if a.min(initial=0) >= 0 and a.max(initial=0) <= 1 else a,
+                            0, 255)[..., None]
             elif mode in ("1", "L", "LA", "La"):
                 a = np.asarray(im.convert("L"), dtype=np.float32)[..., None]
             else:  # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV, ...
