@@ -330,6 +330,24 @@ def test_preprocess_sets_pda_intensities_and_z_box_bounds(env, tmp_path, capsys)
                         "the fit)") and "divided by" not in fit, fit
 
 
+def test_preprocess_of_float_unit_data(env, tmp_path):
+    """A float .npy in [0, 1] with --preprocess tf: the values are 0..255 / 255, so the inputs are
+    x * 2 - 1 (not x / 127.5 - 1, which is ~ -1 everywhere); the policy says so. A float array
+    beyond 1 is taken as 0..255 values."""
+    make_cnn(shape=(8, 8, 3), classes=4, seed=0).save(tmp_path / "rgb.keras")
+    rgb = dict(env, model=tmp_path / "rgb.keras")
+    unit = np.random.RandomState(3).rand(3, 8, 8, 3).astype(np.float32)
+    np.save(tmp_path / "unit.npy", unit)
+    out = tmp_path / "u"
+    assert xaitf_main(argv(rgb, out, "--preprocess", "tf", data=tmp_path / "unit.npy", methods=["grad"])) == 0
+    np.testing.assert_allclose(read_store(out / "store.h5")["inputs"], unit * 2 - 1, atol=1e-6)
+    assert "the [0, 1] data x 255" in json.loads((out / "run.json").read_text())["adapt"]["preprocess"]
+    np.save(tmp_path / "big.npy", unit * 255)
+    out = tmp_path / "b"
+    assert xaitf_main(argv(rgb, out, "--preprocess", "tf", data=tmp_path / "big.npy", methods=["grad"])) == 0
+    np.testing.assert_allclose(read_store(out / "store.h5")["inputs"], unit * 2 - 1, atol=1e-5)
+
+
 def test_window_defaults_scaled_to_the_input(env, tmp_path, capsys):
     """Not study 1's model: occlusion's window/stride default to max(1, round(min(H,W)/14)) (2 on
     28x28), as heatmap_script.py does; a key given with --set keeps the user's value."""

@@ -88,7 +88,8 @@ def add_parser(subparsers):
     p.add_argument("--preprocess", default=None, metavar="NAME",
                    help="the model's own input preprocessing (xaitf.data.preprocess: scale, none, "
                         "caffe, tf, torch, resnet50, vgg16, mobilenet_v2, ...), applied to the "
-                        "0..255 values after the fit instead of dividing by --scale")
+                        "0..255 values after the fit instead of dividing by --scale (float arrays in "
+                        "[0, 1] are taken as 0..255 / 255)")
     p.add_argument("--chunk-size", type=cli.positive_int, default=None,
                    help=f"images per stored chunk (default {DEFAULT_CHUNK}, or the store's)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -379,15 +380,20 @@ def apply_preprocess(args, x, policy, scale):
     name = args.preprocess
     if not name:
         return x, policy
-    from ..data.preprocess import describe, preprocess
+    from ..data.preprocess import check_name, describe, preprocess
 
     if policy["rule"].startswith("zoo:"):
         raise cli.CliError(f"--preprocess {name}: {policy['rule'][4:]} is a zoo model, which takes "
                            "[0, 1] inputs through its own rule; drop --preprocess (or pass --resize)")
-    x = np.asarray(preprocess(x, name, scale=scale), np.float32)
+    x = np.asarray(x, np.float32)
+    # float data in [0, 1] (a source whose values are not divided: scale 1) are 0..255 / 255: the
+    # preprocessing families take 0..255, and x / 127.5 - 1 of [0, 1] data would be ~ -1 everywhere
+    unit = scale == 1.0 and check_name(name) not in ("none", "scale") and x.size and x.min() >= 0 and x.max() <= 1
+    where = "the [0, 1] data x 255" if unit else "the 0..255 values"
+    x = np.asarray(preprocess(x * np.float32(255.0) if unit else x, name, scale=scale), np.float32)
     return x, {**policy, "scale": 1.0, "preprocess_name": name,
-               "preprocess": f"{describe(name, scale)} (xaitf.data.preprocess.preprocess on the "
-                             "0..255 values, after the fit)"}
+               "preprocess": f"{describe(name, scale)} (xaitf.data.preprocess.preprocess on {where}, after "
+                             "the fit)"}
 
 
 def input_range_kwargs(name, shape, scale, keys, set_keys):
