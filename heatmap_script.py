@@ -279,9 +279,7 @@ def main(argv=None):
     overridden = any(sec == "global" and key in CENTER_PIXEL_GLOBALS for sec, key, _ in applied)
     model, model_source = load_or_build_model(args.model_path, overridden,
                                               safe_mode=not args.unsafe_model)
-    shape = input_shape(model)
-    if len(shape) != 3 or None in shape[:2]:
-        raise cli.CliError(f"expected an image classifier with input (H,W,C), got input shape {shape}")
+    shape = cli.image_input_shape(input_shape(model))
     center_model = budget.is_center_pixel(model)
     resize = args.resize or ("pil" if center_model else "bilinear")
     own = None if center_model else model_preprocessing(model)

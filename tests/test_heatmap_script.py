@@ -293,3 +293,29 @@ def test_a_failing_or_interrupted_method_keeps_the_others(files, tmp_path, capsy
     assert np.load(next((tmp_path / "i" / "digit").glob("*.npz")), allow_pickle=False).files == ["grad"]
     code, _, stderr = run_main(capsys, *base, "-op", tmp_path / "n", "-hm", "lrp.epsilon")
     assert code == 130 and "nothing was written" in stderr and not (tmp_path / "n").exists()
+
+
+def test_model_of_any_input_size_is_refused_with_what_to_do(files, tmp_path, capsys, restore_settings):
+    """A fully convolutional model (input (None, None, 3)): heatmap_script, run and evaluate say in
+    one line that it needs a fixed input size and how to give it one; nothing is written."""
+    import keras
+
+    from xaitf import cli
+    from xaitf.__main__ import main as xaitf_main
+
+    i = keras.Input((None, None, 3))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(i))
+    path = tmp_path / "anysize.keras"
+    keras.Model(i, keras.layers.Dense(3, activation="softmax")(h)).save(path)
+    want = r"expected an image classifier with a fixed input size \(H,W,C\), got \(None, None, 3\): .*keras.Input"
+    code, _, err = run_main(capsys, "-ip", files["png"], "-mp", path, "-hm", "grad", "-op", tmp_path / "o")
+    assert code == 1 and len(err.splitlines()) == 1 and re.search(want, err)
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8, 3), np.uint8))
+    for command in ("run", "evaluate"):
+        extra = ["--methods", "grad"] + (["--metrics", "sparseness"] if command == "evaluate" else [])
+        with pytest.raises(SystemExit) as e:
+            cli.run(xaitf_main, [command, "--model", str(path), "--data", str(tmp_path / "x.npy"),
+                                 "--out", str(tmp_path / command)] + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and re.search(want, err), err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists() and not (tmp_path / "evaluate").exists()

@@ -94,6 +94,19 @@ def show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning{kind}: {text}", file=file or sys.stderr, flush=True)
 
 
+def image_input_shape(shape, source=""):
+    """``(H, W, C)`` of an image classifier's input, else CliError saying what to do (one line)."""
+    shape = tuple(shape)
+    where = f"{source}: " if source else ""
+    if len(shape) != 3:
+        raise CliError(f"{where}expected an image classifier with input (H,W,C), got input shape {shape}")
+    if None in shape:
+        raise CliError(f"{where}expected an image classifier with a fixed input size (H,W,C), got {shape}: the "
+                       "model takes any size; give it one (e.g. keras.Input((224, 224, 3)) before the base "
+                       "model, as keras.applications' input_shape=) and save it again")
+    return shape
+
+
 def one_line(e):
     text = str(e).strip()
     if isinstance(e, OSError) and e.filename and e.strerror:

@@ -131,7 +131,7 @@ def main(args):
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
     model = load_model(model_path, safe_mode=not args.unsafe_model)
-    shape = tuple(input_shape(model))
+    shape = cli.image_input_shape(input_shape(model), model_path)
     scale = float(args.scale if args.scale is not None else src.default_scale)
     x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
                       zoo=zoo_name(model_path))

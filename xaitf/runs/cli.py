@@ -220,10 +220,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         from ..model_files import load_model
 
         model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
-        shape = tuple(input_shape(model))
-        if len(shape) != 3 or None in shape:
-            raise cli.CliError(f"{model_path}: expected an image classifier with input (H,W,C), got "
-                               f"input shape {shape}")
+        shape = cli.image_input_shape(input_shape(model), model_path)
         x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
                           zoo=zoo_name(model_path))
         x, policy = apply_preprocess(args, x, policy, scale)
