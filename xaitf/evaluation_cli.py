@@ -298,7 +298,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
             if expl:
                 s = s + expl * maps if maps is not None else None
             what = [f"{fwd:,} evaluations"] if fwd else []
-            what += [f"{expl} explanations"] if expl else []
+            what += [f"{expl} explanation{'' if expl == 1 else 's'}"] if expl else []
             if host[m][1] is not None:                 # work besides the model (ROAD, IROF)
                 s = s + n * host[m][0] * budget.MARGIN if s is not None else None
                 what += [host[m][1]]
