@@ -371,3 +371,14 @@ def test_keep_going_records_failures_and_keeps_the_rest(tmp_path, capsys, restor
     info = json.loads((out / "summary.json").read_text())
     assert list(info["failed"]) == ["deep_taylor.bounded"] and [r["method"] for r in info["summary"]] == ["grad"]
     assert "**FAILED** (not in the table):" in (out / "report.md").read_text()
+
+
+def test_all_zero_maps_are_warned():
+    """Maps that are all 0 score as perfectly stable under randomisation (similarity 1): evaluate
+    warns that their scores say nothing about the method."""
+    model = make_cnn(shape=(8, 8, 1), classes=3)
+    k, b = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(k), b])          # the logits ignore the image
+    x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"^grad: 2 of 2 maps are all 0 .* their scores say nothing"):
+        evaluate(model, x, [0, 1], ["grad"], ["sparseness"])

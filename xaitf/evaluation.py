@@ -24,6 +24,7 @@ import collections
 import csv
 import importlib
 import math
+import warnings
 
 import numpy as np
 
@@ -253,6 +254,11 @@ def _methods(model, methods, x, targets, method_kwargs, failed=None):
                 maps = np.asarray(m(x, targets))
                 maps = maps.sum(-1) if maps.ndim == 4 else maps
                 out[label] = (m, check_maps(maps, x.shape[:3], name=f"{label} maps"))
+                zero = int(np.sum(~np.any(out[label][1].reshape(len(x), -1), axis=1)))
+                if zero:
+                    warnings.warn(f"{label}: {zero} of {len(x)} maps are all 0 (the explained output gives the "
+                                  "method nothing to attribute); their scores say nothing about the method",
+                                  stacklevel=3)
             else:
                 out[label] = (None, check_maps(m, x.shape[:3], name=f"{label} maps"))
         except Exception as e:       # noqa: BLE001 - kept for the caller when it asked to go on
