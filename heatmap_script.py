@@ -340,7 +340,7 @@ def main(argv=None):
                 print(f"built {k} in {time.perf_counter() - t0:.0f} s", flush=True)
         except Exception as e:
             if isinstance(e, XaitfError):
-                raise type(e)(f"{k}: {cli.one_line(e)}") from e
+                raise type(e)(cli.error_text(e, k)) from e
             raise
     print("settings used:")
     for e in explainers:
@@ -400,17 +400,12 @@ def main(argv=None):
             print(f"  {e.name}: interrupted", file=sys.stderr, flush=True)
             break
         except Exception as err:     # noqa: BLE001 - reported on one line, the other methods go on
-            text = cli.one_line(err)
-            text = text if text.startswith(f"{e.name}:") else f"{e.name}: {text}"
             if args.debug or len(explainers) == 1:
                 if isinstance(err, XaitfError):
-                    raise type(err)(text) from err
+                    raise type(err)(cli.error_text(err, e.name)) from err
                 raise
             failed[e.name] = err
-            known = isinstance(err, (XaitfError, OSError))
-            print(f"error: {text}" if known else
-                  f"error: {type(err).__name__}: {text} (unexpected; rerun with --debug for the traceback)",
-                  file=sys.stderr, flush=True)
+            print(f"error: {cli.error_text(err, e.name)}", file=sys.stderr, flush=True)
             continue
         said = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
         for text in said:            # the method's own reason, once, instead of the generic one below
@@ -427,12 +422,11 @@ def main(argv=None):
         print(f"  {e.name}: {time.perf_counter() - t0:.2f} s{est}, map {m.shape[1:]}, range "
               f"[{np.nanmin(m):.4g}, {np.nanmax(m):.4g}]", flush=True)
     print(f"  all methods: {time.perf_counter() - t_all:.1f} s (estimate {budget.duration(total)})")
-    bug = any(not isinstance(err, (XaitfError, OSError)) for err in failed.values())
     if not maps:
         if interrupted:
             raise KeyboardInterrupt
         cli.fail(f"every method failed ({', '.join(failed)}; errors above); nothing was written",
-                 cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
+                 cli.failure_code(failed.values()))
     explainers = [e for e in explainers if e.name in raw_maps]
 
     # ---- figures (atomic, never overwriting) ---------------------------------------------------
@@ -471,7 +465,7 @@ def main(argv=None):
         cli.fail(f"interrupted; the figure holds the {len(maps)} method(s) that finished", 130)
     if failed:
         cli.fail(f"{len(failed)} method(s) failed ({', '.join(failed)}; errors above); the figure shows the "
-                 f"{len(maps)} that finished", cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
+                 f"{len(maps)} that finished", cli.failure_code(failed.values()))
     return 0
 
 

@@ -22,6 +22,7 @@ from .errors import XaitfError
 
 EXIT_USER = 1       # bad input, unknown method, missing file, model a method cannot handle
 EXIT_INTERNAL = 3   # an unexpected exception (a bug): one line, the traceback with --debug
+DEBUG_HINT = "unexpected; rerun with --debug for the traceback"
 
 
 class CliError(XaitfError):
@@ -79,7 +80,7 @@ def run(main, argv=None):
             traceback.print_exc()
             hint = "unexpected; the traceback is above: please report it"
         else:
-            hint = "unexpected; rerun with --debug for the traceback"
+            hint = DEBUG_HINT
         fail(f"{type(e).__name__}: {one_line(e)} ({hint})", EXIT_INTERNAL)
     finally:
         warnings.showwarning = before
@@ -105,6 +106,28 @@ def image_input_shape(shape, source=""):
                        "model takes any size; give it one (e.g. keras.Input((224, 224, 3)) before the base "
                        "model, as keras.applications' input_shape=) and save it again")
     return shape
+
+
+def is_user_error(e):
+    """Bad input, a missing file, a model a method cannot handle (exit 1), rather than a bug (3)."""
+    return isinstance(e, (XaitfError, OSError))
+
+
+def error_text(e, part=None):
+    """An error as one line, as the command lines print it: ``part: message`` (``part`` named once,
+    also when the message starts with it); an unexpected exception adds its type and the hint to
+    rerun with --debug."""
+    text = one_line(e)
+    if part and text.startswith(f"{part}:"):
+        text = text[len(part) + 1:].lstrip()
+    if not is_user_error(e):
+        text = f"{type(e).__name__}: {text} ({DEBUG_HINT})"
+    return f"{part}: {text}" if part else text
+
+
+def failure_code(errors):
+    """The exit code after the given errors were reported and the rest of the work was kept."""
+    return EXIT_USER if all(is_user_error(e) for e in errors) else EXIT_INTERNAL
 
 
 def one_line(e):

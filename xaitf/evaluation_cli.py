@@ -17,7 +17,6 @@ import numpy as np
 
 from . import cli
 from .data.sources import RESIZE_CHOICES
-from .errors import XaitfError
 
 
 def add_parser(subparsers):
@@ -166,18 +165,13 @@ def main(args):
                      keep_going=not args.debug)
     wall = time.perf_counter() - t0
     failed = {("{} x {}".format(*p) if p[1] else p[0]): e for p, e in table.failed.items()}
-    bug = any(not isinstance(e, (XaitfError, OSError)) for e in failed.values())
     for part, e in failed.items():      # one line each; the other pairs are written below
-        text = cli.one_line(e)
-        text = text[len(part) + 1:].lstrip() if text.startswith(f"{part}:") else text
-        print(f"error: {part}: " + (text if isinstance(e, (XaitfError, OSError)) else
-              f"{type(e).__name__}: {text} (unexpected; rerun with --debug for the traceback)"),
-              file=sys.stderr, flush=True)
+        print(f"error: {cli.error_text(e, part)}", file=sys.stderr, flush=True)
     if table.interrupted and not table.rows:
         raise KeyboardInterrupt
     if not table.rows:
         cli.fail(f"nothing to write: every method or pair failed ({', '.join(failed)}; errors above)",
-                 cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
+                 cli.failure_code(failed.values()))
     summary = table.summary()
     pairs = [(k, m) for k in keys for m in args.metrics]
     done = [p for p in pairs if p in table.results]
@@ -233,7 +227,7 @@ def main(args):
         return 130
     if failed:
         cli.fail(f"{len(failed)} failed ({', '.join(failed)}; errors above); {len(done)} of {len(pairs)} pairs "
-                 "written", cli.EXIT_INTERNAL if bug else cli.EXIT_USER)
+                 "written", cli.failure_code(failed.values()))
     return 0
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import MethodError, ModelError
 from . import ir
 from .canonizers import HEADS
-from .rules import RULES, make_rule, receiving, rule_params, share_relu_outputs
+from .rules import RULES, ZBox, make_rule, receiving, rule_params, share_relu_outputs
 
 LINEAR_SELECTORS = ("first", "dense", "conv", "batchnorm", "normalization", "linear")
 OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape")
@@ -204,7 +204,7 @@ def assign(graph, composite, params=None):
         # the composite's parameters go to the layer rules; weightless nodes take only their own
         kw = {**merged, **kw} if sel in LINEAR_SELECTORS else kw
         if name == "z_box":
-            kw = {**kw, **_bounds_at(graph, node, kw.get("low", 0.0), kw.get("high", 1.0))}
+            kw = {**kw, **_bounds_at(graph, node, kw.get("low", ZBox.low), kw.get("high", ZBox.high))}
         rules[node.id] = make_rule(name, **kw)
     live = receiving(graph, rules)
     for node in heads:
@@ -226,7 +226,8 @@ def input_bounds(composite, params=None):
     if name != "z_box":
         return None
     merged = {**comp.get("params", {}), **(params or {}), **kw}
-    return (np.asarray(merged.get("low", 0.0), np.float64), np.asarray(merged.get("high", 1.0), np.float64))
+    return (np.asarray(merged.get("low", ZBox.low), np.float64),
+            np.asarray(merged.get("high", ZBox.high), np.float64))
 
 
 def _bounds_at(graph, node, low, high):
