@@ -65,7 +65,7 @@ REF_BAYES = {"skipped": 1242, "of": 10000, "accuracy_on_rest": 0.96, "noise_refu
 QUICK = {"per_class": 1, "degradation_images": 20, "cifar_degradation_images": 10, "lime_samples": 100,
          "shap_nsamples": 100, "train_limit": 2000, "epochs": 1, "bayes_test_images": 500,
          "bayes_samples": 100, "noise_images": 100, "saliency_images": 8, "saliency_samples": 20,
-         "cifar_train_limit": 256, "bayes_epochs": 2, "eval_limit": 300}
+         "cifar_train_limit": 64, "bayes_epochs": 2, "eval_limit": 300}
 
 
 def registry_name(name, p):

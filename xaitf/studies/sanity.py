@@ -41,7 +41,7 @@ MODELS = (("mnist_cnn", "MNIST CNN"), ("cifar_vgg", "CIFAR-10 VGG (study 4)"))
 OTHER_BACKENDS = ("inn.", "tfx.", "shap.", "lime.lib")
 NEEDS_MORE = ("interventional",)
 QUICK_METHODS = ("grad", "gb", "deconvnet", "inpgrad", "gradcam", "lrp.epsilon")   # not IG: 3 of 4.5 min
-QUICK = {"images": 2, "train_limit": 256, "epochs": 1, "similarities": ("spearman",),
+QUICK = {"images": 2, "train_limit": 64, "epochs": 1, "similarities": ("spearman",),
          "eval_limit": 300, "methods": QUICK_METHODS}
 
 

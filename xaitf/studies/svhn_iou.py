@@ -75,7 +75,7 @@ from . import common as C
 
 STUDY = "svhn_iou"
 MODEL = "svhn_resnet18"
-QUICK = {"train_images": 160, "test_images": 100, "epochs": 2, "iou_images": 8, "figure_images": 4,
+QUICK = {"train_images": 64, "test_images": 100, "epochs": 2, "iou_images": 8, "figure_images": 4,
          "svhn_limit": 2000, "pixel_ablation": False, "shapley_samples": 3}
 # the study's baseline 0 on its normalised inputs ((x - 0.5) / 0.5 before the model): mid-grey, 0.5
 # on svhn_resnet18's [0, 1] input (the model normalises inside); see the module docstring

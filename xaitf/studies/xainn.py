@@ -33,7 +33,7 @@ zoo's three models (:mod:`xaitf.zoo.xainn`): model 1 "Baseline" (trunk + MLP hea
    the predicted class is explained (LIME fits each label separately, so the other 9 of
    ``top_labels=10`` would not change it).
 
-``--quick`` trains each model for 1 epoch on 512 training images (when no model file exists),
+``--quick`` trains each model for 1 epoch on the first 64 training images (when no model file exists),
 explains 2 images with SHAP (top-1 class) and LIME (100 samples). Outputs: ``report.md``,
 ``results.json`` and the PNGs.
 """
@@ -49,7 +49,7 @@ VARIANTS = (("xainn_baseline", "Model 1 (Baseline)"), ("xainn_softmax", "Model 2
 REF_ACCURACY = {"xainn_baseline": 0.836, "xainn_softmax": 0.638, "xainn_poollinear": 0.790}
 REF_SETUP = "50 epochs, SGD lr 5e-3, batch 64, flips + affine, full CIFAR-10 (50,000 training images)"
 
-QUICK = {"train_limit": 256, "epochs": 1, "test_limit": 200, "shap_images": 2, "ranked": 1, "background": 54,
+QUICK = {"train_limit": 64, "epochs": 1, "test_limit": 200, "shap_images": 2, "ranked": 1, "background": 54,
          "lime_images": 2, "lime_samples": 100, "lime_features": 10}
 HIDE_COLOR = 1.0 / 255.0   # the study's hide_color=1 on its 0..255 scale
 
