@@ -140,6 +140,19 @@ def test_inbound_node_and_node_tensors(kind):
     _fail_unless(names == ["x1", "x2"], api, kind, f"nodes of a shared layer read {names}")
 
 
+def test_node_call_args():
+    api, k = "Node.arguments.args (Keras 3)", keras3()
+    inp = k.Input((3,))
+    y = 2.5 - inp
+    op = C.keras_history(y)[0]
+    try:
+        args = C.node_call_args(C.inbound_node(op, 0))
+    except AttributeError as e:
+        _fail_unless(False, api, "keras", f"{type(e).__name__}: {e}")
+    _fail_unless(len(args) == 2 and args[0] == 2.5 and args[1] is inp, api, "keras",
+                 f"the arguments of 2.5 - x are {args!r}")
+
+
 # -- tf-keras v1/v2 classes ----------------------------------------------------------------------
 def test_tf_keras_base_classes():
     api, lib = "tf_keras.src.engine.{base_layer,base_layer_v1,training,training_v1}", "tf-keras"

@@ -301,17 +301,72 @@ def test_separable_conv_is_read_as_depthwise_then_pointwise(kind):
     np.testing.assert_allclose(r.reshape(4, -1).sum(1), np.asarray(plain(x))[np.arange(4), t], rtol=1e-4)
 
 
-def test_keras3_operation_node_is_named():
-    """``x + 3.0`` in a Keras 3 functional model is an operation, not a layer: one line naming it."""
+def test_keras3_operations_with_a_scalar_or_two_tensors():
+    """Arithmetic written in a Keras 3 model's code: ``x + c``, ``x - c``, ``c - x``, ``x * c``,
+    ``x / c`` are Scalar nodes (the affine map written out here), ``x + y`` an Add and ``x * y`` a
+    Multiply gate; the graph recomputes the model."""
     k = keras3()
     inp = k.Input((6, 6, 2))
-    h = k.layers.Conv2D(3, 3, name="conv")(inp)
-    h = k.layers.ReLU(6.0)(h + 3.0)
+    h = k.layers.Conv2D(4, 3, name="conv")(inp)
+    a = (h + 3.0) * 0.5
+    b = 2.0 - h / 4.0
+    gate = k.layers.GlobalAveragePooling2D(keepdims=True)(k.layers.ReLU(6.0)(a - 1.0))
+    m = (a + b) * gate
+    model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(m)))
+    g = read_model(model)
+    by_op = sorted((n.config["op"], n.config["scale"], n.config["shift"]) for n in g.nodes if n.kind == "Scalar")
+    assert by_op == [("Add", 1.0, 3.0), ("Multiply", 0.5, 0.0), ("Subtract", -1.0, 2.0),
+                     ("Subtract", 1.0, -1.0), ("TrueDivide", 0.25, 0.0)]
+    merges = [n for n in g.nodes if n.kind in ("Add", "Multiply")]
+    assert [n.kind for n in merges] == ["Add", "Multiply"] and merges[1].config["signal"] == 0
+    x = np.random.default_rng(0).random((3, 6, 6, 2), dtype=np.float32)
+    np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    r = LRP(model, composite="lrp.epsilon", channel_reduce="none", progress=False)(x, np.array([0, 1, 0]))
+    assert r.shape == x.shape and np.isfinite(r).all() and np.abs(r).max() > 0
+
+
+@pytest.mark.parametrize("write", ["c / x", "sqrt"])
+def test_keras3_operation_node_is_named(write):
+    """An operation that is not an affine map of one tensor (``3.0 / x``, ``keras.ops.sqrt``): one
+    line naming it and saying what is read."""
+    k = keras3()
+    inp = k.Input((6, 6, 2))
+    h = k.layers.ReLU()(k.layers.Conv2D(3, 3, name="conv")(inp))
+    h = 3.0 / (h + 1.0) if write == "c / x" else k.ops.sqrt(h)
     model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(h)))
     with pytest.raises(ModelError) as err:
         read_model(model)
     msg = _one_line(err)
-    assert "an operation written in the model's code" in msg and "(Add)" in msg and "grad" in msg
+    assert "an operation written in the model's code" in msg and "grad" in msg and "x * c" in msg
+    assert ("(TrueDivide)" if write == "c / x" else "(Sqrt)") in msg
+
+
+def test_keras3_mobilenet_v3():
+    """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
+    squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph
+    recomputes the logits; with no biases and BN shifts the z rule conserves the logit (relevance
+    passes the activations and the gates keep none); Deep Taylor refuses hard_silu in one line."""
+    k = keras3()
+    model = _set_random(k.applications.MobileNetV3Small(weights=None, input_shape=(96, 96, 3),
+                                                       classifier_activation=None), 8, bias_scale=0.05)
+    g = canonize(read_model(model))
+    assert sum(n.kind == "Scalar" for n in g.nodes) >= 10 and _bn_count(g) == 0
+    assert "hard_silu" in {n.config.get("activation") for n in g.nodes}
+    x = np.random.default_rng(1).random((2, 96, 96, 3), dtype=np.float32) * 255.0
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+    t = ref.argmax(1)
+    r = LRP(model, composite="lrp.epsilon", channel_reduce="none", progress=False)(x, t)
+    assert np.isfinite(r).all() and np.abs(r).max() > 0
+    with pytest.raises(ModelError) as err:
+        LRP(model, composite="deep_taylor", progress=False)(x, t)
+    assert "hard_silu" in _one_line(err)
+    _zero_shifts(model)
+    forget(model)
+    f = np.asarray(model(x))[np.arange(2), t]
+    assert np.all(np.abs(f) > 1e-10)          # ~1e-8 without the shifts: small, but far from 0 in float32
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(z.reshape(2, -1).sum(1), f, rtol=1e-2)
 
 
 def test_graph_normalization_layer():

@@ -107,12 +107,18 @@ def test_custom_layer_gives_one_clear_error():
     assert T._cached_twin(model, T._EAGER_KEY) is None and T._cached_twin(model, T._GRAPH_KEY) is None
 
 
-def test_config_that_does_not_carry_over_is_caught():
-    # Keras 3's hard_sigmoid is relu6(x + 3)/6, tf-keras's is clip(0.2 x + 0.5): same name, other function
+def test_config_that_does_not_carry_over_is_caught(monkeypatch):
+    """Keras 3's hard_sigmoid is relu6(x + 3)/6, tf-keras's clip(0.2 x + 0.5): same name, another
+    function. The twin uses Keras 3's function; were it to take the name as tf-keras reads it, the
+    check of the twin against its source catches it."""
     i = keras.Input((4, 4, 1))
     h = L.Activation("hard_sigmoid")(L.Dense(3)(L.Flatten()(i)))
     model = keras.Model(i, L.Dense(2)(h))
     model.layers[2].set_weights([np.full((16, 3), 0.4, np.float32), np.zeros(3, np.float32)])
+    x = np.random.default_rng(0).uniform(0, 1, (2, 4, 4, 1)).astype(np.float32)
+    np.testing.assert_allclose(T.tf_keras_twin(model)(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    T.clear_twins(model)
+    monkeypatch.setattr(T, "_REDEFINED_ACTIVATIONS", ())
     with pytest.raises(ModelError, match="does not reproduce"):
         T.tf_keras_twin(model)
 
@@ -209,25 +215,63 @@ def keras3_mobile_blocks():
     return model
 
 
+def _twins_and_inn_gradient_agree(model, x, t):
+    """The eager and graph twins recompute the model (1e-5), and iNNvestigate's gradient on the
+    twin equals the native gradient (1e-4); returns the native gradient."""
+    ref = np.asarray(model(x, training=False))
+    got = T.tf_keras_twin(model)(x, training=False).numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(T.graph_twin(model).predict(x, logits=False), ref, rtol=0,
+                               atol=1e-5 * np.abs(ref).max())
+    native = xaitf.create_explainer("grad", model, progress=False)(x, t)
+    inn = xaitf.create_explainer("inn.gradient", model, progress=False)(x, t)
+    assert np.abs(native).max() > 0
+    np.testing.assert_allclose(inn, native, rtol=0, atol=1e-4 * np.abs(native).max())
+    return native
+
+
 def test_keras3_mobile_layers_twin_and_twin_backends_agree_with_native_gradient():
     model = keras3_mobile_blocks()
     x = np.random.default_rng(8).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
     kinds = {kind for _, kind in T.check_layers(model)}
     assert {"DepthwiseConv2D", "SeparableConv2D", "Rescaling", "Normalization", "Multiply", "Subtract", "Average",
             "Maximum", "Minimum", "Cropping2D", "UpSampling2D"} <= kinds
-    ref = np.asarray(model(x, training=False))
-    got = T.tf_keras_twin(model)(x, training=False).numpy()
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
-    np.testing.assert_allclose(T.graph_twin(model).predict(x, logits=False), ref, rtol=0,
-                               atol=1e-5 * np.abs(ref).max())
     t = np.array([0, 3, 4])
-    native = xaitf.create_explainer("grad", model, progress=False)(x, t)
-    inn = xaitf.create_explainer("inn.gradient", model, progress=False)(x, t)
-    assert np.abs(native).max() > 0
-    np.testing.assert_allclose(inn, native, rtol=0, atol=1e-4 * np.abs(native).max())
+    _twins_and_inn_gradient_agree(model, x, t)
     for name in ("tfx.gradcam", "shap.gradient"):
         maps = xaitf.create_explainer(name, model, progress=False)(x, t)
         assert maps.shape == (3, 12, 12) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+
+
+def keras3_v3_blocks():
+    """MobileNetV3's pieces: hard_silu, Keras 3's hard_sigmoid (relu6(x + 3) / 6, not tf-keras's
+    clip(0.2 x + 0.5)) and the hard sigmoid of its gates written as arithmetic, relu6(x + 3.0) *
+    (1.0 / 6.0); plus x + y, c - x and x / c on layer outputs."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((10, 10, 3), name="image")
+    h = L.Activation("hard_silu", name="hswish")(L.Conv2D(6, 3, padding="same", name="c1")(inp))
+    se = L.Conv2D(6, 1, name="se_fc")(L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(h))
+    h = L.Multiply(name="se_mul")([h, L.ReLU(6.0, name="se_relu6")(se + 3.0) * (1.0 / 6.0)])
+    g = L.Activation("hard_sigmoid", name="hsig")(L.Conv2D(6, 1, name="c2")(h))
+    h = 2.0 - (h + g) / 4.0
+    out = L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(h))
+    return keras.Model(inp, out, name="k3_v3")
+
+
+def test_keras3_v3_activations_and_operations_twin():
+    model = keras3_v3_blocks()
+    x = np.random.default_rng(3).uniform(-4, 4, (3, 10, 10, 3)).astype(np.float32)
+    kinds = [kind for _, kind in T.check_layers(model)]
+    assert kinds.count("Rescaling") == 4 and "Add" in kinds        # x + 3.0, * (1 / 6), / 4.0, 2.0 - x; x + y
+    t = np.array([0, 1, 3])
+    _twins_and_inn_gradient_agree(model, x, t)
+    maps = xaitf.create_explainer("shap.gradient", model, progress=False)(x, t)
+    assert np.all(np.isfinite(maps)) and np.abs(maps).max() > 0
+    i = keras.Input((4, 4, 1))
+    sqrt = keras.Model(i, L.Dense(2)(L.Flatten()(keras.ops.sqrt(L.ReLU()(i)))))
+    with pytest.raises(ModelError, match=r"^cannot rebuild layer 'sqrt' \(type Sqrt\) \(an operation written in "
+                                         r"the model's code; the twin reads x \+ c, "):
+        T.check_layers(sqrt)
 
 
 def test_shap_deep_on_depthwise_and_upsampling_and_one_line_where_shap_cannot():

@@ -95,6 +95,17 @@ def node_inputs(node):
     return list(tf.nest.flatten(node.input_tensors))
 
 
+def node_call_args(node):
+    """The positional arguments a Keras 3 operation call (:func:`inbound_node`) was given, tensors
+    and constants alike: ``[<KerasTensor>, 3.0]`` for ``x + 3.0``.
+
+    Private: Keras 3 ``Node.arguments.args`` (``SymbolicArguments``). Why: the constants of
+    operations written in a model's code (MobileNetV3's ``relu6(x + 3) * (1 / 6)``) are kept only
+    there. Fallback: none; an AttributeError names the missing attribute (tf-keras has no such node).
+    """
+    return list(node.arguments.args)
+
+
 def node_outputs(node):
     """The flat list of symbolic tensors a layer call (:func:`inbound_node`) produced.
 

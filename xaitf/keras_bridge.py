@@ -219,6 +219,51 @@ def layer_type(layer):
     return type(layer).__name__
 
 
+# Keras 3 operations that are an elementwise affine map ``x * scale + shift`` of one tensor and a
+# number c: (scale, shift) from c and whether c is the first argument (None: not affine, as c / x)
+_SCALAR_OPS = {"Add": lambda c, first: (1.0, c),
+               "Subtract": lambda c, first: (-1.0, c) if first else (1.0, -c),
+               "Multiply": lambda c, first: (c, 0.0),
+               "TrueDivide": lambda c, first: None if first else (1.0 / c, 0.0),
+               "Divide": lambda c, first: None if first else (1.0 / c, 0.0)}
+OPERATIONS_READ = "x + c, x - c, c - x, x * c, x / c for a number c, and x + y, x * y of two tensors"
+
+
+def is_operation(layer):
+    """True for a Keras 3 operation written in a model's code (``x + 3.0``, ``keras.ops.*``): a
+    node of the functional graph that is not a layer (no weights)."""
+    return not hasattr(layer, "get_weights")
+
+
+def read_operation(op):
+    """What a Keras 3 operation of the model's code computes, where it is one of
+    :data:`OPERATIONS_READ`: ``{"kind": "Scalar", "op": ..., "scale": a, "shift": b}`` for
+    ``x * a + b``, ``{"kind": "Add"}`` / ``{"kind": "Multiply"}`` for two tensors; else None.
+    (MobileNetV3's hard sigmoid is ``relu6(x + 3.0) * (1.0 / 6.0)``.)"""
+    from .compat import inbound_node, node_call_args, node_inputs
+
+    kind = layer_type(op)
+    try:
+        node = inbound_node(op, 0)
+        tensors, args = node_inputs(node), node_call_args(node)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    consts = [(i, a) for i, a in enumerate(args) if not any(a is t for t in tensors)]
+    if len(args) != 2:
+        return None
+    if len(tensors) == 2 and not consts and kind in ("Add", "Multiply"):
+        return {"kind": kind}
+    if len(tensors) != 1 or len(consts) != 1 or kind not in _SCALAR_OPS:
+        return None
+    pos, c = consts[0]
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.number, np.ndarray)) or np.ndim(c) != 0:
+        return None
+    affine = _SCALAR_OPS[kind](float(c), pos == 0)
+    if affine is None or not np.isfinite(affine).all():
+        return None
+    return {"kind": "Scalar", "op": kind, "scale": float(affine[0]), "shift": float(affine[1])}
+
+
 def activation_name(layer):
     act = getattr(layer, "activation", None)
     if act is None:

@@ -32,8 +32,8 @@ import tensorflow as tf
 from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
                      tf_keras_should_use_v2)
 from .errors import ModelError
-from .keras_bridge import (HEADS, input_shape, layer_type, leaf_layers, logits_model, model_cache, model_kind,
-                           output_head, tfk)
+from .keras_bridge import (HEADS, OPERATIONS_READ, input_shape, is_operation, keras3, layer_type, leaf_layers,
+                           logits_model, model_cache, model_kind, output_head, read_operation, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -134,8 +134,27 @@ def _unsupported(layer, why=""):
         f"{NATIVE_METHODS}")
 
 
+# Keras 3 built-in activations that tf-keras defines differently under the same name (Keras 3's
+# hard_sigmoid is relu6(x + 3) / 6, tf-keras's clip(0.2 x + 0.5, 0, 1))
+_REDEFINED_ACTIVATIONS = ("hard_sigmoid",)
+
+
+def _keras3_activation(name):
+    """Keras 3's built-in activation ``name`` as a function of TF tensors, for a tf-keras
+    Activation layer of the twin (which lives in memory only and is never saved)."""
+    fn = keras3().activations.get(name)
+
+    def activation(x):
+        return fn(x)
+
+    activation.__name__ = name
+    return activation
+
+
 def _activation(layer, value):
-    """A built-in activation name usable by tf-keras, else ModelError."""
+    """A built-in activation name usable by tf-keras, or Keras 3's own function where tf-keras
+    lacks the name (hard_silu, MobileNetV3's hard swish) or defines it differently (hard_sigmoid);
+    else ModelError."""
     if value is None:
         return "linear"
     if isinstance(value, dict):  # Keras 3 serialises custom functions as dicts
@@ -145,16 +164,34 @@ def _activation(layer, value):
     name = value if isinstance(value, str) else getattr(value, "__name__", None)
     if not name:
         raise _unsupported(layer, f"activation {value!r}")
+    keras3_layer = type(layer).__module__.startswith("keras.")
     try:
         tfk.activations.get(name)
+        known = True
     except (ValueError, TypeError):
+        known = False
+    if keras3_layer and (not known or name in _REDEFINED_ACTIVATIONS):
+        try:
+            return _keras3_activation(name)
+        except (ValueError, TypeError):
+            pass
+    if not known:
         raise _unsupported(layer, f"activation {name!r} unknown to tf-keras") from None
     return name
 
 
 def _layer_config(layer):
-    """The tf-keras constructor arguments of a supported layer, else ModelError."""
+    """The tf-keras layer type and constructor arguments of a supported layer, else ModelError.
+    A Keras 3 operation of the model's code (``x + 3.0``, ``x * y``) becomes a Rescaling (``x * a
+    + b``), an Add or a Multiply layer (:func:`keras_bridge.read_operation`)."""
     kind = layer_type(layer)
+    if is_operation(layer):
+        read = read_operation(layer)
+        if read is None:
+            raise _unsupported(layer, f"an operation written in the model's code; the twin reads {OPERATIONS_READ}")
+        if read["kind"] == "Scalar":
+            return "Rescaling", {"scale": read["scale"], "offset": read["shift"]}
+        return read["kind"], {}
     if kind not in SUPPORTED or not _is_keras_layer(layer):
         raise _unsupported(layer)
     cfg = layer.get_config()
@@ -341,6 +378,8 @@ def _source_weights(model):
 def _copy_weights(weights, twins):
     """Copy every source layer's weights (cast to the twin's dtype) into its twin layer."""
     for key, tw in twins.items():
+        if key not in weights:      # a Keras 3 operation (x + 3.0): no weights
+            continue
         src, ws = weights[key]
         if ws and layer_type(src) != "Normalization":    # its statistics are the twin's constants
             want = tw.get_weights()

@@ -10,8 +10,12 @@ Normalization are exact per-channel affine nodes ``y = x * scale + shift``. A Se
 (Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
 ``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
 A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet): see the
-``signal`` rule. Operations written in a Keras 3 model's code (``x + 3.0``, ``keras.ops.*``; MobileNetV3's hard
-sigmoid) are not layers and are refused with one line naming them.
+``signal`` rule. Operations written in a Keras 3 model's code are read where they are elementwise
+affine maps with a scalar constant, ``x + c``, ``x - c``, ``c - x``, ``x * c`` and ``x / c``
+(MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; a ``Scalar`` node, which LRP passes
+relevance through like an activation), or merges of two tensors, ``x + y`` (an ``Add`` node) and
+``x * y`` (a ``Multiply`` gate); other operations (``keras.ops.*``) are refused with one line
+naming them.
 
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
 model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
@@ -26,12 +30,13 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import activation_name, layer_type, model_kind, tfk
+from ..keras_bridge import (OPERATIONS_READ, activation_name, is_operation, layer_type, model_kind,
+                            read_operation, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
 LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
-ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
+ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "Scalar")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
 MERGE = ("Add", "Concatenate", "Multiply")
@@ -136,6 +141,8 @@ class Graph:
                 ok = c["negative_slope"] == 0.0 and c["threshold"] >= 0.0
             elif n.kind == "Softmax":
                 ok = True
+            elif n.kind == "Scalar":
+                ok = c["scale"] >= 0 and c["shift"] >= 0 and n.inputs[0] in out
             elif n.kind in POOLING + SHAPE + MERGE:
                 ok = bool(n.inputs) and all(i in out for i in n.inputs)
             else:
@@ -247,6 +254,8 @@ def apply(node, xs):
         return _relu(x, c)
     if k == "LeakyReLU":
         return tf.nn.leaky_relu(x, alpha=c["alpha"])
+    if k == "Scalar":
+        return x * c["scale"] + c["shift"]
     if k == "ELU":
         return tf.where(x > 0, x, c["alpha"] * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
     if k == "Softmax":
@@ -349,13 +358,26 @@ def _signal_input(layer):
     return signals[0] if len(signals) == 1 else None
 
 
+def _operation_nodes(op):
+    """The node of a Keras 3 operation written in the model's code (``x + 3.0``, ``x * y``): a
+    ``Scalar`` node, an ``Add`` or a ``Multiply`` gate (:func:`keras_bridge.read_operation`); else
+    ModelError naming it."""
+    read = read_operation(op)
+    name = getattr(op, "name", layer_type(op))
+    if read is None:
+        raise ModelError(f"native LRP cannot read {name!r} ({layer_type(op)}), an operation written in the "
+                         f"model's code (keras.ops, or arithmetic on a layer's output), not a layer; it reads "
+                         f"{OPERATIONS_READ}; methods that still work: {STILL_WORK}")
+    kind = read.pop("kind")
+    config = {"signal": _signal_input(op)} if kind == "Multiply" else read
+    return [(kind, name, {}, config, False)]
+
+
 def _layer_nodes(layer, inputs, new_id):
     """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``."""
     kind = layer_type(layer)
-    if not hasattr(layer, "get_weights"):         # a Keras 3 operation node (keras.ops / x + 3.0)
-        raise ModelError(f"native LRP cannot read {getattr(layer, 'name', kind)!r} ({kind}), an operation "
-                         "written in the model's code (keras.ops, or arithmetic such as x + 3.0 on a layer's "
-                         f"output), not a layer; methods that still work: {STILL_WORK}")
+    if is_operation(layer):                       # a Keras 3 operation node (keras.ops / x + 3.0)
+        return _operation_nodes(layer)
     cfg = layer.get_config()
     ws = [_f32(w) for w in layer.get_weights()]
     out = []
