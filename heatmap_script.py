@@ -35,7 +35,7 @@ if str(HERE) not in sys.path:
 import xaitf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
 from xaitf import cli, registry  # noqa: E402
 from xaitf import settings as S  # noqa: E402
-from xaitf.errors import XaitfError  # noqa: E402
+from xaitf.errors import ModelError, XaitfError  # noqa: E402
 
 DEFAULT_MODEL = HERE / "models" / "center_pixel.h5"
 CENTER_PIXEL_GLOBALS = ("image_size", "num_classes", "alpha", "relu_flag")
@@ -322,7 +322,10 @@ def main(argv=None):
     # ---- build every explainer first: a method that cannot handle the model fails here -------
     set_keys = {(sec, key) for sec, key, _ in applied}
     value_range = intensity_range(prep, shape[-1], scale=args.scale)   # black and white pixels, preprocessed
-    explainers, scaled = [], []
+    # a method that cannot handle this model (ModelError: a layer it cannot read, a ReLU-only rule
+    # on hard-swish...) is reported and left out when other methods were asked for; a bad setting
+    # stops the run before any work
+    explainers, scaled, failed = [], [], {}
     for k in keys:
         try:
             extra = registry.input_range_arguments(k, value_range, set_keys)   # PDA's, LRP's z^B bounds
@@ -339,9 +342,16 @@ def main(argv=None):
             if time.perf_counter() - t0 > 10:
                 print(f"built {k} in {time.perf_counter() - t0:.0f} s", flush=True)
         except Exception as e:
+            if isinstance(e, ModelError) and len(keys) > 1 and not args.debug:
+                failed[k] = e
+                print(f"error: {cli.error_text(e, k)}", file=sys.stderr, flush=True)
+                continue
             if isinstance(e, XaitfError):
                 raise type(e)(cli.error_text(e, k)) from e
             raise
+    if not explainers:
+        cli.fail(f"every method failed ({', '.join(failed)}; errors above); nothing was written",
+                 cli.failure_code(failed.values()))
     print("settings used:")
     for e in explainers:
         extra = {"batch_size": e.batch_size}
@@ -387,7 +397,7 @@ def main(argv=None):
     # ---- explain -------------------------------------------------------------------------------
     # a method that fails (or Ctrl-C) does not cost the others' maps: the figure shows the
     # finished methods, and the exit code says that something failed
-    maps, raw_maps, failed, interrupted = {}, {}, {}, False
+    maps, raw_maps, interrupted = {}, {}, False
     t_all = time.perf_counter()
     for e in explainers:
         t0 = time.perf_counter()

@@ -373,6 +373,34 @@ def test_keep_going_records_failures_and_keeps_the_rest(tmp_path, capsys, restor
     assert "**FAILED** (not in the table):" in (out / "report.md").read_text()
 
 
+def test_a_method_that_cannot_handle_the_model_is_left_out(tmp_path, capsys, restore_settings):
+    """Deep Taylor refuses an ELU network when it is built: beside other methods that is one line and
+    a FAILED entry, the others are scored, exit 1; alone, the run stops and writes nothing."""
+    import json
+
+    import keras
+
+    i = keras.Input((10, 10, 1))
+    h = keras.layers.Conv2D(3, 3, activation="elu")(i)
+    keras.Model(i, keras.layers.Dense(3)(keras.layers.Flatten()(h))).save(tmp_path / "elu.keras")
+    np.save(tmp_path / "x.npy", (np.random.RandomState(0).rand(2, 10, 10, 1) * 255).astype(np.uint8))
+    base = ["evaluate", "--model", str(tmp_path / "elu.keras"), "--data", str(tmp_path / "x.npy"), "--no-progress",
+            "--metrics", "sparseness"]
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.run(xaitf_main, base + ["--methods", "grad", "deep_taylor", "--out", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 1 and err[0].startswith("error: deep_taylor: deep_taylor needs a ReLU network")
+    assert err[-1] == "error: 1 failed (deep_taylor; errors above); 1 of 2 pairs written"
+    info = json.loads((out / "summary.json").read_text())
+    assert list(info["failed"]) == ["deep_taylor"] and [r["method"] for r in info["summary"]] == ["grad"]
+    with pytest.raises(SystemExit) as e:
+        cli.run(xaitf_main, base + ["--methods", "deep_taylor", "--out", str(tmp_path / "none")])
+    assert e.value.code == 1 and "needs a ReLU network" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 def test_all_zero_maps_are_warned():
     """Maps that are all 0 score as perfectly stable under randomisation (similarity 1): evaluate
     warns that their scores say nothing about the method."""

@@ -106,14 +106,17 @@ def test_method_that_cannot_handle_the_model(tmp_path, capsys, restore_settings)
 
     if "gradcam" not in registry.list_methods():
         pytest.skip("Grad-CAM not present yet")
-    # the center-pixel model has no conv layer: Grad-CAM must refuse before any map is computed
-    code, out, err = run_main(capsys, "-hm", "grad", "gradcam", "--set", "global.image_size=15",
-                              "-op", tmp_path / "res")
+    # the center-pixel model has no conv layer: Grad-CAM refuses before any map is computed; with
+    # other methods asked for, they run (test_a_method_that_cannot_handle_the_model_is_left_out)
+    code, out, err = run_main(capsys, "-hm", "gradcam", "--set", "global.image_size=15", "-op", tmp_path / "res")
     assert code == 1
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: gradcam: ") and "Conv2D" in lines[0], err
-    assert "grad:" not in out                                      # no method ran
+    assert "estimate" not in out                                   # stopped before any work
     assert not (tmp_path / "res").exists()
+    code, out, err = run_main(capsys, "-hm", "grad", "gradcam", "--set", "global.image_size=15",
+                              "-op", tmp_path / "res")
+    assert code == 1 and err.splitlines()[0] == lines[0] and "  grad: " in out
 
 
 def test_unreadable_model_file(files, tmp_path, capsys, restore_settings):
@@ -293,6 +296,29 @@ def test_a_failing_or_interrupted_method_keeps_the_others(files, tmp_path, capsy
     assert np.load(next((tmp_path / "i" / "digit").glob("*.npz")), allow_pickle=False).files == ["grad"]
     code, _, stderr = run_main(capsys, *base, "-op", tmp_path / "n", "-hm", "lrp.epsilon")
     assert code == 130 and "nothing was written" in stderr and not (tmp_path / "n").exists()
+
+
+def test_a_method_that_cannot_handle_the_model_is_left_out(files, tmp_path, capsys, restore_settings):
+    """Deep Taylor refuses a network with ELU when it is built: with other methods asked for, that is
+    one line, the others run and the exit code is 1; alone, or when every method refuses, the run
+    stops with exit 1 and writes nothing."""
+    import keras
+
+    i = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, activation="elu")(i)
+    model = tmp_path / "elu.keras"
+    keras.Model(i, keras.layers.Dense(5)(keras.layers.Flatten()(h))).save(model)
+    base = ("-ip", files["png"], "-mp", model, "--save-arrays")
+    code, _, stderr = run_main(capsys, *base, "-op", tmp_path / "o", "-hm", "grad", "deep_taylor", "ig")
+    lines = stderr.splitlines()
+    assert code == 1 and lines[0].startswith("error: deep_taylor: deep_taylor needs a ReLU network") and \
+        "elu" in lines[0]
+    assert lines[-1] == "error: 1 method(s) failed (deep_taylor; errors above); the figure shows the 2 that finished"
+    assert np.load(next((tmp_path / "o" / "digit").glob("*.npz")), allow_pickle=False).files == ["grad", "ig"]
+    for methods in (("deep_taylor",), ("deep_taylor", "deep_taylor.bounded")):
+        code, _, stderr = run_main(capsys, *base, "-op", tmp_path / "n", "-hm", *methods)
+        assert code == 1 and "needs a ReLU network" in stderr and not (tmp_path / "n").exists()
+    assert "every method failed (deep_taylor, deep_taylor.bounded" in stderr
 
 
 def test_model_of_any_input_size_is_refused_with_what_to_do(files, tmp_path, capsys, restore_settings):

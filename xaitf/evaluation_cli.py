@@ -17,6 +17,7 @@ import numpy as np
 
 from . import cli
 from .data.sources import RESIZE_CHOICES
+from .errors import ModelError
 
 
 def add_parser(subparsers):
@@ -145,8 +146,21 @@ def main(args):
     batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
     ranges = input_range_kwargs(args.preprocess, shape, scale, keys, set_keys)
-    explainers = {k: registry.create_from_presets(k, model, progress=False, **scaled.get(k, {}), **ranges.get(k, {}))
-                  for k in keys}
+    # a method that cannot handle this model (ModelError) is left out, in one line, when others were
+    # asked for (--debug stops); a bad setting stops before any work
+    explainers, unbuilt = {}, {}
+    for k in keys:
+        try:
+            explainers[k] = registry.create_from_presets(k, model, progress=False, **scaled.get(k, {}),
+                                                         **ranges.get(k, {}))
+        except ModelError as e:
+            if len(keys) == 1 or args.debug:
+                raise
+            unbuilt[k] = e
+            print(f"error: {cli.error_text(e, k)}", file=sys.stderr, flush=True)
+    if not explainers:
+        cli.fail(f"nothing to write: every method failed ({', '.join(unbuilt)}; errors above)",
+                 cli.failure_code(unbuilt.values()))
     total, lines, costliest = estimate(model, explainers, args.metrics, metric_kwargs, shape, len(x), x[0])
     for line in lines:
         print(line, flush=True)
@@ -167,6 +181,7 @@ def main(args):
     failed = {("{} x {}".format(*p) if p[1] else p[0]): e for p, e in table.failed.items()}
     for part, e in failed.items():      # one line each; the other pairs are written below
         print(f"error: {cli.error_text(e, part)}", file=sys.stderr, flush=True)
+    failed = {**unbuilt, **failed}
     if table.interrupted and not table.rows:
         raise KeyboardInterrupt
     if not table.rows:
