@@ -81,6 +81,33 @@ def test_scaled_defaults_rule():
     assert budget.unset_scaled_defaults("shapley", (224, 224, 3), {("shapley", "features")}) == {}
 
 
+def test_window_methods_warn_when_their_settings_are_costly_for_the_input(monkeypatch):
+    """Python's create_explainer keeps the signature's window 1; where that takes more than
+    COSTLY_EVALUATIONS evaluations per input, one warning gives the input-scaled settings (the
+    ones the command lines use). Cheap settings, other methods and study 1's model: silent."""
+    from xaitf import explainer
+    from xaitf.zoo import build_center_pixel
+
+    model = make_cnn(shape=(104, 104, 1), classes=3)
+    with pytest.warns(UserWarning) as caught:
+        xaitf.create_explainer("occlusion", model)
+    assert [str(w.message) for w in caught] == [
+        "occlusion: 10,817 model evaluations per input on 104x104 inputs (10816 windows (1 stride 1) + 1); the "
+        "command lines scale its settings to the input size, about a 14 x 14 grid: "
+        "create_explainer('occlusion', model, window=7, stride=7)"]
+    assert caught[0].filename == __file__                  # points at the caller's line
+    with pytest.warns(UserWarning, match=r"^shapley: 1,081,700 model evaluations .* samples=25\)$"):
+        xaitf.create_explainer("shapley", model)
+    monkeypatch.setattr(explainer, "COSTLY_EVALUATIONS", 20_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xaitf.create_explainer("occlusion", model)            # 10,817 <= 20,000
+        xaitf.create_explainer("occlusion", model, window=7, stride=7)
+        xaitf.create_explainer("grad", model)
+        monkeypatch.setattr(explainer, "COSTLY_EVALUATIONS", 100)
+        xaitf.create_explainer("occlusion", build_center_pixel(image_size=15))   # study 1: window 1 by design
+
+
 def test_parse_budget_and_duration():
     assert budget.parse_budget("none") is None
     assert budget.parse_budget("600") == 600 and budget.parse_budget("10m") == 600
