@@ -341,6 +341,38 @@ def test_keras3_operation_node_is_named(write):
     assert ("(TrueDivide)" if write == "c / x" else "(Sqrt)") in msg
 
 
+def test_keras3_convnext():
+    """Keras 3 ConvNeXtTiny (weights=None, LayerScale at 1): LayerNormalization, grouped 7x7
+    convolutions, LayerScale, StochasticDepth, GELU and residual x + y. The graph recomputes the
+    logits; with biases and LN shifts at 0, lrp.z conserves the logit through the LN-rule, the
+    residual splits and GELU; other composites give finite maps."""
+    k = keras3()
+    model = k.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3), classifier_activation=None)
+    for layer in model.layers:
+        if type(layer).__name__ == "LayerScale":
+            layer.set_weights([np.ones_like(w) for w in layer.get_weights()])
+        elif type(layer).__name__ == "LayerNormalization":     # shifts for the forward check
+            layer.set_weights([layer.get_weights()[0], np.full_like(layer.get_weights()[1], 0.1)])
+    g = canonize(read_model(model))
+    kinds = [n.kind for n in g.nodes]
+    assert kinds.count("LayerNormalization") == 23 and kinds.count("DepthwiseConv2D") == 18
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+    _zero_shifts(model)
+    for layer in model.layers:
+        if type(layer).__name__ == "LayerNormalization":
+            layer.set_weights([layer.get_weights()[0], np.zeros_like(layer.get_weights()[1])])
+    forget(model)
+    f = np.asarray(model(x))
+    t = f.argmax(1)
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(z.reshape(2, -1).sum(1), f[np.arange(2), t], rtol=1e-4)
+    for composite in ("lrp.epsilon", "epsilon_plus"):
+        r = LRP(model, composite=composite, channel_reduce="none", progress=False)(x, t)
+        assert np.isfinite(r).all() and np.abs(r).max() > 0
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph
@@ -455,6 +487,52 @@ def test_rules_on_two_layer_dense_net(rule, bias):
     R0 = oracle(first, x, W1, b1, R1, **PARAMS)
     assert np.abs(R0).max() > 1e-3
     np.testing.assert_allclose(got, R0, rtol=1e-4, atol=1e-5 * np.abs(R0).max())
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_layer_norm_rule_against_its_formula(center):
+    """Dense -> LayerNormalization -> Dense under lrp.z: the LN-rule (Ali et al. 2022) as an explicit
+    matrix, the standard deviation held constant: z = x W with W = (I - 1/C) diag(gamma) / sigma,
+    R_in = x * (W (R / y)); without beta the relevance reaching the input is the logit."""
+    k = keras3()
+    inp = k.Input((6,))
+    h = k.layers.LayerNormalization(epsilon=1e-3, center=center, name="ln")(k.layers.Dense(5, name="d1")(inp))
+    model = _set_random(k.Model(inp, k.layers.Dense(3, name="d2")(h)), 4)
+    ln = model.get_layer("ln")
+    ln.set_weights([np.array([0.5, 1.5, -1.0, 2.0, 1.0], np.float32)] +
+                   ([np.array([0.3, -0.2, 0.1, 0.0, 0.4], np.float32)] if center else []))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 6)).astype(np.float32)
+    t = np.array([0, 1, 2, 0])
+    got = _explain(model, {"linear": "z"}, x, t)
+    (W1, b1), (W2, b2) = model.get_layer("d1").get_weights(), model.get_layer("d2").get_weights()
+    gamma = ln.get_weights()[0].astype(np.float64)
+    beta = ln.get_weights()[1].astype(np.float64) if center else np.zeros(5)
+    a = x.astype(np.float64) @ W1 + b1
+    sigma = np.sqrt(a.var(1, keepdims=True) + 1e-3)
+    y = gamma * (a - a.mean(1, keepdims=True)) / sigma + beta
+    out = y @ W2 + b2
+    R2 = np.eye(3)[t] * out
+    R_ln = oracle("z", y, W2, b2, R2)
+    R_a = np.stack([a[n] * (((np.eye(5) - 1 / 5) * gamma / sigma[n]) @ (R_ln[n] / y[n])) for n in range(4)])
+    R0 = oracle("z", x, W1, b1, R_a)
+    np.testing.assert_allclose(got, R0, rtol=1e-4, atol=1e-5 * np.abs(R0).max())
+    if not center:      # the LN-rule conserves: what reaches the LN node is what leaves it
+        np.testing.assert_allclose(R_a.sum(1), R_ln.sum(1), rtol=1e-6)
+
+
+def test_grouped_conv_with_one_channel_per_group_is_depthwise():
+    k = keras3()
+    inp = k.Input((7, 7, 3))
+    h = k.layers.Conv2D(6, 3, groups=3, padding="same", name="grouped")(inp)
+    model = _set_random(k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(h))), 3)
+    g = read_model(model)
+    assert g[1].kind == "DepthwiseConv2D" and g[1].weights["kernel"].shape == (3, 3, 3, 2)
+    x = np.random.default_rng(0).random((2, 7, 7, 3), dtype=np.float32)
+    np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
+    inp = k.Input((7, 7, 4))
+    two = k.Model(inp, k.layers.Conv2D(4, 3, groups=2, name="two_per_group")(inp))
+    with pytest.raises(ModelError, match="with groups=2 \\(only one input channel per group\\)"):
+        read_model(two)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -899,7 +977,7 @@ def test_unsupported_layer_is_named():
         LRP(model, progress=False)
     msg = _one_line(err)
     assert "'up' (UpSampling2D)" in msg and "Conv2D" in msg
-    inp = tfk.Input((4, 4, 2))
+    inp = tfk.Input((4, 4, 4))       # two channels per group (one per group is a depthwise convolution)
     out = L.Dense(2)(L.Flatten()(L.Conv2D(2, 3, groups=2, name="grouped")(inp)))
     with pytest.raises(ModelError, match="'grouped' \\(Conv2D\\) with groups=2"):
         read_model(tfk.Model(inp, out))

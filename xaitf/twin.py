@@ -58,6 +58,9 @@ SUPPORTED = {
     "Softmax": ("axis",),
     "Rescaling": ("scale", "offset"),
     "Normalization": ("axis",),            # mean and variance: constants of the twin (_layer_config)
+    "LayerNormalization": ("axis", "epsilon", "center", "scale"),
+    "LayerScale": (),                      # ConvNeXt's x * gamma: a Rescaling of the twin (_layer_config)
+    "StochasticDepth": (),                 # ConvNeXt's; the identity at inference
     "Add": (),
     "Subtract": (),
     "Multiply": (),
@@ -180,8 +183,10 @@ def _activation(layer, value):
     return name
 
 
-def _layer_config(layer):
+def _layer_config(layer, weights=None):
     """The tf-keras layer type and constructor arguments of a supported layer, else ModelError.
+    ``weights``: :func:`_source_weights` read beforehand (a graph twin is built where variables
+    cannot be read); ConvNeXt's LayerScale becomes a Rescaling by its weights.
     A Keras 3 operation of the model's code (``x + 3.0``, ``x * y``) becomes a Rescaling (``x * a
     + b``), an Add or a Multiply layer (:func:`keras_bridge.read_operation`)."""
     kind = layer_type(layer)
@@ -200,12 +205,27 @@ def _layer_config(layer):
     if cfg.get("renorm"):
         raise _unsupported(layer, "batch renormalization")
     out = {k: cfg[k] for k in SUPPORTED[kind] if k in cfg}
+    if kind == "LayerNormalization" and cfg.get("rms_scaling"):
+        raise _unsupported(layer, "rms_scaling=True")
+    if kind == "LayerScale":
+        ws = weights[id(layer)][1] if weights is not None else layer.get_weights()
+        if len(ws) != 1 or np.ndim(ws[0]) != 1:
+            raise _unsupported(layer, "not one per-channel scale")
+        return "Rescaling", {"scale": np.asarray(ws[0], np.float64).tolist(), "offset": 0.0}
+    if kind == "StochasticDepth":
+        return "Activation", {"activation": "linear"}
     if kind == "Normalization":
         axis = out.get("axis", -1)
         if cfg.get("invert") or tuple(np.atleast_1d(axis)) not in ((-1,), (3,)):
             raise _unsupported(layer, "invert=True or an axis other than the channels")
         out = {"axis": -1, "mean": np.asarray(layer.mean, np.float64).reshape(-1).tolist(),
                "variance": np.asarray(layer.variance, np.float64).reshape(-1).tolist()}
+    if kind == "Conv2D" and int(out.get("groups", 1)) != 1 and tuple(layer.kernel.shape)[2] == 1:
+        # one input channel per group (ConvNeXt): a DepthwiseConv2D, whose gradient also builds in
+        # graph mode (a grouped Conv2D's does not); _copy_weights reshapes the kernel
+        keep = ("kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation", "use_bias")
+        kind, out = "DepthwiseConv2D", dict({k: out[k] for k in keep if k in out},
+                                            depth_multiplier=int(cfg["filters"]) // int(out["groups"]))
     if "activation" in out:
         out["activation"] = _activation(layer, out["activation"])
     for k in ("kernel_size", "strides", "pool_size", "dilation_rate", "target_shape", "noise_shape", "size"):
@@ -299,7 +319,7 @@ def _all_float32(model):
 
 
 # -- rebuilding --------------------------------------------------------------------------------
-def _rebuild(model, dtype, *, suffix="", split_softmax=False):
+def _rebuild(model, dtype, *, suffix="", split_softmax=False, weights=None):
     """Rebuild ``model`` with tf-keras layers in the current graph/eager context.
 
     Returns ``(twin, twins, names, logits)``: the tf-keras model, ``id(source layer) -> twin
@@ -333,7 +353,7 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False):
         twin_inputs.append(tfk.Input(shape=shape, dtype=dtype, name=name))
 
     def visit(layer, args):
-        kind, cfg = _layer_config(layer)
+        kind, cfg = _layer_config(layer, weights)
         key = id(layer)
         head = cfg.get("activation") if cfg.get("activation") in HEADS else None
         split = split_softmax and layer is out_layer and kind in ("Conv2D", "Dense") and head
@@ -381,8 +401,10 @@ def _copy_weights(weights, twins):
         if key not in weights:      # a Keras 3 operation (x + 3.0): no weights
             continue
         src, ws = weights[key]
-        if ws and layer_type(src) != "Normalization":    # its statistics are the twin's constants
+        if ws and layer_type(src) not in ("Normalization", "LayerScale"):   # their weights are the twin's constants
             want = tw.get_weights()
+            if layer_type(src) == "Conv2D" and layer_type(tw) == "DepthwiseConv2D":   # groups: see _layer_config
+                ws = [ws[0].reshape(want[0].shape)] + ws[1:]
             if len(ws) != len(want) or any(a.shape != b.shape for a, b in zip(ws, want)):
                 raise _unsupported(src, f"weights {[w.shape for w in ws]} do not fit the tf-keras layer "
                                         f"{[w.shape for w in want]}")
@@ -470,7 +492,7 @@ class GraphTwin:
         self.session = tf.compat.v1.Session(graph=self.graph)
         with self.scope():
             full, twins, self.names, logits_t = _rebuild(source, dtype, suffix=_GRAPH_SUFFIX,
-                                                         split_softmax=True)
+                                                         split_softmax=True, weights=weights)
             self.model = full
             if logits_t is None:
                 self.logits, self.note = full, "output used as is (no final softmax or sigmoid found)"

@@ -14,7 +14,8 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   ``activation`` (every other elementwise activation), ``add``, ``multiply`` (a gated product,
   as in squeeze-and-excitation blocks), ``avgpool`` (average and global
   average pooling), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
-  ZeroPadding2D, Cropping2D, Dropout, Concatenate).
+  ZeroPadding2D, Cropping2D, Dropout, Concatenate), ``layernorm`` (LayerNormalization; default
+  ``layer_norm``, the LN-rule of Ali et al. 2022).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
 activation of a layer passes relevance unchanged, a ReLU layer masks it (its gradient, as
@@ -39,14 +40,14 @@ from .canonizers import HEADS
 from .rules import RULES, ZBox, make_rule, receiving, rule_params, share_relu_outputs
 
 LINEAR_SELECTORS = ("first", "dense", "conv", "batchnorm", "normalization", "linear")
-OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape")
+OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape", "layernorm")
 SELECTORS = LINEAR_SELECTORS + OTHER_SELECTORS
 KEYS = SELECTORS + ("params", "output")
 OUTPUTS = ("logit", "relu")
 PARAMS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 DEFAULTS = {"normalization": "pass", "relu": "gradient", "activation": "pass", "add": "proportional",
-            "multiply": "signal",
+            "multiply": "signal", "layernorm": "layer_norm",
             "avgpool": "proportional", "maxpool": "gradient", "shape": "gradient"}
 
 _DT = {"linear": "z_plus", "batchnorm": "w_square", "relu": "gradient", "add": "gradient",
@@ -165,6 +166,8 @@ def _selectors(node, first):
         return ["add"]
     if k == "Multiply":
         return ["multiply"]
+    if k in ir.NORM:
+        return ["layernorm"]
     if k in ("AveragePooling2D", "GlobalAveragePooling2D"):
         return ["avgpool"]
     if k in ("MaxPooling2D", "GlobalMaxPooling2D"):

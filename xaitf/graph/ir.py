@@ -6,7 +6,8 @@ topological order, each with its kind (the Keras class name, e.g. ``"Conv2D"``),
 float32 numpy arrays, its configuration and the ids of its input nodes. The ``activation=`` of a
 Conv2D/DepthwiseConv2D/Dense becomes its own ``Activation`` node (``fused=True``), so that rules
 see the pre-activation ``z`` of every linear layer. BatchNormalization, Rescaling and
-Normalization are exact per-channel affine nodes ``y = x * scale + shift``. A SeparableConv2D
+Normalization are exact per-channel affine nodes ``y = x * scale + shift`` (so is ConvNeXt's
+LayerScale); LayerNormalization over the channels is its own kind (rule ``layer_norm``). A SeparableConv2D
 (Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
 ``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
 A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet): see the
@@ -40,13 +41,17 @@ ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "Scalar")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
 MERGE = ("Add", "Concatenate", "Multiply")
+NORM = ("LayerNormalization",)    # over the channels: y = gamma (x - mean) / sqrt(var + eps) + beta
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
-KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + POOLING + SHAPE + MERGE + ("Softmax",)
+KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + ("Softmax",)
 # layers that are the identity at inference
 _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
-             "GaussianDropout", "GaussianNoise", "ActivityRegularization")
+             "GaussianDropout", "GaussianNoise", "ActivityRegularization", "StochasticDepth")
+# keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
+# Rescaling node; StochasticDepth (the identity at inference) is in _IDENTITY
+CONVNEXT_LAYERS = ("LayerScale",)
 SPLIT = ("SeparableConv2D",)     # layers read as several nodes (depthwise, then pointwise)
-SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY + SPLIT
+SUPPORTED_LAYERS = tuple(k for k in KINDS if k not in ("Dropout", "Scalar")) + _IDENTITY + SPLIT + CONVNEXT_LAYERS
 
 
 @dataclass
@@ -260,6 +265,9 @@ def apply(node, xs):
         return tf.where(x > 0, x, c["alpha"] * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
     if k == "Softmax":
         return tf.nn.softmax(x, axis=c["axis"])
+    if k == "LayerNormalization":
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var + c["epsilon"]) * const(node, "gamma") + const(node, "beta")
     if k == "MaxPooling2D":
         return tf.nn.max_pool2d(x, c["pool_size"], c["strides"], c["padding"])
     if k == "AveragePooling2D":
@@ -401,9 +409,14 @@ def _layer_nodes(layer, inputs, new_id):
         return out
     if kind in KERNEL:
         _channels_last(layer, cfg)
-        if cfg.get("groups", 1) != 1:
-            raise _unsupported(layer, f" with groups={cfg['groups']}")
         kernel = ws[0]
+        if cfg.get("groups", 1) != 1:
+            # one input channel per group (ConvNeXt's 7x7 convolutions): a depthwise convolution,
+            # output channel g * m + k of group g being its channel g's multiplier k, as Keras orders them
+            if kind != "Conv2D" or kernel.shape[2] != 1:
+                raise _unsupported(layer, f" with groups={cfg['groups']} (only one input channel per group)")
+            groups = int(cfg["groups"])
+            kind, kernel = "DepthwiseConv2D", kernel.reshape(kernel.shape[0], kernel.shape[1], groups, -1)
         units = kernel.shape[2] * kernel.shape[3] if kind == "DepthwiseConv2D" else kernel.shape[-1]
         bias = ws[1] if cfg.get("use_bias", True) and len(ws) > 1 else np.zeros(units, np.float32)
         conf = {}
@@ -443,6 +456,20 @@ def _layer_nodes(layer, inputs, new_id):
         mean = np.asarray(layer.mean, np.float64).reshape(-1)
         std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1)), 1e-7)
         return [(kind, layer.name, {"scale": _f32(1.0 / std), "shift": _f32(-mean / std)}, {}, False)]
+    if kind == "LayerNormalization":
+        if cfg.get("rms_scaling"):
+            raise _unsupported(layer, " with rms_scaling=True")
+        _channel_axis(layer, cfg.get("axis", -1))
+        i, gamma, beta = 0, np.ones(1, np.float32), np.zeros(1, np.float32)
+        if cfg.get("scale", True):
+            gamma, i = ws[i], i + 1
+        if cfg.get("center", True):
+            beta = ws[i]
+        return [(kind, layer.name, {"gamma": gamma, "beta": beta}, {"epsilon": float(cfg["epsilon"])}, False)]
+    if kind in CONVNEXT_LAYERS:
+        if len(ws) != 1 or ws[0].ndim != 1:
+            raise _unsupported(layer, f" with weights {[w.shape for w in ws]} (one per-channel scale expected)")
+        return [("Rescaling", layer.name, {"scale": ws[0], "shift": np.zeros_like(ws[0])}, {}, False)]
     if kind == "Activation":
         act = activation_name(layer)
         return [(kind, layer.name, {}, {"activation": act, "fn": layer.activation}, False)]

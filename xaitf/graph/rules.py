@@ -23,7 +23,8 @@ Other nodes: ``pass`` (relevance unchanged; elementwise activations), ``gradient
 by the gradient: max pooling is winner-takes-all, ReLU masks, reshapes move it) and
 ``proportional`` (the z rule of a weightless linear node: Add and average pooling split the
 relevance in proportion to their inputs; optional ``epsilon`` stabiliser) and ``signal`` (a
-Multiply by a broadcast gate: the signal takes all the relevance).
+Multiply by a broadcast gate: the signal takes all the relevance); ``layer_norm`` (Ali et al. 2022:
+LayerNormalization with its standard deviation held constant, then the z rule).
 """
 import numpy as np
 
@@ -334,6 +335,26 @@ class Proportional(Rule):
         return [x * g for x, g in zip(xs, grads)]
 
 
+class LayerNorm(Rule):
+    """The LN-rule of Ali et al. 2022 ("XAI for Transformers: Better Explanations through
+    Conservative Propagation", ICML) for LayerNormalization over the channels: the standard
+    deviation is held constant, which leaves the linear map ``z_j = gamma_j (x_j - mean(x)) / sigma``,
+    and the z rule of that map, ``R_i = x_i * sum_j dz_j/dx_i R_j / stab(y_j)`` with
+    ``J^T s = (gamma s - mean(gamma s)) / sigma`` per position. Without beta the relevance is
+    conserved (beta absorbs its share, as a bias does); ``epsilon`` stabilises as LRP-epsilon."""
+
+    name = "layer_norm"
+    params = ("epsilon",)
+    epsilon = 0.0
+
+    def backward(self, node, xs, y, r):
+        x, eps = xs[0], float(self.epsilon)
+        s = (eps_div(r, y, eps) if eps else safe_div(r, y)) * ir.const(node, "gamma")
+        _, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        g = (s - tf.reduce_mean(s, axis=-1, keepdims=True)) * tf.math.rsqrt(var + node.config["epsilon"])
+        return [x * g]
+
+
 # nodes that hand their output's relevance to their input unchanged or moved, never spread onto
 # positions of value 0 (max pooling routes it to the winner, which holds the output's value)
 _ROUTING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout",
@@ -429,6 +450,7 @@ RULES = {
     "z_plus": (AlphaBeta, {"alpha": 1.0, "beta": 0.0, "bias": False}),
     "w_square": (WSquare, {}), "flat": (Flat, {}), "z_box": (ZBox, {}),
     "pass": (Pass, {}), "gradient": (Gradient, {}), "proportional": (Proportional, {}), "signal": (Signal, {}),
+    "layer_norm": (LayerNorm, {}),
 }
 
 
