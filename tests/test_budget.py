@@ -85,7 +85,6 @@ def test_window_methods_warn_when_their_settings_are_costly_for_the_input(monkey
     """Python's create_explainer keeps the signature's window 1; where that takes more than
     COSTLY_EVALUATIONS evaluations per input, one warning gives the input-scaled settings (the
     ones the command lines use). Cheap settings, other methods and study 1's model: silent."""
-    from xaitf import explainer
     from xaitf.zoo import build_center_pixel
 
     model = make_cnn(shape=(104, 104, 1), classes=3)
@@ -98,13 +97,13 @@ def test_window_methods_warn_when_their_settings_are_costly_for_the_input(monkey
     assert caught[0].filename == __file__                  # points at the caller's line
     with pytest.warns(UserWarning, match=r"^shapley: 1,081,700 model evaluations .* samples=25\)$"):
         xaitf.create_explainer("shapley", model)
-    monkeypatch.setattr(explainer, "COSTLY_EVALUATIONS", 20_000)
+    monkeypatch.setattr(budget, "COSTLY_EVALUATIONS", 20_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         xaitf.create_explainer("occlusion", model)            # 10,817 <= 20,000
         xaitf.create_explainer("occlusion", model, window=7, stride=7)
         xaitf.create_explainer("grad", model)
-        monkeypatch.setattr(explainer, "COSTLY_EVALUATIONS", 100)
+        monkeypatch.setattr(budget, "COSTLY_EVALUATIONS", 100)
         xaitf.create_explainer("occlusion", build_center_pixel(image_size=15))   # study 1: window 1 by design
 
 

@@ -34,7 +34,22 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy public API: keeps `import xaitf` cheap
-    if name in ("create_explainer", "list_methods", "get_method"):
+    if name == "create_explainer":
+        import functools
+
+        from . import budget, registry
+
+        @functools.wraps(registry.create_explainer)
+        def create_explainer(method, model, **params):
+            # registry.create_explainer, plus one warning where a window method's settings are
+            # costly for the input size (budget.warn_if_costly; the command lines scale them)
+            explainer = registry.create_explainer(method, model, **params)
+            budget.warn_if_costly(explainer)
+            return explainer
+
+        globals()["create_explainer"] = create_explainer     # made once
+        return create_explainer
+    if name in ("list_methods", "get_method"):
         from . import registry
 
         return getattr(registry, name)

@@ -268,6 +268,39 @@ def unset_scaled_defaults(name, input_shape, set_keys=()):
     return {p: v for p, v in scaled_defaults(name, input_shape).items() if (section, p) not in set_keys}
 
 
+#: model evaluations per input above which a window method warns when xaitf.create_explainer makes it
+#: (the command lines scale those methods' settings to the input instead; :func:`warn_if_costly`)
+COSTLY_EVALUATIONS = 10_000
+
+
+def warn_if_costly(explainer):
+    """Warn, in one line, when a window method (occlusion, PDA, Shapley sampling, feature ablation
+    and permutation) made with ``xaitf.create_explainer`` takes more than
+    :data:`COSTLY_EVALUATIONS` model evaluations per input, naming the settings the command lines
+    scale to the input size (:func:`scaled_defaults`): window 1 on a 224x224 ResNet50 is 50,177
+    forward passes per image, about an hour on 2 CPU cores. Study 1's center-pixel model and
+    models of any input size are exempt."""
+    import warnings
+
+    from .explainer import _caller_stacklevel
+
+    name, shape = explainer.name, explainer.shape
+    sized = len(shape) == 3 and None not in shape[:2]
+    scaled = scaled_defaults(name, shape[:2]) if name and sized else {}
+    if not scaled or is_center_pixel(explainer.model):
+        return
+    try:
+        evals, _, note = cost(name, explainer)
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return
+    if evals > COSTLY_EVALUATIONS:
+        kw = ", ".join(f"{k}={v!r}" for k, v in scaled.items())
+        warnings.warn(f"{name}: {evals:,} model evaluations per input on {shape[0]}x{shape[1]} inputs ({note}); "
+                      f"the command lines scale its settings to the input size, about a {WINDOWS_PER_SIDE} x "
+                      f"{WINDOWS_PER_SIDE} grid: create_explainer({name!r}, model, {kw})", UserWarning,
+                      stacklevel=_caller_stacklevel())
+
+
 def is_center_pixel(model):
     """Study 1's center-pixel model, which keeps study 1's window-1 presets: named so, or one gray
     odd square input, 256 classes and only Flatten/Dense/activation layers."""

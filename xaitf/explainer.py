@@ -6,8 +6,6 @@ A method subclasses :class:`Explainer`, names its settings section (``key``) and
     explainer = xaitf.create_explainer("ig", model, steps=64, batch_size=256)
     maps = explainer(x, targets)   # x (N,H,W,C) float32; targets ints (N,), one-hot (N,K) or None
 """
-import warnings
-
 import numpy as np
 
 import xaitf  # noqa: F401
@@ -209,9 +207,6 @@ def reduce_channels(maps, how):
 
 # the arguments every method takes (the ``**common`` of a method's signature), with their defaults
 # (``output``'s default is the method's own: ``default_output``)
-#: model evaluations per input above which a window method warns when it is made (the command
-#: lines scale those methods' settings to the input instead; see Explainer.warn_if_costly)
-COSTLY_EVALUATIONS = 10_000
 COMMON = {"batch_size": 256, "channel_reduce": "sum", "seed": 0, "progress": True, "output": None,
           "memory_budget_mb": 4096}
 
@@ -314,29 +309,6 @@ class Explainer:
         # read before setup(), which may cache copies of these weights (native LRP passes it on)
         self._weights_crc = weights_fingerprint(model)
         self.setup()
-
-    def warn_if_costly(self, stacklevel=3):
-        """A window method (occlusion, PDA, Shapley sampling, feature ablation and permutation) whose
-        settings take more than :data:`COSTLY_EVALUATIONS` model evaluations per input warns, in
-        one line, with the settings the command lines scale to the input size
-        (:func:`xaitf.budget.scaled_defaults`): window 1 on a 224x224 ResNet50 is 50,177 forward
-        passes per image, about an hour on 2 CPU cores. Study 1's center-pixel model is exempt."""
-        from . import budget
-
-        sized = len(self.shape) == 3 and None not in self.shape[:2]     # not a model of any input size
-        scaled = budget.scaled_defaults(self.name, self.shape[:2]) if self.name and sized else {}
-        if not scaled or budget.is_center_pixel(self.model):
-            return
-        try:
-            evals, _, note = budget.cost(self.name, self)
-        except (KeyError, AttributeError, TypeError, ValueError):
-            return
-        if evals > COSTLY_EVALUATIONS:
-            kw = ", ".join(f"{k}={v!r}" for k, v in scaled.items())
-            warnings.warn(f"{self.name}: {evals:,} model evaluations per input on {self.shape[0]}x{self.shape[1]} "
-                          f"inputs ({note}); the command lines scale its settings to the input size, about a "
-                          f"{budget.WINDOWS_PER_SIDE} x {budget.WINDOWS_PER_SIDE} grid: "
-                          f"create_explainer({self.name!r}, model, {kw})", UserWarning, stacklevel=stacklevel)
 
     @classmethod
     def parameters(cls):
