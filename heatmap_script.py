@@ -35,7 +35,7 @@ if str(HERE) not in sys.path:
 import xaitf  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
 from xaitf import cli, registry  # noqa: E402
 from xaitf import settings as S  # noqa: E402
-from xaitf.errors import ModelError, XaitfError  # noqa: E402
+from xaitf.errors import XaitfError  # noqa: E402
 
 DEFAULT_MODEL = HERE / "models" / "center_pixel.h5"
 CENTER_PIXEL_GLOBALS = ("image_size", "num_classes", "alpha", "relu_flag")
@@ -342,9 +342,8 @@ def main(argv=None):
             if time.perf_counter() - t0 > 10:
                 print(f"built {k} in {time.perf_counter() - t0:.0f} s", flush=True)
         except Exception as e:
-            if isinstance(e, ModelError) and len(keys) > 1 and not args.debug:
+            if cli.leave_out(e, k, len(keys), args.debug):
                 failed[k] = e
-                print(f"error: {cli.error_text(e, k)}", file=sys.stderr, flush=True)
                 continue
             if isinstance(e, XaitfError):
                 raise type(e)(cli.error_text(e, k)) from e

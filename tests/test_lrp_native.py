@@ -303,8 +303,9 @@ def test_separable_conv_is_read_as_depthwise_then_pointwise(kind):
 
 def test_keras3_operations_with_a_scalar_or_two_tensors():
     """Arithmetic written in a Keras 3 model's code: ``x + c``, ``x - c``, ``c - x``, ``x * c``,
-    ``x / c`` are Scalar nodes (the affine map written out here), ``x + y`` an Add and ``x * y`` a
-    Multiply gate; the graph recomputes the model."""
+    ``x / c`` are Rescaling nodes of one scale and shift (the affine map written out here), ``x + y``
+    an Add and ``x * y`` a Multiply gate; the graph recomputes the model. ``x / 255.0`` at the input
+    is input normalisation: the first convolution behind it is the input layer of z^B and flat."""
     k = keras3()
     inp = k.Input((6, 6, 2))
     h = k.layers.Conv2D(4, 3, name="conv")(inp)
@@ -314,7 +315,8 @@ def test_keras3_operations_with_a_scalar_or_two_tensors():
     m = (a + b) * gate
     model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(m)))
     g = read_model(model)
-    by_op = sorted((n.config["op"], n.config["scale"], n.config["shift"]) for n in g.nodes if n.kind == "Scalar")
+    by_op = sorted((n.config["op"], float(n.weights["scale"][0]), float(n.weights["shift"][0])) for n in g.nodes
+                   if n.kind == "Rescaling")
     assert by_op == [("Add", 1.0, 3.0), ("Multiply", 0.5, 0.0), ("Subtract", -1.0, 2.0),
                      ("Subtract", 1.0, -1.0), ("TrueDivide", 0.25, 0.0)]
     merges = [n for n in g.nodes if n.kind in ("Add", "Multiply")]
@@ -323,6 +325,9 @@ def test_keras3_operations_with_a_scalar_or_two_tensors():
     np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
     r = LRP(model, composite="lrp.epsilon", channel_reduce="none", progress=False)(x, np.array([0, 1, 0]))
     assert r.shape == x.shape and np.isfinite(r).all() and np.abs(r).max() > 0
+    scaled = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(k.layers.Conv2D(3, 3, name="c")(inp / 255.0))))
+    g = read_model(scaled)
+    assert [g[i].name for i in g.first_linear()] == ["c"]
 
 
 @pytest.mark.parametrize("write", ["c / x", "sqrt"])
@@ -382,7 +387,8 @@ def test_keras3_mobilenet_v3():
     model = _set_random(k.applications.MobileNetV3Small(weights=None, input_shape=(96, 96, 3),
                                                        classifier_activation=None), 8, bias_scale=0.05)
     g = canonize(read_model(model))
-    assert sum(n.kind == "Scalar" for n in g.nodes) >= 10 and _bn_count(g) == 0
+    assert sum(n.config.get("op") in ("Add", "Multiply") for n in g.nodes if n.kind == "Rescaling") >= 10
+    assert _bn_count(g) == 0
     assert "hard_silu" in {n.config.get("activation") for n in g.nodes}
     x = np.random.default_rng(1).random((2, 96, 96, 3), dtype=np.float32) * 255.0
     ref = np.asarray(model(x))

@@ -18,7 +18,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .errors import XaitfError
+from .errors import ModelError, XaitfError
 
 EXIT_USER = 1       # bad input, unknown method, missing file, model a method cannot handle
 EXIT_INTERNAL = 3   # an unexpected exception (a bug): one line, the traceback with --debug
@@ -123,6 +123,16 @@ def error_text(e, part=None):
     if not is_user_error(e):
         text = f"{type(e).__name__}: {text} ({DEBUG_HINT})"
     return f"{part}: {text}" if part else text
+
+
+def leave_out(e, method, n_methods, debug=False):
+    """True, after one ``error:`` line, when ``method`` failed to build with a ModelError (it
+    cannot handle this model) and other methods were asked for (not with --debug): the command
+    leaves it out and runs the others. Else False: the caller stops before any work."""
+    if isinstance(e, ModelError) and n_methods > 1 and not debug:
+        print(f"error: {error_text(e, method)}", file=sys.stderr, flush=True)
+        return True
+    return False
 
 
 def failure_code(errors):

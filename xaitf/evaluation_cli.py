@@ -154,10 +154,9 @@ def main(args):
             explainers[k] = registry.create_from_presets(k, model, progress=False, **scaled.get(k, {}),
                                                          **ranges.get(k, {}))
         except ModelError as e:
-            if len(keys) == 1 or args.debug:
+            if not cli.leave_out(e, k, len(keys), args.debug):
                 raise
             unbuilt[k] = e
-            print(f"error: {cli.error_text(e, k)}", file=sys.stderr, flush=True)
     if not explainers:
         cli.fail(f"nothing to write: every method failed ({', '.join(unbuilt)}; errors above)",
                  cli.failure_code(unbuilt.values()))

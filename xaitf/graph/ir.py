@@ -13,10 +13,11 @@ LayerScale); LayerNormalization over the channels is its own kind (rule ``layer_
 A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet): see the
 ``signal`` rule. Operations written in a Keras 3 model's code are read where they are elementwise
 affine maps with a scalar constant, ``x + c``, ``x - c``, ``c - x``, ``x * c`` and ``x / c``
-(MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; a ``Scalar`` node, which LRP passes
-relevance through like an activation), or merges of two tensors, ``x + y`` (an ``Add`` node) and
-``x * y`` (a ``Multiply`` gate); other operations (``keras.ops.*``) are refused with one line
-naming them.
+(MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; ``x / 255.0`` at the input): a Rescaling
+node of one scale and shift (input normalisation where it reads the input; elsewhere LRP passes
+relevance through it, as through Rescaling layers), or merges of two tensors, ``x + y`` (an
+``Add`` node) and ``x * y`` (a ``Multiply`` gate); other operations (``keras.ops.*``) are refused
+with one line naming them.
 
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
 model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
@@ -37,7 +38,7 @@ from ..keras_bridge import (OPERATIONS_READ, activation_name, is_operation, laye
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
 LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
-ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "Scalar")
+ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
 MERGE = ("Add", "Concatenate", "Multiply")
@@ -51,7 +52,7 @@ _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3
 # Rescaling node; StochasticDepth (the identity at inference) is in _IDENTITY
 CONVNEXT_LAYERS = ("LayerScale",)
 SPLIT = ("SeparableConv2D",)     # layers read as several nodes (depthwise, then pointwise)
-SUPPORTED_LAYERS = tuple(k for k in KINDS if k not in ("Dropout", "Scalar")) + _IDENTITY + SPLIT + CONVNEXT_LAYERS
+SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY + SPLIT + CONVNEXT_LAYERS
 
 
 @dataclass
@@ -146,8 +147,6 @@ class Graph:
                 ok = c["negative_slope"] == 0.0 and c["threshold"] >= 0.0
             elif n.kind == "Softmax":
                 ok = True
-            elif n.kind == "Scalar":
-                ok = c["scale"] >= 0 and c["shift"] >= 0 and n.inputs[0] in out
             elif n.kind in POOLING + SHAPE + MERGE:
                 ok = bool(n.inputs) and all(i in out for i in n.inputs)
             else:
@@ -259,8 +258,6 @@ def apply(node, xs):
         return _relu(x, c)
     if k == "LeakyReLU":
         return tf.nn.leaky_relu(x, alpha=c["alpha"])
-    if k == "Scalar":
-        return x * c["scale"] + c["shift"]
     if k == "ELU":
         return tf.where(x > 0, x, c["alpha"] * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
     if k == "Softmax":
@@ -368,8 +365,8 @@ def _signal_input(layer):
 
 def _operation_nodes(op):
     """The node of a Keras 3 operation written in the model's code (``x + 3.0``, ``x * y``): a
-    ``Scalar`` node, an ``Add`` or a ``Multiply`` gate (:func:`keras_bridge.read_operation`); else
-    ModelError naming it."""
+    Rescaling node (``x * scale + shift``, config ``op`` naming the operation), an ``Add`` or a
+    ``Multiply`` gate (:func:`keras_bridge.read_operation`); else ModelError naming it."""
     read = read_operation(op)
     name = getattr(op, "name", layer_type(op))
     if read is None:
@@ -377,8 +374,10 @@ def _operation_nodes(op):
                          f"model's code (keras.ops, or arithmetic on a layer's output), not a layer; it reads "
                          f"{OPERATIONS_READ}; methods that still work: {STILL_WORK}")
     kind = read.pop("kind")
-    config = {"signal": _signal_input(op)} if kind == "Multiply" else read
-    return [(kind, name, {}, config, False)]
+    if kind == "Scalar":
+        return [("Rescaling", name, {"scale": _f32([read["scale"]]), "shift": _f32([read["shift"]])},
+                 {"op": read["op"]}, False)]
+    return [(kind, name, {}, {"signal": _signal_input(op)} if kind == "Multiply" else {}, False)]
 
 
 def _layer_nodes(layer, inputs, new_id):
