@@ -378,6 +378,58 @@ def test_keras3_convnext():
         assert np.isfinite(r).all() and np.abs(r).max() > 0
 
 
+def _inception_resnet_block(scale_cls, scale=0.17):
+    """One Inception-ResNet-v2 block of Keras 3's keras.applications: x + up * scale through the
+    application's own ``CustomScaleLayer`` (``scale_cls``), then a ReLU."""
+    k = keras3()
+    L = k.layers
+    k.utils.set_random_seed(6)
+    inp = k.Input((8, 8, 3), name="image")
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inp)
+    b = L.Concatenate(name="mixed")([L.Conv2D(2, 1, activation="relu", name="b0")(x),
+                                     L.Conv2D(3, 3, padding="same", activation="relu", name="b1")(x)])
+    up = L.Conv2D(4, 1, name="up")(b)
+    h = L.Activation("relu", name="block_ac")(scale_cls(scale, name="block")([x, up]))
+    return k.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling2D(name="gap")(h)))
+
+
+def test_keras3_inception_resnet_scaled_residual():
+    """Keras 3 InceptionResNetV2's ``CustomScaleLayer`` (x + r * scale): read as a Rescaling of r
+    (scale, op Multiply) and an Add of x and that node; the graph recomputes the model and, with
+    no biases, lrp.z conserves the logit through the scaled sum. A user's class of the same name
+    is not taken for it: one line naming the layer."""
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    model = _inception_resnet_block(CustomScaleLayer)
+    g = read_model(model)
+    by_name = {n.name: n for n in g.nodes}
+    scaled, add = by_name["block/scale"], by_name["block"]
+    assert scaled.kind == "Rescaling" and scaled.config == {"op": "Multiply"}
+    np.testing.assert_allclose(scaled.weights["scale"], [0.17], rtol=1e-6)
+    assert [g.nodes[i].name for i in scaled.inputs] == ["up"]
+    assert add.kind == "Add" and [g.nodes[i].name for i in add.inputs] == ["stem/relu", "block/scale"]
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(canonize(g).forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    f = np.asarray(_zero_shifts(model)(x))
+    forget(model)
+    t = f.argmax(1)
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(z.reshape(3, -1).sum(1), f[np.arange(3), t], rtol=1e-4)
+
+    class CustomScaleLayer(keras3().layers.Layer):      # same name, another meaning
+        def __init__(self, scale, **kwargs):
+            super().__init__(**kwargs)
+            self.scale = scale
+
+        def call(self, inputs):
+            return inputs[0] * inputs[1] + self.scale
+
+    with pytest.raises(ModelError) as err:
+        read_model(_inception_resnet_block(CustomScaleLayer))
+    assert "'block' (CustomScaleLayer)" in _one_line(err)
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph

@@ -264,6 +264,23 @@ def read_operation(op):
     return {"kind": "Scalar", "op": kind, "scale": float(affine[0]), "shift": float(affine[1])}
 
 
+# keras.applications' Inception-ResNet-v2 (Keras 3): CustomScaleLayer computes inputs[0] + inputs[1] * scale
+_SCALED_ADD = ("CustomScaleLayer", "inception_resnet_v2")
+
+
+def scaled_add(layer):
+    """The ``scale`` of keras.applications' Inception-ResNet-v2 ``CustomScaleLayer`` (Keras 3):
+    ``x + r * scale`` of its two inputs, the residual block's sum; None for any other layer
+    (a class of the same name from elsewhere included)."""
+    name, module = _SCALED_ADD
+    if layer_type(layer) != name or not type(layer).__module__.endswith(module):
+        return None
+    scale = getattr(layer, "scale", None)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not np.isfinite(scale):
+        return None
+    return float(scale)
+
+
 def activation_name(layer):
     act = getattr(layer, "activation", None)
     if act is None:

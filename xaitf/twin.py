@@ -33,7 +33,8 @@ from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swa
                      tf_keras_should_use_v2)
 from .errors import ModelError
 from .keras_bridge import (HEADS, OPERATIONS_READ, input_shape, is_operation, keras3, layer_type, leaf_layers,
-                           logits_model, model_cache, model_kind, output_head, read_operation, tfk)
+                           logits_model, model_cache, model_kind, output_head, read_operation, scaled_add,
+                           tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -61,6 +62,7 @@ SUPPORTED = {
     "LayerNormalization": ("axis", "epsilon", "center", "scale"),
     "LayerScale": (),                      # ConvNeXt's x * gamma: a Rescaling of the twin (_layer_config)
     "StochasticDepth": (),                 # ConvNeXt's; the identity at inference
+    "CustomScaleLayer": (),                # Inception-ResNet-v2 (Keras 3): x + r * scale, a Rescaling and an Add
     "Add": (),
     "Subtract": (),
     "Multiply": (),
@@ -197,6 +199,11 @@ def _layer_config(layer, weights=None):
         if read["kind"] == "Scalar":
             return "Rescaling", {"scale": read["scale"], "offset": read["shift"]}
         return read["kind"], {}
+    if kind == "CustomScaleLayer":      # Inception-ResNet-v2's x + r * scale: two twin layers (_rebuild)
+        scale = scaled_add(layer)
+        if scale is None:
+            raise _unsupported(layer, "only keras.applications' InceptionResNetV2 layer")
+        return kind, {"scale": scale}
     if kind not in SUPPORTED or not _is_keras_layer(layer):
         raise _unsupported(layer)
     cfg = layer.get_config()
@@ -355,6 +362,13 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False, weights=None):
     def visit(layer, args):
         kind, cfg = _layer_config(layer, weights)
         key = id(layer)
+        if kind == "CustomScaleLayer":      # x + r * scale: a Rescaling of r, then an Add
+            if len(args) != 2:
+                raise _unsupported(layer, f"called on {len(args)} tensors")
+            scaled, add = unique(f"{layer.name}_scale"), unique(layer.name)
+            names[scaled] = names[add] = layer.name
+            r = tfk.layers.Rescaling(cfg["scale"], name=scaled, dtype=dtype)(args[1])
+            return [tfk.layers.Add(name=add, dtype=dtype)([args[0], r])]
         head = cfg.get("activation") if cfg.get("activation") in HEADS else None
         split = split_softmax and layer is out_layer and kind in ("Conv2D", "Dense") and head
         if key not in twins:

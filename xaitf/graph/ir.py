@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from ..errors import ModelError
 from ..keras_bridge import (OPERATIONS_READ, activation_name, is_operation, layer_type, model_kind,
-                            read_operation, tfk)
+                            read_operation, scaled_add, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
@@ -51,7 +51,9 @@ _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3
 # keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
 # Rescaling node; StochasticDepth (the identity at inference) is in _IDENTITY
 CONVNEXT_LAYERS = ("LayerScale",)
-SPLIT = ("SeparableConv2D",)     # layers read as several nodes (depthwise, then pointwise)
+# layers read as several nodes: depthwise then pointwise; Inception-ResNet-v2's x + r * scale as a
+# Rescaling of r, then an Add
+SPLIT = ("SeparableConv2D", "CustomScaleLayer")
 SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY + SPLIT + CONVNEXT_LAYERS
 
 
@@ -381,10 +383,20 @@ def _operation_nodes(op):
 
 
 def _layer_nodes(layer, inputs, new_id):
-    """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``."""
+    """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``, each reading
+    the one before (the first: the layer's inputs), or ``[(kind, name, weights, config, fused,
+    wiring)]`` where ``wiring`` names a node's inputs: ``("in", k)`` the layer's k-th input,
+    ``("node", j)`` the j-th node of this list."""
     kind = layer_type(layer)
     if is_operation(layer):                       # a Keras 3 operation node (keras.ops / x + 3.0)
         return _operation_nodes(layer)
+    if kind == "CustomScaleLayer":
+        scale = scaled_add(layer)
+        if scale is None or len(inputs) != 2:
+            raise _unsupported(layer, " (only keras.applications' InceptionResNetV2 layer, on two inputs)")
+        return [("Rescaling", f"{layer.name}/scale", {"scale": _f32([scale]), "shift": _f32([0.0])},
+                 {"op": "Multiply"}, False, (("in", 1),)),
+                ("Add", layer.name, {}, {}, False, (("in", 0), ("node", 0)))]
     cfg = layer.get_config()
     ws = [_f32(w) for w in layer.get_weights()]
     out = []
@@ -541,10 +553,13 @@ def read_model(model):
                 ids.append(a)
         if layer_type(layer) == "InputLayer":       # a nested model's own input layer
             return ids
-        prev = tuple(ids)
-        for kind, name, weights, config, fused in _layer_nodes(layer, ids, None):
+        prev, made = tuple(ids), []
+        for kind, name, weights, config, fused, *wiring in _layer_nodes(layer, ids, None):
+            if wiring:
+                prev = tuple(ids[k] if src == "in" else made[k] for src, k in wiring[0])
             node = Node(len(nodes), kind, name, prev, weights, config, layer, fused)
             nodes.append(node)
+            made.append(node.id)
             prev = (node.id,)
         return [prev[0]] * 8
 
