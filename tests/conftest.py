@@ -77,6 +77,30 @@ def make_cnn(shape=(8, 8, 1), classes=5, seed=0, softmax=True):
     return tfk.Model(inp, out, name="tiny_cnn")
 
 
+def make_keras3_transfer_model(size=12, seed=3):
+    """A Keras 3 model as transfer-learning tutorials build it: a nested Sequential of random
+    augmentation layers (the identity at inference), ``x / 127.5 - 1`` written as arithmetic, a
+    nested base model (Conv, BN with non-trivial statistics, ReLU) called with training=False,
+    pooling, dropout and one sigmoid-less binary logit."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    augment = keras.Sequential([L.RandomFlip("horizontal", name="flip"), L.RandomRotation(0.2, name="rotate"),
+                                L.RandomZoom(0.1, name="zoom"), L.RandomContrast(0.2, name="contrast")],
+                               name="augment")
+    b_in = keras.Input((size, size, 3))
+    h = L.ReLU(name="b_relu")(L.BatchNormalization(name="b_bn")(L.Conv2D(4, 3, padding="same", name="b_conv")(b_in)))
+    base = keras.Model(b_in, L.Conv2D(5, 3, name="b_conv2")(h), name="base")
+    bn = base.get_layer("b_bn")
+    bn.set_weights([np.linspace(0.5, 1.5, 4), np.linspace(-0.1, 0.1, 4), np.linspace(-0.2, 0.3, 4),
+                    np.linspace(0.5, 2.0, 4)])
+    inp = keras.Input((size, size, 3), name="image")
+    h = base(augment(inp) / 127.5 - 1.0, training=False)
+    out = L.Dense(1, name="logit")(L.Dropout(0.2, name="drop")(L.GlobalAveragePooling2D(name="gap")(h)))
+    return keras.Model(inp, out, name="transfer")
+
+
 def write_mnist_npz(folder, n_train, n_test, seed=0):
     """A small random MNIST-format ``mnist.npz`` (uint8 28x28 images, labels 0..9) in ``folder``
     (created), for the loaders' ``--data-dir``; returns the folder."""

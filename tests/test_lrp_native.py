@@ -430,6 +430,49 @@ def test_keras3_inception_resnet_scaled_residual():
     assert "'block' (CustomScaleLayer)" in _one_line(err)
 
 
+def test_augmentation_layers_read_as_identity():
+    """Keras's random augmentation layers, Keras 3 (in a nested Sequential of a transfer-learning
+    model) and tf-keras, are identity nodes: the graph recomputes the model, lrp.z with no biases
+    conserves the binary logit; a user's class named RandomFlip is refused in one line."""
+    from conftest import make_keras3_transfer_model
+
+    model = make_keras3_transfer_model()
+    g = read_model(model)
+    aug = {n.name: n for n in g.nodes if n.name in ("flip", "rotate", "zoom", "contrast")}
+    assert {n.kind for n in aug.values()} == {"Dropout"} and aug["zoom"].config == {"layer_class": "RandomZoom"}
+    x = np.random.default_rng(4).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
+    ref = np.asarray(model(x, training=False))     # Keras 3's random layers augment unless told
+    np.testing.assert_allclose(canonize(g).forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    r = LRP(model, composite="lrp.epsilon", progress=False)(x, np.zeros(3, int))
+    assert r.shape == (3, 12, 12) and np.isfinite(r).all() and np.abs(r).max() > 0
+    # the input-domain rules (flat, z^B) find the first layer behind the identities too: the maps
+    # equal those of the same layers without augmentation
+    k = keras3()
+    inp = k.Input((12, 12, 3))
+    plain = k.Model(inp, model.get_layer("logit")(model.get_layer("gap")(
+        model.get_layer("base")(inp / 127.5 - 1.0, training=False))))
+    for composite, kw in (("epsilon_plus_flat", {}), ("epsilon_gamma_box", dict(low=0.0, high=255.0))):
+        got, want = (LRP(m, composite=composite, progress=False, **kw)(x, np.zeros(3, int)) for m in (model, plain))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    L = tfk.layers
+    inp = tfk.Input((6, 6, 1))
+    h = L.RandomTranslation(0.1, 0.1, name="shift")(L.RandomFlip(name="flip")(inp))
+    tk = tfk.Model(inp, L.Dense(2, use_bias=False)(L.Flatten()(L.Conv2D(2, 3, use_bias=False)(h))))
+    assert [n.kind for n in read_model(tk).nodes if n.name in ("flip", "shift")] == ["Dropout", "Dropout"]
+    xs = np.random.default_rng(1).random((2, 6, 6, 1), dtype=np.float32)
+    z = LRP(tk, composite="lrp.z", channel_reduce="none", progress=False)(xs, np.array([0, 1]))
+    np.testing.assert_allclose(z.reshape(2, -1).sum(1), np.asarray(tk(xs, training=False))[[0, 1], [0, 1]], rtol=1e-4)
+
+    class RandomFlip(tfk.layers.Layer):     # same name, not Keras's: flips at inference too
+        def call(self, x):
+            return tf.reverse(x, axis=[2])
+
+    inp = tfk.Input((6, 6, 1))
+    with pytest.raises(ModelError) as err:
+        read_model(tfk.Model(inp, L.Dense(2)(L.Flatten()(RandomFlip(name="myflip")(inp)))))
+    assert "'myflip' (RandomFlip)" in _one_line(err)
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph

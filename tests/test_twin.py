@@ -1,4 +1,9 @@
 """The tf-keras twin (xaitf.twin) and the tf-explain wrappers that run on it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,7 +12,7 @@ from xaitf import twin as T
 from xaitf.errors import InputError, ModelError
 from xaitf.keras_bridge import model_kind, tfk
 
-from conftest import make_cnn, make_linear
+from conftest import make_cnn, make_keras3_transfer_model, make_linear
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -333,6 +338,31 @@ def test_keras3_inception_resnet_scaled_residual_twin():
         assert maps.shape == (3, 8, 8) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
 
 
+def test_keras3_augmentation_layers_twin_as_identity():
+    """Keras's random augmentation layers (RandomFlip, RandomRotation, ... in a nested Sequential, as
+    transfer-learning models have them) are the identity at inference: the twin rebuilds them as
+    linear activations and its backends run on the model; a user's class of the same name is not
+    taken for one."""
+    model = make_keras3_transfer_model()
+    rebuilt = {layer.name: kind for layer, kind in T.check_layers(model)}
+    assert {rebuilt[k] for k in ("flip", "rotate", "zoom", "contrast")} == {"Activation"}
+    x = np.random.default_rng(6).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
+    t = np.zeros(3, int)
+    _twins_and_inn_gradient_agree(model, x, t)
+    for name in ("tfx.gradcam", "shap.gradient"):
+        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
+        assert maps.shape == (3, 12, 12) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+
+    class RandomFlip(L.Layer):                # same name, not Keras's: flips at inference too
+        def call(self, x):
+            return keras.ops.flip(x, axis=2)
+
+    inp = keras.Input((6, 6, 1))
+    own = keras.Model(inp, L.Dense(2)(L.Flatten()(RandomFlip(name="myflip")(inp))))
+    with pytest.raises(ModelError, match=r"^cannot rebuild layer 'myflip' \(type RandomFlip\) as a tf-keras"):
+        T.check_layers(own)
+
+
 def test_shap_deep_on_depthwise_and_upsampling_and_one_line_where_shap_cannot():
     """shap's DeepExplainer learns depthwise convolutions, ReLU6 and resizing for the call (its
     own additivity holds: sum phi = f(x) - f(0)); on a squeeze-and-excitation gate it fails, and
@@ -352,3 +382,46 @@ def test_shap_deep_on_depthwise_and_upsampling_and_one_line_where_shap_cannot():
     # the failure leaves TF's gradients working (shap swaps TF's gradient recorder during a call)
     g = xaitf.create_explainer("grad", model, channel_reduce="none", progress=False)(x, [1, 3])
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+
+
+_KERAS_FIRST = """
+import warnings
+
+import keras
+import numpy as np
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import xaitf
+print("warned", any("Import xaitf first" in str(w.message) for w in caught))
+from xaitf.errors import ModelError
+
+L = keras.layers
+inp = keras.Input((8, 8, 3))
+m = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(3, 3, name="conv")(inp))))
+x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+for name in ("shap.gradient", "inn.gradient", "tfx.gradcam", "shap.gradient", "grad"):
+    try:
+        r = xaitf.create_explainer(name, m, progress=False)(x)
+        print(name, "ran", bool(np.isfinite(r).all() and np.abs(r).max() > 0))
+    except ModelError as e:
+        print(name, "ModelError", str(e))
+"""
+
+
+def test_keras_imported_before_xaitf_gives_one_line_for_twin_backends():
+    """``import keras`` before xaitf (without TF_USE_LEGACY_KERAS=1): importing iNNvestigate or
+    tf-explain then leaves ``tf.keras`` as Keras 3, where they and shap fail deep in their own
+    code. Each twin backend either runs or says so in one line; the native methods run."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", _KERAS_FIRST], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [l for l in proc.stdout.splitlines() if l.split(" ")[0] in ("warned", "grad") or "." in l.split(" ")[0]]
+    assert lines[0] == "warned True" and lines[-1] == "grad ran True", proc.stdout
+    refused = [l for l in lines[1:-1] if " ModelError " in l]
+    assert len(lines) == 6 and refused and all(l.endswith(" ran True") for l in lines[1:-1] if l not in refused)
+    for line in refused:
+        assert line.split(" ModelError ")[1].startswith(
+            "tf.keras is Keras 3 in this process (TensorFlow or keras was imported before xaitf"), line
+        assert "import xaitf first" in line and "the native methods still work: grad" in line

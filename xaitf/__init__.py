@@ -19,8 +19,8 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
 
     warnings.warn(
         "tensorflow was imported before xaitf without TF_USE_LEGACY_KERAS=1; tf.keras may be "
-        "Keras 3 and the tf-keras backends (LRP, tf-explain, Bayesian layers) may fail. "
-        "Import xaitf first.",
+        "Keras 3 and the tf-keras backends (inn.*, tfx.*, shap.gradient/shap.deep, Bayesian layers) "
+        "may fail. Import xaitf first.",
         stacklevel=2,
     )
 os.environ["TF_USE_LEGACY_KERAS"] = "1"

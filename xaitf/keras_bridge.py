@@ -281,6 +281,27 @@ def scaled_add(layer):
     return float(scale)
 
 
+def is_keras_layer(layer):
+    """True for a layer class of Keras 3 or tf-keras itself (not a user's class of the same name)."""
+    return type(layer).__module__.startswith(("keras.", "tf_keras.", "keras3."))
+
+
+# Keras's random augmentation layers (Keras 3 and tf-keras): the identity at inference, where a model
+# is explained (training=False). Not RandomCrop: it crops at inference too.
+AUGMENTATION = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
+                "RandomBrightness", "RandomHeight", "RandomWidth", "RandomHue", "RandomSaturation",
+                "RandomSharpness", "RandomShear", "RandomGrayscale", "RandomColorDegeneration",
+                "RandomColorJitter", "RandomPosterization", "RandomInvert", "RandomErasing",
+                "RandomGaussianBlur", "RandomPerspective", "RandomElasticTransform", "AugMix", "RandAugment",
+                "MixUp", "CutMix")
+
+
+def is_augmentation(layer):
+    """True for one of Keras's own random augmentation layers (:data:`AUGMENTATION`), which pass
+    their input through unchanged at inference."""
+    return layer_type(layer) in AUGMENTATION and is_keras_layer(layer)
+
+
 def activation_name(layer):
     act = getattr(layer, "activation", None)
     if act is None:

@@ -32,9 +32,9 @@ import tensorflow as tf
 from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
                      tf_keras_should_use_v2)
 from .errors import ModelError
-from .keras_bridge import (HEADS, OPERATIONS_READ, input_shape, is_operation, keras3, layer_type, leaf_layers,
-                           logits_model, model_cache, model_kind, output_head, read_operation, scaled_add,
-                           tfk)
+from .keras_bridge import (HEADS, OPERATIONS_READ, input_shape, is_augmentation, is_keras_layer, is_operation,
+                           keras3, layer_type, leaf_layers, logits_model, model_cache, model_kind, output_head,
+                           read_operation, scaled_add, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -127,15 +127,12 @@ def _is_model(layer):
         return False
 
 
-def _is_keras_layer(layer):
-    return type(layer).__module__.startswith(("keras.", "tf_keras.", "keras3."))
-
-
 def _unsupported(layer, why=""):
     extra = f" ({why})" if why else ""
     return ModelError(
         f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
-        f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}; the native methods still work: "
+        f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}, Keras's random augmentation layers "
+        f"(RandomFlip, RandomRotation, ...); the native methods still work: "
         f"{NATIVE_METHODS}")
 
 
@@ -204,7 +201,9 @@ def _layer_config(layer, weights=None):
         if scale is None:
             raise _unsupported(layer, "only keras.applications' InceptionResNetV2 layer")
         return kind, {"scale": scale}
-    if kind not in SUPPORTED or not _is_keras_layer(layer):
+    if is_augmentation(layer):          # RandomFlip, RandomRotation, ...: the identity at inference
+        return "Activation", {"activation": "linear"}
+    if kind not in SUPPORTED or not is_keras_layer(layer):
         raise _unsupported(layer)
     cfg = layer.get_config()
     if cfg.get("lora_rank") or cfg.get("quantization_config") or cfg.get("quantization_mode"):
@@ -450,6 +449,17 @@ def _source_outputs(model, x):
     return logits, full
 
 
+def require_tf_keras():
+    """Raise one line where ``tf.keras`` is Keras 3 in this process (TensorFlow or Keras 3 imported
+    before xaitf without ``TF_USE_LEGACY_KERAS=1``): the twin backends build tf-keras models through
+    ``tf.keras`` and fail deep inside their own code otherwise."""
+    if not tf.keras.Model.__module__.startswith("tf_keras"):
+        raise ModelError(
+            f"tf.keras is Keras 3 in this process (TensorFlow or keras was imported before xaitf without "
+            f"TF_USE_LEGACY_KERAS=1), so the {TWIN_BACKENDS} cannot run: import xaitf first, or set "
+            f"TF_USE_LEGACY_KERAS=1 before Python starts; the native methods still work: {NATIVE_METHODS}")
+
+
 def tf_keras_twin(model, *, dtype="float32"):
     """An equivalent eager tf-keras model of ``model`` (tf-keras or Keras 3), weights copied.
 
@@ -462,6 +472,7 @@ def tf_keras_twin(model, *, dtype="float32"):
         all-float32 tf-keras model. Raises ModelError naming an unsupported layer, or when the twin
         does not reproduce the source (checked once on :func:`probe_batch`). Cached per model.
     """
+    require_tf_keras()
     hit = _cached_twin(model, _EAGER_KEY)
     if hit is not None:
         return hit
@@ -582,6 +593,7 @@ def graph_twin(model, *, dtype="float32"):
     Raises ModelError naming an unsupported layer before building anything, or when the twin does
     not reproduce the source's outputs on :func:`probe_batch`.
     """
+    require_tf_keras()
     hit = _cached_twin(model, _GRAPH_KEY)
     if hit is not None:
         return hit

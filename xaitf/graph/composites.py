@@ -244,6 +244,8 @@ def _bounds_at(graph, node, low, high):
     hi = np.asarray(high, np.float64)
     reshaped = False
     for n in reversed(path):
+        if n.kind == "Dropout":                 # an identity (augmentation layers, Dropout)
+            continue
         if n.kind in ("Flatten", "Reshape"):
             reshaped = True
             continue
@@ -252,7 +254,7 @@ def _bounds_at(graph, node, low, high):
                               "Flatten/Reshape; give scalar bounds or use 'flat' at the first layer")
         a, b = lo * n.weights["scale"] + n.weights["shift"], hi * n.weights["scale"] + n.weights["shift"]
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-    if not path or all(n.kind in ("Flatten", "Reshape") for n in path):
+    if not path or all(n.kind in ("Flatten", "Reshape", "Dropout") for n in path):
         return {"low": low, "high": high}
     return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}
 

@@ -32,8 +32,8 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import (OPERATIONS_READ, activation_name, is_operation, layer_type, model_kind,
-                            read_operation, scaled_add, tfk)
+from ..keras_bridge import (OPERATIONS_READ, activation_name, is_augmentation, is_operation, layer_type,
+                            model_kind, read_operation, scaled_add, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
@@ -128,11 +128,12 @@ class Graph:
         return self.activations(x)[self.output_id]
 
     def input_path(self):
-        """Ids of the nodes between the input and the first layers: Flatten, Reshape and input
-        normalisation (the affine kinds) reading the input directly or through each other."""
+        """Ids of the nodes between the input and the first layers: Flatten, Reshape, identities
+        (augmentation layers, Dropout) and input normalisation (the affine kinds) reading the input
+        directly or through each other."""
         direct = {self.input_id}
         for n in self.nodes:
-            if n.kind in ("Flatten", "Reshape") + AFFINE and all(i in direct for i in n.inputs):
+            if n.kind in ("Flatten", "Reshape", "Dropout") + AFFINE and all(i in direct for i in n.inputs):
                 direct.add(n.id)
         return direct
 
@@ -308,7 +309,8 @@ STILL_WORK = "grad, ig, sg, inpgrad, occlusion, rise, lime, kernelshap"   # need
 
 def _unsupported(layer, why=""):
     return ModelError(f"native LRP cannot read layer {layer.name!r} ({layer_type(layer)}){why}; "
-                      f"supported: {', '.join(SUPPORTED_LAYERS)}; methods that still work: {STILL_WORK}")
+                      f"supported: {', '.join(SUPPORTED_LAYERS)}, Keras's random augmentation layers "
+                      f"(RandomFlip, RandomRotation, ...); methods that still work: {STILL_WORK}")
 
 
 def _pair(v):
@@ -520,7 +522,7 @@ def _layer_nodes(layer, inputs, new_id):
             p = ((p, p), (p, p))
         p = tuple(_pair(q) for q in p)
         return [(kind, layer.name, {}, {key: p}, False)]
-    if kind in _IDENTITY:
+    if kind in _IDENTITY or is_augmentation(layer):
         return [("Dropout", layer.name, {}, {"layer_class": kind}, False)]
     if kind in MERGE:
         conf = {"axis": int(cfg.get("axis", -1))} if kind == "Concatenate" else {}

@@ -258,6 +258,8 @@ class InnvestigateExplainer(Explainer):
         import innvestigate
         from innvestigate.analyzer.base import NotAnalyzeableModelException
 
+        T.require_tf_keras()
+
         t0 = time.perf_counter()
         with self.twin.scope(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

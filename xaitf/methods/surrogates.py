@@ -182,12 +182,13 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
         float32 tf-keras twin (:func:`xaitf.twin.tf_keras_twin`, checked against the model), since
         shap's TF explainers accept tf-keras models only.
         """
+        from ..twin import require_tf_keras, tf_keras_twin
+
+        require_tf_keras()          # shap reads tf.keras to tell a TF model from others
         probs = self.output == "probabilities"
         sigmoid = self.logit_activation == "sigmoid"
         forward = self.forward
         if self.kind == "keras3":  # shap 0.51's Gradient/Deep explainers refuse Keras 3 models
-            from ..twin import tf_keras_twin
-
             forward = logits_model(tf_keras_twin(self.model))[0]
         if not probs and target is None:
             return forward

@@ -41,6 +41,10 @@ class _TfxBase(Explainer):
     outputs = OUTPUTS     # tf-explain takes a model: the two named outputs (xaitf.outputs)
 
     def setup(self):
+        # imported before the twin's tf.keras check: with keras imported before xaitf, importing
+        # tf_explain leaves tf.keras as Keras 3
+        import tf_explain  # noqa: F401
+
         self.twin = tf_keras_twin(self.model)
         logits = logits_model(self.twin)[0]
         if self.output == "logits":
