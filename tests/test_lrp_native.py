@@ -831,8 +831,8 @@ def test_equals_innvestigate_on_center_pixel(center_pixel_small, name):
 
 
 def test_lenet_relu_layers():
-    """The zoo's LeNet (separate ReLU layers, a separate Softmax): iNNvestigate 2.1.2 refuses it, the
-    native engine conserves relevance on it (z rule, biases ignored)."""
+    """The zoo's LeNet (separate ReLU layers, a separate Softmax): the native engine reads the ReLU
+    layers as they are and conserves relevance on it (z rule, biases ignored)."""
     from xaitf.zoo.registry import build
 
     model = _set_random(build("lenet"), 8)
@@ -1182,28 +1182,28 @@ def test_equals_innvestigate_on_the_cifar_vgg_without_shifts():
     np.testing.assert_allclose(got.reshape(4, -1).sum(1), f, rtol=1e-4, atol=1e-4 * np.abs(f).max())
 
 
-def test_xainn_baseline_runs_natively_where_innvestigate_cannot():
-    """Study 3's baseline CNN (BN after every conv, ReLU layers, BN in the head): iNNvestigate
-    refuses it in one line; the native engine folds the BNs and conserves f_c with no shifts.
+def test_xainn_baseline_conserves_and_equals_innvestigate_without_shifts():
+    """Study 3's baseline CNN (BN after every conv, ReLU layers, BN in the head): the native engine
+    folds the BNs and conserves f_c with no shifts; iNNvestigate runs it through the twin (its ReLU
+    layers as Activation('relu')) and, with no shifts, its BN rule gives the same lrp.z maps.
     (The other XAINN models have a softmax inside; both refuse those, see test_inner_softmax_refused.)"""
     from xaitf.zoo.registry import build
 
     model = _zero_shifts(_set_random(build("xainn_baseline"), 15))
     x = np.random.default_rng(6).random((4, 32, 32, 3), dtype=np.float32)
     t = np.arange(4)
-    with pytest.raises(ModelError) as err:
-        _innvestigate("inn.lrp.z", model, x, t)
-    assert "\n" not in str(err.value) and "native lrp" in str(err.value)
     z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
     f = _logit(model, x, t)
     assert np.abs(f).max() > 1e-3
     np.testing.assert_allclose(z.reshape(4, -1).sum(1), f, rtol=1e-4, atol=1e-4 * np.abs(f).max())
+    ref = _innvestigate("inn.lrp.z", model, x, t)
+    assert _rel_err(z, ref) < 1e-4, _rel_err(z, ref)
 
 
-@pytest.mark.parametrize("name", ["deep_taylor", "deep_taylor.bounded"])
+@pytest.mark.parametrize("name", ["deep_taylor", "deep_taylor.bounded", "lrp.epsilon", "lrp.alpha_2_beta_1"])
 def test_equals_innvestigate_on_lenet(name):
-    """The zoo's LeNet: iNNvestigate runs only its Deep Taylor analyzers on it (its LRP analyzers
-    refuse the separate ReLU layers); ours equal them."""
+    """The zoo's LeNet: iNNvestigate's LRP analyzers refuse its separate ReLU layers, so its twin
+    rebuilds them as Activation('relu') (the same function); ours equal iNNvestigate's maps."""
     from xaitf.zoo.registry import build
 
     model = _set_random(build("lenet"), 8)

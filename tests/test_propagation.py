@@ -6,6 +6,7 @@ import pytest
 
 import xaitf
 from xaitf.errors import MethodError, ModelError
+from xaitf.keras_bridge import tfk
 from xaitf.methods import propagation as P
 
 from conftest import make_cnn, make_linear
@@ -161,8 +162,6 @@ def test_parameter_checks(cnn28):
 
 
 def _tf_keras_model(act, name):
-    from xaitf.keras_bridge import tfk
-
     i = tfk.Input((8, 8, 1), name="image")
     h = tfk.layers.Conv2D(3, 3, activation=act, name=name)(i)
     return tfk.Model(i, tfk.layers.Dense(4, activation="softmax")(tfk.layers.Flatten()(h)))
@@ -204,15 +203,34 @@ def test_auto_named_layers_do_not_clash_with_innvestigate_layers():
     assert ig.shape == dt.shape == (2, 8, 8) and np.all(np.isfinite(ig)) and np.all(np.isfinite(dt))
 
 
-def test_innvestigate_refusal_of_lenet_is_one_line_and_native_runs():
-    """iNNvestigate 2.1.2 raises a bare NotImplementedError on LeNet's ReLU layers: one ModelError
-    line instead, and the native engine explains the same model."""
-    from xaitf.zoo.registry import build
-
-    model = build("lenet")
-    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+def test_innvestigate_refusal_of_relu6_layers_is_one_line_and_native_runs():
+    """iNNvestigate 2.1.2 raises a bare NotImplementedError on ReLU layers (LeNet's plain ones reach
+    it as Activation('relu'), which it implements; a capped ReLU(6) does not): one ModelError line
+    instead, and the native engine explains the same model."""
+    L = tfk.layers
+    inp = tfk.Input((8, 8, 1))
+    model = tfk.Model(inp, L.Dense(3)(L.Flatten()(L.ReLU(max_value=6.0)(L.Conv2D(2, 3)(inp)))))
+    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
     with pytest.raises(ModelError, match=r"iNNvestigate cannot run lrp\.z on model .*native lrp") as err:
-        xaitf.create_explainer("inn.lrp.z", model)(x, [0, 1])
+        xaitf.create_explainer("inn.lrp.z", model, progress=False)(x, [0, 1])
     assert "\n" not in str(err.value)
-    maps = xaitf.create_explainer("lrp.z", model)(x, [0, 1])
-    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and np.abs(maps).max() > 0
+    maps = xaitf.create_explainer("lrp.z", model, progress=False)(x, [0, 1])
+    assert maps.shape == (2, 8, 8) and np.isfinite(maps).all() and np.abs(maps).max() > 0
+
+
+def test_nested_batchnorm_refused_for_wrapper_analyzers_and_relu_layers_run_deconvnet():
+    """A BatchNormalization inside a nested model is found too (iNNvestigate's integrated_gradients
+    and smoothgrad fail on it with a resource-dtype TypeError deep in TF): one line. Plain ReLU
+    layers, which iNNvestigate's Deconvnet cannot copy (a TypeError), run as Activation('relu')."""
+    L = tfk.layers
+    b_in = tfk.Input((8, 8, 1))
+    base = tfk.Model(b_in, L.ReLU(name="relu")(L.BatchNormalization(name="bn")(L.Conv2D(2, 3)(b_in))), name="base")
+    inp = tfk.Input((8, 8, 1))
+    model = tfk.Model(inp, L.Dense(3)(L.Flatten()(base(inp))))
+    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    for name, native in (("inn.integrated_gradients", "ig"), ("inn.smoothgrad", "sg")):
+        with pytest.raises(ModelError, match=rf"^iNNvestigate's {name[4:]} cannot run models with "
+                                             rf"BatchNormalization \(layer 'bn'\); use the native {native} method"):
+            xaitf.create_explainer(name, model, progress=False)(x, [0, 1])
+    maps = xaitf.create_explainer("inn.deconvnet", model, progress=False)(x, [0, 1])
+    assert maps.shape == (2, 8, 8) and np.isfinite(maps).all() and np.abs(maps).max() > 0

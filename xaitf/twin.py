@@ -210,6 +210,9 @@ def _layer_config(layer, weights=None):
         raise _unsupported(layer, "LoRA or quantized weights")
     if cfg.get("renorm"):
         raise _unsupported(layer, "batch renormalization")
+    if kind == "ReLU" and not cfg.get("negative_slope") and not cfg.get("threshold") and cfg.get("max_value") is None:
+        # max(x, 0) itself: iNNvestigate's LRP analyzers and its Deconvnet do not implement ReLU layers
+        return "Activation", {"activation": "relu"}
     out = {k: cfg[k] for k in SUPPORTED[kind] if k in cfg}
     if kind == "LayerNormalization" and cfg.get("rms_scaling"):
         raise _unsupported(layer, "rms_scaling=True")

@@ -219,11 +219,11 @@ class InnvestigateExplainer(Explainer):
         self.analyzer = self._get_analyzer()
 
     def _check_model(self):
-        T.check_layers(self.model)
+        layers = T.check_layers(self.model)           # every layer, nested models' included
         if self.analyzer_name in ("integrated_gradients", "smoothgrad"):
             # iNNvestigate's wrapper analyzers call the model on new graph inputs, which fails inside
             # tf-keras' graph-mode BatchNormalization (a resource-dtype TypeError deep in TF)
-            bn = next((l for l in self.model.layers if layer_type(l) == "BatchNormalization"), None)
+            bn = next((l for l, kind in layers if kind == "BatchNormalization"), None)
             if bn is not None:
                 raise ModelError(
                     f"iNNvestigate's {self.analyzer_name} cannot run models with BatchNormalization "
@@ -274,7 +274,7 @@ class InnvestigateExplainer(Explainer):
                 raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model "
                                  f"{self.model.name!r}: {msg}; the native methods still work: "
                                  f"{T.NATIVE_METHODS}") from None
-            except NotImplementedError as e:        # e.g. LeNet's separate ReLU layers (iNNvestigate 2.1.2)
+            except NotImplementedError as e:        # e.g. capped ReLU(6) layers (iNNvestigate 2.1.2)
                 where = f" ({' '.join(str(e).split())})" if str(e).strip() else ""
                 raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model {self.model.name!r}: "
                                  f"a layer it does not implement{where}; the native lrp.* / deep_taylor* "
@@ -304,7 +304,7 @@ class InnvestigateExplainer(Explainer):
             try:
                 maps = self.analyzer.analyze(np.asarray(x, np.float32),
                                              neuron_selection=np.asarray(targets, np.int64))
-            except NotImplementedError as e:        # e.g. LeNet's separate ReLU layers (iNNvestigate 2.1.2)
+            except NotImplementedError as e:        # e.g. capped ReLU(6) layers (iNNvestigate 2.1.2)
                 where = f" ({' '.join(str(e).split())})" if str(e).strip() else ""
                 raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model {self.model.name!r}: "
                                  f"a layer it does not implement{where}; the native lrp.* / deep_taylor* "
