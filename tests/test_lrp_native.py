@@ -328,22 +328,36 @@ def test_keras3_operations_with_a_scalar_or_two_tensors():
     scaled = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(k.layers.Conv2D(3, 3, name="c")(inp / 255.0))))
     g = read_model(scaled)
     assert [g[i].name for i in g.first_linear()] == ["c"]
+    # x[..., ::-1] (a channel reversal) and x * c with one c per channel
+    flipped = inp[..., ::-1] * np.array([2.0, -0.5], np.float32)
+    model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(k.layers.Conv2D(3, 3, name="c")(flipped))))
+    g = read_model(model)
+    gather, scale = (next(n for n in g.nodes if n.kind == kind) for kind in ("Gather", "Rescaling"))
+    assert gather.config == {"indices": (1, 0), "squeeze": False}
+    np.testing.assert_allclose(scale.weights["scale"], [2.0, -0.5])
+    np.testing.assert_allclose(scale.weights["shift"], [0.0, 0.0])
+    assert [g[i].name for i in g.first_linear()] == ["c"]
+    np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize("write", ["c / x", "sqrt"])
+@pytest.mark.parametrize("write", ["c / x", "sqrt", "x * c over rows", "x[..., :2]"])
 def test_keras3_operation_node_is_named(write):
-    """An operation that is not an affine map of one tensor (``3.0 / x``, ``keras.ops.sqrt``): one
-    line naming it and saying what is read."""
+    """An operation that is not an affine map of one tensor with a number or one value per channel
+    (``3.0 / x``, ``keras.ops.sqrt``, a constant that varies over rows), nor channel indexing
+    (a slice of channels): one line naming it and saying what is read."""
     k = keras3()
     inp = k.Input((6, 6, 2))
     h = k.layers.ReLU()(k.layers.Conv2D(3, 3, name="conv")(inp))
-    h = 3.0 / (h + 1.0) if write == "c / x" else k.ops.sqrt(h)
+    h = {"c / x": lambda: 3.0 / (h + 1.0), "sqrt": lambda: k.ops.sqrt(h),
+         "x * c over rows": lambda: h * np.arange(4, dtype=np.float32).reshape(1, 4, 1, 1),
+         "x[..., :2]": lambda: h[..., :2]}[write]()
     model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(h)))
     with pytest.raises(ModelError) as err:
         read_model(model)
     msg = _one_line(err)
     assert "an operation written in the model's code" in msg and "grad" in msg and "x * c" in msg
-    assert ("(TrueDivide)" if write == "c / x" else "(Sqrt)") in msg
+    assert {"c / x": "(TrueDivide)", "sqrt": "(Sqrt)", "x * c over rows": "(Multiply)",
+            "x[..., :2]": "(GetItem)"}[write] in msg
 
 
 def test_keras3_convnext():
@@ -471,6 +485,58 @@ def test_augmentation_layers_read_as_identity():
     with pytest.raises(ModelError) as err:
         read_model(tfk.Model(inp, L.Dense(2)(L.Flatten()(RandomFlip(name="myflip")(inp)))))
     assert "'myflip' (RandomFlip)" in _one_line(err)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
+def test_keras3_preprocess_input_in_the_model(mode):
+    """keras.applications' preprocess_input inside a Keras 3 model: caffe (ResNet50, VGG: RGB->BGR
+    as stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1), then x + (-mean per channel)), torch
+    (DenseNet: x / 255, + (-mean), / std per channel) and tf (x / 127.5 - 1). The graph reads them
+    as channel Gather/Stack and per-channel Rescaling nodes, recomputes the model, keeps the conv
+    behind them as the first layer, and lrp.z with no biases conserves the logit; the twin refuses
+    the channel indexing in one line."""
+    k = keras3()
+    pre = {"caffe": k.applications.resnet50, "torch": k.applications.densenet,
+           "tf": k.applications.mobilenet_v2}[mode].preprocess_input
+    k.utils.set_random_seed(2)
+    inp = k.Input((8, 8, 3))
+    h = k.layers.Conv2D(4, 3, activation="relu", use_bias=False, name="conv")(pre(inp))
+    model = k.Model(inp, k.layers.Dense(3, use_bias=False, name="fc")(k.layers.GlobalAveragePooling2D()(h)))
+    g = read_model(model)
+    kinds = [n.kind for n in g.nodes]
+    mean = np.array([0.485, 0.456, 0.406]) if mode == "torch" else np.array([103.939, 116.779, 123.68])
+    if mode == "caffe":
+        stack = next(n for n in g.nodes if n.kind == "Stack")
+        assert [g[i].config["indices"] for i in stack.inputs] == [(2,), (1,), (0,)] and kinds.count("Stack") == 1
+        shift = next(n.weights["shift"] for n in g.nodes if n.kind == "Rescaling")
+        np.testing.assert_allclose(shift, -mean, rtol=1e-6)
+    elif mode == "torch":
+        scales = [n.weights["scale"] for n in g.nodes if n.kind == "Rescaling"]
+        np.testing.assert_allclose(scales[-1], 1.0 / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+        assert "Gather" not in kinds and len(scales) == 3
+    assert [g[i].name for i in g.first_linear()] == ["conv"]
+    x = np.random.default_rng(3).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(canonize(g).forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    t = ref.argmax(1)
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(z.reshape(3, -1).sum(1), ref[np.arange(3), t], rtol=1e-4)
+    box = LRP(model, composite="epsilon_gamma_box", low=0.0, high=255.0, progress=False)(x, t)
+    assert np.isfinite(box).all() and np.abs(box).max() > 0
+    if mode == "caffe":
+        with pytest.raises(MethodError, match="cannot carry per-channel bounds through .*channel indexing"):
+            LRP(model, composite="epsilon_gamma_box", low=[0.0, 0.0, 0.0], high=[255.0, 255.0, 255.0],
+                progress=False)(x, t)
+        from xaitf import twin
+
+        with pytest.raises(ModelError, match=r"^cannot rebuild layer .* \(type GetItem\) \(channel indexing written "):
+            twin.check_layers(model)
+    else:
+        from xaitf import twin
+
+        assert {kind for _, kind in twin.check_layers(model)} == {"Rescaling", "Conv2D", "GlobalAveragePooling2D",
+                                                                 "Dense"}
+        np.testing.assert_allclose(twin.tf_keras_twin(model)(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
 
 
 def test_keras3_mobilenet_v3():

@@ -220,13 +220,53 @@ def layer_type(layer):
 
 
 # Keras 3 operations that are an elementwise affine map ``x * scale + shift`` of one tensor and a
-# number c: (scale, shift) from c and whether c is the first argument (None: not affine, as c / x)
+# constant c (a number, or one value per channel): (scale, shift) from c and whether c is the first
+# argument (None: not affine, as c / x)
 _SCALAR_OPS = {"Add": lambda c, first: (1.0, c),
                "Subtract": lambda c, first: (-1.0, c) if first else (1.0, -c),
                "Multiply": lambda c, first: (c, 0.0),
                "TrueDivide": lambda c, first: None if first else (1.0 / c, 0.0),
                "Divide": lambda c, first: None if first else (1.0 / c, 0.0)}
-OPERATIONS_READ = "x + c, x - c, c - x, x * c, x / c for a number c, and x + y, x * y of two tensors"
+OPERATIONS_READ = "x + c, x - c, c - x, x * c, x / c for a number c or one per channel, and x + y, x * y of two tensors"
+# read by native LRP only (the twin has no tf-keras layer for them)
+INDEXING_READ = ("the channel indexing of keras.applications' preprocess_input (x[..., i], x[..., ::-1], "
+                 "stack(..., axis=-1))")
+
+
+def _channel_constant(c):
+    """A constant operand as float64 values: a number (shape ()) or one value per channel (shape
+    (C,) or (1, ..., 1, C), as keras.applications' preprocess_input adds its means); else None."""
+    if isinstance(c, bool):
+        return None
+    if isinstance(c, (int, float, np.number)):
+        return np.float64(c)
+    if not hasattr(c, "shape") or not hasattr(c, "dtype"):
+        return None
+    try:
+        arr = np.asarray(c, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if arr.ndim and any(d != 1 for d in arr.shape[:-1]):
+        return None
+    return arr.reshape(-1) if arr.ndim else arr
+
+
+def _read_indexing(kind, op, tensors, args):
+    """``x[..., i]`` / ``x[..., ::-1]`` (GetItem) and ``stack(xs, axis=-1)`` (Stack) of 4-D image
+    tensors: a channel gather or a stack on a new last axis; else None."""
+    if kind == "GetItem" and len(tensors) == 1 and len(args) == 2 and isinstance(args[1], tuple):
+        key, channels = args[1], tensors[0].shape[-1]
+        if len(key) != 2 or key[0] is not Ellipsis or len(tensors[0].shape) != 4 or channels is None:
+            return None
+        i = key[1]
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and -channels <= i < channels:
+            return {"kind": "Gather", "indices": (int(i) % channels,), "squeeze": True}
+        if isinstance(i, slice) and i.start is None and i.stop is None and i.step == -1:
+            return {"kind": "Gather", "indices": tuple(range(channels - 1, -1, -1)), "squeeze": False}
+        return None
+    if kind == "Stack" and len(tensors) >= 2 and all(len(t.shape) == 3 for t in tensors):
+        return {"kind": "Stack"} if getattr(op, "axis", None) in (-1, 3) else None
+    return None
 
 
 def is_operation(layer):
@@ -238,7 +278,9 @@ def is_operation(layer):
 def read_operation(op):
     """What a Keras 3 operation of the model's code computes, where it is one of
     :data:`OPERATIONS_READ`: ``{"kind": "Scalar", "op": ..., "scale": a, "shift": b}`` for
-    ``x * a + b``, ``{"kind": "Add"}`` / ``{"kind": "Multiply"}`` for two tensors; else None.
+    ``x * a + b`` (floats, or lists of one per channel), ``{"kind": "Add"}`` / ``{"kind":
+    "Multiply"}`` for two tensors, ``{"kind": "Gather", "indices": ..., "squeeze": ...}`` for
+    channel indexing and ``{"kind": "Stack"}``; else None.
     (MobileNetV3's hard sigmoid is ``relu6(x + 3.0) * (1.0 / 6.0)``.)"""
     from .compat import inbound_node, node_call_args, node_inputs
 
@@ -248,6 +290,8 @@ def read_operation(op):
         tensors, args = node_inputs(node), node_call_args(node)
     except (AttributeError, IndexError, TypeError):
         return None
+    if kind in ("GetItem", "Stack"):
+        return _read_indexing(kind, op, tensors, args)
     consts = [(i, a) for i, a in enumerate(args) if not any(a is t for t in tensors)]
     if len(args) != 2:
         return None
@@ -256,12 +300,18 @@ def read_operation(op):
     if len(tensors) != 1 or len(consts) != 1 or kind not in _SCALAR_OPS:
         return None
     pos, c = consts[0]
-    if isinstance(c, bool) or not isinstance(c, (int, float, np.number, np.ndarray)) or np.ndim(c) != 0:
+    c = _channel_constant(c)
+    channels = tensors[0].shape[-1]
+    if c is None or (c.ndim and (len(tensors[0].shape) != 4 or c.size not in (1, channels))):
         return None
-    affine = _SCALAR_OPS[kind](float(c), pos == 0)
-    if affine is None or not np.isfinite(affine).all():
+    with np.errstate(divide="ignore"):
+        affine = _SCALAR_OPS[kind](c, pos == 0)
+    if affine is None or not all(np.isfinite(v).all() for v in affine):
         return None
-    return {"kind": "Scalar", "op": kind, "scale": float(affine[0]), "shift": float(affine[1])}
+    if not c.ndim:
+        return {"kind": "Scalar", "op": kind, "scale": float(affine[0]), "shift": float(affine[1])}
+    scale, shift = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in affine))
+    return {"kind": "Scalar", "op": kind, "scale": scale.tolist(), "shift": shift.tolist()}
 
 
 # keras.applications' Inception-ResNet-v2 (Keras 3): CustomScaleLayer computes inputs[0] + inputs[1] * scale

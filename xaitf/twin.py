@@ -195,6 +195,10 @@ def _layer_config(layer, weights=None):
             raise _unsupported(layer, f"an operation written in the model's code; the twin reads {OPERATIONS_READ}")
         if read["kind"] == "Scalar":
             return "Rescaling", {"scale": read["scale"], "offset": read["shift"]}
+        if read["kind"] not in ("Add", "Multiply"):     # channel indexing: no tf-keras layer
+            raise _unsupported(layer, f"channel indexing written in the model's code, as keras.applications' "
+                                      f"caffe-style preprocess_input does: apply it to the images before the "
+                                      f"model; the twin reads {OPERATIONS_READ}")
         return read["kind"], {}
     if kind == "CustomScaleLayer":      # Inception-ResNet-v2's x + r * scale: two twin layers (_rebuild)
         scale = scaled_add(layer)

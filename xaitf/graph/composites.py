@@ -14,7 +14,7 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   ``activation`` (every other elementwise activation), ``add``, ``multiply`` (a gated product,
   as in squeeze-and-excitation blocks), ``avgpool`` (average and global
   average pooling), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
-  ZeroPadding2D, Cropping2D, Dropout, Concatenate), ``layernorm`` (LayerNormalization; default
+  ZeroPadding2D, Cropping2D, Dropout, Concatenate, channel Gather and Stack), ``layernorm`` (LayerNormalization; default
   ``layer_norm``, the LN-rule of Ali et al. 2022).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
@@ -172,7 +172,7 @@ def _selectors(node, first):
         return ["avgpool"]
     if k in ("MaxPooling2D", "GlobalMaxPooling2D"):
         return ["maxpool"]
-    if k in ir.SHAPE or k == "Concatenate":
+    if k in ir.SHAPE + ir.INDEXING or k == "Concatenate":
         return ["shape"]
     return []
 
@@ -246,6 +246,11 @@ def _bounds_at(graph, node, low, high):
     for n in reversed(path):
         if n.kind == "Dropout":                 # an identity (augmentation layers, Dropout)
             continue
+        if n.kind in ir.INDEXING:               # channels reordered: per-channel bounds would move too
+            if lo.size > 1 or hi.size > 1:
+                raise MethodError(f"z_box: cannot carry per-channel bounds through {n.label()} (channel "
+                                  "indexing); give scalar bounds or use 'flat' at the first layer")
+            continue
         if n.kind in ("Flatten", "Reshape"):
             reshaped = True
             continue
@@ -254,7 +259,7 @@ def _bounds_at(graph, node, low, high):
                               "Flatten/Reshape; give scalar bounds or use 'flat' at the first layer")
         a, b = lo * n.weights["scale"] + n.weights["shift"], hi * n.weights["scale"] + n.weights["shift"]
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-    if not path or all(n.kind in ("Flatten", "Reshape", "Dropout") for n in path):
+    if not path or all(n.kind in ("Flatten", "Reshape", "Dropout") + ir.INDEXING for n in path):
         return {"low": low, "high": high}
     return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}
 

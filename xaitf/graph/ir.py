@@ -32,8 +32,8 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import (OPERATIONS_READ, activation_name, is_augmentation, is_operation, layer_type,
-                            model_kind, read_operation, scaled_add, tfk)
+from ..keras_bridge import (INDEXING_READ, OPERATIONS_READ, activation_name, is_augmentation, is_operation,
+                            layer_type, model_kind, read_operation, scaled_add, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
@@ -42,9 +42,12 @@ ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
 MERGE = ("Add", "Concatenate", "Multiply")
+# channel indexing written in a Keras 3 model's code (keras.applications' caffe-style preprocess_input:
+# stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1)): a gather on the channel axis, a stack on a new one
+INDEXING = ("Gather", "Stack")
 NORM = ("LayerNormalization",)    # over the channels: y = gamma (x - mean) / sqrt(var + eps) + beta
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
-KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + ("Softmax",)
+KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + ("Softmax",)
 # layers that are the identity at inference
 _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
              "GaussianDropout", "GaussianNoise", "ActivityRegularization", "StochasticDepth")
@@ -54,7 +57,7 @@ CONVNEXT_LAYERS = ("LayerScale",)
 # layers read as several nodes: depthwise then pointwise; Inception-ResNet-v2's x + r * scale as a
 # Rescaling of r, then an Add
 SPLIT = ("SeparableConv2D", "CustomScaleLayer")
-SUPPORTED_LAYERS = tuple(k for k in KINDS if k != "Dropout") + _IDENTITY + SPLIT + CONVNEXT_LAYERS
+SUPPORTED_LAYERS = tuple(k for k in KINDS if k not in ("Dropout",) + INDEXING) + _IDENTITY + SPLIT + CONVNEXT_LAYERS
 
 
 @dataclass
@@ -129,11 +132,11 @@ class Graph:
 
     def input_path(self):
         """Ids of the nodes between the input and the first layers: Flatten, Reshape, identities
-        (augmentation layers, Dropout) and input normalisation (the affine kinds) reading the input
-        directly or through each other."""
+        (augmentation layers, Dropout), channel indexing and input normalisation (the affine kinds)
+        reading the input directly or through each other."""
         direct = {self.input_id}
         for n in self.nodes:
-            if n.kind in ("Flatten", "Reshape", "Dropout") + AFFINE and all(i in direct for i in n.inputs):
+            if n.kind in ("Flatten", "Reshape", "Dropout") + INDEXING + AFFINE and all(i in direct for i in n.inputs):
                 direct.add(n.id)
         return direct
 
@@ -150,7 +153,7 @@ class Graph:
                 ok = c["negative_slope"] == 0.0 and c["threshold"] >= 0.0
             elif n.kind == "Softmax":
                 ok = True
-            elif n.kind in POOLING + SHAPE + MERGE:
+            elif n.kind in POOLING + SHAPE + MERGE + INDEXING:
                 ok = bool(n.inputs) and all(i in out for i in n.inputs)
             else:
                 ok = False
@@ -295,6 +298,10 @@ def apply(node, xs):
         return out
     if k == "Concatenate":
         return tf.concat(list(xs), axis=c["axis"])
+    if k == "Gather":
+        return tf.gather(x, c["indices"][0] if c["squeeze"] else list(c["indices"]), axis=-1)
+    if k == "Stack":
+        return tf.stack(list(xs), axis=-1)
     if k == "Multiply":
         out = xs[0]
         for v in xs[1:]:
@@ -376,11 +383,13 @@ def _operation_nodes(op):
     if read is None:
         raise ModelError(f"native LRP cannot read {name!r} ({layer_type(op)}), an operation written in the "
                          f"model's code (keras.ops, or arithmetic on a layer's output), not a layer; it reads "
-                         f"{OPERATIONS_READ}; methods that still work: {STILL_WORK}")
+                         f"{OPERATIONS_READ}, and {INDEXING_READ}; methods that still work: {STILL_WORK}")
     kind = read.pop("kind")
-    if kind == "Scalar":
-        return [("Rescaling", name, {"scale": _f32([read["scale"]]), "shift": _f32([read["shift"]])},
-                 {"op": read["op"]}, False)]
+    if kind == "Scalar":       # a number, or one per channel
+        return [("Rescaling", name, {"scale": _f32(np.atleast_1d(read["scale"])),
+                                     "shift": _f32(np.atleast_1d(read["shift"]))}, {"op": read["op"]}, False)]
+    if kind in INDEXING:
+        return [(kind, name, {}, read, False)]
     return [(kind, name, {}, {"signal": _signal_input(op)} if kind == "Multiply" else {}, False)]
 
 

@@ -358,7 +358,7 @@ class LayerNorm(Rule):
 # nodes that hand their output's relevance to their input unchanged or moved, never spread onto
 # positions of value 0 (max pooling routes it to the winner, which holds the output's value)
 _ROUTING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout",
-            "Concatenate")
+            "Concatenate") + ir.INDEXING
 
 
 def _vanishing_relevance(graph, rules):
