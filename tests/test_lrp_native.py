@@ -488,7 +488,7 @@ def test_augmentation_layers_read_as_identity():
 
 
 @pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
-def test_keras3_preprocess_input_in_the_model(mode):
+def test_keras3_preprocess_input_in_the_model(mode, tmp_path):
     """keras.applications' preprocess_input inside a Keras 3 model: caffe (ResNet50, VGG: RGB->BGR
     as stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1), then x + (-mean per channel)), torch
     (DenseNet: x / 255, + (-mean), / std per channel) and tf (x / 127.5 - 1). The graph reads them
@@ -504,6 +504,8 @@ def test_keras3_preprocess_input_in_the_model(mode):
     model = k.Model(inp, k.layers.Dense(3, use_bias=False, name="fc")(k.layers.GlobalAveragePooling2D()(h)))
     g = read_model(model)
     kinds = [n.kind for n in g.nodes]
+    model.save(tmp_path / "m.keras")          # loaded from a file, the indices are lists: read the same
+    assert [n.kind for n in read_model(xaitf.load_model(str(tmp_path / "m.keras"))).nodes] == kinds
     mean = np.array([0.485, 0.456, 0.406]) if mode == "torch" else np.array([103.939, 116.779, 123.68])
     if mode == "caffe":
         stack = next(n for n in g.nodes if n.kind == "Stack")

@@ -254,8 +254,8 @@ def _channel_constant(c):
 def _read_indexing(kind, op, tensors, args):
     """``x[..., i]`` / ``x[..., ::-1]`` (GetItem) and ``stack(xs, axis=-1)`` (Stack) of 4-D image
     tensors: a channel gather or a stack on a new last axis; else None."""
-    if kind == "GetItem" and len(tensors) == 1 and len(args) == 2 and isinstance(args[1], tuple):
-        key, channels = args[1], tensors[0].shape[-1]
+    if kind == "GetItem" and len(tensors) == 1 and len(args) == 2 and isinstance(args[1], (tuple, list)):
+        key, channels = tuple(args[1]), tensors[0].shape[-1]        # a list once loaded from a file
         if len(key) != 2 or key[0] is not Ellipsis or len(tensors[0].shape) != 4 or channels is None:
             return None
         i = key[1]
