@@ -487,6 +487,22 @@ def test_augmentation_layers_read_as_identity():
     assert "'myflip' (RandomFlip)" in _one_line(err)
 
 
+def _preprocessing_in_the_model_checks(model, g, x):
+    """For a model whose only conv ('conv', no biases, as all its layers) follows preprocessing
+    written into it: the conv is the first layer, the canonized graph recomputes the model, lrp.z
+    conserves the logit, and z^B's bounds for 0..255 pixels are carried to it; (logits, targets)."""
+    assert [g[i].name for i in g.first_linear()] == ["conv"]
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(canonize(g).forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    t = ref.argmax(1)
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    assert z.shape == x.shape
+    np.testing.assert_allclose(z.reshape(len(x), -1).sum(1), ref[np.arange(len(x)), t], rtol=1e-4)
+    box = LRP(model, composite="epsilon_gamma_box", low=0.0, high=255.0, progress=False)(x, t)
+    assert np.isfinite(box).all() and np.abs(box).max() > 0
+    return ref, t
+
+
 @pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
 def test_keras3_preprocess_input_in_the_model(mode, tmp_path):
     """keras.applications' preprocess_input inside a Keras 3 model: caffe (ResNet50, VGG: RGB->BGR
@@ -516,15 +532,8 @@ def test_keras3_preprocess_input_in_the_model(mode, tmp_path):
         scales = [n.weights["scale"] for n in g.nodes if n.kind == "Rescaling"]
         np.testing.assert_allclose(scales[-1], 1.0 / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
         assert "Gather" not in kinds and len(scales) == 3
-    assert [g[i].name for i in g.first_linear()] == ["conv"]
     x = np.random.default_rng(3).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
-    ref = np.asarray(model(x))
-    np.testing.assert_allclose(canonize(g).forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
-    t = ref.argmax(1)
-    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
-    np.testing.assert_allclose(z.reshape(3, -1).sum(1), ref[np.arange(3), t], rtol=1e-4)
-    box = LRP(model, composite="epsilon_gamma_box", low=0.0, high=255.0, progress=False)(x, t)
-    assert np.isfinite(box).all() and np.abs(box).max() > 0
+    ref, t = _preprocessing_in_the_model_checks(model, g, x)
     if mode == "caffe":
         with pytest.raises(MethodError, match="cannot carry per-channel bounds through .*channel indexing"):
             LRP(model, composite="epsilon_gamma_box", low=[0.0, 0.0, 0.0], high=[255.0, 255.0, 255.0],
@@ -539,6 +548,35 @@ def test_keras3_preprocess_input_in_the_model(mode, tmp_path):
         assert {kind for _, kind in twin.check_layers(model)} == {"Rescaling", "Conv2D", "GlobalAveragePooling2D",
                                                                  "Dense"}
         np.testing.assert_allclose(twin.tf_keras_twin(model)(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+def test_resizing_layer_is_a_proportional_node(method):
+    """A Resizing layer inside the model (Keras 3, as preprocessing before a fixed-size network):
+    a weightless linear node with the proportional rule. The graph recomputes the model, the conv
+    behind it stays the first layer, lrp.z with no biases conserves the logit, and the twin and
+    iNNvestigate's gradient on it equal the native gradient; bicubic is refused in one line."""
+    k = keras3()
+    k.utils.set_random_seed(8)
+    inp = k.Input((11, 14, 3))
+    h = k.layers.Rescaling(1 / 255.0)(k.layers.Resizing(8, 8, interpolation=method, name="resize")(inp))
+    h = k.layers.Conv2D(4, 3, activation="relu", use_bias=False, name="conv")(h)
+    model = k.Model(inp, k.layers.Dense(3, use_bias=False)(k.layers.GlobalAveragePooling2D()(h)))
+    g = read_model(model)
+    assert g[next(n.id for n in g.nodes if n.name == "resize")].config == {"size": (8, 8), "method": method}
+    x = np.random.default_rng(2).uniform(0, 255, (3, 11, 14, 3)).astype(np.float32)
+    ref, t = _preprocessing_in_the_model_checks(model, g, x)
+    from xaitf import twin
+
+    np.testing.assert_allclose(twin.tf_keras_twin(model)(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    grad = xaitf.create_explainer("grad", model, channel_reduce="none", progress=False)(x, t)
+    inn = xaitf.create_explainer("inn.gradient", model, channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(inn, grad, rtol=0, atol=1e-4 * np.abs(grad).max())
+    bicubic = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(k.layers.Resizing(4, 4, interpolation="bicubic",
+                                                                                    name="cubic")(inp))))
+    with pytest.raises(ModelError) as err:
+        read_model(bicubic)
+    assert "'cubic' (Resizing) (bilinear or nearest only" in _one_line(err)
 
 
 def test_keras3_mobilenet_v3():

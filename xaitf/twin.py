@@ -71,6 +71,7 @@ SUPPORTED = {
     "Minimum": (),
     "Concatenate": ("axis",),
     "ZeroPadding2D": ("padding", "data_format"),
+    "Resizing": ("height", "width", "interpolation", "crop_to_aspect_ratio"),
     "Cropping2D": ("cropping", "data_format"),
     "UpSampling2D": ("size", "data_format", "interpolation"),
 }
@@ -218,6 +219,8 @@ def _layer_config(layer, weights=None):
         # max(x, 0) itself: iNNvestigate's LRP analyzers and its Deconvnet do not implement ReLU layers
         return "Activation", {"activation": "relu"}
     out = {k: cfg[k] for k in SUPPORTED[kind] if k in cfg}
+    if kind == "Resizing" and (cfg.get("pad_to_aspect_ratio") or cfg.get("antialias")):
+        raise _unsupported(layer, "pad_to_aspect_ratio or antialias")
     if kind == "LayerNormalization" and cfg.get("rms_scaling"):
         raise _unsupported(layer, "rms_scaling=True")
     if kind == "LayerScale":

@@ -13,7 +13,7 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
 * other nodes: ``relu`` (a ReLU layer or Activation('relu'), not an ``activation=`` of a layer),
   ``activation`` (every other elementwise activation), ``add``, ``multiply`` (a gated product,
   as in squeeze-and-excitation blocks), ``avgpool`` (average and global
-  average pooling), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
+  average pooling, Resizing), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
   ZeroPadding2D, Cropping2D, Dropout, Concatenate, channel Gather and Stack), ``layernorm`` (LayerNormalization; default
   ``layer_norm``, the LN-rule of Ali et al. 2022).
 
@@ -168,7 +168,7 @@ def _selectors(node, first):
         return ["multiply"]
     if k in ir.NORM:
         return ["layernorm"]
-    if k in ("AveragePooling2D", "GlobalAveragePooling2D"):
+    if k in ("AveragePooling2D", "GlobalAveragePooling2D", "Resizing"):
         return ["avgpool"]
     if k in ("MaxPooling2D", "GlobalMaxPooling2D"):
         return ["maxpool"]
@@ -244,7 +244,7 @@ def _bounds_at(graph, node, low, high):
     hi = np.asarray(high, np.float64)
     reshaped = False
     for n in reversed(path):
-        if n.kind == "Dropout":                 # an identity (augmentation layers, Dropout)
+        if n.kind in ("Dropout", "Resizing"):   # an identity; a resize keeps each channel's range
             continue
         if n.kind in ir.INDEXING:               # channels reordered: per-channel bounds would move too
             if lo.size > 1 or hi.size > 1:
@@ -259,7 +259,7 @@ def _bounds_at(graph, node, low, high):
                               "Flatten/Reshape; give scalar bounds or use 'flat' at the first layer")
         a, b = lo * n.weights["scale"] + n.weights["shift"], hi * n.weights["scale"] + n.weights["shift"]
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-    if not path or all(n.kind in ("Flatten", "Reshape", "Dropout") + ir.INDEXING for n in path):
+    if not path or all(n.kind in ("Flatten", "Reshape", "Dropout", "Resizing") + ir.INDEXING for n in path):
         return {"low": low, "high": high}
     return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}
 

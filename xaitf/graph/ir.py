@@ -45,9 +45,11 @@ MERGE = ("Add", "Concatenate", "Multiply")
 # channel indexing written in a Keras 3 model's code (keras.applications' caffe-style preprocess_input:
 # stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1)): a gather on the channel axis, a stack on a new one
 INDEXING = ("Gather", "Stack")
+# resizing the image (a Resizing layer, bilinear or nearest): linear, weightless, weights >= 0
+RESIZE = ("Resizing",)
 NORM = ("LayerNormalization",)    # over the channels: y = gamma (x - mean) / sqrt(var + eps) + beta
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
-KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + ("Softmax",)
+KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + ("Softmax",)
 # layers that are the identity at inference
 _IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
              "GaussianDropout", "GaussianNoise", "ActivityRegularization", "StochasticDepth")
@@ -132,11 +134,12 @@ class Graph:
 
     def input_path(self):
         """Ids of the nodes between the input and the first layers: Flatten, Reshape, identities
-        (augmentation layers, Dropout), channel indexing and input normalisation (the affine kinds)
-        reading the input directly or through each other."""
+        (augmentation layers, Dropout), channel indexing, resizing and input normalisation (the
+        affine kinds) reading the input directly or through each other."""
         direct = {self.input_id}
         for n in self.nodes:
-            if n.kind in ("Flatten", "Reshape", "Dropout") + INDEXING + AFFINE and all(i in direct for i in n.inputs):
+            if n.kind in ("Flatten", "Reshape", "Dropout") + INDEXING + RESIZE + AFFINE and all(
+                    i in direct for i in n.inputs):
                 direct.add(n.id)
         return direct
 
@@ -153,7 +156,7 @@ class Graph:
                 ok = c["negative_slope"] == 0.0 and c["threshold"] >= 0.0
             elif n.kind == "Softmax":
                 ok = True
-            elif n.kind in POOLING + SHAPE + MERGE + INDEXING:
+            elif n.kind in POOLING + SHAPE + MERGE + INDEXING + RESIZE:
                 ok = bool(n.inputs) and all(i in out for i in n.inputs)
             else:
                 ok = False
@@ -302,6 +305,8 @@ def apply(node, xs):
         return tf.gather(x, c["indices"][0] if c["squeeze"] else list(c["indices"]), axis=-1)
     if k == "Stack":
         return tf.stack(list(xs), axis=-1)
+    if k == "Resizing":
+        return tf.image.resize(x, c["size"], method=c["method"])
     if k == "Multiply":
         out = xs[0]
         for v in xs[1:]:
@@ -531,6 +536,13 @@ def _layer_nodes(layer, inputs, new_id):
             p = ((p, p), (p, p))
         p = tuple(_pair(q) for q in p)
         return [(kind, layer.name, {}, {key: p}, False)]
+    if kind == "Resizing":
+        _channels_last(layer, cfg)
+        if cfg.get("interpolation") not in ("bilinear", "nearest") or any(
+                cfg.get(k) for k in ("crop_to_aspect_ratio", "pad_to_aspect_ratio", "antialias")):
+            raise _unsupported(layer, " (bilinear or nearest only, without crop/pad to aspect ratio or antialias)")
+        return [(kind, layer.name, {}, {"size": (int(cfg["height"]), int(cfg["width"])),
+                                        "method": cfg["interpolation"]}, False)]
     if kind in _IDENTITY or is_augmentation(layer):
         return [("Dropout", layer.name, {}, {"layer_class": kind}, False)]
     if kind in MERGE:
