@@ -579,6 +579,36 @@ def test_resizing_layer_is_a_proportional_node(method):
     assert "'cubic' (Resizing) (bilinear or nearest only" in _one_line(err)
 
 
+def test_prelu_and_spatial_mean():
+    """PReLU (alpha learned per channel, shared over the image) reads as an elementwise node,
+    max(x, 0) + alpha * min(x, 0), and keras.ops.mean(x, axis=(1, 2)) as global average pooling:
+    the graph recomputes the model, lrp.z with no biases conserves the logit, Deep Taylor refuses
+    PReLU in one line, and the twin and iNNvestigate's gradient agree with the native gradient."""
+    k = keras3()
+    k.utils.set_random_seed(5)
+    inp = k.Input((7, 7, 2))
+    prelu = k.layers.PReLU(shared_axes=[1, 2], name="prelu")
+    h = prelu(k.layers.Conv2D(3, 3, use_bias=False, name="conv")(inp))
+    model = k.Model(inp, k.layers.Dense(2, use_bias=False)(k.ops.mean(h, axis=(1, 2))))
+    prelu.set_weights([np.array([[[0.2, -0.5, 1.5]]], np.float32)])
+    g = read_model(model)
+    assert [n.kind for n in g.nodes] == ["InputLayer", "Conv2D", "PReLU", "GlobalAveragePooling2D", "Dense"]
+    x = np.random.default_rng(0).normal(size=(3, 7, 7, 2)).astype(np.float32)
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    t = np.abs(ref).argmax(1)
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(z.reshape(3, -1).sum(1), ref[np.arange(3), t], rtol=1e-4)
+    with pytest.raises(ModelError, match="deep_taylor needs a ReLU network, but node .*prelu.* is PReLU"):
+        LRP(model, composite="deep_taylor", progress=False)(x, t)
+    from xaitf import twin
+
+    np.testing.assert_allclose(twin.tf_keras_twin(model)(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    grad = xaitf.create_explainer("grad", model, channel_reduce="none", progress=False)(x, t)
+    inn = xaitf.create_explainer("inn.gradient", model, channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(inn, grad, rtol=0, atol=1e-4 * np.abs(grad).max())
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph

@@ -227,7 +227,8 @@ _SCALAR_OPS = {"Add": lambda c, first: (1.0, c),
                "Multiply": lambda c, first: (c, 0.0),
                "TrueDivide": lambda c, first: None if first else (1.0 / c, 0.0),
                "Divide": lambda c, first: None if first else (1.0 / c, 0.0)}
-OPERATIONS_READ = "x + c, x - c, c - x, x * c, x / c for a number c or one per channel, and x + y, x * y of two tensors"
+OPERATIONS_READ = ("x + c, x - c, c - x, x * c, x / c for a number c or one per channel, x + y, x * y of two "
+                   "tensors, and mean(x, axis=(1, 2))")
 # read by native LRP only (the twin has no tf-keras layer for them)
 INDEXING_READ = ("the channel indexing of keras.applications' preprocess_input (x[..., i], x[..., ::-1], "
                  "stack(..., axis=-1))")
@@ -280,7 +281,8 @@ def read_operation(op):
     :data:`OPERATIONS_READ`: ``{"kind": "Scalar", "op": ..., "scale": a, "shift": b}`` for
     ``x * a + b`` (floats, or lists of one per channel), ``{"kind": "Add"}`` / ``{"kind":
     "Multiply"}`` for two tensors, ``{"kind": "Gather", "indices": ..., "squeeze": ...}`` for
-    channel indexing and ``{"kind": "Stack"}``; else None.
+    channel indexing, ``{"kind": "Stack"}``, ``{"kind": "GlobalAveragePooling2D", "keepdims": ...}``
+    for a spatial mean; else None.
     (MobileNetV3's hard sigmoid is ``relu6(x + 3.0) * (1.0 / 6.0)``.)"""
     from .compat import inbound_node, node_call_args, node_inputs
 
@@ -292,6 +294,13 @@ def read_operation(op):
         return None
     if kind in ("GetItem", "Stack"):
         return _read_indexing(kind, op, tensors, args)
+    if kind == "Mean":              # keras.ops.mean(x, axis=(1, 2)): global average pooling
+        axis = getattr(op, "axis", None)
+        if len(tensors) != 1 or len(tensors[0].shape) != 4 or not isinstance(axis, (list, tuple)):
+            return None
+        if sorted(int(a) % 4 for a in axis) != [1, 2]:
+            return None
+        return {"kind": "GlobalAveragePooling2D", "keepdims": bool(getattr(op, "keepdims", False))}
     consts = [(i, a) for i, a in enumerate(args) if not any(a is t for t in tensors)]
     if len(args) != 2:
         return None

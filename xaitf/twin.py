@@ -71,6 +71,7 @@ SUPPORTED = {
     "Minimum": (),
     "Concatenate": ("axis",),
     "ZeroPadding2D": ("padding", "data_format"),
+    "PReLU": ("shared_axes",),
     "Resizing": ("height", "width", "interpolation", "crop_to_aspect_ratio"),
     "Cropping2D": ("cropping", "data_format"),
     "UpSampling2D": ("size", "data_format", "interpolation"),
@@ -196,6 +197,8 @@ def _layer_config(layer, weights=None):
             raise _unsupported(layer, f"an operation written in the model's code; the twin reads {OPERATIONS_READ}")
         if read["kind"] == "Scalar":
             return "Rescaling", {"scale": read["scale"], "offset": read["shift"]}
+        if read["kind"] == "GlobalAveragePooling2D":
+            return read["kind"], {"keepdims": read["keepdims"]}
         if read["kind"] not in ("Add", "Multiply"):     # channel indexing: no tf-keras layer
             raise _unsupported(layer, f"channel indexing written in the model's code, as keras.applications' "
                                       f"caffe-style preprocess_input does: apply it to the images before the "

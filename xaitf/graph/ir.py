@@ -38,7 +38,7 @@ from ..keras_bridge import (INDEXING_READ, OPERATIONS_READ, activation_name, is_
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
 LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
-ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU")
+ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "PReLU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
 MERGE = ("Add", "Concatenate", "Multiply")
@@ -267,6 +267,8 @@ def apply(node, xs):
         return _relu(x, c)
     if k == "LeakyReLU":
         return tf.nn.leaky_relu(x, alpha=c["alpha"])
+    if k == "PReLU":
+        return tf.nn.relu(x) + const(node, "alpha") * tf.minimum(x, 0.0)
     if k == "ELU":
         return tf.where(x > 0, x, c["alpha"] * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
     if k == "Softmax":
@@ -393,7 +395,7 @@ def _operation_nodes(op):
     if kind == "Scalar":       # a number, or one per channel
         return [("Rescaling", name, {"scale": _f32(np.atleast_1d(read["scale"])),
                                      "shift": _f32(np.atleast_1d(read["shift"]))}, {"op": read["op"]}, False)]
-    if kind in INDEXING:
+    if kind in INDEXING or kind == "GlobalAveragePooling2D":
         return [(kind, name, {}, read, False)]
     return [(kind, name, {}, {"signal": _signal_input(op)} if kind == "Multiply" else {}, False)]
 
@@ -510,6 +512,8 @@ def _layer_nodes(layer, inputs, new_id):
         return [(kind, layer.name, {}, {"alpha": float(alpha)}, False)]
     if kind == "ELU":
         return [(kind, layer.name, {}, {"alpha": float(cfg.get("alpha", 1.0))}, False)]
+    if kind == "PReLU":                 # max(x, 0) + alpha * min(x, 0), alpha learned per position
+        return [(kind, layer.name, {"alpha": ws[0]}, {}, False)]
     if kind == "Softmax":
         axis = cfg.get("axis", -1)
         axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis

@@ -123,7 +123,7 @@ def _check_relu_network(graph, composite):
     """Deep Taylor decomposes ReLU networks (Montavon et al. 2017, sec. 4): refuse other activations."""
     for node in graph.nodes:
         act = node.config.get("activation") if node.kind == "Activation" else None
-        bad = (node.kind in ("LeakyReLU", "ELU") or (node.kind == "ReLU" and node.config["negative_slope"])
+        bad = (node.kind in ("LeakyReLU", "ELU", "PReLU") or (node.kind == "ReLU" and node.config["negative_slope"])
                or act not in RELU_LIKE)
         if bad:
             name = composite if isinstance(composite, str) else "this composite"
