@@ -153,6 +153,25 @@ def test_node_call_args():
                  f"the arguments of 2.5 - x are {args!r}")
 
 
+def test_tf_op_call():
+    api = "Node.call_args / Node.call_kwargs (tf-keras)"
+    inp = tfk.Input((4, 4, 3))
+    y = tfk.applications.densenet.preprocess_input(inp)       # x / 255, bias_add(x, -mean), x / std
+    layers = [l for l in tfk.Model(inp, y).layers if type(l).__name__ == "TFOpLambda"]
+    try:
+        calls = [C.tf_op_call(C.inbound_node(l, 0)) for l in layers]
+    except AttributeError as e:
+        _fail_unless(False, api, "tf-keras", f"{type(e).__name__}: {e}")
+    _fail_unless([l.symbol for l in layers] == ["math.truediv", "nn.bias_add", "math.truediv"], api, "tf-keras",
+                 f"preprocess_input's layers are {[l.symbol for l in layers]}")
+    (args, kwargs), (bias_args, bias_kwargs) = calls[0], calls[1]
+    _fail_unless(len(args) == 2 and args[0] is inp and args[1] == 255.0 and isinstance(kwargs, dict), api,
+                 "tf-keras", f"the call of x / 255 is {args!r}, {kwargs!r}")
+    _fail_unless(np.allclose(np.asarray(bias_args[1]), [-0.485, -0.456, -0.406]) and
+                 bias_kwargs.get("data_format") == "NHWC", api, "tf-keras",
+                 f"the call of bias_add is {bias_args!r}, {bias_kwargs!r}")
+
+
 # -- tf-keras v1/v2 classes ----------------------------------------------------------------------
 def test_tf_keras_base_classes():
     api, lib = "tf_keras.src.engine.{base_layer,base_layer_v1,training,training_v1}", "tf-keras"

@@ -363,6 +363,30 @@ def test_keras3_augmentation_layers_twin_as_identity():
         T.check_layers(own)
 
 
+def test_tf_keras_nested_model_with_tf_ops_is_rebuilt_flat():
+    """A tf-keras model as TF's transfer-learning tutorial builds it: an augmentation Sequential,
+    preprocess_input (TFOpLambda layers: x / 255, + (-mean), / std per channel) and a nested base
+    model. Its twin is rebuilt flat (tf-explain cut its Grad-CAM model at a layer inside the
+    nested model: "Graph disconnected"), the TF ops as Rescaling layers; the twin backends run."""
+    Lt = tfk.layers
+    tfk.utils.set_random_seed(3)
+    b_in = tfk.Input((10, 10, 3))
+    base = tfk.Model(b_in, Lt.Conv2D(4, 3, activation="relu", name="b_conv")(Lt.Conv2D(4, 3, name="b_c0")(b_in)),
+                     name="base")
+    inp = tfk.Input((10, 10, 3))
+    h = tfk.applications.densenet.preprocess_input(tfk.Sequential([Lt.RandomFlip()], name="augment")(inp))
+    model = tfk.Model(inp, Lt.Dense(3)(Lt.GlobalAveragePooling2D()(base(h, training=False))))
+    kinds = [kind for _, kind in T.check_layers(model)]
+    assert kinds.count("Rescaling") == 3 and "TFOpLambda" not in kinds
+    assert T.tf_keras_twin(model) is not model
+    x = np.random.default_rng(2).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)
+    t = np.array([0, 1, 2])
+    _twins_and_inn_gradient_agree(model, x, t)
+    for name in ("tfx.gradcam", "shap.gradient"):
+        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
+        assert maps.shape == (3, 10, 10) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+
+
 def test_shap_deep_on_depthwise_and_upsampling_and_one_line_where_shap_cannot():
     """shap's DeepExplainer learns depthwise convolutions, ReLU6 and resizing for the call (its
     own additivity holds: sum phi = f(x) - f(0)); on a squeeze-and-excitation gate it fails, and

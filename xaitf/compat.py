@@ -106,6 +106,17 @@ def node_call_args(node):
     return list(node.arguments.args)
 
 
+def tf_op_call(node):
+    """(positional args, keyword args) of a tf-keras TFOpLambda / SlicingOpLambda call
+    (:func:`inbound_node`): ``([<KerasTensor>, 127.5], {"name": None})`` for ``x / 127.5``.
+
+    Private: tf-keras ``Node.call_args`` and ``Node.call_kwargs``. Why: the constants of the TF
+    calls that tf.keras.applications' preprocess_input writes into a model are kept only there.
+    Fallback: none; an AttributeError names the missing attribute.
+    """
+    return list(node.call_args), dict(node.call_kwargs or {})
+
+
 def node_outputs(node):
     """The flat list of symbolic tensors a layer call (:func:`inbound_node`) produced.
 

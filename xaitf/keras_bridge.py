@@ -270,14 +270,39 @@ def _read_indexing(kind, op, tensors, args):
     return None
 
 
+# tf-keras wraps TensorFlow functions called on symbolic tensors (``x / 127.5`` in a functional
+# model, tf.keras.applications' preprocess_input) in these layers; their TF symbol -> the Keras 3
+# operation of the same computation
+_TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+_TF_SYMBOLS = {"math.truediv": "TrueDivide", "math.divide": "TrueDivide", "math.subtract": "Subtract",
+               "math.multiply": "Multiply", "math.add": "Add", "__operators__.add": "Add", "nn.bias_add": "Add",
+               "__operators__.getitem": "GetItem"}
+
+
 def is_operation(layer):
-    """True for a Keras 3 operation written in a model's code (``x + 3.0``, ``keras.ops.*``): a
-    node of the functional graph that is not a layer (no weights)."""
-    return not hasattr(layer, "get_weights")
+    """True for an operation written in a model's code (``x + 3.0``, ``keras.ops.*``): in Keras 3 a
+    node of the functional graph that is not a layer (no weights), in tf-keras a TFOpLambda or
+    SlicingOpLambda layer."""
+    return not hasattr(layer, "get_weights") or layer_type(layer) in _TF_OP_LAYERS
+
+
+def _tf_op_call(op, node):
+    """(kind, args) of a tf-keras TFOpLambda / SlicingOpLambda call, in the Keras 3 operation's
+    terms (a slice comes back from its dict form), or (None, None) where it is not read."""
+    from .compat import tf_op_call
+
+    kind = _TF_SYMBOLS.get(getattr(op, "symbol", None))
+    args, kwargs = tf_op_call(node)
+    if kind is None or kwargs.get("data_format") not in (None, "NHWC") or set(kwargs) - {"name", "data_format"}:
+        return None, None
+    if kind == "GetItem" and len(args) == 2 and isinstance(args[1], (tuple, list)):
+        args[1] = tuple(slice(k.get("start"), k.get("stop"), k.get("step"))
+                        if isinstance(k, dict) and set(k) == {"start", "stop", "step"} else k for k in args[1])
+    return kind, args
 
 
 def read_operation(op):
-    """What a Keras 3 operation of the model's code computes, where it is one of
+    """What an operation of the model's code (:func:`is_operation`) computes, where it is one of
     :data:`OPERATIONS_READ`: ``{"kind": "Scalar", "op": ..., "scale": a, "shift": b}`` for
     ``x * a + b`` (floats, or lists of one per channel), ``{"kind": "Add"}`` / ``{"kind":
     "Multiply"}`` for two tensors, ``{"kind": "Gather", "indices": ..., "squeeze": ...}`` for
@@ -289,7 +314,13 @@ def read_operation(op):
     kind = layer_type(op)
     try:
         node = inbound_node(op, 0)
-        tensors, args = node_inputs(node), node_call_args(node)
+        tensors = node_inputs(node)
+        if kind in _TF_OP_LAYERS:
+            kind, args = _tf_op_call(op, node)
+            if kind is None:
+                return None
+        else:
+            args = node_call_args(node)
     except (AttributeError, IndexError, TypeError):
         return None
     if kind in ("GetItem", "Stack"):

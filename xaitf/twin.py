@@ -482,15 +482,17 @@ def tf_keras_twin(model, *, dtype="float32"):
 
     Returns:
         A tf-keras ``Model`` with the source's layer names; the model itself when it is already an
-        all-float32 tf-keras model. Raises ModelError naming an unsupported layer, or when the twin
-        does not reproduce the source (checked once on :func:`probe_batch`). Cached per model.
+        all-float32 tf-keras model without nested models. Raises ModelError naming an unsupported
+        layer, or when the twin does not reproduce the source (checked once on
+        :func:`probe_batch`). Cached per model.
     """
     require_tf_keras()
     hit = _cached_twin(model, _EAGER_KEY)
     if hit is not None:
         return hit
     kind = model_kind(model)
-    if kind == "tf-keras" and dtype == "float32" and _all_float32(model):
+    flat = len(leaf_layers(model)) == len(model.layers)      # nested models are rebuilt flat for tf-explain
+    if kind == "tf-keras" and dtype == "float32" and _all_float32(model) and flat:
         twin = model  # any layer will do: nothing is rebuilt
     else:
         check_layers(model)
