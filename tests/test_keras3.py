@@ -171,3 +171,45 @@ def test_heatmap_script_on_a_keras3_file(twins, tmp_path):
                                            "lrp.alpha_2_beta_1", "occlusion", "lime"])
     for k in arrays.files:
         assert arrays[k].shape == SHAPE[:2] and np.isfinite(arrays[k]).all() and np.abs(arrays[k]).max() > 0, k
+
+
+def test_subclassed_keras3_model_gets_the_wrapping_recipe():
+    """A Keras 3 model subclassed with its own call() has no graph of layers: one line that says
+    how to wrap it, which then runs with the gradient methods (equal to the gradient of the
+    subclassed model itself); a subclass built functionally (super().__init__(inputs, outputs))
+    is a Keras 3 model like any other."""
+    import tensorflow as tf
+
+    k = keras3()
+
+    class Net(k.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = k.layers.Conv2D(3, 3, activation="relu"), k.layers.Dense(2)
+
+        def call(self, x):
+            return self.fc(k.layers.Flatten()(self.conv(x)))
+
+    net = Net()
+    x = np.random.default_rng(0).random((2, 6, 6, 1), dtype=np.float32)
+    net(x)
+    with pytest.raises(ModelError, match=r"^Net is a subclassed Keras 3 model, .* wrap it as a functional model "
+                                         r"first: inp = keras\.Input\(\(H, W, C\)\); model = keras\.Model\(inp, "
+                                         r"net\(inp\)\)"):
+        xaitf.create_explainer("grad", net)
+    inp = k.Input((6, 6, 1))
+    got = xaitf.create_explainer("grad", k.Model(inp, net(inp)), channel_reduce="none", progress=False)(x, [0, 1])
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        total = tf.reduce_sum(tf.gather(net(xt), [0, 1], axis=1, batch_dims=1))
+    np.testing.assert_allclose(got, tape.gradient(total, xt).numpy(), atol=1e-6)
+
+    class Functional(k.Model):
+        def __init__(self):
+            i = k.Input((6, 6, 1))
+            super().__init__(i, k.layers.Dense(2)(k.layers.Flatten()(i)))
+
+    assert model_kind(Functional()) == "keras3"
+    maps = xaitf.create_explainer("lrp.z", Functional(), progress=False)(x, [0, 1])
+    assert maps.shape == (2, 6, 6) and np.isfinite(maps).all()

@@ -7,6 +7,7 @@ which kind a model is, loads files through it and builds sub-models through it, 
 the code never calls ``tf.keras``/``keras`` APIs directly.
 """
 import os
+import sys
 import zipfile
 
 import numpy as np
@@ -31,13 +32,15 @@ def model_kind(model):
     """``"tf-keras"`` or ``"keras3"`` for an in-memory model; ModelError for anything else."""
     if isinstance(model, tfk.Model):
         return "tf-keras"
-    mod = type(model).__module__
-    if mod.startswith("keras") and hasattr(model, "layers"):
-        try:
-            if isinstance(model, keras3().Model):
-                return "keras3"
-        except ImportError:  # pragma: no cover
-            pass
+    k3 = sys.modules.get("keras")             # a Keras 3 model was made with keras imported
+    if k3 is not None and isinstance(model, getattr(k3, "Model", ())):
+        if type(model).__module__.startswith("keras") or getattr(model, "inputs", None):
+            return "keras3"
+        name = type(model).__name__
+        raise ModelError(f"{name} is a subclassed Keras 3 model, which has no graph of layers for xaitf to read; "
+                         f"wrap it as a functional model first: inp = keras.Input((H, W, C)); "
+                         f"model = keras.Model(inp, net(inp)) with net your {name} (the gradient, perturbation "
+                         f"and surrogate methods then run on it)")
     raise ModelError(f"expected a Keras model (tf-keras or Keras 3), got {type(model).__name__}")
 
 
