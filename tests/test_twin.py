@@ -236,6 +236,13 @@ def _twins_and_inn_gradient_agree(model, x, t, inn=True):
     return native
 
 
+def _twin_backends_run(model, x, t):
+    """tf-explain's Grad-CAM and shap's GradientExplainer run on the twin: finite, non-zero maps."""
+    for name in ("tfx.gradcam", "shap.gradient"):
+        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
+        assert maps.shape == x.shape[:3] and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+
+
 def test_keras3_mobile_layers_twin_and_twin_backends_agree_with_native_gradient():
     model = keras3_mobile_blocks()
     x = np.random.default_rng(8).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
@@ -244,9 +251,7 @@ def test_keras3_mobile_layers_twin_and_twin_backends_agree_with_native_gradient(
             "Maximum", "Minimum", "Cropping2D", "UpSampling2D"} <= kinds
     t = np.array([0, 3, 4])
     _twins_and_inn_gradient_agree(model, x, t)
-    for name in ("tfx.gradcam", "shap.gradient"):
-        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
-        assert maps.shape == (3, 12, 12) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+    _twin_backends_run(model, x, t)
 
 
 def keras3_v3_blocks():
@@ -333,9 +338,7 @@ def test_keras3_inception_resnet_scaled_residual_twin():
     x = np.random.default_rng(4).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
     t = np.array([0, 1, 2])
     _twins_and_inn_gradient_agree(model, x, t)
-    for name in ("tfx.gradcam", "shap.gradient"):
-        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
-        assert maps.shape == (3, 8, 8) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+    _twin_backends_run(model, x, t)
 
 
 def test_keras3_augmentation_layers_twin_as_identity():
@@ -349,9 +352,7 @@ def test_keras3_augmentation_layers_twin_as_identity():
     x = np.random.default_rng(6).uniform(0, 255, (3, 12, 12, 3)).astype(np.float32)
     t = np.zeros(3, int)
     _twins_and_inn_gradient_agree(model, x, t)
-    for name in ("tfx.gradcam", "shap.gradient"):
-        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
-        assert maps.shape == (3, 12, 12) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+    _twin_backends_run(model, x, t)
 
     class RandomFlip(L.Layer):                # same name, not Keras's: flips at inference too
         def call(self, x):
@@ -382,9 +383,7 @@ def test_tf_keras_nested_model_with_tf_ops_is_rebuilt_flat():
     x = np.random.default_rng(2).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)
     t = np.array([0, 1, 2])
     _twins_and_inn_gradient_agree(model, x, t)
-    for name in ("tfx.gradcam", "shap.gradient"):
-        maps = xaitf.create_explainer(name, model, progress=False)(x, t)
-        assert maps.shape == (3, 10, 10) and np.all(np.isfinite(maps)) and np.abs(maps).max() > 0, name
+    _twin_backends_run(model, x, t)
 
 
 def test_shap_deep_on_depthwise_and_upsampling_and_one_line_where_shap_cannot():

@@ -389,6 +389,10 @@ AUGMENTATION = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation
                 "MixUp", "CutMix")
 
 
+# how error messages name them beside the supported layer types
+AUGMENTATION_NOTE = "Keras's random augmentation layers (RandomFlip, RandomRotation, ...)"
+
+
 def is_augmentation(layer):
     """True for one of Keras's own random augmentation layers (:data:`AUGMENTATION`), which pass
     their input through unchanged at inference."""

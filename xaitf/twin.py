@@ -32,9 +32,9 @@ import tensorflow as tf
 from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
                      tf_keras_should_use_v2)
 from .errors import ModelError
-from .keras_bridge import (HEADS, OPERATIONS_READ, input_shape, is_augmentation, is_keras_layer, is_operation,
-                           keras3, layer_type, leaf_layers, logits_model, model_cache, model_kind, output_head,
-                           read_operation, scaled_add, tfk)
+from .keras_bridge import (AUGMENTATION_NOTE, HEADS, OPERATIONS_READ, input_shape, is_augmentation, is_keras_layer,
+                           is_operation, keras3, layer_type, leaf_layers, logits_model, model_cache, model_kind,
+                           output_head, read_operation, scaled_add, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -133,9 +133,8 @@ def _unsupported(layer, why=""):
     extra = f" ({why})" if why else ""
     return ModelError(
         f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
-        f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}, Keras's random augmentation layers "
-        f"(RandomFlip, RandomRotation, ...); the native methods still work: "
-        f"{NATIVE_METHODS}")
+        f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}, "
+        f"{AUGMENTATION_NOTE}; the native methods still work: {NATIVE_METHODS}")
 
 
 # Keras 3 built-in activations that tf-keras defines differently under the same name (Keras 3's

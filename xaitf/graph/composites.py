@@ -259,7 +259,7 @@ def _bounds_at(graph, node, low, high):
                               "Flatten/Reshape; give scalar bounds or use 'flat' at the first layer")
         a, b = lo * n.weights["scale"] + n.weights["shift"], hi * n.weights["scale"] + n.weights["shift"]
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-    if not path or all(n.kind in ("Flatten", "Reshape", "Dropout", "Resizing") + ir.INDEXING for n in path):
+    if all(n.kind not in ir.AFFINE for n in path):     # nothing on the path rescales the values
         return {"low": low, "high": high}
     return {"low": lo.astype(np.float32), "high": hi.astype(np.float32)}
 

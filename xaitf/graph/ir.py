@@ -32,8 +32,8 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import (INDEXING_READ, OPERATIONS_READ, activation_name, is_augmentation, is_operation,
-                            layer_type, model_kind, read_operation, scaled_add, tfk)
+from ..keras_bridge import (AUGMENTATION_NOTE, INDEXING_READ, OPERATIONS_READ, activation_name, is_augmentation,
+                            is_operation, layer_type, model_kind, read_operation, scaled_add, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
@@ -60,6 +60,9 @@ CONVNEXT_LAYERS = ("LayerScale",)
 # Rescaling of r, then an Add
 SPLIT = ("SeparableConv2D", "CustomScaleLayer")
 SUPPORTED_LAYERS = tuple(k for k in KINDS if k not in ("Dropout",) + INDEXING) + _IDENTITY + SPLIT + CONVNEXT_LAYERS
+# what may stand between the input and the first layers (Graph.input_path): reshaping, identities,
+# channel indexing, resizing and input normalisation (the affine kinds)
+INPUT_PATH = ("Flatten", "Reshape", "Dropout") + INDEXING + RESIZE + AFFINE
 
 
 @dataclass
@@ -138,8 +141,7 @@ class Graph:
         affine kinds) reading the input directly or through each other."""
         direct = {self.input_id}
         for n in self.nodes:
-            if n.kind in ("Flatten", "Reshape", "Dropout") + INDEXING + RESIZE + AFFINE and all(
-                    i in direct for i in n.inputs):
+            if n.kind in INPUT_PATH and all(i in direct for i in n.inputs):
                 direct.add(n.id)
         return direct
 
@@ -323,8 +325,8 @@ STILL_WORK = "grad, ig, sg, inpgrad, occlusion, rise, lime, kernelshap"   # need
 
 def _unsupported(layer, why=""):
     return ModelError(f"native LRP cannot read layer {layer.name!r} ({layer_type(layer)}){why}; "
-                      f"supported: {', '.join(SUPPORTED_LAYERS)}, Keras's random augmentation layers "
-                      f"(RandomFlip, RandomRotation, ...); methods that still work: {STILL_WORK}")
+                      f"supported: {', '.join(SUPPORTED_LAYERS)}, {AUGMENTATION_NOTE}; methods that still work: "
+                      f"{STILL_WORK}")
 
 
 def _pair(v):
