@@ -789,10 +789,63 @@ def test_grouped_conv_with_one_channel_per_group_is_depthwise():
     assert g[1].kind == "DepthwiseConv2D" and g[1].weights["kernel"].shape == (3, 3, 3, 2)
     x = np.random.default_rng(0).random((2, 7, 7, 3), dtype=np.float32)
     np.testing.assert_allclose(g.forward(x).numpy(), np.asarray(model(x)), atol=1e-5)
-    inp = k.Input((7, 7, 4))
-    two = k.Model(inp, k.layers.Conv2D(4, 3, groups=2, name="two_per_group")(inp))
-    with pytest.raises(ModelError, match="with groups=2 \\(only one input channel per group\\)"):
-        read_model(two)
+
+
+def _block_diagonal(kernel, groups):
+    """The dense kernel of a grouped convolution: group g's kernel where its inputs meet its outputs."""
+    kh, kw, cin, cout = kernel.shape
+    dense = np.zeros((kh, kw, cin * groups, cout), kernel.dtype)
+    co = cout // groups
+    for g in range(groups):
+        dense[:, :, g * cin:(g + 1) * cin, g * co:(g + 1) * co] = kernel[..., g * co:(g + 1) * co]
+    return dense
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+@pytest.mark.parametrize("rule", LAYER_RULES)
+def test_rules_on_a_grouped_conv(rule, nonnegative):
+    """A Conv2D with two input channels per group (RegNet, ResNeXt) stays a grouped convolution:
+    every rule equals its formula on the block-diagonal matrix of the convolution (the flat rule's
+    ones only inside the groups), on signed inputs and after a ReLU (the alpha-beta fast path)."""
+    L = tfk.layers
+    inp = tfk.Input((5, 6, 4))
+    h = L.ReLU(name="relu")(inp) if nonnegative else inp
+    h = L.Conv2D(6, 3, padding="same", groups=2, name="conv")(h)
+    model = _set_random(tfk.Model(inp, L.Flatten(name="flat")(h)), 4, bias_scale=0.3)
+    kernel, b = model.get_layer("conv").get_weights()
+    assert kernel.shape == (3, 3, 2, 6) and read_model(model).nodes[-2].config["groups"] == 2
+    M, (Ho, Wo) = conv_matrix(_block_diagonal(kernel, 2), (5, 6, 4), "same", 1)
+    bvec = np.tile(b, Ho * Wo)
+    x = np.random.default_rng(3).uniform(0 if nonnegative else -1, 1, (4, 5, 6, 4)).astype(np.float32)
+    xf = x.reshape(4, -1).astype(np.float64)
+    out = xf @ M + bvec
+    np.testing.assert_allclose(model(x).numpy(), out, atol=1e-5)
+    t = np.array([0, 5, Ho * Wo * 6 - 1, 7])
+    R = np.eye(out.shape[1])[t] * out
+    ones = conv_matrix(_block_diagonal(np.ones_like(kernel), 2), (5, 6, 4), "same", 1)[0]
+    want = oracle(rule, xf, M, bvec, R, ones=ones, **PARAMS).reshape(x.shape)
+    got = _explain(model, {"linear": rule, "params": PARAMS}, x, t)
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_tf_keras_regnet_graph():
+    """tf.keras.applications' RegNet (grouped 3x3 convolutions of 8 channels per group, squeeze-and-
+    excitation in the Y variant): the canonized graph recomputes the logits and LRP-z without
+    biases conserves the logit."""
+    model = _set_random(tfk.applications.RegNetY002(weights=None, input_shape=(64, 64, 3), classes=5,
+                                                    classifier_activation=None), 6, bias_scale=0.05)
+    g = canonize(read_model(model))
+    assert sum(n.config.get("groups", 1) > 1 for n in g.nodes) >= 10 and _bn_count(g) == 0
+    x = np.random.default_rng(2).random((2, 64, 64, 3), dtype=np.float32) * 255.0
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+    _zero_shifts(model)
+    forget(model)
+    f = np.asarray(model(x))
+    t = np.abs(f).argmax(1)
+    z = LRP(model, composite="lrp.z", channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(z.reshape(2, -1).sum(1), f[np.arange(2), t], rtol=1e-3)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -1237,10 +1290,6 @@ def test_unsupported_layer_is_named():
         LRP(model, progress=False)
     msg = _one_line(err)
     assert "'up' (UpSampling2D)" in msg and "Conv2D" in msg
-    inp = tfk.Input((4, 4, 4))       # two channels per group (one per group is a depthwise convolution)
-    out = L.Dense(2)(L.Flatten()(L.Conv2D(2, 3, groups=2, name="grouped")(inp)))
-    with pytest.raises(ModelError, match="'grouped' \\(Conv2D\\) with groups=2"):
-        read_model(tfk.Model(inp, out))
 
 
 def test_unknown_composite_rule_selector_and_parameter(tiny_cnn):

@@ -441,13 +441,13 @@ def _layer_nodes(layer, inputs, new_id):
     if kind in KERNEL:
         _channels_last(layer, cfg)
         kernel = ws[0]
-        if cfg.get("groups", 1) != 1:
+        groups = int(cfg.get("groups", 1))
+        if groups != 1 and kind == "Conv2D" and kernel.shape[2] == 1:
             # one input channel per group (ConvNeXt's 7x7 convolutions): a depthwise convolution,
             # output channel g * m + k of group g being its channel g's multiplier k, as Keras orders them
-            if kind != "Conv2D" or kernel.shape[2] != 1:
-                raise _unsupported(layer, f" with groups={cfg['groups']} (only one input channel per group)")
-            groups = int(cfg["groups"])
             kind, kernel = "DepthwiseConv2D", kernel.reshape(kernel.shape[0], kernel.shape[1], groups, -1)
+        elif groups != 1 and kind != "Conv2D":
+            raise _unsupported(layer, f" with groups={groups}")
         units = kernel.shape[2] * kernel.shape[3] if kind == "DepthwiseConv2D" else kernel.shape[-1]
         bias = ws[1] if cfg.get("use_bias", True) and len(ws) > 1 else np.zeros(units, np.float32)
         conf = {}
@@ -457,6 +457,8 @@ def _layer_nodes(layer, inputs, new_id):
                 raise _unsupported(layer, f" with padding={cfg['padding']!r}")
             conf = {"strides": _pair(cfg["strides"]), "padding": padding,
                     "dilation_rate": _pair(cfg.get("dilation_rate", 1))}
+            if kind == "Conv2D" and groups != 1:     # several input channels per group (RegNet, ResNeXt):
+                conf["groups"] = groups              # tf.nn.conv2d groups by the kernel's input depth
         out.append((kind, layer.name, {"kernel": kernel, "bias": bias}, conf, False))
         act = activation_name(layer)
         if act not in (None, "linear"):

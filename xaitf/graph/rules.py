@@ -216,7 +216,7 @@ class AlphaBeta(_Linear):
             g = ir.linear_transpose(node, safe_div(r, za), x, kp)
             return x * g if alpha == 1.0 else alpha * (x * g)
         kn = derived(node, "neg")
-        if node.kind in ("Conv2D", "Dense"):      # both parts in one map: kernels side by side
+        if node.kind in ("Conv2D", "Dense") and not node.config.get("groups"):   # one map: kernels side by side
             both = derived(node, "pos_neg")
             z = ir.linear(node, x, both, derived(node, "bias_both") if self.bias else 0.0)   # [z_act, z_inh]
             coef = ir.const(node, ("alpha_beta", alpha, beta),
@@ -280,7 +280,7 @@ class ZBox(_Linear):
         bounds = ir.linear(node, lo[:1], kp, 0.0) + ir.linear(node, hi[:1], kn, 0.0)   # input-independent
         z = y - derived(node, "bias") - bounds
         s = safe_div(r, z)
-        if node.kind == "Conv2D" or (node.kind == "Dense" and x.shape.rank == 2):
+        if (node.kind == "Conv2D" and not node.config.get("groups")) or (node.kind == "Dense" and x.shape.rank == 2):
             # the three backward maps as one: kernels stacked along their input axis
             g = ir.linear_transpose(node, s, tf.concat([x, lo, hi], -1), derived(node, "box"))
             ga, gl, gh = tf.split(g, 3, axis=-1)
