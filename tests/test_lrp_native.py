@@ -1514,6 +1514,66 @@ def test_product_without_a_gate_is_refused():
         LRP(model, progress=False)(np.ones((1, 4, 4, 2), np.float32), [0])
 
 
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_self_gated_product_is_its_activation(kind):
+    """``x * f(x)`` with ``f`` elementwise (swish as ``x * sigmoid(x)``; hard swish as
+    ``x * relu6(x + 3) / 6``, tf-keras MobileNetV3's form) is the activation of ``x`` written as one
+    layer: the Multiply gives ``x`` all the relevance, and the maps equal those of the same weights
+    with Activation('swish') / Activation('hard_silu') (Keras 3)."""
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+
+    def build(form):
+        inp = k.Input((6, 6, 2))
+        h = L.Conv2D(4, 3, padding="same", name="conv")(inp)
+        if form == "layer":
+            h = L.Activation("swish", name="swish")(h)
+        else:
+            h = L.Multiply(name="swish")([h, L.Activation("sigmoid", name="gate")(h)])
+        g = L.Conv2D(4, 1, name="conv2")(h)
+        if form == "layer" and kind == "keras3":       # tf-keras has no hard swish activation
+            g = L.Activation("hard_silu", name="hswish")(g)
+        else:
+            gate = L.Rescaling(1 / 6, name="sixth")(L.ReLU(6.0, name="relu6")(L.Rescaling(1.0, 3.0)(g)))
+            g = L.Multiply(name="hswish")([gate, g])           # the signal second: found either way
+        return _set_random(k.Model(inp, L.Dense(3, name="head")(L.Flatten()(g))), 3)
+
+    as_layer, as_product = build("layer"), build("product")
+    as_product.set_weights(as_layer.get_weights())
+    graph = read_model(as_product)
+    assert [(n.name, n.config["signal"], n.config["self_gated"]) for n in graph.nodes if n.kind == "Multiply"] == \
+        [("swish", 0, True), ("hswish", 1, True)]
+    x = np.random.default_rng(2).normal(size=(3, 6, 6, 2)).astype(np.float32)
+    ref = np.asarray(as_layer(x))
+    np.testing.assert_allclose(np.asarray(as_product(x)), ref, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(graph.forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    t = ref.argmax(1)
+    for composite in ("lrp.epsilon", "lrp.z", "lrp.alpha_2_beta_1"):
+        want = _explain(as_layer, composite, x, t)
+        np.testing.assert_allclose(_explain(as_product, composite, x, t), want, atol=1e-5 * np.abs(want).max())
+
+
+def test_tf_keras_mobilenet_v3_equals_keras3():
+    """tf-keras writes MobileNetV3's hard swish as ``x * relu6(x + 3) / 6`` layers, Keras 3 as one
+    hard_silu activation: with the same weights both read into graphs whose LRP maps agree, and Deep
+    Taylor refuses the product as it refuses hard_silu."""
+    k = keras3()
+    a = _set_random(k.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3),
+                                                   classifier_activation=None), 8, bias_scale=0.05)
+    b = tfk.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3), classifier_activation=None)
+    b.set_weights(a.get_weights())
+    assert sum(bool(n.config.get("self_gated")) for n in read_model(b).nodes) >= 10
+    x = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32) * 255.0
+    t = np.asarray(a(x)).argmax(1)
+    for composite in ("lrp.epsilon", "epsilon_plus_flat"):
+        want = _explain(a, composite, x, t)
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(_explain(b, composite, x, t), want, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ModelError) as err:          # the gate (relu6) alone would pass the ReLU check
+        LRP(b, composite="deep_taylor", progress=False)(x, t)
+    assert "(Multiply) is x * f(x) (a self-gated activation such as swish)" in _one_line(err)
+
+
 def test_gate_found_with_unknown_spatial_size():
     """A fully convolutional model (input (None, None, C)): the (1, 1, C) input of Multiply is the
     gate, whatever the unknown sizes."""

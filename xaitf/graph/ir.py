@@ -10,8 +10,8 @@ Normalization are exact per-channel affine nodes ``y = x * scale + shift`` (so i
 LayerScale); LayerNormalization over the channels is its own kind (rule ``layer_norm``). A SeparableConv2D
 (Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
 ``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
-A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet): see the
-``signal`` rule. Operations written in a Keras 3 model's code are read where they are elementwise
+A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet; ``x * f(x)``
+with ``f`` elementwise, a self-gated activation such as swish): see the ``signal`` rule. Operations written in a Keras 3 model's code are read where they are elementwise
 affine maps with a scalar constant, ``x + c``, ``x - c``, ``c - x``, ``x * c`` and ``x / c``
 (MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; ``x / 255.0`` at the input): a Rescaling
 node of one scale and shift (input normalisation where it reads the input; elsewhere LRP passes
@@ -600,4 +600,28 @@ def read_model(model):
     out = outs[0]
     if isinstance(out, tuple):
         raise ModelError("native LRP: the model's output is its input (no layers)")
+    _mark_self_gated(nodes)
     return Graph(nodes, 0, out, name=getattr(model, "name", "model"))
+
+
+# what may stand between x and its gate f(x) in a product x * f(x): elementwise maps of one input
+_GATE_PATH = ELEMENTWISE + AFFINE + ("Dropout",)
+
+
+def _mark_self_gated(nodes):
+    """A product ``x * f(x)`` of two same-size inputs, ``f`` a chain of elementwise maps of ``x``
+    (swish written as ``x * sigmoid(x)``; tf-keras MobileNetV3's hard swish
+    ``x * relu6(x + 3) / 6``), is an elementwise activation of ``x``: its Multiply node gets
+    ``signal`` = the index of ``x`` (the rule ``signal`` then gives ``x`` all the relevance, as the
+    rule ``pass`` does for the same activation written as one layer) and ``self_gated`` = True."""
+    by_id = {n.id: n for n in nodes}
+    for node in nodes:
+        if node.kind != "Multiply" or node.config.get("signal") is not None or len(node.inputs) != 2:
+            continue
+        for j in (0, 1):
+            x, i = node.inputs[1 - j], node.inputs[j]
+            while i != x and by_id[i].kind in _GATE_PATH and len(by_id[i].inputs) == 1:
+                i = by_id[i].inputs[0]
+            if i == x and node.inputs[j] != x:
+                node.config.update(signal=1 - j, self_gated=True)
+                break

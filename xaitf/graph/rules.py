@@ -409,8 +409,9 @@ class Signal(Rule):
     blocks): the gate is held constant and the signal takes all the relevance, the gate none
     ("signal-take-all", Arras et al. 2017, "Explaining recurrent neural network predictions in
     sentiment analysis", WASSA; the treatment of multiplicative gates in LRP). The signal is the one
-    input of the output's own shape; a product of several such inputs (``x * f(x)``) has no gate
-    and is refused."""
+    input of the output's own shape, or ``x`` in ``x * f(x)`` with ``f`` elementwise (a self-gated
+    activation, swish; :func:`ir.read_model` marks it); other products of same-size inputs are
+    refused."""
 
     name = "signal"
 

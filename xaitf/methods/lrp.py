@@ -123,10 +123,11 @@ def _check_relu_network(graph, composite):
     """Deep Taylor decomposes ReLU networks (Montavon et al. 2017, sec. 4): refuse other activations."""
     for node in graph.nodes:
         act = node.config.get("activation") if node.kind == "Activation" else None
+        gated = node.config.get("self_gated") and "x * f(x) (a self-gated activation such as swish)"
         bad = (node.kind in ("LeakyReLU", "ELU", "PReLU") or (node.kind == "ReLU" and node.config["negative_slope"])
-               or act not in RELU_LIKE)
+               or act not in RELU_LIKE or gated)
         if bad:
             name = composite if isinstance(composite, str) else "this composite"
             raise ModelError(f"{name} needs a ReLU network, but node {node.label()} is "
-                             f"{act or node.kind}; use lrp.epsilon, lrp.z, lrp.alpha_2_beta_1 or a "
+                             f"{gated or act or node.kind}; use lrp.epsilon, lrp.z, lrp.alpha_2_beta_1 or a "
                              f"gradient method instead")
