@@ -213,3 +213,64 @@ def test_subclassed_keras3_model_gets_the_wrapping_recipe():
     assert model_kind(Functional()) == "keras3"
     maps = xaitf.create_explainer("lrp.z", Functional(), progress=False)(x, [0, 1])
     assert maps.shape == (2, 6, 6) and np.isfinite(maps).all()
+
+
+def _activations(k, form):
+    """A CNN whose activations are layers (``form="layers"``) or operations called on tensors
+    (``"ops"``: keras.ops / keras.activations in Keras 3, tf.nn in tf-keras); the same computation."""
+    import tensorflow as tf
+
+    L, ops = k.layers, form == "ops"
+    k3 = k is not tfk
+    inp = k.Input((8, 8, 2), name="image")
+    h = L.Conv2D(6, 3, padding="same", name="conv1")(inp)
+    h = (k.ops.relu(h) if k3 else tf.nn.relu(h)) if ops else L.Activation("relu", name="relu")(h)
+    h = L.Conv2D(6, 3, name="conv2")(h)
+    if k3:      # keras.activations.relu with a slope: a ReLU operation with parameters
+        h = k.activations.relu(h, negative_slope=0.1) if ops else L.ReLU(negative_slope=0.1, name="leaky")(h)
+    else:       # TF's default slope 0.2
+        h = tf.nn.leaky_relu(h) if ops else L.LeakyReLU(0.2, name="leaky")(h)
+    h = L.Conv2D(6, 1, name="conv3")(h)
+    h = ((k.activations.gelu(h) if k3 else tf.nn.gelu(h)) if ops else L.Activation("gelu", name="gelu")(h))
+    h = (k.ops.silu(h) if k3 else tf.nn.silu(h)) if ops else L.Activation("swish", name="silu")(h)
+    return k.Model(inp, L.Dense(CLASSES, name="fc")(L.Flatten()(h)))
+
+
+@pytest.mark.parametrize("kind", ["keras3", "tf-keras"])
+def test_activations_written_as_operations(kind):
+    """``keras.ops.relu(x)``, ``keras.activations.relu(x, negative_slope=...)``, ``gelu``, ``silu``
+    (tf.nn.* in tf-keras) called on tensors read as the activation layers of the same computation:
+    every method gives the maps it gives on the model built with layers (Guided Backprop and
+    DeconvNet modify the gradient at the ReLU operation; native LRP and, for Keras 3, the tf-keras
+    twin of iNNvestigate and tf-explain read it)."""
+    k = keras3() if kind == "keras3" else tfk
+    as_ops, as_layers = _activations(k, "ops"), _activations(k, "layers")
+    rs = np.random.RandomState(2)
+    as_layers.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in as_layers.get_weights()])
+    as_ops.set_weights(as_layers.get_weights())
+    x = np.random.default_rng(3).normal(size=(3, 8, 8, 2)).astype(np.float32)
+    ref = np.asarray(as_layers(x))
+    np.testing.assert_allclose(np.asarray(as_ops(x)), ref, atol=1e-6 * np.abs(ref).max())
+    t = np.array([0, 1, 3])
+    methods = ["gb", "deconvnet", "deeplift", "lrp.epsilon", "lrp.alpha_2_beta_1", "gradcam"]
+    if kind == "keras3":
+        methods += ["inn.gradient", "tfx.gradcam"]      # (iNNvestigate's LRP refuses a ReLU with a slope)
+    for name in methods:
+        a, b = (xaitf.create_explainer(name, m, progress=False)(x, t) for m in (as_layers, as_ops))
+        assert np.abs(a).max() > 0, name
+        np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max(), err_msg=name)
+
+
+def test_inexact_activation_operation_keeps_its_function():
+    """keras.ops.gelu defaults to the tanh approximation, Keras's gelu activation does not: the
+    graph and the twin compute the operation's own function, not the activation of its name."""
+    from xaitf import twin
+    from xaitf.graph import read_model
+
+    k = keras3()
+    inp = k.Input((4, 4, 1))
+    model = k.Model(inp, k.layers.Dense(2)(k.layers.Flatten()(k.ops.gelu(k.layers.Conv2D(3, 2)(inp) * 3.0))))
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 1)).astype(np.float32)
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(read_model(model).forward(x).numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(twin.tf_keras_twin(model)(x).numpy(), ref, atol=1e-6)

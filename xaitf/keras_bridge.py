@@ -230,8 +230,19 @@ _SCALAR_OPS = {"Add": lambda c, first: (1.0, c),
                "Multiply": lambda c, first: (c, 0.0),
                "TrueDivide": lambda c, first: None if first else (1.0 / c, 0.0),
                "Divide": lambda c, first: None if first else (1.0 / c, 0.0)}
+# elementwise activations called on a tensor (Keras 3: keras.ops.relu(x), keras.activations.gelu(x); tf-keras:
+# tf.nn.relu(x)): operation class -> the Keras activation of that name; where the operation has parameters,
+# the values for which it computes that activation (other values keep the operation's own function)
+_ACTIVATION_OPS = {"Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "HardSigmoid": "hard_sigmoid",
+                   "Silu": "silu", "HardSilu": "hard_silu", "Tanh": "tanh", "Softplus": "softplus",
+                   "Softsign": "softsign", "Selu": "selu", "Elu": "elu", "Gelu": "gelu", "Mish": "mish"}
+_ACTIVATION_DEFAULTS = {"Elu": {"alpha": 1.0}, "Gelu": {"approximate": False}}
+# ReLU-type operations with a slope, cap or threshold (keras.activations.relu(x, ...), keras.ops.leaky_relu):
+# read as a ReLU layer of the same parameters
+_RELU_OPS = ("ReLU", "LeakyRelu")
 OPERATIONS_READ = ("x + c, x - c, c - x, x * c, x / c for a number c or one per channel, x + y, x * y of two "
-                   "tensors, and mean(x, axis=(1, 2))")
+                   "tensors, mean(x, axis=(1, 2)) and elementwise activations (keras.ops.relu, sigmoid, silu, "
+                   "gelu, ..., tf.nn.relu in tf-keras)")
 # read by native LRP only (the twin has no tf-keras layer for them)
 INDEXING_READ = ("the channel indexing of keras.applications' preprocess_input (x[..., i], x[..., ::-1], "
                  "stack(..., axis=-1))")
@@ -279,7 +290,10 @@ def _read_indexing(kind, op, tensors, args):
 _TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
 _TF_SYMBOLS = {"math.truediv": "TrueDivide", "math.divide": "TrueDivide", "math.subtract": "Subtract",
                "math.multiply": "Multiply", "math.add": "Add", "__operators__.add": "Add", "nn.bias_add": "Add",
-               "__operators__.getitem": "GetItem"}
+               "__operators__.getitem": "GetItem",
+               "nn.relu": "Relu", "nn.relu6": "Relu6", "math.sigmoid": "Sigmoid", "nn.silu": "Silu",
+               "math.tanh": "Tanh", "math.softplus": "Softplus", "nn.softsign": "Softsign", "nn.elu": "Elu",
+               "nn.selu": "Selu", "nn.gelu": "Gelu", "nn.leaky_relu": "LeakyRelu"}
 
 
 def is_operation(layer):
@@ -296,6 +310,8 @@ def _tf_op_call(op, node):
 
     kind = _TF_SYMBOLS.get(getattr(op, "symbol", None))
     args, kwargs = tf_op_call(node)
+    if kind in _ACTIVATION_OPS or kind in _RELU_OPS:    # tf.nn.relu(x) and the like: x alone (TF's defaults)
+        return (kind, args) if len(args) == 1 and not set(kwargs) - {"name"} else (None, None)
     if kind is None or kwargs.get("data_format") not in (None, "NHWC") or set(kwargs) - {"name", "data_format"}:
         return None, None
     if kind == "GetItem" and len(args) == 2 and isinstance(args[1], (tuple, list)):
@@ -304,13 +320,48 @@ def _tf_op_call(op, node):
     return kind, args
 
 
+def _read_activation(kind, op, tensors, args):
+    """An elementwise activation operation of one tensor: ``{"kind": "ReLU", "negative_slope": ...,
+    "max_value": ..., "threshold": ...}`` for the ReLU family, else ``{"kind": "Activation",
+    "activation": name, "fn": f, "exact": e}`` with ``f`` the operation's own function of a tensor and
+    ``e`` whether Keras's activation ``name`` computes the same (False: an approximate gelu, an elu
+    with another alpha). Only Keras's and TF's own operations; else None."""
+    tf_op = layer_type(op) in _TF_OP_LAYERS
+    if len(tensors) != 1 or len(args) != 1 or not (tf_op or type(op).__module__.startswith("keras.")):
+        return None
+    if kind in _RELU_OPS:
+        if kind == "LeakyRelu":         # TF's and Keras's default slope: 0.2
+            slope, cap, threshold = (0.2 if tf_op else getattr(op, "negative_slope", None)), None, 0.0
+        else:
+            slope, cap, threshold = (getattr(op, k, None) for k in ("negative_slope", "max_value", "threshold"))
+        try:
+            return {"kind": "ReLU", "negative_slope": float(slope), "threshold": float(threshold),
+                    "max_value": None if cap is None else float(cap)}
+        except (TypeError, ValueError):
+            return None
+    fn = op.function if tf_op else op.call
+    exact = tf_op or all(getattr(op, k, v) == v for k, v in _ACTIVATION_DEFAULTS.get(kind, {}).items())
+    return {"kind": "Activation", "activation": _ACTIVATION_OPS[kind], "fn": fn, "exact": bool(exact)}
+
+
+def named_activation(fn, name):
+    """``fn`` (a function of tensors) under the name ``name``, for an Activation layer made in
+    memory (a twin, a clone with modified gradients): the name is what the layer's activation is
+    recognised by."""
+    def activation(x):
+        return fn(x)
+
+    activation.__name__ = name
+    return activation
+
+
 def read_operation(op):
     """What an operation of the model's code (:func:`is_operation`) computes, where it is one of
     :data:`OPERATIONS_READ`: ``{"kind": "Scalar", "op": ..., "scale": a, "shift": b}`` for
     ``x * a + b`` (floats, or lists of one per channel), ``{"kind": "Add"}`` / ``{"kind":
     "Multiply"}`` for two tensors, ``{"kind": "Gather", "indices": ..., "squeeze": ...}`` for
     channel indexing, ``{"kind": "Stack"}``, ``{"kind": "GlobalAveragePooling2D", "keepdims": ...}``
-    for a spatial mean; else None.
+    for a spatial mean, an activation (:func:`_read_activation`); else None.
     (MobileNetV3's hard sigmoid is ``relu6(x + 3.0) * (1.0 / 6.0)``.)"""
     from .compat import inbound_node, node_call_args, node_inputs
 
@@ -328,6 +379,8 @@ def read_operation(op):
         return None
     if kind in ("GetItem", "Stack"):
         return _read_indexing(kind, op, tensors, args)
+    if kind in _ACTIVATION_OPS or kind in _RELU_OPS:
+        return _read_activation(kind, op, tensors, args)
     if kind == "Mean":              # keras.ops.mean(x, axis=(1, 2)): global average pooling
         axis = getattr(op, "axis", None)
         if len(tensors) != 1 or len(tensors[0].shape) != 4 or not isinstance(axis, (list, tuple)):

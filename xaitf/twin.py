@@ -34,7 +34,7 @@ from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swa
 from .errors import ModelError
 from .keras_bridge import (AUGMENTATION_NOTE, HEADS, OPERATIONS_READ, input_shape, is_augmentation, is_keras_layer,
                            is_operation, keras3, layer_type, leaf_layers, logits_model, model_cache, model_kind,
-                           output_head, read_operation, scaled_add, tfk)
+                           named_activation, output_head, read_operation, scaled_add, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -145,13 +145,7 @@ _REDEFINED_ACTIVATIONS = ("hard_sigmoid",)
 def _keras3_activation(name):
     """Keras 3's built-in activation ``name`` as a function of TF tensors, for a tf-keras
     Activation layer of the twin (which lives in memory only and is never saved)."""
-    fn = keras3().activations.get(name)
-
-    def activation(x):
-        return fn(x)
-
-    activation.__name__ = name
-    return activation
+    return named_activation(keras3().activations.get(name), name)
 
 
 def _activation(layer, value):
@@ -198,6 +192,11 @@ def _layer_config(layer, weights=None):
             return "Rescaling", {"scale": read["scale"], "offset": read["shift"]}
         if read["kind"] == "GlobalAveragePooling2D":
             return read["kind"], {"keepdims": read["keepdims"]}
+        if read["kind"] == "ReLU":
+            return "ReLU", {k: read[k] for k in ("negative_slope", "threshold", "max_value")}
+        if read["kind"] == "Activation":      # Keras's activation of the name, or the operation's own function
+            return "Activation", {"activation": _activation(layer, read["activation"]) if read["exact"]
+                                  else named_activation(read["fn"], read["activation"])}
         if read["kind"] not in ("Add", "Multiply"):     # channel indexing: no tf-keras layer
             raise _unsupported(layer, f"channel indexing written in the model's code, as keras.applications' "
                                       f"caffe-style preprocess_input does: apply it to the images before the "

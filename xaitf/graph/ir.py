@@ -386,7 +386,8 @@ def _signal_input(layer):
 def _operation_nodes(op):
     """The node of a Keras 3 operation written in the model's code (``x + 3.0``, ``x * y``): a
     Rescaling node (``x * scale + shift``, config ``op`` naming the operation), an ``Add`` or a
-    ``Multiply`` gate (:func:`keras_bridge.read_operation`); else ModelError naming it."""
+    ``Multiply`` gate, an activation (``keras.ops.relu(x)``) (:func:`keras_bridge.read_operation`);
+    else ModelError naming it."""
     read = read_operation(op)
     name = getattr(op, "name", layer_type(op))
     if read is None:
@@ -397,8 +398,10 @@ def _operation_nodes(op):
     if kind == "Scalar":       # a number, or one per channel
         return [("Rescaling", name, {"scale": _f32(np.atleast_1d(read["scale"])),
                                      "shift": _f32(np.atleast_1d(read["shift"]))}, {"op": read["op"]}, False)]
-    if kind in INDEXING or kind == "GlobalAveragePooling2D":
+    if kind in INDEXING or kind in ("GlobalAveragePooling2D", "ReLU"):
         return [(kind, name, {}, read, False)]
+    if kind == "Activation":    # the name classifies it (relu, relu6, ...); fn computes it exactly
+        return [(kind, name, {}, {"activation": read["activation"], "fn": read["fn"]}, False)]
     return [(kind, name, {}, {"signal": _signal_input(op)} if kind == "Multiply" else {}, False)]
 
 

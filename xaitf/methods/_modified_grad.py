@@ -38,7 +38,8 @@ import warnings
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import kmodule, layer_type, model_cache, model_kind
+from ..keras_bridge import (is_operation, kmodule, layer_type, model_cache, model_kind, named_activation,
+                            read_operation)
 from ._xla import fused
 
 RULES = ("guided", "deconvnet", "rescale", "rescale_pairs")
@@ -222,9 +223,31 @@ def _relu_layer_ok(layer):
     return float(cfg.get("negative_slope", 0) or 0) == 0 and float(cfg.get("threshold", 0) or 0) == 0
 
 
+def _operation_layer(op, km):
+    """The layer computing an activation written as an operation (``keras.ops.relu(x)``,
+    ``tf.nn.relu(x)``; :func:`keras_bridge.read_operation`): a ReLU layer of its parameters or an
+    Activation layer of its function under its name; None for other operations."""
+    read = read_operation(op)
+    kind = read and read["kind"]
+    if kind not in ("ReLU", "Activation"):
+        return None
+    base = parent = getattr(km.layers, kind)
+    if layer_type(op) != kind:      # called as the operation was: tf-keras passes a TFOpLambda name=
+        base = type(kind, (parent,), {"call": lambda self, inputs, name=None: parent.call(self, inputs)})
+    if kind == "ReLU":
+        return base(**{k: read[k] for k in ("negative_slope", "threshold", "max_value")}, name=op.name)
+    return base(named_activation(read["fn"], read["activation"]), name=op.name)
+
+
 def _rewrite(layer, new, rule, km, slots):
     """Return the layer to put in the clone (``new`` itself or a substitute) and whether it changed.
-    A shared-baseline rescale op's :class:`ReferenceSlot` is appended to ``slots``."""
+    A shared-baseline rescale op's :class:`ReferenceSlot` is appended to ``slots``. An activation
+    written as an operation is rewritten as the layer of the same computation."""
+    if is_operation(layer):
+        layer = _operation_layer(layer, km)
+        if layer is None:
+            return new, False
+        new = layer
     kind = layer_type(layer)
 
     def slot(f):
