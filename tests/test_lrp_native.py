@@ -632,6 +632,47 @@ def test_prelu_and_spatial_mean():
     np.testing.assert_allclose(inn, grad, rtol=0, atol=1e-4 * np.abs(grad).max())
 
 
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_merges_permute_and_identities(kind):
+    """Average, Subtract (read as an Add with a Rescaling), Maximum and Minimum (winner takes all),
+    UpSampling2D (nearest or bilinear: proportional, as Resizing), Permute (moves relevance), Identity, GaussianNoise and SpatialDropout2D (the identity at
+    inference), LeakyReLU and tf-keras's ThresholdedReLU (a ReLU with a threshold): in a network
+    without biases made of them and of ReLUs, LRP-z is gradient x input (every node is positively
+    homogeneous, y = x f'(x)); the graph recomputes the model and the twin's gradient is the model's."""
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+    inp = k.Input((6, 6, 2))
+    a = L.Conv2D(4, 3, padding="same", use_bias=False, activation="relu", name="a")(inp)
+    b = L.Conv2D(4, 3, padding="same", use_bias=False, name="b")(inp)
+    c = L.Conv2D(4, 1, use_bias=False, name="c")(inp)
+    h = L.Subtract(name="sub")([a, b])
+    h = L.Average(name="avg")([h, c, L.Identity(name="id")(b)])
+    h = L.Maximum(name="max")([h, L.GaussianNoise(0.5, name="noise")(c)])
+    h = L.Minimum(name="min")([h, L.SpatialDropout2D(0.5, name="sdrop")(a)])
+    h = L.MaxPooling2D(2)(L.UpSampling2D(2, interpolation="bilinear", name="up_bilinear")(h))
+    h = L.AveragePooling2D(2)(L.UpSampling2D((2, 3), name="up_nearest")(h))
+    h = L.Permute((2, 1, 3), name="perm")(L.LeakyReLU(name="leaky")(h))
+    if kind == "tf-keras":
+        h = L.ThresholdedReLU(0.1, name="thr")(h)
+    model = _set_random(k.Model(inp, L.Dense(3, use_bias=False, name="fc")(L.Flatten()(h))), 5)
+    g = read_model(model)
+    assert {"Add", "Rescaling", "Maximum", "Minimum", "Permute", "Dropout", "UpSampling2D"} <= {n.kind for n in g.nodes}
+    x = np.random.default_rng(6).normal(size=(4, 6, 6, 2)).astype(np.float32)
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(g.forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    t = np.abs(ref).argmax(1)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        f = tf.gather(model(xt), t, axis=1, batch_dims=1)
+    oracle = x * tape.gradient(f, xt).numpy()
+    z = _explain(model, "lrp.z", x, t)
+    np.testing.assert_allclose(z, oracle, atol=1e-5 * np.abs(oracle).max())
+    grad = xaitf.create_explainer("grad", model, channel_reduce="none", progress=False)(x, t)
+    inn = xaitf.create_explainer("inn.gradient", model, channel_reduce="none", progress=False)(x, t)
+    np.testing.assert_allclose(inn, grad, atol=1e-5 * np.abs(grad).max())
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph
@@ -1283,13 +1324,13 @@ def _one_line(err):
 def test_unsupported_layer_is_named():
     L = tfk.layers
     inp = tfk.Input((4, 4, 1))
-    h = L.UpSampling2D(name="up")(inp)
+    h = L.Conv2DTranspose(2, 3, name="up")(inp)
     out = L.Dense(2)(L.Flatten()(h))
     model = tfk.Model(inp, out)
     with pytest.raises(ModelError) as err:
         LRP(model, progress=False)
     msg = _one_line(err)
-    assert "'up' (UpSampling2D)" in msg and "Conv2D" in msg
+    assert "'up' (Conv2DTranspose)" in msg and "Conv2D" in msg
 
 
 def test_unknown_composite_rule_selector_and_parameter(tiny_cnn):

@@ -442,6 +442,12 @@ AUGMENTATION = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation
                 "MixUp", "CutMix")
 
 
+# layers that are the identity at inference (noise and dropout of every kind, regularisers, ConvNeXt's
+# StochasticDepth, Identity); Keras's own classes only (is_keras_layer)
+INFERENCE_IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
+                      "GaussianDropout", "GaussianNoise", "ActivityRegularization", "StochasticDepth", "Identity")
+
+
 # how error messages name them beside the supported layer types
 AUGMENTATION_NOTE = "Keras's random augmentation layers (RandomFlip, RandomRotation, ...)"
 

@@ -32,7 +32,8 @@ import tensorflow as tf
 from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
                      tf_keras_should_use_v2)
 from .errors import ModelError
-from .keras_bridge import (AUGMENTATION_NOTE, HEADS, OPERATIONS_READ, input_shape, is_augmentation, is_keras_layer,
+from .keras_bridge import (AUGMENTATION_NOTE, HEADS, INFERENCE_IDENTITY, OPERATIONS_READ, input_shape,
+                           is_augmentation, is_keras_layer,
                            is_operation, keras3, layer_type, leaf_layers, logits_model, model_cache, model_kind,
                            named_activation, output_head, read_operation, scaled_add, tfk)
 
@@ -61,7 +62,6 @@ SUPPORTED = {
     "Normalization": ("axis",),            # mean and variance: constants of the twin (_layer_config)
     "LayerNormalization": ("axis", "epsilon", "center", "scale"),
     "LayerScale": (),                      # ConvNeXt's x * gamma: a Rescaling of the twin (_layer_config)
-    "StochasticDepth": (),                 # ConvNeXt's; the identity at inference
     "CustomScaleLayer": (),                # Inception-ResNet-v2 (Keras 3): x + r * scale, a Rescaling and an Add
     "Add": (),
     "Subtract": (),
@@ -72,6 +72,10 @@ SUPPORTED = {
     "Concatenate": ("axis",),
     "ZeroPadding2D": ("padding", "data_format"),
     "PReLU": ("shared_axes",),
+    "LeakyReLU": (),                       # the slope: tf-keras's alpha, Keras 3's negative_slope (_layer_config)
+    "ELU": ("alpha",),
+    "ThresholdedReLU": ("theta",),         # tf-keras
+    "Permute": ("dims",),
     "Resizing": ("height", "width", "interpolation", "crop_to_aspect_ratio"),
     "Cropping2D": ("cropping", "data_format"),
     "UpSampling2D": ("size", "data_format", "interpolation"),
@@ -134,7 +138,7 @@ def _unsupported(layer, why=""):
     return ModelError(
         f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
         f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}, "
-        f"{AUGMENTATION_NOTE}; the native methods still work: {NATIVE_METHODS}")
+        f"{', '.join(k for k in INFERENCE_IDENTITY if k not in SUPPORTED)}, {AUGMENTATION_NOTE}; the native methods still work: {NATIVE_METHODS}")
 
 
 # Keras 3 built-in activations that tf-keras defines differently under the same name (Keras 3's
@@ -207,8 +211,8 @@ def _layer_config(layer, weights=None):
         if scale is None:
             raise _unsupported(layer, "only keras.applications' InceptionResNetV2 layer")
         return kind, {"scale": scale}
-    if is_augmentation(layer):          # RandomFlip, RandomRotation, ...: the identity at inference
-        return "Activation", {"activation": "linear"}
+    if is_augmentation(layer) or (kind in INFERENCE_IDENTITY and kind != "Dropout" and is_keras_layer(layer)):
+        return "Activation", {"activation": "linear"}    # RandomFlip, GaussianNoise, ...: the identity at inference
     if kind not in SUPPORTED or not is_keras_layer(layer):
         raise _unsupported(layer)
     cfg = layer.get_config()
@@ -229,8 +233,8 @@ def _layer_config(layer, weights=None):
         if len(ws) != 1 or np.ndim(ws[0]) != 1:
             raise _unsupported(layer, "not one per-channel scale")
         return "Rescaling", {"scale": np.asarray(ws[0], np.float64).tolist(), "offset": 0.0}
-    if kind == "StochasticDepth":
-        return "Activation", {"activation": "linear"}
+    if kind == "LeakyReLU":
+        return kind, {"alpha": float(cfg.get("negative_slope", cfg.get("alpha", 0.3)))}
     if kind == "Normalization":
         axis = out.get("axis", -1)
         if cfg.get("invert") or tuple(np.atleast_1d(axis)) not in ((-1,), (3,)):

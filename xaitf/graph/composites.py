@@ -13,8 +13,9 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
 * other nodes: ``relu`` (a ReLU layer or Activation('relu'), not an ``activation=`` of a layer),
   ``activation`` (every other elementwise activation), ``add``, ``multiply`` (a gated product,
   as in squeeze-and-excitation blocks), ``avgpool`` (average and global
-  average pooling, Resizing), ``maxpool`` (max and global max pooling), ``shape`` (Flatten, Reshape,
-  ZeroPadding2D, Cropping2D, Dropout, Concatenate, channel Gather and Stack), ``layernorm`` (LayerNormalization; default
+  average pooling, Resizing, UpSampling2D), ``maxpool`` (max and global max pooling, Maximum and Minimum of
+  tensors), ``shape`` (Flatten, Reshape, Permute, ZeroPadding2D, Cropping2D, Dropout, Concatenate,
+  channel Gather and Stack), ``layernorm`` (LayerNormalization; default
   ``layer_norm``, the LN-rule of Ali et al. 2022).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
@@ -168,9 +169,9 @@ def _selectors(node, first):
         return ["multiply"]
     if k in ir.NORM:
         return ["layernorm"]
-    if k in ("AveragePooling2D", "GlobalAveragePooling2D", "Resizing"):
+    if k in ("AveragePooling2D", "GlobalAveragePooling2D") + ir.RESIZE:
         return ["avgpool"]
-    if k in ("MaxPooling2D", "GlobalMaxPooling2D"):
+    if k in ("MaxPooling2D", "GlobalMaxPooling2D", "Maximum", "Minimum"):
         return ["maxpool"]
     if k in ir.SHAPE + ir.INDEXING or k == "Concatenate":
         return ["shape"]
@@ -244,7 +245,7 @@ def _bounds_at(graph, node, low, high):
     hi = np.asarray(high, np.float64)
     reshaped = False
     for n in reversed(path):
-        if n.kind in ("Dropout", "Resizing"):   # an identity; a resize keeps each channel's range
+        if n.kind in ("Dropout",) + ir.RESIZE:   # an identity; a resize keeps each channel's range
             continue
         if n.kind in ir.INDEXING:               # channels reordered: per-channel bounds would move too
             if lo.size > 1 or hi.size > 1:

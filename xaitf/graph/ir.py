@@ -32,34 +32,37 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import (AUGMENTATION_NOTE, INDEXING_READ, OPERATIONS_READ, activation_name, is_augmentation,
-                            is_operation, layer_type, model_kind, read_operation, scaled_add, tfk)
+from ..keras_bridge import (AUGMENTATION_NOTE, INDEXING_READ, INFERENCE_IDENTITY, OPERATIONS_READ, activation_name,
+                            is_augmentation, is_keras_layer, is_operation, layer_type, model_kind, read_operation,
+                            scaled_add, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
 LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
 ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "PReLU")
 POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
-SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout")
-MERGE = ("Add", "Concatenate", "Multiply")
+SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout", "Permute")
+MERGE = ("Add", "Concatenate", "Multiply", "Maximum", "Minimum")
 # channel indexing written in a Keras 3 model's code (keras.applications' caffe-style preprocess_input:
 # stack([x[..., 2], x[..., 1], x[..., 0]], axis=-1)): a gather on the channel axis, a stack on a new one
 INDEXING = ("Gather", "Stack")
-# resizing the image (a Resizing layer, bilinear or nearest): linear, weightless, weights >= 0
-RESIZE = ("Resizing",)
+# resizing the image (a Resizing layer; UpSampling2D by integer factors), bilinear or nearest: linear,
+# weightless, weights >= 0
+RESIZE = ("Resizing", "UpSampling2D")
 NORM = ("LayerNormalization",)    # over the channels: y = gamma (x - mean) / sqrt(var + eps) + beta
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
 KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + ("Softmax",)
-# layers that are the identity at inference
-_IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "AlphaDropout",
-             "GaussianDropout", "GaussianNoise", "ActivityRegularization", "StochasticDepth")
 # keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
-# Rescaling node; StochasticDepth (the identity at inference) is in _IDENTITY
+# Rescaling node; StochasticDepth (the identity at inference) is in keras_bridge.INFERENCE_IDENTITY
 CONVNEXT_LAYERS = ("LayerScale",)
 # layers read as several nodes: depthwise then pointwise; Inception-ResNet-v2's x + r * scale as a
-# Rescaling of r, then an Add
-SPLIT = ("SeparableConv2D", "CustomScaleLayer")
-SUPPORTED_LAYERS = tuple(k for k in KINDS if k not in ("Dropout",) + INDEXING) + _IDENTITY + SPLIT + CONVNEXT_LAYERS
+# Rescaling of r, then an Add; Average as an Add, then a Rescaling by 1 / n; Subtract as a Rescaling by
+# -1 of the second input, then an Add
+SPLIT = ("SeparableConv2D", "CustomScaleLayer", "Average", "Subtract")
+# read as other kinds: tf-keras's ThresholdedReLU(theta) is ReLU(threshold=theta)
+RENAMED = ("ThresholdedReLU",)
+SUPPORTED_LAYERS = (tuple(k for k in KINDS if k not in ("Dropout",) + INDEXING) + INFERENCE_IDENTITY + SPLIT
+                    + CONVNEXT_LAYERS + RENAMED)
 # what may stand between the input and the first layers (Graph.input_path): reshaping, identities,
 # channel indexing, resizing and input normalisation (the affine kinds)
 INPUT_PATH = ("Flatten", "Reshape", "Dropout") + INDEXING + RESIZE + AFFINE
@@ -298,6 +301,13 @@ def apply(node, xs):
         return x[:, t:x.shape[1] - b, l:x.shape[2] - r, :]
     if k == "Dropout":
         return x
+    if k == "Permute":
+        return tf.transpose(x, (0,) + tuple(c["dims"]))
+    if k in ("Maximum", "Minimum"):
+        out = xs[0]
+        for v in xs[1:]:
+            out = tf.maximum(out, v) if k == "Maximum" else tf.minimum(out, v)
+        return out
     if k == "Add":
         out = xs[0]
         for v in xs[1:]:          # AddV2, not AddN: grappler's remapper fails on some AddN fan-outs
@@ -311,6 +321,8 @@ def apply(node, xs):
         return tf.stack(list(xs), axis=-1)
     if k == "Resizing":
         return tf.image.resize(x, c["size"], method=c["method"])
+    if k == "UpSampling2D":
+        return tf.image.resize(x, tf.shape(x)[1:3] * c["size"], method=c["method"])
     if k == "Multiply":
         out = xs[0]
         for v in xs[1:]:
@@ -420,6 +432,15 @@ def _layer_nodes(layer, inputs, new_id):
         return [("Rescaling", f"{layer.name}/scale", {"scale": _f32([scale]), "shift": _f32([0.0])},
                  {"op": "Multiply"}, False, (("in", 1),)),
                 ("Add", layer.name, {}, {}, False, (("in", 0), ("node", 0)))]
+    if kind in ("Average", "Subtract") and is_keras_layer(layer):
+        n = len(inputs)
+        if kind == "Subtract":          # x - y: x + (-1) y, the z rule's contributions x and -y
+            return [("Rescaling", f"{layer.name}/negate", {"scale": _f32([-1.0]), "shift": _f32([0.0])},
+                     {"op": "Multiply"}, False, (("in", 1),)),
+                    ("Add", layer.name, {}, {}, False, (("in", 0), ("node", 0)))]
+        return [("Add", f"{layer.name}/sum", {}, {}, False, tuple(("in", i) for i in range(n))),
+                ("Rescaling", layer.name, {"scale": _f32([1.0 / n]), "shift": _f32([0.0])}, {"op": "Multiply"},
+                 False, (("node", 0),))]
     cfg = layer.get_config()
     ws = [_f32(w) for w in layer.get_weights()]
     out = []
@@ -509,6 +530,11 @@ def _layer_nodes(layer, inputs, new_id):
     if kind == "Activation":
         act = activation_name(layer)
         return [(kind, layer.name, {}, {"activation": act, "fn": layer.activation}, False)]
+    if kind == "ThresholdedReLU":      # tf-keras: x where x > theta, else 0
+        return [("ReLU", layer.name, {}, {"negative_slope": 0.0, "threshold": float(cfg["theta"]),
+                                          "max_value": None}, False)]
+    if kind == "Permute":
+        return [(kind, layer.name, {}, {"dims": tuple(int(d) for d in cfg["dims"])}, False)]
     if kind == "ReLU":
         ns = cfg.get("negative_slope") or 0.0
         mv = cfg.get("max_value")
@@ -547,6 +573,12 @@ def _layer_nodes(layer, inputs, new_id):
             p = ((p, p), (p, p))
         p = tuple(_pair(q) for q in p)
         return [(kind, layer.name, {}, {key: p}, False)]
+    if kind == "UpSampling2D":
+        _channels_last(layer, cfg)
+        if cfg.get("interpolation", "nearest") not in ("bilinear", "nearest"):
+            raise _unsupported(layer, " (bilinear or nearest only)")
+        return [(kind, layer.name, {}, {"size": _pair(cfg["size"]), "method": cfg.get("interpolation", "nearest")},
+                 False)]
     if kind == "Resizing":
         _channels_last(layer, cfg)
         if cfg.get("interpolation") not in ("bilinear", "nearest") or any(
@@ -554,7 +586,7 @@ def _layer_nodes(layer, inputs, new_id):
             raise _unsupported(layer, " (bilinear or nearest only, without crop/pad to aspect ratio or antialias)")
         return [(kind, layer.name, {}, {"size": (int(cfg["height"]), int(cfg["width"])),
                                         "method": cfg["interpolation"]}, False)]
-    if kind in _IDENTITY or is_augmentation(layer):
+    if (kind in INFERENCE_IDENTITY and is_keras_layer(layer)) or is_augmentation(layer):
         return [("Dropout", layer.name, {}, {"layer_class": kind}, False)]
     if kind in MERGE:
         conf = {"axis": int(cfg.get("axis", -1))} if kind == "Concatenate" else {}

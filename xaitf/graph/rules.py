@@ -357,8 +357,8 @@ class LayerNorm(Rule):
 
 # nodes that hand their output's relevance to their input unchanged or moved, never spread onto
 # positions of value 0 (max pooling routes it to the winner, which holds the output's value)
-_ROUTING = ("MaxPooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout",
-            "Concatenate") + ir.INDEXING
+_ROUTING = ("MaxPooling2D", "GlobalMaxPooling2D", "Maximum", "Minimum", "Flatten", "Reshape", "ZeroPadding2D",
+            "Cropping2D", "Dropout", "Permute", "Concatenate") + ir.INDEXING
 
 
 def _vanishing_relevance(graph, rules):
