@@ -306,6 +306,7 @@ class Explainer:
         self.output_spec = Output(model, self.output, owner, self.outputs)
         # the model whose outputs ``self.select`` reads, and what is explained in words
         self.forward, self.output_note = self.output_spec.forward, self.output_spec.note
+        self.runner = self.output_spec.runner    # forward's function, to call (Output.runner)
         # read before setup(), which may cache copies of these weights (native LRP passes it on)
         self._weights_crc = weights_fingerprint(model)
         self.setup()
@@ -367,7 +368,7 @@ class Explainer:
     # -- public --------------------------------------------------------------------------------
     def predict(self, x, probabilities=False):
         """The explained output (logits or model output) for x, in chunks."""
-        f = self.model if probabilities else self.forward
+        f = self.model if probabilities else self.runner
         outs = [np.asarray(f(tf.constant(x[s]), training=False)) for s in chunks(len(x), self.batch_size)]
         return np.concatenate(outs)
 

@@ -20,6 +20,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from .errors import MethodError
+from .grouped_conv import runner
 from .keras_bridge import logit_activation, logits_model
 
 NAMES = ("logits", "probabilities")
@@ -56,6 +57,9 @@ class Output:
         fn: the user's callable (``kind == "callable"``), else None.
         forward: the model whose outputs :meth:`select` reads: the logit model for the two named
             kinds, the model itself for a callable.
+        runner: the same function as ``forward``, to call (not to walk its layers): ``forward``
+            itself, or for a Keras 3 model with grouped convolutions a faster copy
+            (:func:`xaitf.grouped_conv.runner`).
         activation: ``"softmax"`` or ``"sigmoid"``, what turns logits into probabilities.
         note: what is explained, in words (figure headers, run records).
         tag: a cache key part for compiled functions (None for a callable: not shared).
@@ -79,6 +83,7 @@ class Output:
             self.note = logit_note if self.kind == "logits" else \
                 f"{self.activation} probabilities of the logits ({logit_note})"
             self.tag = self.kind
+        self.runner = runner(self.forward)
 
     def select(self, outputs, targets):
         """The explained score (N,) of each row of ``outputs`` (``self.forward``'s) for int targets

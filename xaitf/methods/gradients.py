@@ -138,7 +138,7 @@ class Gradient(GradientFamily):
     key = "grad"
 
     def setup(self):
-        fwd, select = self.forward, self._selector()
+        fwd, select = self.runner, self._selector()
 
         def build():
             @tf.function(input_signature=[image_spec(self.shape), INDEX_SPEC], autograph=False)
@@ -223,7 +223,7 @@ class IntegratedGradients(GradientFamily):
         steps = self._positive_int("steps")
         self._alphas, self._weights = path_points(steps, self.params["rule"])
         self._baseline = parse_baseline(self.params["baseline"], self.shape, "IntegratedGradients")
-        fwd, select = self.forward, self._selector()
+        fwd, select = self.runner, self._selector()
 
         def build():
             base_spec = tf.TensorSpec([None] * 4, tf.float32)  # broadcast against x
@@ -303,7 +303,7 @@ class SmoothGrad(GradientFamily):
         if self.params["postprocess"] not in POSTPROCESS:
             raise MethodError(f"unknown SmoothGrad postprocess {self.params['postprocess']!r}; "
                               f"valid: {', '.join(POSTPROCESS)}")
-        fwd, shape, post = self.forward, self.shape, self.params["postprocess"]
+        fwd, shape, post = self.runner, self.shape, self.params["postprocess"]
         select = self._selector()
 
         def build():

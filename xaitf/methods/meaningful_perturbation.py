@@ -210,7 +210,7 @@ class MeaningfulPerturbation(Explainer):
         """Per-image loss terms (area, tv, probability) for masks m (n,h,w,1)."""
         up = self._upsample(m)
         perturbed = x * up + blurred * (1.0 - up)
-        score = self.output_spec.select_onehot(self.forward(perturbed, training=False), onehot)
+        score = self.output_spec.select_onehot(self.runner(perturbed, training=False), onehot)
         area = tf.reduce_mean(tf.abs(1.0 - m), axis=[1, 2, 3])
         return area, tv_norm(m, self.tv_beta), score
 
@@ -223,7 +223,7 @@ class MeaningfulPerturbation(Explainer):
                 tape.watch(m)
                 up = self._upsample(m)
                 # blurred + up * (x - blurred) = x * up + blurred * (1 - up)
-                score = self.output_spec.select_onehot(self.forward(blurred + up * diff, training=False),
+                score = self.output_spec.select_onehot(self.runner(blurred + up * diff, training=False),
                                                        onehot)
                 loss = self.category_coeff * tf.reduce_sum(score)
             i = i + 1

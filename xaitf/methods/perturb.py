@@ -44,6 +44,7 @@ from .. import params as _params
 from ..compat import quiet_retracing
 from ..errors import MethodError
 from ..explainer import progress as _progress
+from ..grouped_conv import runner
 from ..keras_bridge import chain_layers, input_shape, layer_type, probability_head
 from ._local_windows import local_stack
 from ._patches import grid_index as _grid_index
@@ -349,6 +350,7 @@ class Engine:
     def __init__(self, model, *, post=None, shortcut=True, batch_size=256, show_progress=True,
                  desc=None, score=None):
         self.model = model
+        self.run = runner(model)       # the model's function, to call (faster for grouped convolutions)
         self.score = score
         self.post = {None: None, "softmax": lambda h: tf.nn.softmax(h, axis=-1),
                      "sigmoid": tf.nn.sigmoid}[post]
@@ -410,7 +412,7 @@ class Engine:
 
     # -- plain outputs ------------------------------------------------------------------------
     def _outputs(self, x):
-        out = self.model(x, training=False)
+        out = self.run(x, training=False)
         return self.post(out) if self.post is not None else out
 
     def target_outputs(self, x, targets):

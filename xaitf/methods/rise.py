@@ -129,7 +129,7 @@ class Rise(Explainer):
         if self.cell > min(h, w):
             raise MethodError(f"Rise cell must be at most the image side {min(h, w)}, got {self.cell}")
         self.cell_h, self.cell_w = math.ceil(h / self.cell), math.ceil(w / self.cell)
-        forward, shape, cell, spec = self.forward, self.shape, self.cell, self.output_spec
+        forward, shape, cell, spec = self.runner, self.shape, self.cell, self.output_spec
         build = lambda: saliency_function(forward, shape, cell, spec.select_onehot)  # noqa: E731
         if spec.tag is None:           # a user's output function: not shared through the cache
             self._fn = build()

@@ -147,7 +147,7 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
     def setup(self):
         if any(d is None for d in self.shape):
             raise MethodError(f"{type(self).__name__} needs a model with a fixed input shape")
-        fwd, probs, sigmoid = self.forward, self.output == "probabilities", self.logit_activation == "sigmoid"
+        fwd, probs, sigmoid = self.runner, self.output == "probabilities", self.logit_activation == "sigmoid"
 
         def scores(z):
             y = fwd(z, training=False)

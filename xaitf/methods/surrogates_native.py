@@ -317,7 +317,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
 
     # -- the model ---------------------------------------------------------------------------
     def _scores(self, images, t):
-        return self._output_scores(self.forward(images, training=False), t)
+        return self._output_scores(self.runner(images, training=False), t)
 
     def _output_scores(self, out, t):
         return tf.cast(self.select(out, t), tf.float64)
