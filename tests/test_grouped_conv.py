@@ -5,18 +5,19 @@ import pytest
 
 import xaitf
 import tensorflow as tf
+from xaitf import grouped_conv
 from xaitf.grouped_conv import is_grouped_conv, runner
 from xaitf.keras_bridge import keras3, tfk
 
 
-def _grouped_model(nested=False):
+def _grouped_model(nested=False, act="gelu"):
     k = keras3()
     L = k.layers
     k.utils.set_random_seed(3)
     inp = k.Input((12, 12, 4))
     h = L.Conv2D(8, 3, padding="same", name="stem")(inp)
     # one input channel per group (ConvNeXt's depthwise 7x7 form), strided with a bias and activation
-    h = L.Conv2D(16, 5, strides=2, padding="same", groups=8, activation="gelu", name="depthwise")(h)
+    h = L.Conv2D(16, 5, strides=2, padding="same", groups=8, activation=act, name="depthwise")(h)
     # four input channels per group (RegNet/ResNeXt), dilated, no bias
     h = L.Conv2D(8, 3, dilation_rate=2, padding="valid", groups=4, use_bias=False, name="grouped")(h)
     body = k.Model(inp, h, name="body")
@@ -81,3 +82,23 @@ def test_methods_call_the_runner():
     assert occ.runner is runner(model)
     maps = occ(x, [1, 3])
     assert maps.shape == (2, 12, 12) and np.isfinite(maps).all() and np.abs(maps).max() > 0
+
+
+@pytest.mark.parametrize("name", ["gb", "deeplift"])
+def test_modified_gradient_clones_wrap_grouped_convs(name, monkeypatch):
+    """The Guided Backprop / DeepLIFT clones compute their grouped convolutions by TensorFlow's ops
+    too (the modified ReLU of the layer's activation kept), with the maps of Keras's own path."""
+    from xaitf.methods._modified_grad import modified_clone
+
+    x = np.random.default_rng(2).normal(size=(2, 12, 12, 4)).astype(np.float32)
+    model = _grouped_model(act="relu")
+    fast = xaitf.create_explainer(name, model, channel_reduce="none", progress=False)(x, [0, 4])
+    rule = "guided" if name == "gb" else "rescale"
+    assert sum(type(l).__name__ == "GroupedConvTF" for l in modified_clone(model, rule).layers) == 2
+    monkeypatch.setattr(grouped_conv, "is_grouped_conv", lambda layer: False)     # Keras's XLA path
+    other = _grouped_model(act="relu")
+    assert runner(other) is other
+    assert not any(type(l).__name__ == "GroupedConvTF" for l in modified_clone(other, rule).layers)
+    slow = xaitf.create_explainer(name, other, channel_reduce="none", progress=False)(x, [0, 4])
+    assert np.abs(slow).max() > 0
+    np.testing.assert_allclose(fast, slow, atol=1e-5 * np.abs(slow).max())

@@ -16,8 +16,9 @@ weights (``set_weights``, training, a randomisation test) are followed at once. 
 against the model on a probe batch; any difference beyond float32 rounding, or a model it cannot
 rebuild, leaves the model itself (slower, never different). Methods call the runner where they
 only run the model (gradients, perturbations, surrogates) and keep the model where they walk its
-layers (Grad-CAM, the modified-gradient clones, LRP's graph, which reads grouped convolutions
-itself).
+layers (Grad-CAM; LRP's graph reads grouped convolutions itself). The modified-gradient clones
+(:mod:`xaitf.methods._modified_grad`) wrap their own copies of grouped convolutions with
+:func:`tf_grouped`.
 """
 import numpy as np
 
@@ -57,6 +58,10 @@ def _layer_class():
                 super().__init__(name=conv.name, **kw)
                 self.conv = conv
 
+            def build(self, input_shape):
+                if not self.conv.built:         # a fresh copy (the modified-gradient clones)
+                    self.conv.build(input_shape)
+
             def call(self, x):
                 c = self.conv
                 kernel = tf.convert_to_tensor(c.kernel)
@@ -80,13 +85,18 @@ def _layer_class():
     return cache["cls"]
 
 
+def tf_grouped(conv):
+    """A layer computing the grouped Conv2D ``conv`` (kernel, bias, activation as they are when
+    called) by TensorFlow's ops on ``conv``'s own variables, under ``conv``'s name."""
+    return _layer_class()(conv)
+
+
 def _rebuilt(model):
     keras = keras3()
-    cls = _layer_class()
 
     def clone_fn(layer):
         if is_grouped_conv(layer):
-            return cls(layer)
+            return tf_grouped(layer)
         if hasattr(layer, "layers") and _has_grouped(layer):
             return _rebuilt(layer)
         return layer                    # shared: the same layer, the same variables

@@ -37,6 +37,7 @@ import warnings
 
 import tensorflow as tf
 
+from .. import grouped_conv
 from ..errors import ModelError
 from ..keras_bridge import (is_operation, kmodule, layer_type, model_cache, model_kind, named_activation,
                             read_operation)
@@ -303,6 +304,8 @@ def _clone(model, rule, km, counter, slots):
             return new
         new, changed = _rewrite(layer, new, rule, km, slots)
         counter[0] += int(changed)
+        if grouped_conv.is_grouped_conv(new):    # Keras 3 would run it through XLA (slow on CPU)
+            return grouped_conv.tf_grouped(new)
         return new
 
     try:
