@@ -218,6 +218,21 @@ def test_innvestigate_refusal_of_relu6_layers_is_one_line_and_native_runs():
     assert maps.shape == (2, 8, 8) and np.isfinite(maps).all() and np.abs(maps).max() > 0
 
 
+def test_innvestigate_refusal_names_the_layer_its_check_warned_about():
+    """iNNvestigate's LRP refuses some layers (here a Rescaling inside the network) by warning
+    "Check triggered by layers: [...]" and then raising a bare NotImplementedError: the one line
+    names the layer's class (not its object repr)."""
+    L = tfk.layers
+    inp = tfk.Input((8, 8, 1))
+    h = L.Rescaling(2.0, name="scale")(L.Conv2D(2, 3, activation="relu")(inp))
+    model = tfk.Model(inp, L.Dense(3)(L.Flatten()(h)))
+    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    with pytest.raises(ModelError) as err:
+        xaitf.create_explainer("inn.lrp.epsilon", model, progress=False)(x, [0, 1])
+    msg = str(err.value)
+    assert "Check triggered by layers: [Rescaling]" in msg and "object at" not in msg and "\n" not in msg
+
+
 def test_nested_batchnorm_refused_for_wrapper_analyzers_and_relu_layers_run_deconvnet():
     """A BatchNormalization inside a nested model is found too (iNNvestigate's integrated_gradients
     and smoothgrad fail on it with a resource-dtype TypeError deep in TF): one line. Plain ReLU

@@ -39,6 +39,7 @@ iNNvestigate's ``guided_backprop`` and ``deconvnet`` start their backward pass f
 ReLU rules) or vanish. ``gradient``, ``input_t_gradient`` and ``integrated_gradients`` start from 1
 and equal the native methods.
 """
+import re
 import time
 import warnings
 
@@ -261,8 +262,8 @@ class InnvestigateExplainer(Explainer):
         T.require_tf_keras()
 
         t0 = time.perf_counter()
-        with self.twin.scope(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with self.twin.scope(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")     # recorded, not shown: _unimplemented reads them
             if self.analyzer_name == "smoothgrad":
                 tf.compat.v1.set_random_seed(self.seed)
             try:
@@ -275,10 +276,7 @@ class InnvestigateExplainer(Explainer):
                                  f"{self.model.name!r}: {msg}; the native methods still work: "
                                  f"{T.NATIVE_METHODS}") from None
             except NotImplementedError as e:        # e.g. capped ReLU(6) layers (iNNvestigate 2.1.2)
-                where = f" ({' '.join(str(e).split())})" if str(e).strip() else ""
-                raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model {self.model.name!r}: "
-                                 f"a layer it does not implement{where}; the native lrp.* / deep_taylor* "
-                                 f"methods still work") from None
+                raise _unimplemented(self.analyzer_name, self.model.name, e, caught) from None
             except tf.errors.InvalidArgumentError as e:
                 if "must feed a value for placeholder" not in str(e):
                     raise
@@ -299,21 +297,30 @@ class InnvestigateExplainer(Explainer):
         return max(1, self.batch_size // per)
 
     def explain_batch(self, x, targets):
-        with self.twin.scope(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with self.twin.scope(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")     # recorded, not shown: _unimplemented reads them
             try:
                 maps = self.analyzer.analyze(np.asarray(x, np.float32),
                                              neuron_selection=np.asarray(targets, np.int64))
             except NotImplementedError as e:        # e.g. capped ReLU(6) layers (iNNvestigate 2.1.2)
-                where = f" ({' '.join(str(e).split())})" if str(e).strip() else ""
-                raise ModelError(f"iNNvestigate cannot run {self.analyzer_name} on model {self.model.name!r}: "
-                                 f"a layer it does not implement{where}; the native lrp.* / deep_taylor* "
-                                 f"methods still work") from None
+                raise _unimplemented(self.analyzer_name, self.model.name, e, caught) from None
             except tf.errors.InvalidArgumentError as e:
                 if "must feed a value for placeholder" not in str(e):
                     raise
                 raise _unfed_placeholder(self.analyzer_name, self.model.name) from None
         return np.asarray(maps, dtype=np.float32).reshape(x.shape)
+
+
+def _unimplemented(analyzer_name, model_name, err, caught):
+    """The one-line ModelError for iNNvestigate's NotImplementedError. iNNvestigate 2.1.2 raises it
+    bare after warning about the layers its model checks refuse ("... Check triggered by layers:
+    [...]"): the recorded warning ``caught`` names them."""
+    said = [str(w.message) for w in caught if "Check triggered by" in str(w.message)]
+    where = " ".join((str(err).strip() or (said[-1] if said else "")).split())
+    where = re.sub(r"<[\w.]+\.(\w+) object at 0x[0-9a-fA-F]+>", r"\1", where)     # layer reprs: their class
+    where = f" ({where})" if where else ""
+    return ModelError(f"iNNvestigate cannot run {analyzer_name} on model {model_name!r}: a layer it does not "
+                      f"implement{where}; the native lrp.* / deep_taylor* methods still work")
 
 
 def _unfed_placeholder(analyzer_name, model_name):
