@@ -102,3 +102,12 @@ def test_modified_gradient_clones_wrap_grouped_convs(name, monkeypatch):
     slow = xaitf.create_explainer(name, other, channel_reduce="none", progress=False)(x, [0, 4])
     assert np.abs(slow).max() > 0
     np.testing.assert_allclose(fast, slow, atol=1e-5 * np.abs(slow).max())
+
+
+def test_metrics_score_with_the_runner():
+    from xaitf.keras_bridge import logits_model
+    from xaitf.metrics._common import output_transform
+
+    model = _grouped_model()
+    for output, fwd in (("logits", logits_model(model)[0]), ("probabilities", model)):
+        assert output_transform(model, output)[0] is runner(fwd) is not fwd
