@@ -84,21 +84,28 @@ def test_methods_call_the_runner():
     assert maps.shape == (2, 12, 12) and np.isfinite(maps).all() and np.abs(maps).max() > 0
 
 
-@pytest.mark.parametrize("name", ["gb", "deeplift"])
-def test_modified_gradient_clones_wrap_grouped_convs(name, monkeypatch):
+@pytest.mark.parametrize("name", ["gb", "deeplift", "gradcam"])
+def test_clones_and_gradcam_skip_xla(name, monkeypatch):
     """The Guided Backprop / DeepLIFT clones compute their grouped convolutions by TensorFlow's ops
-    too (the modified ReLU of the layer's activation kept), with the maps of Keras's own path."""
+    too (the modified ReLU of the layer's activation kept), and Grad-CAM cuts the runner at the
+    layer's counterpart (here the grouped layer itself): the maps of Keras's own path."""
     from xaitf.methods._modified_grad import modified_clone
 
     x = np.random.default_rng(2).normal(size=(2, 12, 12, 4)).astype(np.float32)
     model = _grouped_model(act="relu")
-    fast = xaitf.create_explainer(name, model, channel_reduce="none", progress=False)(x, [0, 4])
-    rule = "guided" if name == "gb" else "rescale"
-    assert sum(type(l).__name__ == "GroupedConvTF" for l in modified_clone(model, rule).layers) == 2
+    ex = xaitf.create_explainer(name, model, channel_reduce="none", progress=False)
+    fast = ex(x, [0, 4])
+    rule = {"gb": "guided", "deeplift": "rescale"}.get(name)
+    if rule:
+        assert sum(type(l).__name__ == "GroupedConvTF" for l in modified_clone(model, rule).layers) == 2
+    else:
+        assert ex.layer.name == "grouped" and type(grouped_conv.counterpart(ex.runner, ex.layer)).__name__ == \
+            "GroupedConvTF"
     monkeypatch.setattr(grouped_conv, "is_grouped_conv", lambda layer: False)     # Keras's XLA path
     other = _grouped_model(act="relu")
     assert runner(other) is other
-    assert not any(type(l).__name__ == "GroupedConvTF" for l in modified_clone(other, rule).layers)
+    if rule:
+        assert not any(type(l).__name__ == "GroupedConvTF" for l in modified_clone(other, rule).layers)
     slow = xaitf.create_explainer(name, other, channel_reduce="none", progress=False)(x, [0, 4])
     assert np.abs(slow).max() > 0
     np.testing.assert_allclose(fast, slow, atol=1e-5 * np.abs(slow).max())

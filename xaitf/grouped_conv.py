@@ -15,10 +15,10 @@ variables, and every other layer is the model's own layer, shared. Nothing is co
 weights (``set_weights``, training, a randomisation test) are followed at once. It is checked once
 against the model on a probe batch; any difference beyond float32 rounding, or a model it cannot
 rebuild, leaves the model itself (slower, never different). Methods call the runner where they
-only run the model (gradients, perturbations, surrogates) and keep the model where they walk its
-layers (Grad-CAM; LRP's graph reads grouped convolutions itself). The modified-gradient clones
-(:mod:`xaitf.methods._modified_grad`) wrap their own copies of grouped convolutions with
-:func:`tf_grouped`.
+only run the model (gradients, perturbations, surrogates, the metrics' scorer); Grad-CAM finds its
+layer in the model and cuts the runner at its :func:`counterpart`; LRP's graph reads grouped
+convolutions itself. The modified-gradient clones (:mod:`xaitf.methods._modified_grad`) wrap
+their own copies of grouped convolutions with :func:`tf_grouped`.
 """
 import numpy as np
 
@@ -123,3 +123,20 @@ def runner(model):
         out = model
     cache[_KEY] = out
     return out
+
+
+def counterpart(fast, layer):
+    """The layer of ``fast`` (a :func:`runner`) that stands for ``layer`` of the model it was made
+    from: ``layer`` itself where it is shared, else the layer of the same name that replaced it (a
+    grouped convolution's :func:`tf_grouped`, a rebuilt nested model); None if there is none."""
+    def walk(model):
+        for item in model.layers:
+            yield item
+            if hasattr(item, "layers"):
+                yield from walk(item)
+
+    found = [item for item in walk(fast) if item is layer]
+    if found:
+        return layer
+    named = [item for item in walk(fast) if item.name == layer.name]
+    return named[0] if len(named) == 1 else None

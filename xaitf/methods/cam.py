@@ -17,6 +17,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from ..errors import ModelError
+from ..grouped_conv import counterpart
 from ..keras_bridge import find_last_conv, output_in, submodel
 from .gradients import INDEX_SPEC, GradientFamily, as_int32, image_spec
 
@@ -100,7 +101,12 @@ class GradCam(GradientFamily):
             raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output; {layer.name!r} "
                              f"gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
         self.layer = layer
-        sub = submodel(self.forward, [out, self.forward.outputs[0]])
+        model = self.forward
+        if self.runner is not self.forward:     # the same function without Keras's XLA detour
+            same = counterpart(self.runner, layer)
+            if same is not None:
+                model, out = self.runner, output_in(self.runner, same)
+        sub = submodel(model, [out, model.outputs[0]])
         weigh, select = self.channel_weights, self.select
 
         def build():
@@ -117,7 +123,7 @@ class GradCam(GradientFamily):
 
             return fn
 
-        self._fn = self._compiled(self.forward, f"{self.key}:{layer.name}", build)
+        self._fn = self._compiled(model, f"{self.key}:{layer.name}", build)
 
     @staticmethod
     def channel_weights(acts, grads):
