@@ -673,6 +673,47 @@ def test_merges_permute_and_identities(kind):
     np.testing.assert_allclose(inn, grad, atol=1e-5 * np.abs(grad).max())
 
 
+@pytest.mark.parametrize("kind", ["tf-keras", "keras3"])
+def test_group_normalization(kind):
+    """GroupNormalization (channel groups normalised over their positions and channels) takes the
+    LN-rule with each group's standard deviation held constant: on GN -> Dense without shifts the
+    map is ``x * (s - mean_group(s)) / sigma_group`` with ``s = gamma w_t`` (an independent numpy
+    oracle), it conserves the logit, the graph recomputes a deeper model, and so does the tf-keras
+    twin, on which tf-explain runs (iNNvestigate's analyzers cannot build on GroupNormalization)."""
+    k = tfk if kind == "tf-keras" else keras3()
+    L = k.layers
+    inp = k.Input((4, 4, 6))
+    gn = L.GroupNormalization(groups=3, center=False, epsilon=1e-3, name="gn")
+    model = k.Model(inp, L.Dense(3, use_bias=False, name="fc")(L.Flatten()(gn(inp))))
+    rs = np.random.default_rng(4)
+    gamma = rs.uniform(0.5, 1.5, 6).astype(np.float32)
+    gn.set_weights([gamma])
+    x = rs.normal(1.0, 2.0, (2, 4, 4, 6)).astype(np.float32)
+    ref = np.asarray(model(x))
+    t = np.abs(ref).argmax(1)
+    w = model.get_layer("fc").get_weights()[0].reshape(4, 4, 6, 3)
+    xg = x.astype(np.float64).reshape(2, 4, 4, 3, 2)
+    sigma = np.sqrt(xg.var(axis=(1, 2, 4), keepdims=True) + 1e-3)
+    s = (gamma[None, None, None] * np.moveaxis(w[..., t], -1, 0)).reshape(2, 4, 4, 3, 2)
+    want = (xg * (s - s.mean(axis=(1, 2, 4), keepdims=True)) / sigma).reshape(x.shape)
+    got = _explain(model, "lrp.z", x, t)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(got.reshape(2, -1).sum(1), ref[np.arange(2), t], rtol=1e-4)
+    inp = k.Input((6, 6, 2))
+    h = L.ReLU()(L.GroupNormalization(groups=2, name="gn1")(L.Conv2D(4, 3, padding="same")(inp)))
+    h = L.GroupNormalization(groups=4, name="gn2")(L.Conv2D(8, 3)(h))
+    deep = _set_random(k.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(h))), 2)
+    assert [n.config["groups"] for n in read_model(deep).nodes if n.kind == "GroupNormalization"] == [2, 4]
+    x = rs.normal(size=(3, 6, 6, 2)).astype(np.float32)
+    ref = np.asarray(deep(x))
+    np.testing.assert_allclose(read_model(deep).forward(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    from xaitf import twin
+
+    np.testing.assert_allclose(twin.tf_keras_twin(deep)(x).numpy(), ref, atol=1e-5 * np.abs(ref).max())
+    cam = xaitf.create_explainer("tfx.gradcam", deep, progress=False)(x, np.abs(ref).argmax(1))
+    assert np.isfinite(cam).all() and np.abs(cam).max() > 0
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph

@@ -61,6 +61,7 @@ SUPPORTED = {
     "Rescaling": ("scale", "offset"),
     "Normalization": ("axis",),            # mean and variance: constants of the twin (_layer_config)
     "LayerNormalization": ("axis", "epsilon", "center", "scale"),
+    "GroupNormalization": ("groups", "axis", "epsilon", "center", "scale"),
     "LayerScale": (),                      # ConvNeXt's x * gamma: a Rescaling of the twin (_layer_config)
     "CustomScaleLayer": (),                # Inception-ResNet-v2 (Keras 3): x + r * scale, a Rescaling and an Add
     "Add": (),

@@ -15,7 +15,7 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   as in squeeze-and-excitation blocks), ``avgpool`` (average and global
   average pooling, Resizing, UpSampling2D), ``maxpool`` (max and global max pooling, Maximum and Minimum of
   tensors), ``shape`` (Flatten, Reshape, Permute, ZeroPadding2D, Cropping2D, Dropout, Concatenate,
-  channel Gather and Stack), ``layernorm`` (LayerNormalization; default
+  channel Gather and Stack), ``layernorm`` (LayerNormalization, GroupNormalization; default
   ``layer_norm``, the LN-rule of Ali et al. 2022).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the

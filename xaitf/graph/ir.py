@@ -7,7 +7,8 @@ float32 numpy arrays, its configuration and the ids of its input nodes. The ``ac
 Conv2D/DepthwiseConv2D/Dense becomes its own ``Activation`` node (``fused=True``), so that rules
 see the pre-activation ``z`` of every linear layer. BatchNormalization, Rescaling and
 Normalization are exact per-channel affine nodes ``y = x * scale + shift`` (so is ConvNeXt's
-LayerScale); LayerNormalization over the channels is its own kind (rule ``layer_norm``). A SeparableConv2D
+LayerScale); LayerNormalization over the channels and GroupNormalization are their own kinds (rule
+``layer_norm``). A SeparableConv2D
 (Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
 ``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
 A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet; ``x * f(x)``
@@ -49,7 +50,9 @@ INDEXING = ("Gather", "Stack")
 # resizing the image (a Resizing layer; UpSampling2D by integer factors), bilinear or nearest: linear,
 # weightless, weights >= 0
 RESIZE = ("Resizing", "UpSampling2D")
-NORM = ("LayerNormalization",)    # over the channels: y = gamma (x - mean) / sqrt(var + eps) + beta
+# y = gamma (x - mean) / sqrt(var + eps) + beta, mean and var over the channels (LayerNormalization) or
+# over the positions and the channels of each of `groups` channel groups (GroupNormalization)
+NORM = ("LayerNormalization", "GroupNormalization")
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
 KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + ("Softmax",)
 # keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
@@ -255,6 +258,19 @@ def linear_transpose(node, s, x, kernel=None):
     return s * k
 
 
+def norm_mean(node, t):
+    """The mean of ``t`` over what a NORM node normalises together, broadcast back to ``t``'s shape:
+    the channels (LayerNormalization), or every position and channel of a channel group
+    (GroupNormalization, ``groups`` groups of consecutive channels)."""
+    if node.kind == "LayerNormalization":
+        return tf.reduce_mean(t, axis=-1, keepdims=True)
+    groups, rank, channels = node.config["groups"], t.shape.rank, t.shape[-1]
+    shape = tf.shape(t)
+    grouped = tf.reshape(t, tf.concat([shape[:-1], [groups, channels // groups]], 0))
+    mean = tf.reduce_mean(grouped, axis=list(range(1, rank - 1)) + [rank], keepdims=True)
+    return tf.reshape(tf.broadcast_to(mean, tf.shape(grouped)), shape)
+
+
 def _relu(x, c):
     return tfk.activations.relu(x, alpha=c["negative_slope"], max_value=c["max_value"],
                                 threshold=c["threshold"])
@@ -278,8 +294,9 @@ def apply(node, xs):
         return tf.where(x > 0, x, c["alpha"] * (tf.exp(tf.minimum(x, 0.0)) - 1.0))
     if k == "Softmax":
         return tf.nn.softmax(x, axis=c["axis"])
-    if k == "LayerNormalization":
-        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    if k in NORM:
+        mean = norm_mean(node, x)
+        var = norm_mean(node, tf.square(x - mean))
         return (x - mean) * tf.math.rsqrt(var + c["epsilon"]) * const(node, "gamma") + const(node, "beta")
     if k == "MaxPooling2D":
         return tf.nn.max_pool2d(x, c["pool_size"], c["strides"], c["padding"])
@@ -513,7 +530,7 @@ def _layer_nodes(layer, inputs, new_id):
         mean = np.asarray(layer.mean, np.float64).reshape(-1)
         std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1)), 1e-7)
         return [(kind, layer.name, {"scale": _f32(1.0 / std), "shift": _f32(-mean / std)}, {}, False)]
-    if kind == "LayerNormalization":
+    if kind in NORM:
         if cfg.get("rms_scaling"):
             raise _unsupported(layer, " with rms_scaling=True")
         _channel_axis(layer, cfg.get("axis", -1))
@@ -522,7 +539,10 @@ def _layer_nodes(layer, inputs, new_id):
             gamma, i = ws[i], i + 1
         if cfg.get("center", True):
             beta = ws[i]
-        return [(kind, layer.name, {"gamma": gamma, "beta": beta}, {"epsilon": float(cfg["epsilon"])}, False)]
+        conf = {"epsilon": float(cfg["epsilon"])}
+        if kind == "GroupNormalization":
+            conf["groups"] = int(cfg["groups"])
+        return [(kind, layer.name, {"gamma": gamma, "beta": beta}, conf, False)]
     if kind in CONVNEXT_LAYERS:
         if len(ws) != 1 or ws[0].ndim != 1:
             raise _unsupported(layer, f" with weights {[w.shape for w in ws]} (one per-channel scale expected)")

@@ -340,8 +340,10 @@ class LayerNorm(Rule):
     Conservative Propagation", ICML) for LayerNormalization over the channels: the standard
     deviation is held constant, which leaves the linear map ``z_j = gamma_j (x_j - mean(x)) / sigma``,
     and the z rule of that map, ``R_i = x_i * sum_j dz_j/dx_i R_j / stab(y_j)`` with
-    ``J^T s = (gamma s - mean(gamma s)) / sigma`` per position. Without beta the relevance is
-    conserved (beta absorbs its share, as a bias does); ``epsilon`` stabilises as LRP-epsilon."""
+    ``J^T s = (gamma s - mean(gamma s)) / sigma`` per position. GroupNormalization is the same map
+    with the mean and sigma of each channel group over its positions and channels
+    (:func:`ir.norm_mean`). Without beta the relevance is conserved (beta absorbs its share, as a
+    bias does); ``epsilon`` stabilises as LRP-epsilon."""
 
     name = "layer_norm"
     params = ("epsilon",)
@@ -350,8 +352,8 @@ class LayerNorm(Rule):
     def backward(self, node, xs, y, r):
         x, eps = xs[0], float(self.epsilon)
         s = (eps_div(r, y, eps) if eps else safe_div(r, y)) * ir.const(node, "gamma")
-        _, var = tf.nn.moments(x, axes=[-1], keepdims=True)
-        g = (s - tf.reduce_mean(s, axis=-1, keepdims=True)) * tf.math.rsqrt(var + node.config["epsilon"])
+        var = ir.norm_mean(node, tf.square(x - ir.norm_mean(node, x)))
+        g = (s - ir.norm_mean(node, s)) * tf.math.rsqrt(var + node.config["epsilon"])
         return [x * g]
 
 
