@@ -714,6 +714,24 @@ def test_group_normalization(kind):
     assert np.isfinite(cam).all() and np.abs(cam).max() > 0
 
 
+def test_empty_maps_warn():
+    """A map of exact zeros is never returned silently: with logits of ~1e-24 (an untrained
+    model's) epsilon = 1 absorbs all the relevance, and the warning says so; lrp.z keeps it."""
+    L = tfk.layers
+    inp = tfk.Input((3, 3, 1))
+    model = tfk.Model(inp, L.Dense(2, use_bias=False)(L.Dense(4, use_bias=False)(L.Flatten()(inp))))
+    model.set_weights([w * 1e-12 for w in _set_random(model, 1).get_weights()])
+    x = np.random.default_rng(0).uniform(0.5, 1.0, (2, 3, 3, 1)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"lrp\.epsilon: 2 of 2 maps are all 0: the relevance vanished .* smaller "
+                                         r"epsilon= or lrp\.z"):
+        r = LRP(model, composite="lrp.epsilon", progress=False)(x, [0, 1])
+    assert not np.any(r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        z = LRP(model, composite="lrp.z", progress=False)(x, [0, 1])
+    assert np.all(np.any(z.reshape(2, -1), axis=1))
+
+
 def test_keras3_mobilenet_v3():
     """Keras 3 MobileNetV3Small (weights=None): hard_silu activations and the hard sigmoid of its
     squeeze-and-excitation gates, written as ``relu6(x + 3) * (1 / 6)``. The canonized graph

@@ -82,13 +82,17 @@ class LRP(Explainer):
         if self._bounds is not None:
             _check_bounds(x, *self._bounds, self.params["composite"])
         r = self._prop(x, targets)
-        if self._prop.output == "relu":
-            zero = ~np.any(r.reshape(len(r), -1), axis=1)
-            if zero.any():
-                name = self.params["composite"] if isinstance(self.params["composite"], str) else "this composite"
-                warnings.warn(f"{name}: {int(zero.sum())} of {len(r)} maps are all 0: Deep Taylor starts from "
-                              "relu(f_c), so an explained logit <= 0 gives an empty map (explain the predicted "
-                              "class, or use an LRP composite such as lrp.epsilon)", stacklevel=2)
+        zero = ~np.any(r.reshape(len(r), -1), axis=1)
+        if zero.any():
+            name = self.params["composite"] if isinstance(self.params["composite"], str) else "this composite"
+            if self._prop.output == "relu":
+                why = ("Deep Taylor starts from relu(f_c), so an explained logit <= 0 gives an empty map (explain "
+                       "the predicted class, or use an LRP composite such as lrp.epsilon)")
+            else:       # e.g. epsilon = 1 against logits of 1e-10 (an untrained model): all of it absorbed
+                why = ("the relevance vanished on its way to the input (a stabiliser such as epsilon larger than "
+                       "the explained logit absorbs all of it; an output of exactly 0); try a smaller epsilon= "
+                       "or lrp.z")
+            warnings.warn(f"{name}: {int(zero.sum())} of {len(r)} maps are all 0: {why}", stacklevel=2)
         return r
 
 
