@@ -20,6 +20,8 @@ layer in the model and cuts the runner at its :func:`counterpart`; LRP's graph r
 convolutions itself. The modified-gradient clones (:mod:`xaitf.methods._modified_grad`) wrap
 their own copies of grouped convolutions with :func:`tf_grouped`.
 """
+import functools
+
 import numpy as np
 
 import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
@@ -45,44 +47,43 @@ def _has_grouped(model):
     return False
 
 
+@functools.cache
 def _layer_class():
-    """The Keras 3 layer computing a grouped Conv2D with TensorFlow's ops (made once)."""
-    cache = vars(_layer_class)
-    if "cls" not in cache:
-        keras = keras3()
+    """The Keras 3 layer computing a grouped Conv2D with TensorFlow's ops (defined once, when first
+    needed: Keras 3 is imported lazily)."""
+    keras = keras3()
 
-        class GroupedConvTF(keras.layers.Layer):
-            """``conv``'s function (kernel, bias, activation) by tf.nn ops, on ``conv``'s variables."""
+    class GroupedConvTF(keras.layers.Layer):
+        """``conv``'s function (kernel, bias, activation) by tf.nn ops, on ``conv``'s variables."""
 
-            def __init__(self, conv, **kw):
-                super().__init__(name=conv.name, **kw)
-                self.conv = conv
+        def __init__(self, conv, **kw):
+            super().__init__(name=conv.name, **kw)
+            self.conv = conv
 
-            def build(self, input_shape):
-                if not self.conv.built:         # a fresh copy (the modified-gradient clones)
-                    self.conv.build(input_shape)
+        def build(self, input_shape):
+            if not self.conv.built:         # a fresh copy (the modified-gradient clones)
+                self.conv.build(input_shape)
 
-            def call(self, x):
-                c = self.conv
-                kernel = tf.convert_to_tensor(c.kernel)
-                strides, dilations = tuple(c.strides), tuple(c.dilation_rate)
-                padding = c.padding.upper()
-                if kernel.shape[2] == 1:        # one input channel per group: depthwise, multiplier m
-                    kh, kw, _, filters = kernel.shape
-                    kernel = tf.reshape(kernel, (kh, kw, int(c.groups), filters // int(c.groups)))
-                    y = tf.nn.depthwise_conv2d(x, kernel, strides=(1, *strides, 1), padding=padding,
-                                               dilations=dilations)
-                else:                           # groups inferred from the kernel's input depth
-                    y = tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilations)
-                if c.use_bias:
-                    y = tf.nn.bias_add(y, tf.convert_to_tensor(c.bias))
-                return c.activation(y)
+        def call(self, x):
+            c = self.conv
+            kernel = tf.convert_to_tensor(c.kernel)
+            strides, dilations = tuple(c.strides), tuple(c.dilation_rate)
+            padding = c.padding.upper()
+            if kernel.shape[2] == 1:        # one input channel per group: depthwise, multiplier m
+                kh, kw, _, filters = kernel.shape
+                kernel = tf.reshape(kernel, (kh, kw, int(c.groups), filters // int(c.groups)))
+                y = tf.nn.depthwise_conv2d(x, kernel, strides=(1, *strides, 1), padding=padding,
+                                           dilations=dilations)
+            else:                           # groups inferred from the kernel's input depth
+                y = tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilations)
+            if c.use_bias:
+                y = tf.nn.bias_add(y, tf.convert_to_tensor(c.bias))
+            return c.activation(y)
 
-            def compute_output_shape(self, input_shape):
-                return self.conv.compute_output_shape(input_shape)
+        def compute_output_shape(self, input_shape):
+            return self.conv.compute_output_shape(input_shape)
 
-        cache["cls"] = GroupedConvTF
-    return cache["cls"]
+    return GroupedConvTF
 
 
 def tf_grouped(conv):
