@@ -551,26 +551,34 @@ def test_keras3_preprocess_input_in_the_model(mode, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
-def test_tf_keras_preprocess_input_in_the_model(mode):
-    """tf-keras wraps the TF calls of tf.keras.applications' preprocess_input (and x * c, x + c
-    written on a symbolic tensor) in TFOpLambda / SlicingOpLambda layers: math.truediv,
+def test_tf_keras_preprocess_input_in_the_model(mode, tmp_path):
+    """tf-keras wraps the TF calls of tf.keras.applications' preprocess_input (and x * c, x + c, x + y
+    written on symbolic tensors) in TFOpLambda / SlicingOpLambda layers: math.truediv,
     math.subtract, nn.bias_add (one mean per channel), x[..., ::-1] (caffe's RGB->BGR), math.multiply,
-    __operators__.add. They read as Rescaling and channel Gather nodes; the conv behind them is
-    the first layer, the graph recomputes the model and lrp.z conserves the logit."""
+    __operators__.add. They read as Rescaling, channel Gather and Add nodes; the conv behind them is
+    the first layer, the graph recomputes the model and lrp.z conserves the logit. The same holds
+    after a round trip through a .keras and an .h5 file, which keep the second operand by name
+    (``y=``, ``bias=``) and constants as lists."""
     pre = {"caffe": tfk.applications.resnet50, "torch": tfk.applications.densenet,
            "tf": tfk.applications.mobilenet_v2}[mode].preprocess_input
     tfk.utils.set_random_seed(4)
     inp = tfk.Input((8, 8, 3))
     h = pre(inp) * 0.5 + 1.0
     h = tfk.layers.Conv2D(4, 3, activation="relu", use_bias=False, name="conv")(h)
+    h = h + tfk.layers.Conv2D(4, 1, activation="relu", use_bias=False, name="conv2")(h)
     model = tfk.Model(inp, tfk.layers.Dense(3, use_bias=False)(tfk.layers.GlobalAveragePooling2D()(h)))
     assert {type(layer).__name__ for layer in model.layers} >= {"TFOpLambda"}
-    g = read_model(model)
-    kinds = [n.kind for n in g.nodes]
-    assert kinds.count("Rescaling") == {"caffe": 3, "torch": 5, "tf": 4}[mode]
-    assert ("Gather" in kinds) == (mode == "caffe")
     x = np.random.default_rng(3).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
-    _preprocessing_in_the_model_checks(model, g, x)
+    # (tf-keras cannot save x[..., ::-1] in the .keras format: "Cannot serialize object Ellipsis")
+    for copy in (model, "model.h5") if mode == "caffe" else (model, "model.keras", "model.h5"):
+        if isinstance(copy, str):
+            model.save(tmp_path / copy)
+            copy = xaitf.load_model(tmp_path / copy)
+        g = read_model(copy)
+        kinds = [n.kind for n in g.nodes]
+        assert kinds.count("Rescaling") == {"caffe": 3, "torch": 5, "tf": 4}[mode] and kinds.count("Add") == 1
+        assert ("Gather" in kinds) == (mode == "caffe")
+        _preprocessing_in_the_model_checks(copy, g, x)
 
 
 @pytest.mark.parametrize("method", ["bilinear", "nearest"])

@@ -255,6 +255,9 @@ def _channel_constant(c):
         return None
     if isinstance(c, (int, float, np.number)):
         return np.float64(c)
+    if isinstance(c, (list, tuple)) and c and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                                  for v in c):
+        c = np.asarray(c, np.float64)       # a tf-keras model loaded from a file keeps its constants as lists
     if not hasattr(c, "shape") or not hasattr(c, "dtype"):
         return None
     try:
@@ -296,6 +299,11 @@ _TF_SYMBOLS = {"math.truediv": "TrueDivide", "math.divide": "TrueDivide", "math.
                "nn.selu": "Selu", "nn.gelu": "Gelu", "nn.leaky_relu": "LeakyRelu"}
 
 
+# the names TF gives the second operand of the calls read (x + y, bias_add(value, bias), x[key]): a
+# tf-keras model loaded from a file calls its TFOpLambda / SlicingOpLambda layers with it by name
+_TF_SECOND_ARGS = ("y", "bias", "slice_spec")
+
+
 def is_operation(layer):
     """True for an operation written in a model's code (``x + 3.0``, ``keras.ops.*``): in Keras 3 a
     node of the functional graph that is not a layer (no weights), in tf-keras a TFOpLambda or
@@ -310,6 +318,10 @@ def _tf_op_call(op, node):
 
     kind = _TF_SYMBOLS.get(getattr(op, "symbol", None))
     args, kwargs = tf_op_call(node)
+    args, kwargs = list(args), dict(kwargs)
+    for key in _TF_SECOND_ARGS:       # a model loaded from a file keeps the second operand by name
+        if key in kwargs and len(args) == 1:
+            args.append(kwargs.pop(key))
     if kind in _ACTIVATION_OPS or kind in _RELU_OPS:    # tf.nn.relu(x) and the like: x alone (TF's defaults)
         return (kind, args) if len(args) == 1 and not set(kwargs) - {"name"} else (None, None)
     if kind is None or kwargs.get("data_format") not in (None, "NHWC") or set(kwargs) - {"name", "data_format"}:
