@@ -118,3 +118,14 @@ def test_metrics_score_with_the_runner():
     model = _grouped_model()
     for output, fwd in (("logits", logits_model(model)[0]), ("probabilities", model)):
         assert output_transform(model, output)[0] is runner(fwd) is not fwd
+
+
+def test_budget_times_the_runner(monkeypatch):
+    """The time estimates measure what the methods run: the runner, not Keras's XLA path."""
+    from xaitf import budget
+
+    model = _grouped_model()
+    asked, real = [], grouped_conv.runner
+    monkeypatch.setattr(grouped_conv, "runner", lambda m: (asked.append(m), real(m))[1])
+    out = budget.measure(model, backward=True, batch=2, batch_backward=2)
+    assert out["forward"] > 0 and out["backward"] > 0 and asked == [model]
