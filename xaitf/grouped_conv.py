@@ -5,9 +5,9 @@ ConvNeXt's 7x7 depthwise convolutions, the grouped 3x3 convolutions of RegNet- o
 models) with XLA, on every device. On CPU that is slow: six ConvNeXt-size layers (8 images of
 56x56x96) take 1.4 s forward where the same depthwise convolutions take 0.011 s, and ConvNeXtTiny's
 whole forward pass takes 5x, its input gradient 6x, the time of the same function written with
-TensorFlow's own ops (``python -m bench.grouped_conv``, docs/performance.md). TensorFlow computes grouped convolutions and their input gradients itself
-(``tf.nn.depthwise_conv2d`` for one input channel per group, ``tf.nn.conv2d`` with a kernel of
-fewer input channels otherwise).
+TensorFlow's own ops (``python -m bench.grouped_conv``, docs/performance.md). TensorFlow computes
+grouped convolutions and their input gradients itself (``tf.nn.depthwise_conv2d`` for one input
+channel per group, ``tf.nn.conv2d`` with a kernel of fewer input channels otherwise).
 
 :func:`runner` gives, for such a model, a functional model that computes the same function with
 those ops: every grouped Conv2D is replaced by a layer that calls them on that Conv2D's own

@@ -33,9 +33,9 @@ from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swa
                      tf_keras_should_use_v2)
 from .errors import ModelError
 from .keras_bridge import (AUGMENTATION_NOTE, HEADS, INFERENCE_IDENTITY, OPERATIONS_READ, input_shape,
-                           is_augmentation, is_keras_layer,
-                           is_operation, keras3, layer_type, leaf_layers, logits_model, model_cache, model_kind,
-                           named_activation, output_head, read_operation, scaled_add, tfk)
+                           is_augmentation, is_keras_layer, is_operation, keras3, layer_type, leaf_layers,
+                           logits_model, model_cache, model_kind, named_activation, output_head, read_operation,
+                           scaled_add, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -139,7 +139,8 @@ def _unsupported(layer, why=""):
     return ModelError(
         f"cannot rebuild layer {layer.name!r} (type {layer_type(layer)}){extra} as a tf-keras layer, "
         f"so the {TWIN_BACKENDS} cannot run on this model; supported layers: {', '.join(SUPPORTED)}, "
-        f"{', '.join(k for k in INFERENCE_IDENTITY if k not in SUPPORTED)}, {AUGMENTATION_NOTE}; the native methods still work: {NATIVE_METHODS}")
+        f"{', '.join(k for k in INFERENCE_IDENTITY if k not in SUPPORTED)}, {AUGMENTATION_NOTE}; "
+        f"the native methods still work: {NATIVE_METHODS}")
 
 
 # Keras 3 built-in activations that tf-keras defines differently under the same name (Keras 3's

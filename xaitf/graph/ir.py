@@ -7,18 +7,22 @@ float32 numpy arrays, its configuration and the ids of its input nodes. The ``ac
 Conv2D/DepthwiseConv2D/Dense becomes its own ``Activation`` node (``fused=True``), so that rules
 see the pre-activation ``z`` of every linear layer. BatchNormalization, Rescaling and
 Normalization are exact per-channel affine nodes ``y = x * scale + shift`` (so is ConvNeXt's
-LayerScale); LayerNormalization over the channels and GroupNormalization are their own kinds (rule
-``layer_norm``). A SeparableConv2D
-(Xception, NASNet) becomes its two linear maps, ``<name>/depthwise`` (strided, no bias) then
-``<name>/pointwise`` (1x1, with the bias); each gets the rule a composite gives convolutions.
+LayerScale); LayerNormalization over the channels and GroupNormalization are their own kinds
+(rule ``layer_norm``). A SeparableConv2D (Xception, NASNet) becomes its two linear maps,
+``<name>/depthwise`` (strided, no bias) then ``<name>/pointwise`` (1x1, with the bias); each gets
+the rule a composite gives convolutions. A Conv2D with one input channel per group is a
+DepthwiseConv2D; with several it stays a grouped Conv2D (``config["groups"]``). Average and
+Subtract become an Add with a Rescaling; Maximum and Minimum route relevance to the winner.
 A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet; ``x * f(x)``
-with ``f`` elementwise, a self-gated activation such as swish): see the ``signal`` rule. Operations written in a Keras 3 model's code are read where they are elementwise
-affine maps with a scalar constant, ``x + c``, ``x - c``, ``c - x``, ``x * c`` and ``x / c``
-(MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; ``x / 255.0`` at the input): a Rescaling
-node of one scale and shift (input normalisation where it reads the input; elsewhere LRP passes
-relevance through it, as through Rescaling layers), or merges of two tensors, ``x + y`` (an
-``Add`` node) and ``x * y`` (a ``Multiply`` gate); other operations (``keras.ops.*``) are refused
-with one line naming them.
+with ``f`` elementwise, a self-gated activation such as swish): see the ``signal`` rule.
+Operations written in a Keras 3 model's code (tf-keras: TFOpLambda layers) are read where they
+are elementwise affine maps with a scalar or per-channel constant, ``x + c``, ``x - c``, ``c - x``,
+``x * c`` and ``x / c`` (MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; ``x / 255.0`` at
+the input): a Rescaling node (input normalisation where it reads the input; elsewhere LRP passes
+relevance through it, as through Rescaling layers); merges of two tensors, ``x + y`` (an ``Add``
+node) and ``x * y`` (a ``Multiply`` gate); a spatial mean; elementwise activations
+(``keras.ops.relu(x)``: a ReLU or Activation node); and keras.applications' channel indexing.
+Other operations are refused with one line naming them.
 
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
 model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
