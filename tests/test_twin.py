@@ -423,7 +423,7 @@ L = keras.layers
 inp = keras.Input((8, 8, 3))
 m = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(3, 3, name="conv")(inp))))
 x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
-for name in ("shap.gradient", "inn.gradient", "tfx.gradcam", "shap.gradient", "grad"):
+for name in ("inn.gradient", "tfx.gradcam", "shap.gradient", "inn.gradient", "grad"):
     try:
         r = xaitf.create_explainer(name, m, progress=False)(x)
         print(name, "ran", bool(np.isfinite(r).all() and np.abs(r).max() > 0))
@@ -435,7 +435,8 @@ for name in ("shap.gradient", "inn.gradient", "tfx.gradcam", "shap.gradient", "g
 def test_keras_imported_before_xaitf_gives_one_line_for_twin_backends():
     """``import keras`` before xaitf (without TF_USE_LEGACY_KERAS=1): importing iNNvestigate or
     tf-explain then leaves ``tf.keras`` as Keras 3, where they and shap fail deep in their own
-    code. Each twin backend either runs or says so in one line; the native methods run."""
+    code (iNNvestigate's import itself fails on Keras 3's tf.keras, hence iNNvestigate first). Each
+    twin backend either runs or says so in one line; the native methods run."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     proc = subprocess.run([sys.executable, "-c", _KERAS_FIRST], capture_output=True, text=True, timeout=300,
                           env=env, cwd=str(Path(__file__).resolve().parents[1]))

@@ -256,9 +256,14 @@ class InnvestigateExplainer(Explainer):
         if hit is not None:
             self.build_seconds = 0.0
             return hit
-        import innvestigate
-        from innvestigate.analyzer.base import NotAnalyzeableModelException
-
+        try:
+            import innvestigate
+            from innvestigate.analyzer.base import NotAnalyzeableModelException
+        except (AttributeError, ImportError):
+            # keras imported before xaitf: iNNvestigate's own import then fails on Keras 3's tf.keras
+            # (no LocallyConnected1D); say so in one line
+            T.require_tf_keras()
+            raise
         T.require_tf_keras()
 
         t0 = time.perf_counter()

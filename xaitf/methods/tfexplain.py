@@ -30,7 +30,7 @@ import tensorflow as tf
 from ..errors import InputError, MethodError
 from ..explainer import Explainer
 from ..keras_bridge import find_last_conv, kmodule, logits_model, output_head
-from ..twin import tf_keras_twin
+from ..twin import require_tf_keras, tf_keras_twin
 
 OUTPUTS = ("logits", "probabilities")
 
@@ -43,7 +43,11 @@ class _TfxBase(Explainer):
     def setup(self):
         # imported before the twin's tf.keras check: with keras imported before xaitf, importing
         # tf_explain leaves tf.keras as Keras 3
-        import tf_explain  # noqa: F401
+        try:
+            import tf_explain  # noqa: F401
+        except (AttributeError, ImportError):
+            require_tf_keras()          # Keras 3's tf.keras: one line (tf_keras_twin below checks it too)
+            raise
 
         self.twin = tf_keras_twin(self.model)
         logits = logits_model(self.twin)[0]
