@@ -274,3 +274,40 @@ def test_inexact_activation_operation_keeps_its_function():
     ref = np.asarray(model(x))
     np.testing.assert_allclose(read_model(model).forward(x).numpy(), ref, atol=1e-6)
     np.testing.assert_allclose(twin.tf_keras_twin(model)(x).numpy(), ref, atol=1e-6)
+
+
+def _layout(form):
+    """The same CNN with tensor operations written as keras.ops (``form="ops"``) or as layers."""
+    k = keras3()
+    L, ops = k.layers, form == "ops"
+    inp = k.Input((6, 6, 2), name="image")
+    a = L.Conv2D(4, 3, padding="same", activation="relu", name="a")(inp)
+    b = L.Conv2D(4, 3, padding="same", name="b")(inp)
+    h = (a - b) if ops else L.Subtract()([a, b])
+    h = k.ops.maximum(h, b) if ops else L.Maximum()([h, b])
+    h = k.ops.minimum(h, a) if ops else L.Minimum()([h, a])
+    h = -h if ops else L.Rescaling(-1.0)(h)
+    h = k.ops.concatenate([h, a], axis=-1) if ops else L.Concatenate()([h, a])
+    h = k.ops.transpose(h, (0, 2, 1, 3)) if ops else L.Permute((2, 1, 3))(h)
+    g = k.ops.max(h, axis=(1, 2)) if ops else L.GlobalMaxPooling2D()(h)
+    h = k.ops.reshape(h, (-1, 6 * 6 * 8)) if ops else L.Reshape((6 * 6 * 8,))(h)
+    out = L.Add()([L.Dense(CLASSES, name="fc")(h), L.Dense(CLASSES, name="fc_max")(g)])
+    return k.Model(inp, out)
+
+
+def test_tensor_operations_read_as_their_layers():
+    """``a - b``, ``ops.maximum``/``minimum``, ``-x``, ``ops.concatenate``, ``ops.transpose``, ``ops.max``
+    over the image axes and ``ops.reshape`` keeping the batch axis read as the layers of the same
+    computation: native LRP and the tf-keras twin give the maps of the model built with layers."""
+    as_ops, as_layers = _layout("ops"), _layout("layers")
+    rs = np.random.RandomState(4)
+    as_layers.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in as_layers.get_weights()])
+    as_ops.set_weights(as_layers.get_weights())
+    x = np.random.default_rng(5).normal(size=(3, 6, 6, 2)).astype(np.float32)
+    ref = np.asarray(as_layers(x))
+    np.testing.assert_allclose(np.asarray(as_ops(x)), ref, atol=1e-6 * np.abs(ref).max())
+    t = np.array([0, 1, 3])
+    for name in ("lrp.z", "lrp.epsilon", "inn.gradient", "tfx.gradcam"):
+        a, b = (xaitf.create_explainer(name, m, progress=False)(x, t) for m in (as_layers, as_ops))
+        assert np.abs(a).max() > 0, name
+        np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max(), err_msg=name)

@@ -240,8 +240,9 @@ _ACTIVATION_DEFAULTS = {"Elu": {"alpha": 1.0}, "Gelu": {"approximate": False}}
 # ReLU-type operations with a slope, cap or threshold (keras.activations.relu(x, ...), keras.ops.leaky_relu):
 # read as a ReLU layer of the same parameters
 _RELU_OPS = ("ReLU", "LeakyRelu")
-OPERATIONS_READ = ("x + c, x - c, c - x, x * c, x / c for a number c or one per channel, x + y, x * y of two "
-                   "tensors, mean(x, axis=(1, 2)) and elementwise activations (keras.ops.relu, sigmoid, silu, "
+OPERATIONS_READ = ("x + c, x - c, c - x, x * c, x / c for a number c or one per channel, -x, x + y, x - y, x * y, "
+                   "maximum and minimum of two tensors, mean or max over axis=(1, 2), concatenate, transpose and "
+                   "reshape keeping the batch axis, and elementwise activations (keras.ops.relu, sigmoid, silu, "
                    "gelu, ..., tf.nn.relu in tf-keras)")
 # read by native LRP only (the twin has no tf-keras layer for them)
 INDEXING_READ = ("the channel indexing of keras.applications' preprocess_input (x[..., i], x[..., ::-1], "
@@ -367,13 +368,42 @@ def named_activation(fn, name):
     return activation
 
 
+def _read_layout(kind, op, tensors):
+    """keras.ops.concatenate (not on the batch axis), transpose and reshape keeping the batch axis
+    first, and ``-x``, as the layers or the scale of the same computation; else None."""
+    if not type(op).__module__.startswith("keras."):
+        return None
+    rank = len(tensors[0].shape) if tensors else 0
+    if kind == "Concatenate":
+        axis = getattr(op, "axis", None)
+        if len(tensors) < 2 or not isinstance(axis, int) or axis % rank == 0:
+            return None
+        return {"kind": "Concatenate", "axis": axis if axis < 0 else axis - rank}
+    if len(tensors) != 1:
+        return None
+    if kind == "Negative":
+        return {"kind": "Scalar", "op": kind, "scale": -1.0, "shift": 0.0}
+    if kind == "Transpose":
+        axes = getattr(op, "axes", None)
+        if axes is None or len(axes) != rank or int(axes[0]) % rank != 0:
+            return None
+        return {"kind": "Permute", "dims": tuple(int(a) % rank for a in axes[1:])}
+    shape = getattr(op, "newshape", None)
+    if not isinstance(shape, (list, tuple)) or len(shape) < 2 or shape[0] not in (-1, None) or \
+            not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return {"kind": "Reshape", "target_shape": tuple(int(d) for d in shape[1:])}
+
+
 def read_operation(op):
     """What an operation of the model's code (:func:`is_operation`) computes, where it is one of
     :data:`OPERATIONS_READ`: ``{"kind": "Scalar", "op": ..., "scale": a, "shift": b}`` for
     ``x * a + b`` (floats, or lists of one per channel), ``{"kind": "Add"}`` / ``{"kind":
     "Multiply"}`` for two tensors, ``{"kind": "Gather", "indices": ..., "squeeze": ...}`` for
-    channel indexing, ``{"kind": "Stack"}``, ``{"kind": "GlobalAveragePooling2D", "keepdims": ...}``
-    for a spatial mean, an activation (:func:`_read_activation`); else None.
+    channel indexing, ``{"kind": "Stack"}``, ``{"kind": "GlobalAveragePooling2D" or
+    "GlobalMaxPooling2D", "keepdims": ...}`` for a spatial mean or max, ``{"kind": "Subtract" /
+    "Maximum" / "Minimum"}`` for two tensors, a Concatenate, Permute or Reshape
+    (:func:`_read_layout`), an activation (:func:`_read_activation`); else None.
     (MobileNetV3's hard sigmoid is ``relu6(x + 3.0) * (1.0 / 6.0)``.)"""
     from .compat import inbound_node, node_call_args, node_inputs
 
@@ -393,17 +423,20 @@ def read_operation(op):
         return _read_indexing(kind, op, tensors, args)
     if kind in _ACTIVATION_OPS or kind in _RELU_OPS:
         return _read_activation(kind, op, tensors, args)
-    if kind == "Mean":              # keras.ops.mean(x, axis=(1, 2)): global average pooling
+    if kind in ("Mean", "Max"):     # keras.ops.mean / max(x, axis=(1, 2)): global pooling
         axis = getattr(op, "axis", None)
         if len(tensors) != 1 or len(tensors[0].shape) != 4 or not isinstance(axis, (list, tuple)):
             return None
-        if sorted(int(a) % 4 for a in axis) != [1, 2]:
+        if sorted(int(a) % 4 for a in axis) != [1, 2] or getattr(op, "initial", None) is not None:
             return None
-        return {"kind": "GlobalAveragePooling2D", "keepdims": bool(getattr(op, "keepdims", False))}
+        return {"kind": "GlobalAveragePooling2D" if kind == "Mean" else "GlobalMaxPooling2D",
+                "keepdims": bool(getattr(op, "keepdims", False))}
+    if kind in ("Concatenate", "Transpose", "Reshape", "Negative"):
+        return _read_layout(kind, op, tensors)
     consts = [(i, a) for i, a in enumerate(args) if not any(a is t for t in tensors)]
     if len(args) != 2:
         return None
-    if len(tensors) == 2 and not consts and kind in ("Add", "Multiply"):
+    if len(tensors) == 2 and not consts and kind in ("Add", "Multiply", "Subtract", "Maximum", "Minimum"):
         return {"kind": kind}
     if len(tensors) != 1 or len(consts) != 1 or kind not in _SCALAR_OPS:
         return None

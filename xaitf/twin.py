@@ -196,14 +196,16 @@ def _layer_config(layer, weights=None):
             raise _unsupported(layer, f"an operation written in the model's code; the twin reads {OPERATIONS_READ}")
         if read["kind"] == "Scalar":
             return "Rescaling", {"scale": read["scale"], "offset": read["shift"]}
-        if read["kind"] == "GlobalAveragePooling2D":
+        if read["kind"] in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
             return read["kind"], {"keepdims": read["keepdims"]}
+        if read["kind"] in ("Concatenate", "Permute", "Reshape"):
+            return read["kind"], {k: v for k, v in read.items() if k != "kind"}
         if read["kind"] == "ReLU":
             return "ReLU", {k: read[k] for k in ("negative_slope", "threshold", "max_value")}
         if read["kind"] == "Activation":      # Keras's activation of the name, or the operation's own function
             return "Activation", {"activation": _activation(layer, read["activation"]) if read["exact"]
                                   else named_activation(read["fn"], read["activation"])}
-        if read["kind"] not in ("Add", "Multiply"):     # channel indexing: no tf-keras layer
+        if read["kind"] not in ("Add", "Multiply", "Subtract", "Maximum", "Minimum"):   # channel indexing
             raise _unsupported(layer, f"channel indexing written in the model's code, as keras.applications' "
                                       f"caffe-style preprocess_input does: apply it to the images before the "
                                       f"model; the twin reads {OPERATIONS_READ}")

@@ -416,6 +416,14 @@ def _signal_input(layer):
     return signals[0] if len(signals) == 1 else None
 
 
+def _subtract_nodes(name):
+    """``x - y`` (a Subtract layer or operation) as ``x + (-1) y``: a Rescaling of the second input,
+    then an Add; the z rule's contributions are then ``x`` and ``-y``."""
+    return [("Rescaling", f"{name}/negate", {"scale": _f32([-1.0]), "shift": _f32([0.0])}, {"op": "Multiply"},
+             False, (("in", 1),)),
+            ("Add", name, {}, {}, False, (("in", 0), ("node", 0)))]
+
+
 def _operation_nodes(op):
     """The node of a Keras 3 operation written in the model's code (``x + 3.0``, ``x * y``): a
     Rescaling node (``x * scale + shift``, config ``op`` naming the operation), an ``Add`` or a
@@ -431,8 +439,11 @@ def _operation_nodes(op):
     if kind == "Scalar":       # a number, or one per channel
         return [("Rescaling", name, {"scale": _f32(np.atleast_1d(read["scale"])),
                                      "shift": _f32(np.atleast_1d(read["shift"]))}, {"op": read["op"]}, False)]
-    if kind in INDEXING or kind in ("GlobalAveragePooling2D", "ReLU"):
+    if kind in INDEXING or kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "ReLU", "Concatenate", "Permute",
+                                    "Reshape"):
         return [(kind, name, {}, read, False)]
+    if kind == "Subtract":
+        return _subtract_nodes(name)
     if kind == "Activation":    # the name classifies it (relu, relu6, ...); fn computes it exactly
         return [(kind, name, {}, {"activation": read["activation"], "fn": read["fn"]}, False)]
     return [(kind, name, {}, {"signal": _signal_input(op)} if kind == "Multiply" else {}, False)]
@@ -455,10 +466,8 @@ def _layer_nodes(layer, inputs, new_id):
                 ("Add", layer.name, {}, {}, False, (("in", 0), ("node", 0)))]
     if kind in ("Average", "Subtract") and is_keras_layer(layer):
         n = len(inputs)
-        if kind == "Subtract":          # x - y: x + (-1) y, the z rule's contributions x and -y
-            return [("Rescaling", f"{layer.name}/negate", {"scale": _f32([-1.0]), "shift": _f32([0.0])},
-                     {"op": "Multiply"}, False, (("in", 1),)),
-                    ("Add", layer.name, {}, {}, False, (("in", 0), ("node", 0)))]
+        if kind == "Subtract":
+            return _subtract_nodes(layer.name)
         return [("Add", f"{layer.name}/sum", {}, {}, False, tuple(("in", i) for i in range(n))),
                 ("Rescaling", layer.name, {"scale": _f32([1.0 / n]), "shift": _f32([0.0])}, {"op": "Multiply"},
                  False, (("node", 0),))]
