@@ -244,17 +244,22 @@ def test_activations_written_as_operations(kind):
     DeconvNet modify the gradient at the ReLU operation; native LRP and, for Keras 3, the tf-keras
     twin of iNNvestigate and tf-explain read it)."""
     k = keras3() if kind == "keras3" else tfk
-    as_ops, as_layers = _activations(k, "ops"), _activations(k, "layers")
-    rs = np.random.RandomState(2)
-    as_layers.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in as_layers.get_weights()])
-    as_ops.set_weights(as_layers.get_weights())
-    x = np.random.default_rng(3).normal(size=(3, 8, 8, 2)).astype(np.float32)
-    ref = np.asarray(as_layers(x))
-    np.testing.assert_allclose(np.asarray(as_ops(x)), ref, atol=1e-6 * np.abs(ref).max())
-    t = np.array([0, 1, 3])
     methods = ["gb", "deconvnet", "deeplift", "lrp.epsilon", "lrp.alpha_2_beta_1", "gradcam"]
     if kind == "keras3":
         methods += ["inn.gradient", "tfx.gradcam"]      # (iNNvestigate's LRP refuses a ReLU with a slope)
+    _same_maps_as_layers(_activations(k, "ops"), _activations(k, "layers"), (8, 8, 2), methods, seed=2)
+
+
+def _same_maps_as_layers(as_ops, as_layers, shape, methods, seed):
+    """Random weights for ``as_layers``, copied into ``as_ops``: the outputs agree, and every method
+    of ``methods`` gives the same non-zero maps on both (1e-5 of the map's scale)."""
+    rs = np.random.RandomState(seed)
+    as_layers.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in as_layers.get_weights()])
+    as_ops.set_weights(as_layers.get_weights())
+    x = np.random.default_rng(seed + 1).normal(size=(3, *shape)).astype(np.float32)
+    ref = np.asarray(as_layers(x))
+    np.testing.assert_allclose(np.asarray(as_ops(x)), ref, atol=1e-6 * np.abs(ref).max())
+    t = np.array([0, 1, 3])
     for name in methods:
         a, b = (xaitf.create_explainer(name, m, progress=False)(x, t) for m in (as_layers, as_ops))
         assert np.abs(a).max() > 0, name
@@ -299,15 +304,5 @@ def test_tensor_operations_read_as_their_layers():
     """``a - b``, ``ops.maximum``/``minimum``, ``-x``, ``ops.concatenate``, ``ops.transpose``, ``ops.max``
     over the image axes and ``ops.reshape`` keeping the batch axis read as the layers of the same
     computation: native LRP and the tf-keras twin give the maps of the model built with layers."""
-    as_ops, as_layers = _layout("ops"), _layout("layers")
-    rs = np.random.RandomState(4)
-    as_layers.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in as_layers.get_weights()])
-    as_ops.set_weights(as_layers.get_weights())
-    x = np.random.default_rng(5).normal(size=(3, 6, 6, 2)).astype(np.float32)
-    ref = np.asarray(as_layers(x))
-    np.testing.assert_allclose(np.asarray(as_ops(x)), ref, atol=1e-6 * np.abs(ref).max())
-    t = np.array([0, 1, 3])
-    for name in ("lrp.z", "lrp.epsilon", "inn.gradient", "tfx.gradcam"):
-        a, b = (xaitf.create_explainer(name, m, progress=False)(x, t) for m in (as_layers, as_ops))
-        assert np.abs(a).max() > 0, name
-        np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max(), err_msg=name)
+    _same_maps_as_layers(_layout("ops"), _layout("layers"), (6, 6, 2),
+                         ("lrp.z", "lrp.epsilon", "inn.gradient", "tfx.gradcam"), seed=4)

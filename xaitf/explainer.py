@@ -306,10 +306,14 @@ class Explainer:
         self.output_spec = Output(model, self.output, owner, self.outputs)
         # the model whose outputs ``self.select`` reads, and what is explained in words
         self.forward, self.output_note = self.output_spec.forward, self.output_spec.note
-        self.runner = self.output_spec.runner    # forward's function, to call (Output.runner)
         # read before setup(), which may cache copies of these weights (native LRP passes it on)
         self._weights_crc = weights_fingerprint(model)
         self.setup()
+
+    @property
+    def runner(self):
+        """``forward``'s function, to call (:attr:`xaitf.outputs.Output.runner`)."""
+        return self.output_spec.runner
 
     @classmethod
     def parameters(cls):

@@ -59,7 +59,8 @@ class Output:
             kinds, the model itself for a callable.
         runner: the same function as ``forward``, to call (not to walk its layers): ``forward``
             itself, or for a Keras 3 model with grouped convolutions a faster copy
-            (:func:`xaitf.grouped_conv.runner`).
+            (:func:`xaitf.grouped_conv.runner`); made on first use, so that methods which only
+            walk the layers (native LRP) never build it.
         activation: ``"softmax"`` or ``"sigmoid"``, what turns logits into probabilities.
         note: what is explained, in words (figure headers, run records).
         tag: a cache key part for compiled functions (None for a callable: not shared).
@@ -83,7 +84,10 @@ class Output:
             self.note = logit_note if self.kind == "logits" else \
                 f"{self.activation} probabilities of the logits ({logit_note})"
             self.tag = self.kind
-        self.runner = runner(self.forward)
+
+    @property
+    def runner(self):
+        return runner(self.forward)      # cached per model by grouped_conv
 
     def select(self, outputs, targets):
         """The explained score (N,) of each row of ``outputs`` (``self.forward``'s) for int targets
