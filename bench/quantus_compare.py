@@ -116,9 +116,11 @@ NOTES = """Settings and differences (Quantus 0.6.0, TF 2.15.1 CPU, in bench/.ven
   replayed (a check run once, not in this script) our per-image scores equal the random_logit row's
   Quantus scores within 1e-8.
 * rows *_paired (avg sensitivity, local Lipschitz, infidelity): Quantus' perturb_func replays our noise
-  (default_rng([0, i]) per image, float32, the same draws as the unpaired rows; the worker's
-  replay_func), so the per-image scores pair up and are compared as deterministic: what remains is
-  the two IG implementations and float rounding.
+  (the worker's replay_func; the same draws as the unpaired rows): default_rng([0, i]) per image,
+  float32, for the sensitivities; infidelity's noise, drawn on the device, as
+  xaitf.metrics.infidelity_noise returns it, stored in the worker's data file. The per-image scores
+  pair up and are compared as deterministic: what remains is the two IG implementations and float
+  rounding.
 * effective complexity: #{|a| / max|a| > 1e-5} per map, abs and normalise on both sides (Quantus'
   defaults), Quantus normalising per map (above). With Quantus' default batch maximum 2 of the 64
   images count 1 pixel fewer (means 189.02 vs 189.05).
@@ -194,8 +196,8 @@ def quantus_jobs(names, n):
     # the *_paired rows: Quantus' perturb_func replays our noise (seed 0), so the scores pair up
     replay = {"avg_sensitivity_paired": {"dist": "uniform", "low": -0.2, "high": 0.2, "samples": MS_SAMPLES},
               "local_lipschitz_paired": {"dist": "normal", "mean": LL_MEAN, "std": LL_STD, "samples": LL_SAMPLES},
-              "infidelity_paired": {"dist": "normal", "mean": 0.0, "std": INF_STD, "samples": INF_SAMPLES,
-                                    "sign": -1}}                    # ours: x - eps
+              "infidelity_paired": {"dist": "stored", "key": "infidelity_noise", "samples": INF_SAMPLES,
+                                    "sign": -1}}                    # ours: x - eps, drawn on the device
     return [{"id": k, "cls": spec[k][0], "kwargs": spec[k][1], "n": n,
              "masks": k in MASKS, **({"funcs": funcs[k]} if k in funcs else {}),
              **({"replay": dict(replay[k], seed=0)} if k in replay else {}),
@@ -208,8 +210,12 @@ def quantus_jobs(names, n):
 def run_quantus(model, x, y, maps, masks, names, workdir):
     workdir.mkdir(parents=True, exist_ok=True)
     model.save(str(workdir / "model.h5"), save_format="h5")
+    import xaitf.metrics as M
+
+    # infidelity's noise is drawn on the device (a counter-based stream); the worker replays it from here
+    inf_noise = M.infidelity_noise(range(len(x)), INF_SAMPLES, maps.shape[1:3], std=INF_STD, seed=0)
     np.savez(workdir / "data.npz", x=x, y=y, maps=maps.astype(np.float32), masks=masks,
-             maps_tb=tiebreak(maps))
+             maps_tb=tiebreak(maps), infidelity_noise=inf_noise.reshape(len(x), INF_SAMPLES, -1))
     (workdir / "jobs.json").write_text(json.dumps({"jobs": quantus_jobs(names, len(x))}))
     env = dict(os.environ)
     for k in ("TF_USE_LEGACY_KERAS", "PYTHONPATH"):

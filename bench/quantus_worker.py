@@ -88,16 +88,19 @@ def named_funcs(quantus, shape):
     return {"batch_gaussian_noise": perturb_func.batch_gaussian_noise, "ssim_2d": ssim_2d}
 
 
-def replay_func(spec, n, n_features, batch_size=64):
+def replay_func(spec, n, n_features, data=None, batch_size=64):
     """A Quantus ``perturb_func`` that adds xaitf's noise instead of drawing its own: the noise of
     input i is ``default_rng([seed, i]).uniform(low, high, (samples, D))`` (``dist="uniform"``, as
-    xaitf's ``uniform_noise``) or ``.normal(mean, std, (samples, D))`` (as xaitf's ``noise`` and
-    ``infidelity``), float32, D = H*W (one channel). Quantus calls it once per sample and batch
+    xaitf's ``uniform_noise``), ``.normal(mean, std, (samples, D))`` (as xaitf's ``noise``) or
+    ``data[key][i]`` (``dist="stored"``: noise xaitf drew on the device and stored in the data
+    file, as infidelity's), float32, D = H*W (one channel). Quantus calls it once per sample and batch
     (batches of ``batch_size`` inputs in order, samples in order): call c gets sample c % samples
     of batch c // samples; returns ``arr + sign * noise``."""
-    samples, seed, sign = int(spec["samples"]), int(spec["seed"]), float(spec.get("sign", 1))
+    samples, seed, sign = int(spec["samples"]), int(spec.get("seed", 0)), float(spec.get("sign", 1))
     size = (samples, n_features)
-    if spec["dist"] == "uniform":
+    if spec["dist"] == "stored":
+        draw = list(np.asarray(data[spec["key"]])[:n])
+    elif spec["dist"] == "uniform":
         draw = [np.random.default_rng([seed, i]).uniform(spec["low"], spec["high"], size) for i in range(n)]
     else:
         draw = [np.random.default_rng([seed, i]).normal(spec["mean"], spec["std"], size) for i in range(n)]
@@ -132,7 +135,7 @@ def main(workdir):
             np.random.seed(int(job.get("np_seed", 0)))
             named = {k: funcs[v] for k, v in job.get("funcs", {}).items()}
             if "replay" in job:
-                named["perturb_func"] = replay_func(job["replay"], n, int(np.prod(maps.shape[1:])))
+                named["perturb_func"] = replay_func(job["replay"], n, int(np.prod(maps.shape[1:])), data)
             metric = getattr(quantus, job["cls"])(disable_warnings=True, display_progressbar=False,
                                                   **job.get("kwargs", {}), **named)
             call = dict(job.get("call", {}))

@@ -172,3 +172,21 @@ def test_append_keeps_other_rows_and_the_hand_written_notes(tmp_path):
     (tmp_path / "floor.json").write_text(json.dumps({"n": 256, "rows": [row, dict(row, metric="infidelity")]}))
     assert [r["metric"] for r in report.kept_rows(out, 256, ["road"])] == ["infidelity"]
     assert report.kept_rows(out, 128, ["road"]) == []
+
+
+def test_quantus_replay_adds_our_stored_noise_in_quantus_call_order():
+    """The worker's replay_func (a Quantus perturb_func) with ``dist="stored"`` adds the noise xaitf
+    drew on the device (infidelity_noise, saved in the data file): Quantus calls it once per sample
+    and batch, batches of inputs in order; ``sign=-1`` subtracts it (ours: x - eps)."""
+    import xaitf.metrics as M
+    from bench.quantus_worker import replay_func
+
+    n, samples = 5, 3
+    noise = M.infidelity_noise(range(n), samples, (2, 2), std=0.2, seed=0).reshape(n, samples, 4)
+    perturb = replay_func({"dist": "stored", "key": "inf", "samples": samples, "sign": -1}, n, 4,
+                          {"inf": noise}, batch_size=2)
+    x = np.ones((2, 4), np.float32)
+    for b in range(3):                                  # batches [0, 1], [2, 3], [4]
+        rows = np.arange(2 * b, min(2 * b + 2, n))
+        for j in range(samples):
+            np.testing.assert_array_equal(perturb(x[:len(rows)]), x[:len(rows)] - noise[rows, j])

@@ -296,9 +296,11 @@ def test_infidelity_of_the_exact_maps_is_zero(lin, lin_rgb):
 def test_infidelity_of_a_scaled_map_is_analytic_and_normalize_removes_the_scale(lin):
     model, x, t, wt, exact, f0 = lin
     inf = F.infidelity(model, x, 2 * exact, t, std=0.3, samples=25, seed=6, **LOGITS)
-    # I . (2 wx) - I . wx = I . wx, with I = default_rng([seed, i]).normal(0, std, (samples,H,W))
-    want = [np.mean((np.random.default_rng([6, i]).normal(0, 0.3, (25, H, W)).astype(np.float32)
-                     .reshape(25, -1).astype(np.float64) @ exact[i].ravel()) ** 2) for i in range(4)]
+    # I . (2 wx) - I . wx = I . wx, with I = infidelity_noise (the draws of the device program)
+    eps = F.infidelity_noise(range(4), 25, (H, W), std=0.3, seed=6)
+    assert eps.shape == (4, 25, H, W) and eps.dtype == np.float32
+    assert abs(eps.mean()) < 0.02 and abs(eps.std() - 0.3) < 0.02 and not np.allclose(eps[0], eps[1])
+    want = [np.mean((eps[i].reshape(25, -1).astype(np.float64) @ exact[i].ravel()) ** 2) for i in range(4)]
     np.testing.assert_allclose(inf, want, rtol=1e-5)
     assert np.all(inf > 1e-3)
     norm = F.infidelity(model, x, 2 * exact, t, std=0.3, samples=25, seed=6, normalize=True, **LOGITS)
@@ -436,10 +438,10 @@ def test_road_curves(lin):
     assert morf.scores.shape == (4, 4) and not np.allclose(morf.scores, lerf.scores)
     np.testing.assert_allclose(morf.scores[:, 0], f0, atol=2e-5)                # nothing removed
     assert np.mean(morf.scores[:, 1:]) < np.mean(lerf.scores[:, 1:])
-    # the imputed images are those of noisy_linear_impute with default_rng([seed, i, j])
+    # the imputed images are the linear imputation plus 0.01 road_noise(i, j) on the removed pixels
     i, j = 2, 2
-    img = F.noisy_linear_impute(x[i], F.pixel_order(exact)[i] < 18, 0.01,
-                                np.random.default_rng([0, i, j]))
+    gone = F.pixel_order(exact)[i] < 18
+    img = F.noisy_linear_impute(x[i], gone, 0.0) + 0.01 * gone[..., None] * F.road_noise([i], [j], (H, W, 1))[0]
     want = (wt[i] * img).sum() + (f0[i] - (wt[i] * x[i]).sum())
     assert morf.scores[i, j] == pytest.approx(want, abs=2e-5)
 

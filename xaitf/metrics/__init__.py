@@ -17,6 +17,7 @@ Functions (module in brackets):
 * ``mufidelity`` (faithfulness): Bhatt et al. 2020 on grid cells (Xplique's MuFidelity)
 * ``infidelity`` (faithfulness): Yeh et al. 2019, (I . map - output change)^2 under noise
 * ``road`` (faithfulness): Rong et al. 2022, removal with noisy linear imputation
+* ``infidelity_noise``, ``road_noise`` (faithfulness): the noise those two draw (on the device)
 * ``noisy_linear_impute`` (imputation): ROAD's imputation of one image (sparse direct solve)
 * ``linear_impute_batch`` (imputation): the same for a batch, conjugate gradients in TensorFlow
 * ``binarize`` (localization): top-k / threshold / Otsu masks
@@ -45,7 +46,8 @@ _WHERE = {
     "deletion_curve": "curves", "insertion_curve": "curves", "irof": "curves",
     "pixel_flipping": "faithfulness", "region_perturbation": "faithfulness",
     "faithfulness_correlation": "faithfulness", "mufidelity": "faithfulness",
-    "infidelity": "faithfulness", "road": "faithfulness",
+    "infidelity": "faithfulness", "road": "faithfulness", "infidelity_noise": "faithfulness",
+    "road_noise": "faithfulness",
     "noisy_linear_impute": "imputation", "linear_impute_batch": "imputation",
     "Curve": "_common", "fill_image": "_common", "pixel_order": "_checks",
     "binarize": "localization", "iou_1": "localization", "iou_2": "localization",

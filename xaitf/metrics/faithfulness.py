@@ -15,8 +15,10 @@ time. Removals by a pixel order go through :class:`xaitf.metrics._common.Scorer`
 grid cells and noise through the masked program of this module,
 ``x' = x * (1 - m) + base * m - d``, with ``m`` (the removal mask, or the relative noise) and
 ``d`` (additive noise) made per chunk. Random draws of input ``i`` come from
-``numpy.random.default_rng([seed, i])`` (ROAD: ``[seed, i, step]``): a result does not depend on
-``batch_size`` or on which other inputs are in the batch.
+``numpy.random.default_rng([seed, i])``; infidelity's noise and ROAD's imputation noise are drawn
+on the device, from the counter-based stream of :mod:`xaitf.methods._random` keyed by (input
+``i``, sample or fraction ``j``). A result does not depend on ``batch_size`` or on which other
+inputs are in the batch.
 
 Scores are the target's ``output`` (``"probabilities"`` by default, ``"logits"`` or ``"raw"``;
 see :func:`xaitf.metrics._common.output_transform`), in float64.
@@ -33,8 +35,9 @@ from ..errors import InputError, MethodError
 from ..explainer import chunks
 from ..explainer import progress as _progress
 from ..keras_bridge import model_cache
+from ..methods._random import INFIDELITY_NOISE, ROAD_NOISE, hashed_normal, pair_ids
 from ._common import Curve, fill_image, pixel_order, prepare
-from .imputation import add_imputation_noise, linear_impute_batch, noisy_linear_impute, worth_compiling  # noqa: F401
+from .imputation import linear_impute_batch, noisy_linear_impute, worth_compiling  # noqa: F401
 
 ORDERS = ("morf", "lerf")
 LAYOUTS = ("grid", "sliding")
@@ -547,6 +550,67 @@ def mufidelity(model, x, maps, targets, grid_size=9, subset_percent=0.2, nb_samp
 # ------------------------------------------------------------------------------------------------
 # infidelity
 # ------------------------------------------------------------------------------------------------
+def _noise_program(sc, shape, relative):
+    """Infidelity's program of ``sc``'s model for images (H,W,C): the noise is drawn on the device.
+
+    ``(x_all, base_all, maps_all, i, j, seed, std, tgt) -> (target score, I . map)`` of the rows
+    (input ``i``, sample ``j``): ``eps = std * hashed_normal(pair_ids(i, j), seed, (H,W),
+    INFIDELITY_NOISE)``, the image ``x - eps * (x - base)`` (``relative``) or ``x - eps``, and
+    ``I . map = sum_p eps_p map_p``."""
+    cache = model_cache(sc.model)
+    key = ("infidelity-program", sc.output, tuple(shape), bool(relative))
+    if key not in cache:
+        h, w, c = shape
+        vec = tf.TensorSpec([None], tf.int64)
+        sig = [tf.TensorSpec([None, h, w, c], tf.float32), tf.TensorSpec([None, None, None, None], tf.float32),
+               tf.TensorSpec([None, h, w], tf.float32), vec, vec, tf.TensorSpec([], tf.int64),
+               tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.int32)]
+
+        def program(x_all, base_all, maps_all, i, j, seed, std, tgt):
+            eps = std * hashed_normal(pair_ids(i, j), seed, (h, w), INFIDELITY_NOISE)       # (B,H,W)
+            xs = tf.gather(x_all, i)
+            e = eps[..., None]
+            if relative:
+                b = tf.gather(base_all, tf.where(tf.shape(base_all)[0] > 1, i, tf.zeros_like(i)))
+                xp = xs - e * (xs - tf.broadcast_to(b, tf.shape(xs)))
+            else:
+                xp = xs - e
+            dot = tf.reduce_sum(eps * tf.gather(maps_all, i), [1, 2])
+            out = sc.transform(sc.forward(xp, training=False))
+            return tf.gather(out, tgt, batch_dims=1), dot
+
+        cache[key] = tf.function(program, input_signature=sig, autograph=False)
+    return cache[key]
+
+
+def infidelity_noise(inputs, samples, shape, std=0.2, seed=0):
+    """The perturbations ``eps`` that :func:`infidelity` draws: (len(inputs), samples, H, W) float32
+    for the input indices ``inputs`` (positions in the call), ``shape`` = (H, W); ``eps[a, j] =
+    std * hashed_normal(pair_ids(inputs[a], j), seed, (H, W), INFIDELITY_NOISE)``."""
+    i = np.repeat(np.asarray(inputs, np.int64).reshape(-1), samples)
+    j = np.tile(np.arange(samples, dtype=np.int64), len(i) // samples if samples else 0)
+    h, w = (int(v) for v in shape)
+    eps = float(std) * hashed_normal(pair_ids(tf.constant(i), tf.constant(j)), tf.constant(int(seed), tf.int64),
+                                     (h, w), INFIDELITY_NOISE)
+    return eps.numpy().reshape(-1, samples, h, w)
+
+
+def _noise_scores(sc, x, base, maps, targets, samples, seed, std, relative, batch_size, show):
+    """Infidelity's (N, samples) scores and ``I . map`` values, input-major (row ``i * samples + j``)."""
+    n = len(x)
+    run = _noise_program(sc, tuple(int(v) for v in x.shape[1:]), relative)
+    args = (tf.constant(x, tf.float32), tf.constant(base, tf.float32), tf.constant(maps, tf.float32))
+    rows = np.arange(n * samples, dtype=np.int64)
+    tgt = np.repeat(np.asarray(targets, np.int32), samples)
+    out, dot = np.empty(n * samples), np.empty(n * samples)
+    seed_t, std_t = tf.constant(seed, tf.int64), tf.constant(std, tf.float32)
+    for s in _progress(chunks(n * samples, batch_size), show, desc="infidelity"):
+        i, j = np.divmod(rows[s], samples)
+        score, d = run(*args, tf.constant(i), tf.constant(j), seed_t, std_t, tf.constant(tgt[s]))
+        out[s], dot[s] = score.numpy(), d.numpy()
+    return out.reshape(n, samples), dot.reshape(n, samples)
+
+
 def infidelity(model, x, maps, targets, perturbation="gaussian", std=0.2, samples=50,
                multiply_by_inputs=True, baseline=0.0, normalize=False, batch_size=256,
                output="probabilities", seed=0, progress=True):
@@ -573,8 +637,9 @@ def infidelity(model, x, maps, targets, perturbation="gaussian", std=0.2, sample
     scale does not matter (beta = 0 where the map gives ``I . map = 0`` for every draw).
     ``std=0.2``: Yeh et al. perturb with Gaussian noise around the input; Captum leaves the noise to
     the user (its tutorial uses a std of 0.003 on [0, 1] images). Quantus' ``Infidelity`` is a
-    different perturbation (square patches set to a baseline), not offered here. Noise of input
-    ``i``: ``default_rng([seed, i]).normal(0, std, (samples, H, W))`` float32. Lower is better.
+    different perturbation (square patches set to a baseline), not offered here. The noise is drawn
+    on the device, from the counter-based stream of :mod:`xaitf.methods._random` keyed by (input
+    ``i``, sample ``j``): :func:`infidelity_noise` gives the same values. Lower is better.
 
     Args:
         model: tf-keras or Keras 3 classifier.
@@ -607,21 +672,8 @@ def infidelity(model, x, maps, targets, perturbation="gaussian", std=0.2, sample
         raise MethodError(f"{owner} needs normalize to be True or False, got {normalize!r}")
     seed = _seed(seed, owner)
     base = _fill(x, baseline, seed, owner, "baseline")
-    flat = m.reshape(n, h * w)
-    dot = np.empty(n * samples)
-
-    @functools.lru_cache(maxsize=2)
-    def noise(i):
-        return np.random.default_rng([seed, i]).normal(0.0, std, (samples, h, w)).astype(np.float32)
-
-    def make(s):
-        eps = _rows(s, samples, noise)                                   # (B,H,W)
-        rows = np.arange(s.start, s.stop) // samples
-        dot[s] = (eps.reshape(len(eps), -1).astype(np.float64) * flat[rows]).sum(axis=1)
-        return (eps, _NONE) if multiply_by_inputs else (_NONE, eps)
-
     f0 = _clean_scores(sc, x, t, bs)
-    scores = _masked_scores(sc, x, base, t, samples, make, bs, "infidelity", progress)
+    scores, dot = _noise_scores(sc, x, base, m, t, samples, seed, std, bool(multiply_by_inputs), bs, progress)
     df = f0[:, None] - scores
     a = dot.reshape(n, samples)
     if normalize:
@@ -634,6 +686,24 @@ def infidelity(model, x, maps, targets, perturbation="gaussian", std=0.2, sample
 # ------------------------------------------------------------------------------------------------
 # ROAD
 # ------------------------------------------------------------------------------------------------
+def road_noise(inputs, fractions, shape, seed=0):
+    """ROAD's imputation noise, before its ``noise`` factor: (len(inputs), H, W, C) float32 standard
+    normals for the pairs (input index ``inputs[a]``, fraction index ``fractions[a]``), ``shape`` =
+    (H, W, C): ``hashed_normal(pair_ids(i, j), seed, (H,W,C), ROAD_NOISE)``. :func:`road` adds
+    ``noise`` times it to the removed pixels."""
+    i = tf.constant(np.asarray(inputs, np.int64).reshape(-1))
+    j = tf.constant(np.asarray(fractions, np.int64).reshape(-1))
+    return hashed_normal(pair_ids(i, j), tf.constant(int(seed), tf.int64), tuple(int(v) for v in shape),
+                         ROAD_NOISE).numpy()
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _add_road_noise(images, gone, i, j, seed, std):
+    """``images + std * gone * road_noise(i, j)`` on the device (gone: (B,H,W) 0/1)."""
+    z = hashed_normal(pair_ids(i, j), seed, tf.shape(images)[1:], ROAD_NOISE)
+    return images + std * gone[..., None] * z
+
+
 def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", imputation="linear",
          noise=0.01, score="accuracy", batch_size=256, output="probabilities", seed=0, solver="cg",
          progress=True):
@@ -653,7 +723,8 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
     The mean of ``scores`` over the inputs is the accuracy curve of the paper and of Quantus'
     ``ROAD`` (which uses the percentages 1, 3, ..., 99 % and ``int(H*W * p / 100)`` pixels). MoRF:
     a faithful map makes the accuracy fall fast (low auc); LeRF: slowly (high auc). The noise of
-    input ``i`` at fraction ``j`` is drawn from ``numpy.random.default_rng([seed, i, j])``.
+    input ``i`` at fraction ``j`` is ``noise * road_noise([i], [j], (H,W,C), seed)`` on the removed
+    pixels, drawn on the device from the counter-based stream of :mod:`xaitf.methods._random`.
     ``imputation`` may also be a number: the removed pixels take that value (no imputation, no
     noise), the "remove without debiasing" baseline of the paper.
 
@@ -719,7 +790,7 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
         i, j = np.divmod(rows, P)
         gone = ranks[i] < counts[j][:, None, None]
         if not linear:
-            return np.where(gone[..., None], np.float32(value), x[i]).astype(np.float32)
+            return tf.constant(np.where(gone[..., None], np.float32(value), x[i]).astype(np.float32))
         if solver == "cg":                    # one solve per fraction: its systems take alike many steps
             imgs = np.empty((len(i),) + x.shape[1:], np.float32)
             for f in np.unique(j):
@@ -727,19 +798,23 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
                 imgs[at] = linear_impute_batch(x[i[at]], gone[at], jit=jit)
         else:
             imgs = np.stack([noisy_linear_impute(x[a], g, 0.0) for a, g in zip(i, gone)])
-        return add_imputation_noise(imgs, gone, noise, [[seed, int(a), int(b)] for a, b in zip(i, j)]
-                                    ).astype(np.float32, copy=False)
+        imgs = tf.constant(np.asarray(imgs, np.float32))
+        if not noise:
+            return imgs
+        return _add_road_noise(imgs, tf.constant(gone.astype(np.float32)), tf.constant(i),
+                               tf.constant(j), seed_t, tf.constant(noise, tf.float32))
 
     run = _program(sc, tuple(int(v) for v in x.shape[1:]))
     zero = tf.constant(np.zeros((1, 1, 1, 1), np.float32))
     none = tf.constant(_NONE)
+    seed_t = tf.constant(seed, tf.int64)
     tgt = np.repeat(t, P).astype(np.int32)
     out = np.empty(n * P)
     for s in _progress(chunks(n * P, bs), progress, desc="road"):
         rows = visit[s]
         imgs = make_images(rows)
         k = np.arange(len(imgs), dtype=np.int32)
-        val, pred = run(tf.constant(imgs), zero, tf.constant(k), tf.constant(np.zeros_like(k)),
+        val, pred = run(imgs, zero, tf.constant(k), tf.constant(np.zeros_like(k)),
                         none, none, tf.constant(tgt[rows]))
         out[rows] = (pred.numpy() == tgt[rows]).astype(np.float64) if score == "accuracy" else val.numpy()
     scores = out.reshape(n, P)

@@ -16,7 +16,7 @@ kept, so conjugate gradients solve it. Then ``noise * N(0, 1)`` is added to ever
 * :func:`linear_impute_batch`: many images at once, conjugate gradients in one TensorFlow
   program (the operator ``A`` is a 3x3 stencil, XLA-compiled), float32, to a relative residual of
   ``tol``; images that do not converge within ``max_iter`` steps are solved by the sparse solver.
-  No noise (:func:`add_imputation_noise` adds it).
+  No noise (:func:`xaitf.metrics.faithfulness.road` adds it on the device).
 """
 import functools
 
@@ -89,25 +89,6 @@ def _sparse_solve(img, gone2d):
     a = coo_matrix((av, (ai, aj)), shape=(u, u)).tocsc()
     out[unknown] = np.asarray(spsolve(a, rhs)).reshape(u, c)
     return out.reshape(h, w, c)
-
-
-def add_imputation_noise(images, removed, noise, seeds):
-    """``images`` with ``noise * N(0, 1)`` added to the removed pixels of each image, with the stream
-    of :func:`noisy_linear_impute`: image ``k``'s values come from ``default_rng(seeds[k])``, one
-    (removed pixels, C) draw in row-major order. images: (B,H,W,C) float; removed: (B,H,W) bool.
-
-    The sums are taken in float64 and stored in ``images``' dtype (in place). The draws of all
-    images are added in one pass: boolean indexing of (B,H,W) visits the images in order, each in
-    row-major order, which is the order the draws are concatenated in."""
-    if not noise:
-        return images
-    c = images.shape[-1]
-    draws = [np.random.default_rng(s).standard_normal((int(removed[k].sum()), c))
-             for k, s in enumerate(seeds)]
-    if draws:
-        gone = np.asarray(removed, bool)
-        images[gone] = images[gone].astype(np.float64) + float(noise) * np.concatenate(draws)
-    return images
 
 
 def _neighbour_sums(v, h, w):
