@@ -732,7 +732,8 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
     chunk's systems of one fraction are solved together by conjugate gradients in one TensorFlow
     program (``solver="cg"``, float32, relative residual 1e-5: within 5e-5 of the exact solution on
     MNIST, far below the noise; compiled by XLA when the run solves at least ``JIT_MIN_VALUES``
-    values in all), so that a solve's systems need alike many steps. ``solver="sparse"`` solves
+    values in all; preconditioned by a multigrid V-cycle on images of 48x48 and more), so that a
+    solve's systems need alike many steps. ``solver="sparse"`` solves
     each with scipy's sparse direct solver, as the paper's code (:func:`noisy_linear_impute`).
     The noise is the same for both solvers.
 

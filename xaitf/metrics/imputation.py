@@ -14,9 +14,9 @@ kept, so conjugate gradients solve it. Then ``noise * N(0, 1)`` is added to ever
 * :func:`noisy_linear_impute`: one image, a sparse direct solve (``scipy.sparse.linalg.spsolve``),
   as the paper's code: the reference.
 * :func:`linear_impute_batch`: many images at once, conjugate gradients in one TensorFlow
-  program (the operator ``A`` is a 3x3 stencil, XLA-compiled), float32, to a relative residual of
-  ``tol``; images that do not converge within ``max_iter`` steps are solved by the sparse solver.
-  No noise (:func:`xaitf.metrics.faithfulness.road` adds it on the device).
+  program (the operator ``A`` is a 3x3 stencil, XLA-compiled; on images of 48x48 and more
+  preconditioned by a multigrid V-cycle), float32, to a relative residual of ``tol``; images
+  that do not converge within ``max_iter`` steps are solved by the sparse solver. No noise (:func:`xaitf.metrics.faithfulness.road` adds it on the device).
 """
 import functools
 
@@ -105,8 +105,79 @@ def _neighbour_sums(v, h, w):
     return (full - 4.0 * v) * (1.0 / 12.0)
 
 
+# the multigrid preconditioner: levels halve the grid down to this side; smoothing is damped Jacobi
+COARSEST = 4
+JACOBI_WEIGHT = 0.8
+# images at least this large on both sides are solved with the preconditioner (measured on 2 CPU cores,
+# 3 channels, contiguous holes of 10-90 %: 32x32 0.6-1.3x, 64x64 1.4-3.2x, 224x224 2.6-7.6x the
+# speed of plain conjugate gradients)
+MULTIGRID_MIN_SIDE = 48
+
+
+def _levels(h, w):
+    """Grid sizes of the multigrid levels: (h, w), then halved (rounded up) down to COARSEST."""
+    out = [(h, w)]
+    while min(out[-1]) > COARSEST:
+        out.append(((out[-1][0] + 1) // 2, (out[-1][1] + 1) // 2))
+    return out
+
+
+def _pad_even(v, h, w, value=0.0):
+    import tensorflow as tf
+
+    return tf.pad(v, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]], constant_values=value)
+
+
+def _restrict(v, h, w):
+    """P^T: the sum over each 2x2 block (the last row / column padded with zeros when odd)."""
+    import tensorflow as tf
+
+    return 4.0 * tf.nn.avg_pool2d(_pad_even(v, h, w), 2, 2, "VALID")
+
+
+def _prolong(v, h, w):
+    """P: every pixel of the (h, w) grid takes the value of its 2x2 block on the coarse grid."""
+    import tensorflow as tf
+
+    return tf.image.resize(v, ((h + 1) // 2 * 2, (w + 1) // 2 * 2), method="nearest")[:, :h, :w]
+
+
+def _coarse_unknown(m, h, w):
+    """A coarse pixel is unknown where all its fine pixels inside the image are (a kept pixel keeps
+    its block: kept pixels exist on every level, so every level's system stays definite)."""
+    import tensorflow as tf
+
+    return -tf.nn.max_pool2d(-_pad_even(m, h, w, 1.0), 2, 2, "VALID")
+
+
+def _system(m, shapes):
+    """``(op, vcycle)`` of the imputation system whose unknowns are ``m`` (B,H,W,1) = 1: ``op(v)`` is
+    ``A v`` (for ``v`` = 0 on the kept pixels), ``vcycle(r)`` the multigrid preconditioner of
+    :func:`_cg_program` on the levels ``shapes`` (:func:`_levels`; one level: two Jacobi steps)."""
+    import tensorflow as tf
+
+    masks = [m]                   # per level: the unknowns, d_p (the weights inside) on them, 1 / d_p
+    for k in range(1, len(shapes)):
+        masks.append(_coarse_unknown(masks[-1], *shapes[k - 1]))
+    diag = [mk * _neighbour_sums(tf.ones_like(mk), *hw) for mk, hw in zip(masks, shapes)]
+    inv = [tf.math.divide_no_nan(mk, d) for mk, d in zip(masks, diag)]
+
+    def op(v, k=0):                                            # A v on the removed pixels (v = 0 elsewhere)
+        return diag[k] * v - masks[k] * _neighbour_sums(v, *shapes[k])
+
+    def vcycle(r, k=0):
+        z = JACOBI_WEIGHT * inv[k] * r
+        if k == len(shapes) - 1:
+            return z + JACOBI_WEIGHT * inv[k] * (r - op(z, k))
+        coarse = vcycle(_restrict(r - op(z, k), *shapes[k]), k + 1)
+        z = z + masks[k] * _prolong(coarse, *shapes[k])
+        return z + JACOBI_WEIGHT * inv[k] * (r - op(z, k))
+
+    return op, vcycle
+
+
 @functools.lru_cache(maxsize=16)
-def _cg_program(h, w, c, jit=True):
+def _cg_program(h, w, c, jit=True, multigrid=False):
     """Conjugate gradients for the imputation of (B,H,W,C) images: one tf.function per image shape.
 
     ``(x, m, tol, max_iter) -> (imputed, converged (B,), steps)``; ``m`` (B,H,W,1) is 1 on removed
@@ -115,10 +186,20 @@ def _cg_program(h, w, c, jit=True):
     image. The channels' systems share one step size (one solve of the block-diagonal system).
     ``jit``: compiled by XLA (the loop's elementwise passes fused: about 3x faster on CPU; one
     compilation per batch size, which :func:`_run_cg` keeps to a few).
+
+    ``multigrid``: preconditioned by one symmetric V-cycle (Briggs, Henson & McCormick 2000, "A
+    Multigrid Tutorial"): on each level one damped Jacobi step (weight :data:`JACOBI_WEIGHT`), the
+    residual summed over 2x2 blocks (``P^T``) to the next level's system (the same 8-neighbour
+    operator on the halved grid, a block unknown where all its pixels are), its correction copied back
+    to the block's unknown pixels (``P``), one Jacobi step again; two on the coarsest grid. The
+    same pre- and post-smoothing and ``P^T`` / ``P`` make it symmetric positive definite, as
+    preconditioned conjugate gradients need. The number of steps then hardly grows with the size
+    of the holes (224x224, 90 % removed: 17 steps instead of 454).
     """
     import tensorflow as tf
 
     axes = [1, 2, 3]
+    shapes = _levels(h, w) if multigrid else [(h, w)]
 
     def program(x, m, tol, max_iter):
         keep = 1.0 - m
@@ -127,31 +208,45 @@ def _cg_program(h, w, c, jit=True):
         scale = tf.reduce_max(tf.abs(x - mean) * keep, [1, 2], keepdims=True)
         scale = tf.where(scale > 0, scale, tf.ones_like(scale))
         xn = (x - mean) / scale * keep
-        md = m * _neighbour_sums(tf.ones_like(m), h, w)    # d_p (the weights of the pixels inside), removed p
+        op, vcycle = _system(m, shapes)
         rhs = m * _neighbour_sums(xn, h, w)
-
-        def op(v):                                             # A v on the removed pixels (v = 0 elsewhere)
-            return md * v - m * _neighbour_sums(v, h, w)
-
         bound = tol * tol * tf.reduce_sum(rhs * rhs, axes)    # per image: ||r||^2 <= tol^2 ||b||^2
 
-        def cond(i, v, r, p, rr):
-            return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
+        if multigrid:
+            def cond(i, v, r, p, rz, rr):
+                return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
 
-        def step(v, r, p, rr):
-            ap = op(p)
-            alpha = tf.math.divide_no_nan(rr, tf.reduce_sum(p * ap, axes))[:, None, None, None]
-            v = v + alpha * p
-            r = r - alpha * ap
-            rr_new = tf.reduce_sum(r * r, axes)
-            p = r + tf.math.divide_no_nan(rr_new, rr)[:, None, None, None] * p
-            return v, r, p, rr_new
+            def body(i, v, r, p, rz, rr):
+                ap = op(p)
+                alpha = tf.math.divide_no_nan(rz, tf.reduce_sum(p * ap, axes))[:, None, None, None]
+                v = v + alpha * p
+                r = r - alpha * ap
+                z = vcycle(r)
+                rz_new = tf.reduce_sum(r * z, axes)
+                p = z + tf.math.divide_no_nan(rz_new, rz)[:, None, None, None] * p
+                return i + 1, v, r, p, rz_new, tf.reduce_sum(r * r, axes)
 
-        def body(i, v, r, p, rr):                              # two steps per test of convergence
-            return (i + 2,) + step(*step(v, r, p, rr))
+            z0 = vcycle(rhs)
+            i, v, r, _, _, rr = tf.while_loop(cond, body, [tf.constant(0), tf.zeros_like(xn), rhs, z0,
+                                                           tf.reduce_sum(rhs * z0, axes), tf.reduce_sum(rhs * rhs, axes)])
+        else:
+            def cond(i, v, r, p, rr):
+                return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
 
-        v0 = tf.zeros_like(xn)
-        i, v, r, _, rr = tf.while_loop(cond, body, [tf.constant(0), v0, rhs, rhs, tf.reduce_sum(rhs * rhs, axes)])
+            def step(v, r, p, rr):
+                ap = op(p)
+                alpha = tf.math.divide_no_nan(rr, tf.reduce_sum(p * ap, axes))[:, None, None, None]
+                v = v + alpha * p
+                r = r - alpha * ap
+                rr_new = tf.reduce_sum(r * r, axes)
+                p = r + tf.math.divide_no_nan(rr_new, rr)[:, None, None, None] * p
+                return v, r, p, rr_new
+
+            def body(i, v, r, p, rr):                          # two steps per test of convergence
+                return (i + 2,) + step(*step(v, r, p, rr))
+
+            i, v, r, _, rr = tf.while_loop(cond, body, [tf.constant(0), tf.zeros_like(xn), rhs, rhs,
+                                                        tf.reduce_sum(rhs * rhs, axes)])
         out = x * keep + (v * scale + mean) * m
         return out, rr <= bound, i
 
@@ -171,38 +266,43 @@ def worth_compiling(values):
     return values >= JIT_MIN_VALUES
 
 
-def _run_cg(x, gone, tol, limit, jit=None):
+def _run_cg(x, gone, tol, limit, jit=None, multigrid=None):
     """Run :func:`_cg_program` on (B,H,W,C) float32 ``x`` and (B,H,W) bool ``gone``.
 
     ``jit`` (None: when ``x`` has at least ``JIT_MIN_VALUES`` values): XLA-compiled where XLA works
     here (:func:`xaitf.methods._xla.xla_available`; else the same program uncompiled), the batch
     padded by repeats of its last image (which converge with it) to a size with at most four
     significant bits (1, ..., 16, 18, 20, ..., 32, 36, ...: less than 1/8 more work), so that few
-    batch sizes are compiled. Returns (imputed (B,H,W,C), converged (B,)) as numpy arrays."""
+    batch sizes are compiled. ``multigrid`` (None: images of at least :data:`MULTIGRID_MIN_SIDE`
+    pixels a side): precondition by a V-cycle. Returns (imputed (B,H,W,C), converged (B,)) as
+    numpy arrays."""
     import tensorflow as tf
 
     from ..methods._xla import xla_available
 
     b, h, w, c = x.shape
     jit = (worth_compiling(x.size) if jit is None else bool(jit)) and xla_available()
+    multigrid = min(h, w) >= MULTIGRID_MIN_SIDE if multigrid is None else bool(multigrid)
     step = 1 << max(0, int(b).bit_length() - 4)
     size = -(-b // step) * step if jit else b
     if size > b:
         x = np.concatenate([x, np.repeat(x[-1:], size - b, axis=0)])
         gone = np.concatenate([gone, np.repeat(gone[-1:], size - b, axis=0)])
-    out, ok, _ = _cg_program(h, w, c, jit)(tf.constant(x), tf.constant(gone[..., None].astype(np.float32)),
+    out, ok, _ = _cg_program(h, w, c, jit, multigrid)(tf.constant(x), tf.constant(gone[..., None].astype(np.float32)),
                                            tf.constant(float(tol), tf.float32), tf.constant(limit, tf.int32))
     return np.array(out[:b]), np.array(ok[:b])
 
 
-def linear_impute_batch(images, removed, tol=1e-5, max_iter=None, jit=None):
+def linear_impute_batch(images, removed, tol=1e-5, max_iter=None, jit=None, multigrid=None):
     """ROAD's linear imputation (no noise) of a batch, by conjugate gradients in TensorFlow.
 
     The residual of every image (its channels together) ends below ``tol`` times its right-hand
     side (after shifting and scaling each channel by its kept pixels); on MNIST digits the imputed values are
     within 5e-5 of :func:`noisy_linear_impute`'s sparse direct solution. Images not converged
     after ``max_iter`` steps (default ``4 * (H + W) + 100``; conjugate gradients need about
-    ``H + W`` on a Laplacian-like system) are solved by the sparse direct solver instead.
+    ``H + W`` on a Laplacian-like system) are solved by the sparse direct solver instead. Images
+    of at least :data:`MULTIGRID_MIN_SIDE` pixels a side are preconditioned by a multigrid V-cycle
+    (:func:`_cg_program`; 10 to 20 steps whatever the holes' size).
 
     Args:
         images: (B,H,W,C). removed: (B,H,W) bool, every image keeping at least one pixel.
@@ -210,6 +310,8 @@ def linear_impute_batch(images, removed, tol=1e-5, max_iter=None, jit=None):
         max_iter: step limit (None: ``4 * (H + W) + 100``).
         jit: compile the solver with XLA (None: if ``images`` has at least ``JIT_MIN_VALUES``
             values; a caller solving many batches of one shape, as :func:`road`, decides for all).
+        multigrid: precondition by a multigrid V-cycle (None: when H and W are both at least
+            ``MULTIGRID_MIN_SIDE``; below that plain conjugate gradients are as fast or faster).
 
     Returns:
         (B,H,W,C) float32; kept pixels unchanged.
@@ -224,7 +326,7 @@ def linear_impute_batch(images, removed, tol=1e-5, max_iter=None, jit=None):
     if b == 0:
         return x.copy()
     limit = int(max_iter if max_iter is not None else 4 * (h + w) + 100)
-    out, ok = _run_cg(x, gone, tol, limit, jit)
+    out, ok = _run_cg(x, gone, tol, limit, jit, multigrid)
     for k in np.flatnonzero(~ok):                     # rare: float32 stalled; the exact solver
         out[k] = _sparse_solve(x[k].astype(np.float64), gone[k])
     return out
