@@ -172,6 +172,38 @@ def test_tf_op_call():
                  f"the call of bias_add is {bias_args!r}, {bias_kwargs!r}")
 
 
+@pytest.mark.parametrize("kind", ["tf-keras", "keras"])
+def test_call_arguments(kind):
+    api = "Node.arguments.args|kwargs (Keras 3) / Node.call_args|call_kwargs (tf-keras)"
+    k = tfk if kind == "tf-keras" else keras3()
+    q, v = k.Input((4, 6)), k.Input((5, 6))
+    mha = k.layers.MultiHeadAttention(2, 3)
+    mha(q, v, use_causal_mask=True)
+    try:
+        args, kwargs = C.call_arguments(C.inbound_node(mha, 0))
+    except AttributeError as e:
+        _fail_unless(False, api, kind, f"{type(e).__name__}: {e}")
+    _fail_unless(len(args) == 2 and args[0] is q and args[1] is v and kwargs.get("use_causal_mask") is True,
+                 api, kind, f"the arguments of mha(q, v, use_causal_mask=True) are {args!r}, {kwargs!r}")
+
+
+@pytest.mark.parametrize("kind", ["tf-keras", "keras"])
+def test_attention_projections(kind):
+    api = "MultiHeadAttention.query_dense|... (Keras 3) / ._query_dense|... (tf-keras)"
+    k = tfk if kind == "tf-keras" else keras3()
+    x = k.Input((4, 6))
+    mha = k.layers.MultiHeadAttention(2, 3, value_dim=5)
+    mha(x, x)
+    try:
+        parts = C.attention_projections(mha)
+    except AttributeError as e:
+        _fail_unless(False, api, kind, f"{type(e).__name__}: {e}")
+    shapes = [tuple(p.get_weights()[0].shape) for p in parts]
+    _fail_unless(shapes == [(6, 2, 3), (6, 2, 3), (6, 2, 5), (2, 5, 6)] and
+                 all(type(p).__name__ == "EinsumDense" for p in parts), api, kind,
+                 f"the projections' kernels are {shapes}")
+
+
 # -- tf-keras v1/v2 classes ----------------------------------------------------------------------
 def test_tf_keras_base_classes():
     api, lib = "tf_keras.src.engine.{base_layer,base_layer_v1,training,training_v1}", "tf-keras"

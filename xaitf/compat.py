@@ -117,6 +117,32 @@ def tf_op_call(node):
     return list(node.call_args), dict(node.call_kwargs or {})
 
 
+def call_arguments(node):
+    """(positional args, keyword args) of a layer call (:func:`inbound_node`), tensors and constants
+    alike: ``([q, v], {"use_causal_mask": True})`` for ``MultiHeadAttention()(q, v,
+    use_causal_mask=True)``.
+
+    Private: Keras 3 ``Node.arguments.args`` / ``.kwargs``, tf-keras ``Node.call_args`` /
+    ``call_kwargs``. Why: which tensor is a MultiHeadAttention's query, value or key, and its
+    ``use_causal_mask``, are kept only there. Fallback: none; an AttributeError names the missing
+    attribute.
+    """
+    if hasattr(node, "arguments"):
+        return list(node.arguments.args), dict(node.arguments.kwargs or {})
+    return list(node.call_args), dict(node.call_kwargs or {})
+
+
+def attention_projections(layer):
+    """The (query, key, value, output) ``EinsumDense`` sublayers of a MultiHeadAttention layer.
+
+    Public in Keras 3 (``query_dense``, ...); private in tf-keras (``_query_dense``, ...). Why: their
+    kernels and biases are the layer's weights, by role (``get_weights()`` lists them only by
+    position). Fallback: none; an AttributeError names the missing attribute.
+    """
+    return tuple(getattr(layer, name) if hasattr(layer, name) else getattr(layer, "_" + name)
+                 for name in ("query_dense", "key_dense", "value_dense", "output_dense"))
+
+
 def node_outputs(node):
     """The flat list of symbolic tensors a layer call (:func:`inbound_node`) produced.
 

@@ -16,7 +16,9 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   average pooling, Resizing, UpSampling2D), ``maxpool`` (max and global max pooling, Maximum and Minimum of
   tensors), ``shape`` (Flatten, Reshape, Permute, ZeroPadding2D, Cropping2D, Dropout, Concatenate,
   channel Gather and Stack), ``layernorm`` (LayerNormalization, GroupNormalization; default
-  ``layer_norm``, the LN-rule of Ali et al. 2022).
+  ``layer_norm``, the LN-rule of Ali et al. 2022), ``attention`` (the attention inside a
+  MultiHeadAttention layer, whose value and output projections are ``dense``; default ``attention``,
+  the AH-rule of Ali et al. 2022).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
 activation of a layer passes relevance unchanged, a ReLU layer masks it (its gradient, as
@@ -41,14 +43,14 @@ from .canonizers import HEADS
 from .rules import RULES, ZBox, make_rule, receiving, rule_params, share_relu_outputs
 
 LINEAR_SELECTORS = ("first", "dense", "conv", "batchnorm", "normalization", "linear")
-OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape", "layernorm")
+OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape", "layernorm", "attention")
 SELECTORS = LINEAR_SELECTORS + OTHER_SELECTORS
 KEYS = SELECTORS + ("params", "output")
 OUTPUTS = ("logit", "relu")
 PARAMS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 DEFAULTS = {"normalization": "pass", "relu": "gradient", "activation": "pass", "add": "proportional",
-            "multiply": "signal", "layernorm": "layer_norm",
+            "multiply": "signal", "layernorm": "layer_norm", "attention": "attention",
             "avgpool": "proportional", "maxpool": "gradient", "shape": "gradient"}
 
 _DT = {"linear": "z_plus", "batchnorm": "w_square", "relu": "gradient", "add": "gradient",
@@ -169,9 +171,11 @@ def _selectors(node, first):
         return ["multiply"]
     if k in ir.NORM:
         return ["layernorm"]
-    if k in ("AveragePooling2D", "GlobalAveragePooling2D") + ir.RESIZE:
+    if k in ir.ATTENTION:
+        return ["attention"]
+    if k in ("AveragePooling2D", "GlobalAveragePooling2D", "GlobalAveragePooling1D") + ir.RESIZE:
         return ["avgpool"]
-    if k in ("MaxPooling2D", "GlobalMaxPooling2D", "Maximum", "Minimum"):
+    if k in ("MaxPooling2D", "GlobalMaxPooling2D", "GlobalMaxPooling1D", "Maximum", "Minimum"):
         return ["maxpool"]
     if k in ir.SHAPE + ir.INDEXING or k == "Concatenate":
         return ["shape"]

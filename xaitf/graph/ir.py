@@ -45,7 +45,8 @@ KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
 LINEAR = KERNEL + AFFINE          # the nodes LRP's layer rules apply to: y = linear(x) + bias
 ELEMENTWISE = ("Activation", "ReLU", "LeakyReLU", "ELU", "PReLU")
-POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
+POOLING = ("MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+           "GlobalAveragePooling1D", "GlobalMaxPooling1D")
 SHAPE = ("Flatten", "Reshape", "ZeroPadding2D", "Cropping2D", "Dropout", "Permute")
 MERGE = ("Add", "Concatenate", "Multiply", "Maximum", "Minimum")
 # channel indexing written in a Keras 3 model's code (keras.applications' caffe-style preprocess_input:
@@ -58,14 +59,19 @@ RESIZE = ("Resizing", "UpSampling2D")
 # over the positions and the channels of each of `groups` channel groups (GroupNormalization)
 NORM = ("LayerNormalization", "GroupNormalization")
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
-KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + ("Softmax",)
+# the attention of a MultiHeadAttention layer (its value and output projections are Dense nodes): inputs
+# (values, query, key), output sum_s A[t, s] v[s] per head, A = softmax(q k^T / sqrt(d)) from query and key
+ATTENTION = ("Attention",)
+KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + ATTENTION + \
+    ("Softmax",)
 # keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
 # Rescaling node; StochasticDepth (the identity at inference) is in keras_bridge.INFERENCE_IDENTITY
 CONVNEXT_LAYERS = ("LayerScale",)
 # layers read as several nodes: depthwise then pointwise; Inception-ResNet-v2's x + r * scale as a
 # Rescaling of r, then an Add; Average as an Add, then a Rescaling by 1 / n; Subtract as a Rescaling by
-# -1 of the second input, then an Add
-SPLIT = ("SeparableConv2D", "CustomScaleLayer", "Average", "Subtract")
+# -1 of the second input, then an Add; MultiHeadAttention as its value projection (Dense), the
+# attention (Attention) and its output projection (Dense)
+SPLIT = ("SeparableConv2D", "CustomScaleLayer", "Average", "Subtract", "MultiHeadAttention")
 # read as other kinds: tf-keras's ThresholdedReLU(theta) is ReLU(threshold=theta)
 RENAMED = ("ThresholdedReLU",)
 SUPPORTED_LAYERS = (tuple(k for k in KINDS if k not in ("Dropout",) + INDEXING) + INFERENCE_IDENTITY + SPLIT
@@ -262,6 +268,41 @@ def linear_transpose(node, s, x, kernel=None):
     return s * k
 
 
+def attention_weights(node, query, key):
+    """The attention ``A`` (B, heads, T, S) of an Attention node for its query (B,T,D) and key
+    (B,S,D) inputs: ``softmax(q k^T / sqrt(key_dim))`` per head, ``q`` and ``k`` their
+    projections (with bias); with ``causal``, position t attends to s <= t only (as Keras'
+    ``use_causal_mask``)."""
+    c = node.config
+    q = tf.tensordot(query, const(node, "q_kernel"), [[2], [0]]) + const(node, "q_bias")     # (B,T,H,d)
+    k = tf.tensordot(key, const(node, "k_kernel"), [[2], [0]]) + const(node, "k_bias")       # (B,S,H,d)
+    scores = tf.einsum("bthd,bshd->bhts", q * (1.0 / float(np.sqrt(c["key_dim"]))), k)
+    if c["causal"]:
+        t, s = tf.shape(scores)[2], tf.shape(scores)[3]
+        keep = tf.range(t)[:, None] >= tf.range(s)[None, :]
+        scores = tf.where(keep, scores, tf.constant(-1e9, scores.dtype))
+    return tf.nn.softmax(scores, axis=-1)
+
+
+def attention_mix(node, a, v):
+    """``sum_s A[b, h, t, s] v[b, s, h, :]``: the values (B,S,heads*value_dim) mixed by the attention
+    ``a`` (B,heads,T,S), as (B,T,heads*value_dim)."""
+    heads = node.config["heads"]
+    shape = tf.shape(v)
+    vh = tf.reshape(v, [shape[0], shape[1], heads, -1])
+    out = tf.einsum("bhts,bshd->bthd", a, vh)
+    return tf.reshape(out, [shape[0], tf.shape(a)[2], shape[2]])
+
+
+def attention_mix_transpose(node, a, s):
+    """``J^T s`` of :func:`attention_mix` in the values, ``a`` held constant: (B,T,H*dv) -> (B,S,H*dv)."""
+    heads = node.config["heads"]
+    shape = tf.shape(s)
+    sh = tf.reshape(s, [shape[0], shape[1], heads, -1])
+    out = tf.einsum("bhts,bthd->bshd", a, sh)
+    return tf.reshape(out, [shape[0], tf.shape(a)[3], shape[2]])
+
+
 def norm_mean(node, t):
     """The mean of ``t`` over what a NORM node normalises together, broadcast back to ``t``'s shape:
     the channels (LayerNormalization), or every position and channel of a channel group
@@ -306,10 +347,12 @@ def apply(node, xs):
         return tf.nn.max_pool2d(x, c["pool_size"], c["strides"], c["padding"])
     if k == "AveragePooling2D":
         return tf.nn.avg_pool2d(x, c["pool_size"], c["strides"], c["padding"])
-    if k == "GlobalAveragePooling2D":
-        return tf.reduce_mean(x, axis=(1, 2), keepdims=c["keepdims"])
-    if k == "GlobalMaxPooling2D":
-        return tf.reduce_max(x, axis=(1, 2), keepdims=c["keepdims"])
+    if k in ("GlobalAveragePooling2D", "GlobalAveragePooling1D"):
+        return tf.reduce_mean(x, axis=(1, 2) if k.endswith("2D") else 1, keepdims=c["keepdims"])
+    if k in ("GlobalMaxPooling2D", "GlobalMaxPooling1D"):
+        return tf.reduce_max(x, axis=(1, 2) if k.endswith("2D") else 1, keepdims=c["keepdims"])
+    if k == "Attention":
+        return attention_mix(node, attention_weights(node, xs[1], xs[2]), x)
     if k == "Flatten":
         return tf.reshape(x, (tf.shape(x)[0], -1))
     if k == "Reshape":
@@ -449,6 +492,55 @@ def _operation_nodes(op):
     return [(kind, name, {}, {"signal": _signal_input(op)} if kind == "Multiply" else {}, False)]
 
 
+def _attention_nodes(layer, inputs):
+    """A MultiHeadAttention call as three nodes: the value projection (a Dense node on the tokens,
+    its (D, heads, value_dim) kernel flattened to (D, heads * value_dim)), the Attention node
+    (inputs: those values, the query, the key; holding the query and key projections) and the
+    output projection (a Dense node, kernel (heads * value_dim, D_out)). Calls on (B, tokens,
+    channels) inputs with attention over the tokens, ``mha(query, value[, key])`` with at most
+    ``use_causal_mask`` as keyword."""
+    from ..compat import attention_projections, call_arguments, inbound_node
+
+    cfg = layer.get_config()
+    try:
+        args, kwargs = call_arguments(inbound_node(layer, 0))
+    except (AttributeError, IndexError):
+        raise _unsupported(layer, " (its call's arguments cannot be read)") from None
+    extra = sorted(k for k, v in kwargs.items()
+                   if k not in ("use_causal_mask", "training", "return_attention_scores") and v is not None)
+    if extra or kwargs.get("return_attention_scores") or len(args) not in (2, 3) or len(inputs) != len(args):
+        raise _unsupported(layer, " (only calls mha(query, value[, key]) with use_causal_mask; no masks, "
+                                  "no key= keyword, no attention scores returned)")
+    axes = cfg.get("attention_axes")
+    ranks = {len(getattr(a, "shape", ())) for a in args}
+    if ranks != {3} or (axes is not None and tuple(np.atleast_1d(axes)) not in ((1,), (-2,))):
+        raise _unsupported(layer, " (attention over the tokens of (batch, tokens, channels) inputs only)")
+    if cfg.get("use_gate") or cfg.get("sliding_window"):
+        raise _unsupported(layer, " with use_gate or sliding_window")
+    qd, kd, vd, od = attention_projections(layer)
+    equations = [d.get_config()["equation"] for d in (qd, kd, vd, od)]
+    if equations != ["abc,cde->abde"] * 3 + ["abcd,cde->abe"]:
+        raise _unsupported(layer, f" with projections {equations}")
+
+    def kernel_bias(dense, units):
+        ws = [_f32(w) for w in dense.get_weights()]
+        return ws[0], (ws[1] if len(ws) > 1 else np.zeros(units, np.float32))
+
+    qk, qb = kernel_bias(qd, qd.get_weights()[0].shape[1:])
+    kk, kb = kernel_bias(kd, kd.get_weights()[0].shape[1:])
+    vk, vb = kernel_bias(vd, vd.get_weights()[0].shape[1:])
+    ok, ob = kernel_bias(od, od.get_weights()[0].shape[-1])
+    heads, key_dim, value_dim = qk.shape[1], qk.shape[2], vk.shape[2]
+    name = layer.name
+    key = 2 if len(args) == 3 else 1
+    return [("Dense", f"{name}/value", {"kernel": vk.reshape(vk.shape[0], -1), "bias": vb.reshape(-1)}, {}, False,
+             (("in", 1),)),
+            ("Attention", f"{name}/attention", {"q_kernel": qk, "q_bias": _f32(qb), "k_kernel": kk, "k_bias": _f32(kb)},
+             {"heads": int(heads), "key_dim": int(key_dim), "value_dim": int(value_dim),
+              "causal": bool(kwargs.get("use_causal_mask"))}, False, (("node", 0), ("in", 0), ("in", key))),
+            ("Dense", name, {"kernel": ok.reshape(-1, ok.shape[-1]), "bias": _f32(ob)}, {}, False, (("node", 1),))]
+
+
 def _layer_nodes(layer, inputs, new_id):
     """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``, each reading
     the one before (the first: the layer's inputs), or ``[(kind, name, weights, config, fused,
@@ -464,6 +556,8 @@ def _layer_nodes(layer, inputs, new_id):
         return [("Rescaling", f"{layer.name}/scale", {"scale": _f32([scale]), "shift": _f32([0.0])},
                  {"op": "Multiply"}, False, (("in", 1),)),
                 ("Add", layer.name, {}, {}, False, (("in", 0), ("node", 0)))]
+    if kind == "MultiHeadAttention" and is_keras_layer(layer):
+        return _attention_nodes(layer, inputs)
     if kind in ("Average", "Subtract") and is_keras_layer(layer):
         n = len(inputs)
         if kind == "Subtract":
@@ -590,7 +684,7 @@ def _layer_nodes(layer, inputs, new_id):
         strides = _pair(cfg["strides"]) if cfg.get("strides") is not None else pool
         return [(kind, layer.name, {}, {"pool_size": pool, "strides": strides,
                                         "padding": str(cfg["padding"]).upper()}, False)]
-    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalMaxPooling1D"):
         _channels_last(layer, cfg)
         return [(kind, layer.name, {}, {"keepdims": bool(cfg.get("keepdims", False))}, False)]
     if kind == "Flatten":

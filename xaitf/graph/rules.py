@@ -24,7 +24,9 @@ by the gradient: max pooling is winner-takes-all, ReLU masks, reshapes move it) 
 ``proportional`` (the z rule of a weightless linear node: Add and average pooling split the
 relevance in proportion to their inputs; optional ``epsilon`` stabiliser) and ``signal`` (a
 Multiply by a broadcast gate: the signal takes all the relevance); ``layer_norm`` (Ali et al. 2022:
-LayerNormalization with its standard deviation held constant, then the z rule).
+LayerNormalization with its standard deviation held constant, then the z rule); ``attention``
+(Ali et al. 2022: a MultiHeadAttention's attention weights held constant, then the z rule on the
+values).
 """
 import numpy as np
 
@@ -357,6 +359,27 @@ class LayerNorm(Rule):
         return [x * g]
 
 
+class Attention(Rule):
+    """The AH-rule of Ali et al. 2022 ("XAI for Transformers: Better Explanations through
+    Conservative Propagation", ICML) for the attention of a MultiHeadAttention layer: the attention
+    weights ``A = softmax(q k^T / sqrt(d))`` are held constant, which leaves the linear map
+    ``z_t = sum_s A_ts v_s`` (per head and channel), and the z rule of that map,
+    ``R_s = v_s * sum_t A_ts R_t / stab(z_t)``. The query and key get no relevance (as the gates of
+    ``signal``); the value and output projections around it are Dense nodes with the layer rule.
+    Conservative: the rows of ``A`` sum to 1 and there is no bias. ``epsilon`` stabilises as
+    LRP-epsilon."""
+
+    name = "attention"
+    params = ("epsilon",)
+    epsilon = 0.0
+
+    def backward(self, node, xs, y, r):
+        eps = float(self.epsilon)
+        s = eps_div(r, y, eps) if eps else safe_div(r, y)
+        a = ir.attention_weights(node, xs[1], xs[2])
+        return [xs[0] * ir.attention_mix_transpose(node, a, s)] + [None] * (len(xs) - 1)
+
+
 # nodes that hand their output's relevance to their input unchanged or moved, never spread onto
 # positions of value 0 (max pooling routes it to the winner, which holds the output's value)
 _ROUTING = ("MaxPooling2D", "GlobalMaxPooling2D", "Maximum", "Minimum", "Flatten", "Reshape", "ZeroPadding2D",
@@ -428,12 +451,13 @@ class Signal(Rule):
 
 def receiving(graph, rules):
     """Ids of the nodes that receive relevance: all the output depends on, except what reaches it
-    only through the gates of a ``signal`` rule."""
+    only through the gates of a ``signal`` rule or the query and key of an ``attention`` rule."""
     out = {graph.output_id}
     for node in reversed(graph.nodes):
         if node.id not in out:
             continue
-        signal = node.config.get("signal") if isinstance(rules.get(node.id), Signal) else None
+        rule = rules.get(node.id)
+        signal = node.config.get("signal") if isinstance(rule, Signal) else 0 if isinstance(rule, Attention) else None
         for j, i in enumerate(node.inputs):
             if signal is None or j == signal:
                 out.add(i)
@@ -453,7 +477,7 @@ RULES = {
     "z_plus": (AlphaBeta, {"alpha": 1.0, "beta": 0.0, "bias": False}),
     "w_square": (WSquare, {}), "flat": (Flat, {}), "z_box": (ZBox, {}),
     "pass": (Pass, {}), "gradient": (Gradient, {}), "proportional": (Proportional, {}), "signal": (Signal, {}),
-    "layer_norm": (LayerNorm, {}),
+    "layer_norm": (LayerNorm, {}), "attention": (Attention, {}),
 }
 
 
