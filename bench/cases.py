@@ -17,6 +17,11 @@ The cases (``--cases``; the default run takes ``DEFAULT``):
   weights, BatchNormalization at its initial statistics), 8 CIFAR-10 test images resized to
   224x224x3 (bilinear, in [0, 1]): the LRP acceptance case (native LRP within 1.5x of the gradient
   on the same batch; iNNvestigate refuses its BatchNormalization, which the peer column records);
+* ``vit_tiny_k3`` (not in the default run: ``--cases vit_tiny_k3``): a Keras 3 vision transformer
+  of DeiT-Tiny's size built from Keras layers (:func:`vit_tiny`: 16x16 patches by a Conv2D, 6
+  blocks of LayerNormalization, MultiHeadAttention with 3 heads of 64 and a 768-unit GELU MLP,
+  no position embedding or class token, global average pooling; seeded random weights), 8
+  CIFAR-10 test images resized to 224x224x3: native LRP on attention against the gradient;
 * ``center_pixel``: study 1's hand-built 227x227 center-pixel model, 1 image (a CIFAR-10 test
   image in gray, resized to 227x227).
 
@@ -90,6 +95,10 @@ CASES = {
         "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": {}},
         "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": _QUICK_ALL},
     },
+    "vit_tiny_k3": {
+        "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": {}},
+        "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": _QUICK_ALL},
+    },
     "center_pixel": {
         "full": {"n_max": 1, "budget": 1, "overrides": {
             "pda": {"values": 16}, "shapley": {"samples": 2}, "rise": {"masks": 1000}}},
@@ -103,6 +112,23 @@ CASES = {
             "shap.lib": {"nsamples": 32}, "shap.partition": {"max_evals": 32}}},
     },
 }
+
+
+def vit_tiny(keras, blocks=6, dim=192, heads=3, mlp=768, patch=16, size=224, classes=1000):
+    """A vision transformer of DeiT-Tiny's size from Keras layers only: patches embedded by a
+    strided Conv2D, ``blocks`` pre-norm blocks (LayerNormalization, MultiHeadAttention, residual;
+    LayerNormalization, Dense GELU MLP, residual), a final LayerNormalization, the tokens' mean and a
+    Dense head. No position embedding or class token (those need custom layers)."""
+    L = keras.layers
+    inp = keras.Input((size, size, 3))
+    x = L.Reshape(((size // patch) ** 2, dim))(L.Conv2D(dim, patch, strides=patch)(inp))
+    for _ in range(blocks):
+        h = L.LayerNormalization(epsilon=1e-6)(x)
+        x = L.Add()([x, L.MultiHeadAttention(heads, dim // heads)(h, h)])
+        h = L.LayerNormalization(epsilon=1e-6)(x)
+        x = L.Add()([x, L.Dense(dim)(L.Dense(mlp, activation="gelu")(h))])
+    x = L.GlobalAveragePooling1D()(L.LayerNormalization(epsilon=1e-6)(x))
+    return keras.Model(inp, L.Dense(classes)(x), name="vit_tiny")
 
 
 @dataclass
@@ -239,6 +265,20 @@ def build_case(name, quick=False, seed=0):
             x = rng.random((n, 224, 224, 3), dtype=np.float32)
             inputs = f"seeded uniform noise ({why})"
         weights = f"Keras {k3.__version__} ResNet50(weights=None), seeded random (not trained)"
+    elif name == "vit_tiny_k3":
+        from xaitf.keras_bridge import keras3
+
+        k3 = keras3()
+        k3.utils.set_random_seed(seed)
+        model = vit_tiny(k3)
+        ds, why = _dataset("cifar10")
+        if ds is not None:
+            x = tf.image.resize(ds.x_test[:n].astype(np.float32) / 255.0, (224, 224)).numpy().clip(0, 1)
+            inputs = f"CIFAR-10 test images 0-{n - 1}, resized to 224x224 (bilinear)"
+        else:
+            x = rng.random((n, 224, 224, 3), dtype=np.float32)
+            inputs = f"seeded uniform noise ({why})"
+        weights = f"Keras {k3.__version__} layers, DeiT-Tiny-sized ViT, seeded random (not trained)"
     elif name == "center_pixel":
         model = zoo.build_center_pixel()
         ds, why = _dataset("cifar10")

@@ -175,3 +175,18 @@ def test_attention_calls_it_cannot_read_are_refused_in_one_line():
         L.MultiHeadAttention(2, 4, attention_axes=(1, 2), name="axes_mha")(img, img))))
     with pytest.raises(ModelError, match=r"'axes_mha' .*attention over the tokens"):
         read_model(axes)
+
+
+def test_bench_vit_builder_is_read_and_explained():
+    """bench.cases.vit_tiny (here at toy sizes): the graph recomputes it and lrp.epsilon gives
+    finite, non-zero image maps through create_explainer."""
+    import keras
+
+    from bench.cases import vit_tiny
+
+    keras.utils.set_random_seed(0)
+    model = vit_tiny(keras, blocks=2, dim=8, heads=2, mlp=16, patch=4, size=16, classes=4)
+    x = np.random.RandomState(3).rand(2, 16, 16, 3).astype(np.float32)
+    np.testing.assert_allclose(read_model(model).forward(x).numpy(), model(x).numpy(), atol=1e-5)
+    maps = xaitf.create_explainer("lrp.epsilon", model, progress=False)(x)
+    assert maps.shape == (2, 16, 16) and np.isfinite(maps).all() and np.abs(maps).max() > 0
