@@ -114,6 +114,16 @@ CASES = {
 }
 
 
+def _cifar_224(n, rng):
+    """``n`` CIFAR-10 test images resized to 224x224x3 (bilinear, in [0, 1]) and their note; seeded
+    uniform noise without the data directory."""
+    ds, why = _dataset("cifar10")
+    if ds is not None:
+        x = tf.image.resize(ds.x_test[:n].astype(np.float32) / 255.0, (224, 224)).numpy().clip(0, 1)
+        return x, f"CIFAR-10 test images 0-{n - 1}, resized to 224x224 (bilinear)"
+    return rng.random((n, 224, 224, 3), dtype=np.float32), f"seeded uniform noise ({why})"
+
+
 def vit_tiny(keras, blocks=6, dim=192, heads=3, mlp=768, patch=16, size=224, classes=1000):
     """A vision transformer of DeiT-Tiny's size from Keras layers only: patches embedded by a
     strided Conv2D, ``blocks`` pre-norm blocks (LayerNormalization, MultiHeadAttention, residual;
@@ -257,13 +267,7 @@ def build_case(name, quick=False, seed=0):
         k3 = keras3()
         k3.utils.set_random_seed(seed)
         model = k3.applications.ResNet50(weights=None, input_shape=(224, 224, 3), classes=1000)
-        ds, why = _dataset("cifar10")
-        if ds is not None:
-            x = tf.image.resize(ds.x_test[:n].astype(np.float32) / 255.0, (224, 224)).numpy().clip(0, 1)
-            inputs = f"CIFAR-10 test images 0-{n - 1}, resized to 224x224 (bilinear)"
-        else:
-            x = rng.random((n, 224, 224, 3), dtype=np.float32)
-            inputs = f"seeded uniform noise ({why})"
+        x, inputs = _cifar_224(n, rng)
         weights = f"Keras {k3.__version__} ResNet50(weights=None), seeded random (not trained)"
     elif name == "vit_tiny_k3":
         from xaitf.keras_bridge import keras3
@@ -271,13 +275,7 @@ def build_case(name, quick=False, seed=0):
         k3 = keras3()
         k3.utils.set_random_seed(seed)
         model = vit_tiny(k3)
-        ds, why = _dataset("cifar10")
-        if ds is not None:
-            x = tf.image.resize(ds.x_test[:n].astype(np.float32) / 255.0, (224, 224)).numpy().clip(0, 1)
-            inputs = f"CIFAR-10 test images 0-{n - 1}, resized to 224x224 (bilinear)"
-        else:
-            x = rng.random((n, 224, 224, 3), dtype=np.float32)
-            inputs = f"seeded uniform noise ({why})"
+        x, inputs = _cifar_224(n, rng)
         weights = f"Keras {k3.__version__} layers, DeiT-Tiny-sized ViT, seeded random (not trained)"
     elif name == "center_pixel":
         model = zoo.build_center_pixel()
