@@ -118,6 +118,30 @@ def test_graph_recomputes_attention_models_and_lrp_z_conserves(causal, separate_
     np.testing.assert_allclose(r.reshape(4, -1).sum(1), f, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("fmt", [".keras", ".h5"])
+def test_attention_models_read_after_saving_and_by_keyword(tmp_path, fmt):
+    """Saved and loaded (a tf-keras model loaded from a file passes value= and key= by keyword), and
+    a Keras 3 call written with keywords: the graph still recomputes the model, causal mask and
+    separate key included."""
+    import keras
+
+    m3 = _weights(_attention_model(keras, causal=True, separate_key=True, tokens_in=False), 4)
+    m2 = _attention_model(tfk, causal=True, separate_key=True, tokens_in=False)
+    m2.set_weights(m3.get_weights())
+    x = np.random.RandomState(5).rand(2, 12, 8, 3).astype(np.float32)
+    for model in (m3, m2):
+        path = str(tmp_path / f"{model.name}{fmt}")
+        model.save(path)
+        loaded = xaitf.load_model(path)
+        np.testing.assert_allclose(read_model(loaded).forward(x).numpy(), model(x).numpy(), atol=1e-5)
+    L = keras.layers
+    inp = keras.Input((T, D))
+    h = L.MultiHeadAttention(HEADS, KEY_DIM)(query=inp, value=L.Dense(D)(inp), key=L.Dense(D)(inp))
+    kw = _weights(keras.Model(inp, L.Dense(K)(L.GlobalAveragePooling1D()(h))), 6)
+    xt = np.random.RandomState(6).randn(3, T, D).astype(np.float32)
+    np.testing.assert_allclose(read_model(kw).forward(xt).numpy(), kw(xt).numpy(), atol=1e-5)
+
+
 def test_attention_rule_equals_its_formula():
     """LRP-epsilon (epsilon 0.01 on the Dense layers) of a one-layer attention model equals the
     numpy formula of the AH-rule and the epsilon rule, biases included, on signed inputs."""
@@ -155,16 +179,16 @@ def test_tf_keras_and_keras3_attention_models_give_the_same_maps():
 
 
 def test_attention_calls_it_cannot_read_are_refused_in_one_line():
-    """A key given by keyword, returned attention scores, or attention over other axes: one
-    ModelError naming the layer and what it reads."""
+    """An attention mask, returned attention scores, or attention over other axes: one ModelError
+    naming the layer and what it reads."""
     import keras
 
     L = keras.layers
     inp = keras.Input((T, D))
-    keyed = keras.Model(inp, L.Dense(K)(L.GlobalAveragePooling1D()(
-        L.MultiHeadAttention(2, 4, name="keyed_mha")(inp, inp, key=L.Dense(D)(inp)))))
-    with pytest.raises(ModelError, match=r"'keyed_mha' \(MultiHeadAttention\).*mha\(query, value\[, key\]\)") as e:
-        read_model(keyed)
+    masked = keras.Model(inp, L.Dense(K)(L.GlobalAveragePooling1D()(
+        L.MultiHeadAttention(2, 4, name="masked_mha")(inp, inp, attention_mask=L.Dense(T)(inp)))))
+    with pytest.raises(ModelError, match=r"'masked_mha' \(MultiHeadAttention\).*no masks") as e:
+        read_model(masked)
     assert "\n" not in str(e.value)
     out, _ = L.MultiHeadAttention(2, 4, name="scores_mha")(inp, inp, return_attention_scores=True)
     scored = keras.Model(inp, L.Dense(K)(L.GlobalAveragePooling1D()(out)))

@@ -497,20 +497,32 @@ def _attention_nodes(layer, inputs):
     its (D, heads, value_dim) kernel flattened to (D, heads * value_dim)), the Attention node
     (inputs: those values, the query, the key; holding the query and key projections) and the
     output projection (a Dense node, kernel (heads * value_dim, D_out)). Calls on (B, tokens,
-    channels) inputs with attention over the tokens, ``mha(query, value[, key])`` with at most
-    ``use_causal_mask`` as keyword."""
-    from ..compat import attention_projections, call_arguments, inbound_node
+    channels) inputs with attention over the tokens, ``mha(query, value[, key])`` (or by keyword)
+    with at most ``use_causal_mask``; masks are refused."""
+    from ..compat import attention_projections, call_arguments, inbound_node, node_inputs
 
     cfg = layer.get_config()
     try:
-        args, kwargs = call_arguments(inbound_node(layer, 0))
+        node = inbound_node(layer, 0)
+        args, kwargs = call_arguments(node)
+        tensors = node_inputs(node)
     except (AttributeError, IndexError):
         raise _unsupported(layer, " (its call's arguments cannot be read)") from None
-    extra = sorted(k for k, v in kwargs.items()
-                   if k not in ("use_causal_mask", "training", "return_attention_scores") and v is not None)
-    if extra or kwargs.get("return_attention_scores") or len(args) not in (2, 3) or len(inputs) != len(args):
+    # the roles by position or keyword (a tf-keras model loaded from a file passes value= and key=),
+    # each found among the call's input tensors
+    roles = list(args[:3]) + [None] * (3 - min(len(args), 3))
+    for j, word in ((0, "query"), (1, "value"), (2, "key")):
+        if roles[j] is None:
+            roles[j] = kwargs.get(word)
+    roles[2] = roles[1] if roles[2] is None else roles[2]
+    extra = sorted(k for k, v in kwargs.items() if k not in ("query", "value", "key", "use_causal_mask", "training",
+                                                             "return_attention_scores") and v is not None)
+    where = [next((i for i, t in enumerate(tensors) if t is r), None) for r in roles]
+    if extra or kwargs.get("return_attention_scores") or len(args) > 3 or None in where \
+            or len(inputs) != len(tensors):
         raise _unsupported(layer, " (only calls mha(query, value[, key]) with use_causal_mask; no masks, "
-                                  "no key= keyword, no attention scores returned)")
+                                  "no attention scores returned)")
+    args = roles
     axes = cfg.get("attention_axes")
     ranks = {len(getattr(a, "shape", ())) for a in args}
     if ranks != {3} or (axes is not None and tuple(np.atleast_1d(axes)) not in ((1,), (-2,))):
@@ -532,12 +544,12 @@ def _attention_nodes(layer, inputs):
     ok, ob = kernel_bias(od, od.get_weights()[0].shape[-1])
     heads, key_dim, value_dim = qk.shape[1], qk.shape[2], vk.shape[2]
     name = layer.name
-    key = 2 if len(args) == 3 else 1
+    query, value, key = where
     return [("Dense", f"{name}/value", {"kernel": vk.reshape(vk.shape[0], -1), "bias": vb.reshape(-1)}, {}, False,
-             (("in", 1),)),
+             (("in", value),)),
             ("Attention", f"{name}/attention", {"q_kernel": qk, "q_bias": _f32(qb), "k_kernel": kk, "k_bias": _f32(kb)},
              {"heads": int(heads), "key_dim": int(key_dim), "value_dim": int(value_dim),
-              "causal": bool(kwargs.get("use_causal_mask"))}, False, (("node", 0), ("in", 0), ("in", key))),
+              "causal": bool(kwargs.get("use_causal_mask"))}, False, (("node", 0), ("in", query), ("in", key))),
             ("Dense", name, {"kernel": ok.reshape(-1, ok.shape[-1]), "bias": _f32(ob)}, {}, False, (("node", 1),))]
 
 
