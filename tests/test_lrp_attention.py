@@ -214,3 +214,35 @@ def test_bench_vit_builder_is_read_and_explained():
     np.testing.assert_allclose(read_model(model).forward(x).numpy(), model(x).numpy(), atol=1e-5)
     maps = xaitf.create_explainer("lrp.epsilon", model, progress=False)(x)
     assert maps.shape == (2, 16, 16) and np.isfinite(maps).all() and np.abs(maps).max() > 0
+
+
+def test_randomisation_test_randomises_attention_without_retracing_warnings():
+    """model_parameter_randomisation on an attention model: the MultiHeadAttention layers are
+    randomised (their weights are kernels of sublayers), LayerNormalization is not, and native LRP
+    on the 9 randomised copies (one propagator each; TF warns from 5 traces of one code object)
+    logs no retracing warning."""
+    import logging
+
+    import keras
+
+    from bench.cases import vit_tiny
+    from xaitf.metrics.randomisation import model_parameter_randomisation, randomisable_layers
+
+    keras.utils.set_random_seed(1)
+    model = vit_tiny(keras, blocks=2, dim=8, heads=2, mlp=16, patch=4, size=16, classes=4)
+    names = [layer.name for layer in randomisable_layers(model)]
+    assert [type(model.get_layer(n)).__name__ for n in names].count("MultiHeadAttention") == 2
+    assert len(names) == 8 and not any("layer_normalization" in n for n in names)
+    x = np.random.RandomState(9).rand(3, 16, 16, 3).astype(np.float32)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    try:
+        res = model_parameter_randomisation(model, x, [0, 1, 2], "lrp.epsilon", similarities="spearman",
+                                            progress=False)
+    finally:
+        tf_logger.removeHandler(handler)
+    assert res.layers == names[::-1] and res.scores["spearman"].shape == (8, 3)
+    assert not [m for m in seen if "retracing" in m]

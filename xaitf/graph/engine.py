@@ -16,6 +16,7 @@ import numpy as np
 import xaitf  # noqa: F401
 import tensorflow as tf
 
+from ..compat import quiet_retracing
 from ..errors import MethodError
 from ..keras_bridge import input_shape, model_cache
 from . import composites as C
@@ -89,8 +90,10 @@ class Propagator:
         self.rules, self.output = C.assign(self.graph, composite, params)
         spec = [tf.TensorSpec([None, *input_shape(model)], tf.float32), tf.TensorSpec([None], tf.int32)]
         graph, rules, output = self.graph, self.rules, self.output
-        self.fn = tf.function(lambda x, t: propagate(graph, rules, output, x, t), input_signature=spec,
-                              autograph=False)    # no data-dependent Python control flow to convert
+        # no data-dependent Python control flow to convert; one function per (model, composite) on
+        # purpose (the randomisation metrics make one per randomised copy): not a retracing to warn of
+        self.fn = quiet_retracing(tf.function(lambda x, t: propagate(graph, rules, output, x, t),
+                                              input_signature=spec, autograph=False))
 
     def __call__(self, x, targets):
         x = tf.convert_to_tensor(np.asarray(x, np.float32))

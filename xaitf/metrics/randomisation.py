@@ -135,13 +135,18 @@ def explainer_factory(method, method_kwargs=None):
 
 
 def randomisable_layers(model, kernels_only=True):
-    """Layers with weights (with ``kernels_only``: a kernel, i.e. Dense and convolutions, not
-    BatchNormalization, whose variance must stay positive), nested models flattened, in the model's
-    order (bottom first)."""
+    """Layers with weights (with ``kernels_only``: a kernel, i.e. Dense, convolutions and layers
+    whose weights include kernels, as MultiHeadAttention's projections; not BatchNormalization,
+    whose variance must stay positive, nor LayerNormalization), nested models flattened, in the
+    model's order (bottom first)."""
     from ..keras_bridge import leaf_layers
 
-    return [layer for layer in leaf_layers(model) if layer.get_weights() and (not kernels_only or any(
-        hasattr(layer, k) for k in ("kernel", "depthwise_kernel", "pointwise_kernel")))]
+    def has_kernel(layer):
+        if any(hasattr(layer, k) for k in ("kernel", "depthwise_kernel", "pointwise_kernel")):
+            return True
+        return any("kernel" in (getattr(w, "path", None) or w.name).rsplit("/", 1)[-1] for w in layer.weights)
+
+    return [layer for layer in leaf_layers(model) if layer.get_weights() and (not kernels_only or has_kernel(layer))]
 
 
 def clone(model):
