@@ -246,3 +246,22 @@ def test_randomisation_test_randomises_attention_without_retracing_warnings():
         tf_logger.removeHandler(handler)
     assert res.layers == names[::-1] and res.scores["spearman"].shape == (8, 3)
     assert not [m for m in seen if "retracing" in m]
+
+
+def test_attention_pooling_with_fewer_queries_than_tokens():
+    """Attention pooling (a MAP head): one query, the tokens' mean, attends over all T tokens
+    (A is 1 x T per head). The graph recomputes it and lrp.z without biases conserves the logit;
+    the relevance reaches the tokens only through the values (the query's mean gets none)."""
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((T, D))
+    query = L.GlobalAveragePooling1D(keepdims=True)(inp)                     # (B, 1, D)
+    pooled = L.MultiHeadAttention(HEADS, KEY_DIM)(query, inp)               # (B, 1, D)
+    model = _weights(keras.Model(inp, L.Dense(K)(L.Flatten()(pooled))), 10)
+    x = np.random.RandomState(11).randn(4, T, D).astype(np.float32)
+    np.testing.assert_allclose(read_model(model).forward(x).numpy(), model(x).numpy(), atol=1e-5)
+    _zero_biases(model)
+    t = np.array([1, 2, 3, 4])
+    r = propagator(model, "lrp.z")(x, t)
+    np.testing.assert_allclose(r.reshape(4, -1).sum(1), model(x).numpy()[np.arange(4), t], rtol=1e-4, atol=1e-6)
