@@ -12,9 +12,8 @@
 Every perturbed input is one row of a flat list of (image, step or sample) pairs, evaluated in
 chunks of ``batch_size`` by one TensorFlow program; only one chunk of perturbed images exists at a
 time. Removals by a pixel order go through :class:`xaitf.metrics._common.Scorer`; random subsets,
-grid cells and noise through the masked program of this module,
-``x' = x * (1 - m) + base * m - d``, with ``m`` (the removal mask, or the relative noise) and
-``d`` (additive noise) made per chunk. Random draws of input ``i`` come from
+and grid cells through the masked program of this module, ``x' = x * (1 - m) + base * m``, with
+``m`` (the removal mask) made per chunk; infidelity's noise through its own program. Random draws of input ``i`` come from
 ``numpy.random.default_rng([seed, i])``; infidelity's noise and ROAD's imputation noise are drawn
 on the device, from the counter-based stream of :mod:`xaitf.methods._random` keyed by (input
 ``i``, sample or fraction ``j``). A result does not depend on ``batch_size`` or on which other
@@ -63,9 +62,9 @@ def _number(value, name, owner, **kw):
 def _program(sc, shape):
     """The masked program of ``sc``'s model for images (H,W,C): one tf.function, traced once.
 
-    ``(x_all, base_all, idx, idx_b, m, d, tgt) -> (target score, argmax class)`` of the images
-    ``x_all[idx] * (1 - m) + base_all[idx_b] * m - d`` (``m``, ``d``: (B,H,W) or (1,1,1), the same
-    for every channel). ``m`` = 0 or 1 keeps the pixel or takes the base exactly.
+    ``(x_all, base_all, idx, idx_b, m, tgt) -> (target score, argmax class)`` of the images
+    ``x_all[idx] * (1 - m) + base_all[idx_b] * m`` (``m``: (B,H,W) or (1,1,1), the same for every
+    channel). ``m`` = 0 or 1 keeps the pixel or takes the base exactly.
     """
     cache = model_cache(sc.model)
     key = ("faithfulness-program", sc.output, tuple(shape))
@@ -74,13 +73,13 @@ def _program(sc, shape):
         vec = tf.TensorSpec([None], tf.int32)
         plane = tf.TensorSpec([None, None, None], tf.float32)
         sig = [tf.TensorSpec([None, h, w, c], tf.float32),
-               tf.TensorSpec([None, None, None, None], tf.float32), vec, vec, plane, plane, vec]
+               tf.TensorSpec([None, None, None, None], tf.float32), vec, vec, plane, vec]
 
-        def program(x_all, base_all, idx, idx_b, m, d, tgt):
+        def program(x_all, base_all, idx, idx_b, m, tgt):
             xs = tf.gather(x_all, idx)
             bs = tf.broadcast_to(tf.gather(base_all, idx_b), tf.shape(xs))
             m = m[..., None]
-            xp = xs * (1.0 - m) + bs * m - d[..., None]
+            xp = xs * (1.0 - m) + bs * m
             out = sc.transform(sc.forward(xp, training=False))
             return tf.gather(out, tgt, batch_dims=1), tf.argmax(out, axis=-1, output_type=tf.int32)
 
@@ -94,7 +93,7 @@ _NONE = np.zeros((1, 1, 1), np.float32)
 def _masked_scores(sc, x, base, targets, n_per, make, batch_size, desc, show):
     """Scores of the ``N * n_per`` perturbed images, input-major (row ``i * n_per + j``).
 
-    ``make(s)`` gives ``(m, d)`` of the rows of slice ``s``; returns (N, n_per) float64 scores.
+    ``make(s)`` gives the masks ``m`` of the rows of slice ``s``; returns (N, n_per) float64 scores.
     """
     n = len(x)
     run = _program(sc, tuple(int(v) for v in x.shape[1:]))
@@ -105,10 +104,10 @@ def _masked_scores(sc, x, base, targets, n_per, make, batch_size, desc, show):
     tgt = np.asarray(targets, np.int32)[idx]
     out = np.empty(n * n_per)
     for s in _progress(chunks(n * n_per, batch_size), show, desc=desc):
-        m, d = make(s)
+        m = make(s)
         i = idx[s]
         score, _ = run(x_t, base_t, tf.constant(i), tf.constant(i if per_image else np.zeros_like(i)),
-                       tf.constant(m, tf.float32), tf.constant(d, tf.float32), tf.constant(tgt[s]))
+                       tf.constant(m, tf.float32), tf.constant(tgt[s]))
         out[s] = score.numpy()
     return out.reshape(n, n_per)
 
@@ -116,7 +115,7 @@ def _masked_scores(sc, x, base, targets, n_per, make, batch_size, desc, show):
 def _clean_scores(sc, x, targets, batch_size):
     """(N,) target scores of the unperturbed images."""
     return _masked_scores(sc, x, np.zeros((1, 1, 1, 1), np.float32), targets, 1,
-                          lambda s: (_NONE, _NONE), batch_size, "scores", False)[:, 0]
+                          lambda s: _NONE, batch_size, "scores", False)[:, 0]
 
 
 def _rows(s, per, get):
@@ -453,7 +452,7 @@ def faithfulness_correlation(model, x, maps, targets, subset_size=224, runs=100,
         mask = _rows(s, runs, subsets)                      # (B, H*W), k ones a row
         rows = np.arange(s.start, s.stop) // runs
         att[s] = np.einsum("bp,bp->b", flat[rows], mask)
-        return mask.reshape(-1, h, w), _NONE
+        return mask.reshape(-1, h, w)
 
     f0 = _clean_scores(sc, x, t, bs)
     scores = _masked_scores(sc, x, base, t, runs, make, bs, "faithfulness correlation", progress)
@@ -539,7 +538,7 @@ def mufidelity(model, x, maps, targets, grid_size=9, subset_percent=0.2, nb_samp
     def make(s):
         cut = _rows(s, samples, removed)                              # (B, g*g) bool
         att[s] = (cut * cell_sums[np.arange(s.start, s.stop) // samples]).sum(axis=1)
-        return cut[:, cell].astype(np.float32), _NONE
+        return cut[:, cell].astype(np.float32)
 
     f0 = _clean_scores(sc, x, t, bs)
     scores = _masked_scores(sc, x, base, t, samples, make, bs, "mufidelity", progress)
@@ -550,6 +549,16 @@ def mufidelity(model, x, maps, targets, grid_size=9, subset_percent=0.2, nb_samp
 # ------------------------------------------------------------------------------------------------
 # infidelity
 # ------------------------------------------------------------------------------------------------
+def _infidelity_eps(i, j, seed, std, shape):
+    """Infidelity's perturbation of the rows (input ``i``, sample ``j``): (B, H, W) float32 tensors."""
+    return std * hashed_normal(pair_ids(i, j), seed, shape, INFIDELITY_NOISE)
+
+
+def _road_normals(i, j, seed, shape):
+    """ROAD's standard normal imputation noise of the pairs (input ``i``, fraction ``j``): (B, H, W, C)."""
+    return hashed_normal(pair_ids(i, j), seed, shape, ROAD_NOISE)
+
+
 def _noise_program(sc, shape, relative):
     """Infidelity's program of ``sc``'s model for images (H,W,C): the noise is drawn on the device.
 
@@ -567,7 +576,7 @@ def _noise_program(sc, shape, relative):
                tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.int32)]
 
         def program(x_all, base_all, maps_all, i, j, seed, std, tgt):
-            eps = std * hashed_normal(pair_ids(i, j), seed, (h, w), INFIDELITY_NOISE)       # (B,H,W)
+            eps = _infidelity_eps(i, j, seed, std, (h, w))                                  # (B,H,W)
             xs = tf.gather(x_all, i)
             e = eps[..., None]
             if relative:
@@ -590,8 +599,8 @@ def infidelity_noise(inputs, samples, shape, std=0.2, seed=0):
     i = np.repeat(np.asarray(inputs, np.int64).reshape(-1), samples)
     j = np.tile(np.arange(samples, dtype=np.int64), len(i) // samples if samples else 0)
     h, w = (int(v) for v in shape)
-    eps = float(std) * hashed_normal(pair_ids(tf.constant(i), tf.constant(j)), tf.constant(int(seed), tf.int64),
-                                     (h, w), INFIDELITY_NOISE)
+    eps = _infidelity_eps(tf.constant(i), tf.constant(j), tf.constant(int(seed), tf.int64),
+                          tf.constant(float(std), tf.float32), (h, w))
     return eps.numpy().reshape(-1, samples, h, w)
 
 
@@ -693,14 +702,13 @@ def road_noise(inputs, fractions, shape, seed=0):
     ``noise`` times it to the removed pixels."""
     i = tf.constant(np.asarray(inputs, np.int64).reshape(-1))
     j = tf.constant(np.asarray(fractions, np.int64).reshape(-1))
-    return hashed_normal(pair_ids(i, j), tf.constant(int(seed), tf.int64), tuple(int(v) for v in shape),
-                         ROAD_NOISE).numpy()
+    return _road_normals(i, j, tf.constant(int(seed), tf.int64), tuple(int(v) for v in shape)).numpy()
 
 
 @tf.function(autograph=False, reduce_retracing=True)
 def _add_road_noise(images, gone, i, j, seed, std):
     """``images + std * gone * road_noise(i, j)`` on the device (gone: (B,H,W) 0/1)."""
-    z = hashed_normal(pair_ids(i, j), seed, tf.shape(images)[1:], ROAD_NOISE)
+    z = _road_normals(i, j, seed, tf.shape(images)[1:])
     return images + std * gone[..., None] * z
 
 
@@ -815,8 +823,7 @@ def road(model, x, maps, targets, percentages=ROAD_PERCENTAGES, order="morf", im
         rows = visit[s]
         imgs = make_images(rows)
         k = np.arange(len(imgs), dtype=np.int32)
-        val, pred = run(imgs, zero, tf.constant(k), tf.constant(np.zeros_like(k)),
-                        none, none, tf.constant(tgt[rows]))
+        val, pred = run(imgs, zero, tf.constant(k), tf.constant(np.zeros_like(k)), none, tf.constant(tgt[rows]))
         out[rows] = (pred.numpy() == tgt[rows]).astype(np.float64) if score == "accuracy" else val.numpy()
     scores = out.reshape(n, P)
     auc = np.trapezoid(scores, q, axis=1) if P > 1 else np.zeros(n)
