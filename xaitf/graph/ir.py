@@ -15,6 +15,9 @@ DepthwiseConv2D; with several it stays a grouped Conv2D (``config["groups"]``). 
 Subtract become an Add with a Rescaling; Maximum and Minimum route relevance to the winner.
 A Multiply layer is read as a gate (squeeze-and-excitation blocks of EfficientNet; ``x * f(x)``
 with ``f`` elementwise, a self-gated activation such as swish): see the ``signal`` rule.
+A MultiHeadAttention call is its value projection (a Dense node on the tokens), an ``Attention``
+node (the attention weights from the query and key, mixing the values) and its output projection
+(a Dense node): see the ``attention`` rule.
 Operations written in a Keras 3 model's code (tf-keras: TFOpLambda layers) are read where they
 are elementwise affine maps with a scalar or per-channel constant, ``x + c``, ``x - c``, ``c - x``,
 ``x * c`` and ``x / c`` (MobileNetV3's hard sigmoid ``relu6(x + 3) * (1 / 6)``; ``x / 255.0`` at
