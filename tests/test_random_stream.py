@@ -101,3 +101,26 @@ def test_linear_smoothgrad_is_its_weights():
     var = xaitf.create_explainer("vargrad", m, samples=64, noise_scale=0.5, channel_reduce="none",
                                  progress=False)(x, [1, 1, 1])
     assert np.abs(var).max() < 1e-10
+
+
+def test_metric_noise_is_keyed_by_input_and_sample():
+    """The metrics' device noise (infidelity_noise, road_noise) is a function of (seed, input,
+    sample / percentage) only: a longer run's first samples are the shorter run's, an input's
+    draws do not depend on which other inputs are asked for, inputs and seeds differ, and the two
+    metrics' streams differ. (Equal up to float32 rounding: the integer hashes are exact, the
+    vectorised log / sin / cos of Box-Muller may round the last bit differently with the array's
+    length.)"""
+    import xaitf.metrics as M
+
+    def _same(a, b):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+    long = M.infidelity_noise([0, 3], 10, (5, 4), std=1.0, seed=2)
+    _same(M.infidelity_noise([0, 3], 4, (5, 4), std=1.0, seed=2), long[:, :4])
+    _same(M.infidelity_noise([3], 10, (5, 4), std=1.0, seed=2)[0], long[1])
+    assert not np.allclose(long[0], long[1])
+    assert not np.allclose(M.infidelity_noise([0], 10, (5, 4), std=1.0, seed=3)[0], long[0])
+    road = M.road_noise([0, 3, 3], [1, 1, 2], (5, 4, 1), seed=2)
+    _same(M.road_noise([3], [1], (5, 4, 1), seed=2)[0], road[1])
+    assert not np.allclose(road[1], road[2])
+    assert not np.allclose(road[0][..., 0], long[0, 1])          # ROAD's stream is not infidelity's
