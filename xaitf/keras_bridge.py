@@ -459,6 +459,43 @@ def read_operation(op):
 _SCALED_ADD = ("CustomScaleLayer", "inception_resnet_v2")
 
 
+ATTENTION_CALLS = ("calls mha(query, value[, key]) (positional or keyword) with use_causal_mask, on "
+                   "(batch, tokens, channels) inputs with attention over the tokens; no masks, no attention "
+                   "scores returned")
+
+
+def attention_call(layer):
+    """How a MultiHeadAttention layer was called (its first call): ``((query, value, key), causal)``,
+    the indices of the three roles among the call's input tensors (``compat.node_inputs``; the key
+    is the value when not given) and ``use_causal_mask``. None for a call outside
+    :data:`ATTENTION_CALLS` (masks, returned scores, other attention axes, inputs not of rank 3)."""
+    from .compat import call_arguments, inbound_node, node_inputs
+
+    try:
+        node = inbound_node(layer, 0)
+        args, kwargs = call_arguments(node)
+        tensors = node_inputs(node)
+    except (AttributeError, IndexError):
+        return None
+    # the roles by position or keyword (a tf-keras model loaded from a file passes value= and key=),
+    # each found among the call's input tensors
+    roles = list(args[:3]) + [None] * (3 - min(len(args), 3))
+    for j, word in ((0, "query"), (1, "value"), (2, "key")):
+        if roles[j] is None:
+            roles[j] = kwargs.get(word)
+    roles[2] = roles[1] if roles[2] is None else roles[2]
+    extra = [k for k, v in kwargs.items() if k not in ("query", "value", "key", "use_causal_mask", "training",
+                                                       "return_attention_scores") and v is not None]
+    where = tuple(next((i for i, t in enumerate(tensors) if t is r), None) for r in roles)
+    axes = layer.get_config().get("attention_axes")
+    if extra or kwargs.get("return_attention_scores") or len(args) > 3 or None in where:
+        return None
+    if {len(getattr(r, "shape", ())) for r in roles} != {3} or (
+            axes is not None and tuple(np.atleast_1d(axes)) not in ((1,), (-2,))):
+        return None
+    return where, bool(kwargs.get("use_causal_mask"))
+
+
 def scaled_add(layer):
     """The ``scale`` of keras.applications' Inception-ResNet-v2 ``CustomScaleLayer`` (Keras 3):
     ``x + r * scale`` of its two inputs, the residual block's sum; None for any other layer

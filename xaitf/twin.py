@@ -32,8 +32,9 @@ import tensorflow as tf
 from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swap_tf_keras_bases,
                      tf_keras_should_use_v2)
 from .errors import ModelError
-from .keras_bridge import (AUGMENTATION_NOTE, HEADS, INFERENCE_IDENTITY, OPERATIONS_READ, input_shape,
-                           is_augmentation, is_keras_layer, is_operation, keras3, layer_type, leaf_layers,
+from .keras_bridge import (ATTENTION_CALLS, AUGMENTATION_NOTE, HEADS, INFERENCE_IDENTITY, OPERATIONS_READ,
+                           attention_call, input_shape, is_augmentation, is_keras_layer, is_operation, keras3,
+                           layer_type, leaf_layers,
                            logits_model, model_cache, model_kind, named_activation, output_head, read_operation,
                            scaled_add, tfk)
 
@@ -80,6 +81,11 @@ SUPPORTED = {
     "Resizing": ("height", "width", "interpolation", "crop_to_aspect_ratio"),
     "Cropping2D": ("cropping", "data_format"),
     "UpSampling2D": ("size", "data_format", "interpolation"),
+    "GlobalAveragePooling1D": ("data_format", "keepdims"),
+    "GlobalMaxPooling1D": ("data_format", "keepdims"),
+    # called with its query, value and key as the source was (_rebuild; keras_bridge.attention_call)
+    "MultiHeadAttention": ("num_heads", "key_dim", "value_dim", "dropout", "use_bias", "output_shape",
+                           "attention_axes"),
 }
 _MULTI_INPUT = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
 NATIVE_METHODS = ("grad, ig, sg, gb, deconvnet, inpgrad, deeplift, gradcam, gradcampp, lrp.*, deep_taylor*, "
@@ -232,6 +238,11 @@ def _layer_config(layer, weights=None):
         raise _unsupported(layer, "pad_to_aspect_ratio or antialias")
     if kind == "LayerNormalization" and cfg.get("rms_scaling"):
         raise _unsupported(layer, "rms_scaling=True")
+    if kind == "MultiHeadAttention":
+        if cfg.get("use_gate") or cfg.get("sliding_window") or attention_call(layer) is None:
+            raise _unsupported(layer, f"a call outside what the twin rebuilds: {ATTENTION_CALLS}")
+        if out.get("attention_axes") is not None:
+            out["attention_axes"] = tuple(np.atleast_1d(out["attention_axes"]).tolist())
     if kind == "LayerScale":
         ws = weights[id(layer)][1] if weights is not None else layer.get_weights()
         if len(ws) != 1 or np.ndim(ws[0]) != 1:
@@ -396,6 +407,9 @@ def _rebuild(model, dtype, *, suffix="", split_softmax=False, weights=None):
             names[name] = layer.name
             twins[key] = getattr(tfk.layers, kind)(name=name, dtype=dtype, **cfg)
         tw = twins[key]
+        if kind == "MultiHeadAttention":       # the source call's roles, by position
+            (query, value, key_), causal = attention_call(layer)
+            return [tw(args[query], args[value], args[key_], use_causal_mask=causal)]
         x = args if kind in _MULTI_INPUT else args[0]
         if kind not in _MULTI_INPUT and len(args) != 1:
             raise _unsupported(layer, f"called on {len(args)} tensors")

@@ -40,9 +40,9 @@ import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
 from ..errors import ModelError
-from ..keras_bridge import (AUGMENTATION_NOTE, INDEXING_READ, INFERENCE_IDENTITY, OPERATIONS_READ, activation_name,
-                            is_augmentation, is_keras_layer, is_operation, layer_type, model_kind, read_operation,
-                            scaled_add, tfk)
+from ..keras_bridge import (ATTENTION_CALLS, AUGMENTATION_NOTE, INDEXING_READ, INFERENCE_IDENTITY, OPERATIONS_READ,
+                            activation_name, attention_call, is_augmentation, is_keras_layer, is_operation, layer_type,
+                            model_kind, read_operation, scaled_add, tfk)
 
 KERNEL = ("Conv2D", "DepthwiseConv2D", "Dense")
 AFFINE = ("BatchNormalization", "Rescaling", "Normalization")
@@ -502,34 +502,13 @@ def _attention_nodes(layer, inputs):
     output projection (a Dense node, kernel (heads * value_dim, D_out)). Calls on (B, tokens,
     channels) inputs with attention over the tokens, ``mha(query, value[, key])`` (or by keyword)
     with at most ``use_causal_mask``; masks are refused."""
-    from ..compat import attention_projections, call_arguments, inbound_node, node_inputs
+    from ..compat import attention_projections
 
     cfg = layer.get_config()
-    try:
-        node = inbound_node(layer, 0)
-        args, kwargs = call_arguments(node)
-        tensors = node_inputs(node)
-    except (AttributeError, IndexError):
-        raise _unsupported(layer, " (its call's arguments cannot be read)") from None
-    # the roles by position or keyword (a tf-keras model loaded from a file passes value= and key=),
-    # each found among the call's input tensors
-    roles = list(args[:3]) + [None] * (3 - min(len(args), 3))
-    for j, word in ((0, "query"), (1, "value"), (2, "key")):
-        if roles[j] is None:
-            roles[j] = kwargs.get(word)
-    roles[2] = roles[1] if roles[2] is None else roles[2]
-    extra = sorted(k for k, v in kwargs.items() if k not in ("query", "value", "key", "use_causal_mask", "training",
-                                                             "return_attention_scores") and v is not None)
-    where = [next((i for i, t in enumerate(tensors) if t is r), None) for r in roles]
-    if extra or kwargs.get("return_attention_scores") or len(args) > 3 or None in where \
-            or len(inputs) != len(tensors):
-        raise _unsupported(layer, " (only calls mha(query, value[, key]) with use_causal_mask; no masks, "
-                                  "no attention scores returned)")
-    args = roles
-    axes = cfg.get("attention_axes")
-    ranks = {len(getattr(a, "shape", ())) for a in args}
-    if ranks != {3} or (axes is not None and tuple(np.atleast_1d(axes)) not in ((1,), (-2,))):
-        raise _unsupported(layer, " (attention over the tokens of (batch, tokens, channels) inputs only)")
+    call = attention_call(layer)
+    if call is None or len(inputs) <= max(call[0]):
+        raise _unsupported(layer, f" (native LRP reads MultiHeadAttention {ATTENTION_CALLS})")
+    (query, value, key), causal = call
     if cfg.get("use_gate") or cfg.get("sliding_window"):
         raise _unsupported(layer, " with use_gate or sliding_window")
     qd, kd, vd, od = attention_projections(layer)
@@ -547,12 +526,11 @@ def _attention_nodes(layer, inputs):
     ok, ob = kernel_bias(od, od.get_weights()[0].shape[-1])
     heads, key_dim, value_dim = qk.shape[1], qk.shape[2], vk.shape[2]
     name = layer.name
-    query, value, key = where
     return [("Dense", f"{name}/value", {"kernel": vk.reshape(vk.shape[0], -1), "bias": vb.reshape(-1)}, {}, False,
              (("in", value),)),
             ("Attention", f"{name}/attention", {"q_kernel": qk, "q_bias": _f32(qb), "k_kernel": kk, "k_bias": _f32(kb)},
              {"heads": int(heads), "key_dim": int(key_dim), "value_dim": int(value_dim),
-              "causal": bool(kwargs.get("use_causal_mask"))}, False, (("node", 0), ("in", query), ("in", key))),
+              "causal": causal}, False, (("node", 0), ("in", query), ("in", key))),
             ("Dense", name, {"kernel": ok.reshape(-1, ok.shape[-1]), "bias": _f32(ob)}, {}, False, (("node", 1),))]
 
 
