@@ -219,8 +219,8 @@ def test_bench_vit_builder_is_read_and_explained():
 def test_randomisation_test_randomises_attention_without_retracing_warnings():
     """model_parameter_randomisation on an attention model: the MultiHeadAttention layers are
     randomised (their weights are kernels of sublayers), LayerNormalization is not, and native LRP
-    on the 9 randomised copies (one propagator each; TF warns from 5 traces of one code object)
-    logs no retracing warning."""
+    on the model and its 5 randomised copies (one propagator each; TF warns from 5 traces of one
+    code object) logs no retracing warning."""
     import logging
 
     import keras
@@ -229,10 +229,10 @@ def test_randomisation_test_randomises_attention_without_retracing_warnings():
     from xaitf.metrics.randomisation import model_parameter_randomisation, randomisable_layers
 
     keras.utils.set_random_seed(1)
-    model = vit_tiny(keras, blocks=2, dim=8, heads=2, mlp=16, patch=4, size=16, classes=4)
+    model = vit_tiny(keras, blocks=1, dim=8, heads=2, mlp=16, patch=4, size=16, classes=4)
     names = [layer.name for layer in randomisable_layers(model)]
-    assert [type(model.get_layer(n)).__name__ for n in names].count("MultiHeadAttention") == 2
-    assert len(names) == 8 and not any("layer_normalization" in n for n in names)
+    assert [type(model.get_layer(n)).__name__ for n in names].count("MultiHeadAttention") == 1
+    assert len(names) == 5 and not any("layer_normalization" in n for n in names)
     x = np.random.RandomState(9).rand(3, 16, 16, 3).astype(np.float32)
     seen = []
     handler = logging.Handler()
@@ -244,7 +244,7 @@ def test_randomisation_test_randomises_attention_without_retracing_warnings():
                                             progress=False)
     finally:
         tf_logger.removeHandler(handler)
-    assert res.layers == names[::-1] and res.scores["spearman"].shape == (8, 3)
+    assert res.layers == names[::-1] and res.scores["spearman"].shape == (5, 3)
     assert not [m for m in seen if "retracing" in m]
 
 
