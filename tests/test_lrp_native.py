@@ -1767,3 +1767,29 @@ def test_alpha_beta_on_signed_inputs_leaves_grappler_quiet():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "finite True" in proc.stdout
     assert "empty op name" not in proc.stderr
+
+
+@pytest.mark.parametrize("lib", ["tf-keras", "keras"])
+def test_unit_normalization_holds_its_norm_constant(lib):
+    """UnitNormalization (x / ||x|| over the channels) is read by native LRP and rebuilt by the twin:
+    the graph recomputes the model; with the norm held constant it is a per-position scaling, whose
+    z rule passes the relevance unchanged, so lrp.z without biases conserves the logit; the tf-keras
+    twin gives the model's outputs."""
+    from xaitf.twin import tf_keras_twin
+
+    k = tfk if lib == "tf-keras" else keras3()
+    inp = k.Input((6, 6, 3))
+    h = k.layers.UnitNormalization()(k.layers.Conv2D(4, 3, use_bias=False)(inp))
+    model = _set_random(k.Model(inp, k.layers.Dense(3, use_bias=False)(k.layers.Flatten()(h))), 4)
+    x = np.random.RandomState(5).rand(3, 6, 6, 3).astype(np.float32)
+    np.testing.assert_allclose(read_model(model).forward(x).numpy(), model(x).numpy(), atol=1e-5)
+    t = np.array([0, 1, 2])
+    record = []
+    graph = graph_of(model)
+    rules, output = C.assign(graph, "lrp.z")
+    r = propagate(graph, rules, output, tf.constant(x), tf.constant(t, tf.int32), record=record).numpy()
+    np.testing.assert_allclose(r.reshape(3, -1).sum(1), model(x).numpy()[np.arange(3), t], rtol=1e-4)
+    (node, rule, r_out, (r_in,)), = [e for e in record if e[0].kind == "UnitNormalization"]
+    assert rule.name == "pass"
+    np.testing.assert_array_equal(r_in.numpy(), r_out.numpy())
+    np.testing.assert_allclose(tf_keras_twin(model)(x).numpy(), model(x).numpy(), atol=1e-5)

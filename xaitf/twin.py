@@ -81,6 +81,7 @@ SUPPORTED = {
     "Resizing": ("height", "width", "interpolation", "crop_to_aspect_ratio"),
     "Cropping2D": ("cropping", "data_format"),
     "UpSampling2D": ("size", "data_format", "interpolation"),
+    "UnitNormalization": ("axis",),
     "GlobalAveragePooling1D": ("data_format", "keepdims"),
     "GlobalMaxPooling1D": ("data_format", "keepdims"),
     # called with its query, value and key as the source was (_rebuild; keras_bridge.attention_call)

@@ -11,8 +11,9 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   BatchNormalization left after folding) / ``normalization`` (Rescaling, Normalization), then
   ``linear``;
 * other nodes: ``relu`` (a ReLU layer or Activation('relu'), not an ``activation=`` of a layer),
-  ``activation`` (every other elementwise activation), ``add``, ``multiply`` (a gated product,
-  as in squeeze-and-excitation blocks), ``avgpool`` (average and global
+  ``activation`` (every other elementwise activation; UnitNormalization, its norm held
+  constant), ``add``, ``multiply`` (a gated product, as in squeeze-and-excitation blocks),
+  ``avgpool`` (average and global
   average pooling, Resizing, UpSampling2D), ``maxpool`` (max and global max pooling, Maximum and Minimum of
   tensors), ``shape`` (Flatten, Reshape, Permute, ZeroPadding2D, Cropping2D, Dropout, Concatenate,
   channel Gather and Stack), ``layernorm`` (LayerNormalization, GroupNormalization; default
@@ -163,7 +164,7 @@ def _selectors(node, first):
         return sel + ["linear"]
     if k in ("ReLU", "Activation") and not node.fused and ir.plain_relu(node):
         return ["relu"]
-    if k in ir.ELEMENTWISE:
+    if k in ir.ELEMENTWISE + ir.UNIT_NORM:
         return ["activation"]
     if k == "Add":
         return ["add"]

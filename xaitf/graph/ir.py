@@ -61,12 +61,15 @@ RESIZE = ("Resizing", "UpSampling2D")
 # y = gamma (x - mean) / sqrt(var + eps) + beta, mean and var over the channels (LayerNormalization) or
 # over the positions and the channels of each of `groups` channel groups (GroupNormalization)
 NORM = ("LayerNormalization", "GroupNormalization")
+# x / ||x|| over the channels (UnitNormalization): with the norm held constant a per-position scaling, which
+# passes relevance unchanged (the rule ``pass``, as the LN-rule holds sigma constant)
+UNIT_NORM = ("UnitNormalization",)
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential")
 # the attention of a MultiHeadAttention layer (its value and output projections are Dense nodes): inputs
 # (values, query, key), output sum_s A[t, s] v[s] per head, A = softmax(q k^T / sqrt(d)) from query and key
 ATTENTION = ("Attention",)
-KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + ATTENTION + \
-    ("Softmax",)
+KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + UNIT_NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + \
+    ATTENTION + ("Softmax",)
 # keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
 # Rescaling node; StochasticDepth (the identity at inference) is in keras_bridge.INFERENCE_IDENTITY
 CONVNEXT_LAYERS = ("LayerScale",)
@@ -346,6 +349,8 @@ def apply(node, xs):
         mean = norm_mean(node, x)
         var = norm_mean(node, tf.square(x - mean))
         return (x - mean) * tf.math.rsqrt(var + c["epsilon"]) * const(node, "gamma") + const(node, "beta")
+    if k == "UnitNormalization":
+        return x * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True), 1e-12))
     if k == "MaxPooling2D":
         return tf.nn.max_pool2d(x, c["pool_size"], c["strides"], c["padding"])
     if k == "AveragePooling2D":
@@ -643,6 +648,9 @@ def _layer_nodes(layer, inputs, new_id):
         if kind == "GroupNormalization":
             conf["groups"] = int(cfg["groups"])
         return [(kind, layer.name, {"gamma": gamma, "beta": beta}, conf, False)]
+    if kind == "UnitNormalization":
+        _channel_axis(layer, cfg.get("axis", -1))
+        return [(kind, layer.name, {}, {}, False)]
     if kind in CONVNEXT_LAYERS:
         if len(ws) != 1 or ws[0].ndim != 1:
             raise _unsupported(layer, f" with weights {[w.shape for w in ws]} (one per-channel scale expected)")
