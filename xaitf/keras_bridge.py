@@ -461,14 +461,15 @@ _SCALED_ADD = ("CustomScaleLayer", "inception_resnet_v2")
 
 ATTENTION_CALLS = ("calls mha(query, value[, key]) (positional or keyword) with use_causal_mask, on "
                    "(batch, tokens, channels) inputs with attention over the tokens; no masks, no attention "
-                   "scores returned")
+                   "scores returned, no use_gate or sliding_window")
 
 
 def attention_call(layer):
     """How a MultiHeadAttention layer was called (its first call): ``((query, value, key), causal)``,
     the indices of the three roles among the call's input tensors (``compat.node_inputs``; the key
     is the value when not given) and ``use_causal_mask``. None for a call outside
-    :data:`ATTENTION_CALLS` (masks, returned scores, other attention axes, inputs not of rank 3)."""
+    :data:`ATTENTION_CALLS` (masks, returned scores, other attention axes, inputs not of rank 3, a
+    gate or a sliding window)."""
     from .compat import call_arguments, inbound_node, node_inputs
 
     try:
@@ -487,8 +488,10 @@ def attention_call(layer):
     extra = [k for k, v in kwargs.items() if k not in ("query", "value", "key", "use_causal_mask", "training",
                                                        "return_attention_scores") and v is not None]
     where = tuple(next((i for i, t in enumerate(tensors) if t is r), None) for r in roles)
-    axes = layer.get_config().get("attention_axes")
-    if extra or kwargs.get("return_attention_scores") or len(args) > 3 or None in where:
+    cfg = layer.get_config()
+    axes = cfg.get("attention_axes")
+    if extra or kwargs.get("return_attention_scores") or len(args) > 3 or None in where or \
+            cfg.get("use_gate") or cfg.get("sliding_window"):
         return None
     if {len(getattr(r, "shape", ())) for r in roles} != {3} or (
             axes is not None and tuple(np.atleast_1d(axes)) not in ((1,), (-2,))):

@@ -34,9 +34,8 @@ from .compat import (inbound_node, keras_history, node_inputs, node_outputs, swa
 from .errors import ModelError
 from .keras_bridge import (ATTENTION_CALLS, AUGMENTATION_NOTE, HEADS, INFERENCE_IDENTITY, OPERATIONS_READ,
                            attention_call, input_shape, is_augmentation, is_keras_layer, is_operation, keras3,
-                           layer_type, leaf_layers,
-                           logits_model, model_cache, model_kind, named_activation, output_head, read_operation,
-                           scaled_add, tfk)
+                           layer_type, leaf_layers, logits_model, model_cache, model_kind, named_activation,
+                           output_head, read_operation, scaled_add, tfk)
 
 # Config keys copied for each supported layer type (the same names in both Kerases; dtype policies,
 # initializers, regularizers and constraints are not carried over: the twin is for inference).
@@ -240,7 +239,7 @@ def _layer_config(layer, weights=None):
     if kind == "LayerNormalization" and cfg.get("rms_scaling"):
         raise _unsupported(layer, "rms_scaling=True")
     if kind == "MultiHeadAttention":
-        if cfg.get("use_gate") or cfg.get("sliding_window") or attention_call(layer) is None:
+        if attention_call(layer) is None:
             raise _unsupported(layer, f"a call outside what the twin rebuilds: {ATTENTION_CALLS}")
         if out.get("attention_axes") is not None:
             out["attention_axes"] = tuple(np.atleast_1d(out["attention_axes"]).tolist())

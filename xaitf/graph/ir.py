@@ -509,34 +509,30 @@ def _attention_nodes(layer, inputs):
     with at most ``use_causal_mask``; masks are refused."""
     from ..compat import attention_projections
 
-    cfg = layer.get_config()
     call = attention_call(layer)
     if call is None or len(inputs) <= max(call[0]):
         raise _unsupported(layer, f" (native LRP reads MultiHeadAttention {ATTENTION_CALLS})")
     (query, value, key), causal = call
-    if cfg.get("use_gate") or cfg.get("sliding_window"):
-        raise _unsupported(layer, " with use_gate or sliding_window")
     qd, kd, vd, od = attention_projections(layer)
     equations = [d.get_config()["equation"] for d in (qd, kd, vd, od)]
     if equations != ["abc,cde->abde"] * 3 + ["abcd,cde->abe"]:
         raise _unsupported(layer, f" with projections {equations}")
 
-    def kernel_bias(dense, units):
+    def kernel_bias(dense, outputs):
+        """kernel, bias (zeros without one: shaped like the kernel's axes from ``outputs`` on)"""
         ws = [_f32(w) for w in dense.get_weights()]
-        return ws[0], (ws[1] if len(ws) > 1 else np.zeros(units, np.float32))
+        return ws[0], (ws[1] if len(ws) > 1 else np.zeros(ws[0].shape[outputs:], np.float32))
 
-    qk, qb = kernel_bias(qd, qd.get_weights()[0].shape[1:])
-    kk, kb = kernel_bias(kd, kd.get_weights()[0].shape[1:])
-    vk, vb = kernel_bias(vd, vd.get_weights()[0].shape[1:])
-    ok, ob = kernel_bias(od, od.get_weights()[0].shape[-1])
+    (qk, qb), (kk, kb), (vk, vb) = (kernel_bias(d, 1) for d in (qd, kd, vd))      # (D, heads, dim)
+    ok, ob = kernel_bias(od, 2)                                                    # (heads, dim, D_out)
     heads, key_dim, value_dim = qk.shape[1], qk.shape[2], vk.shape[2]
     name = layer.name
     return [("Dense", f"{name}/value", {"kernel": vk.reshape(vk.shape[0], -1), "bias": vb.reshape(-1)}, {}, False,
              (("in", value),)),
-            ("Attention", f"{name}/attention", {"q_kernel": qk, "q_bias": _f32(qb), "k_kernel": kk, "k_bias": _f32(kb)},
+            ("Attention", f"{name}/attention", {"q_kernel": qk, "q_bias": qb, "k_kernel": kk, "k_bias": kb},
              {"heads": int(heads), "key_dim": int(key_dim), "value_dim": int(value_dim),
               "causal": causal}, False, (("node", 0), ("in", query), ("in", key))),
-            ("Dense", name, {"kernel": ok.reshape(-1, ok.shape[-1]), "bias": _f32(ob)}, {}, False, (("node", 1),))]
+            ("Dense", name, {"kernel": ok.reshape(-1, ok.shape[-1]), "bias": ob}, {}, False, (("node", 1),))]
 
 
 def _layer_nodes(layer, inputs, new_id):

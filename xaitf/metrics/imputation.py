@@ -212,41 +212,33 @@ def _cg_program(h, w, c, jit=True, multigrid=False):
         rhs = m * _neighbour_sums(xn, h, w)
         bound = tol * tol * tf.reduce_sum(rhs * rhs, axes)    # per image: ||r||^2 <= tol^2 ||b||^2
 
-        if multigrid:
-            def cond(i, v, r, p, rz, rr):
-                return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
+        # (preconditioned) conjugate gradients; without the preconditioner r.z is r.r, and two steps
+        # run per test of convergence
+        per_test = 1 if multigrid else 2
 
-            def body(i, v, r, p, rz, rr):
-                ap = op(p)
-                alpha = tf.math.divide_no_nan(rz, tf.reduce_sum(p * ap, axes))[:, None, None, None]
-                v = v + alpha * p
-                r = r - alpha * ap
-                z = vcycle(r)
-                rz_new = tf.reduce_sum(r * z, axes)
-                p = z + tf.math.divide_no_nan(rz_new, rz)[:, None, None, None] * p
-                return i + 1, v, r, p, rz_new, tf.reduce_sum(r * r, axes)
+        def step(v, r, p, rz):
+            ap = op(p)
+            alpha = tf.math.divide_no_nan(rz, tf.reduce_sum(p * ap, axes))[:, None, None, None]
+            v = v + alpha * p
+            r = r - alpha * ap
+            z = vcycle(r) if multigrid else r
+            rr = tf.reduce_sum(r * r, axes)
+            rz_new = tf.reduce_sum(r * z, axes) if multigrid else rr
+            p = z + tf.math.divide_no_nan(rz_new, rz)[:, None, None, None] * p
+            return v, r, p, rz_new, rr
 
-            z0 = vcycle(rhs)
-            i, v, r, _, _, rr = tf.while_loop(cond, body, [tf.constant(0), tf.zeros_like(xn), rhs, z0,
-                                                           tf.reduce_sum(rhs * z0, axes), tf.reduce_sum(rhs * rhs, axes)])
-        else:
-            def cond(i, v, r, p, rr):
-                return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
+        def cond(i, v, r, p, rz, rr):
+            return tf.logical_and(i < max_iter, tf.reduce_any(rr > bound))
 
-            def step(v, r, p, rr):
-                ap = op(p)
-                alpha = tf.math.divide_no_nan(rr, tf.reduce_sum(p * ap, axes))[:, None, None, None]
-                v = v + alpha * p
-                r = r - alpha * ap
-                rr_new = tf.reduce_sum(r * r, axes)
-                p = r + tf.math.divide_no_nan(rr_new, rr)[:, None, None, None] * p
-                return v, r, p, rr_new
+        def body(i, v, r, p, rz, rr):
+            for _ in range(per_test):
+                v, r, p, rz, rr = step(v, r, p, rz)
+            return i + per_test, v, r, p, rz, rr
 
-            def body(i, v, r, p, rr):                          # two steps per test of convergence
-                return (i + 2,) + step(*step(v, r, p, rr))
-
-            i, v, r, _, rr = tf.while_loop(cond, body, [tf.constant(0), tf.zeros_like(xn), rhs, rhs,
-                                                        tf.reduce_sum(rhs * rhs, axes)])
+        z0 = vcycle(rhs) if multigrid else rhs
+        rr0 = tf.reduce_sum(rhs * rhs, axes)
+        i, v, r, _, _, rr = tf.while_loop(cond, body, [tf.constant(0), tf.zeros_like(xn), rhs, z0,
+                                                       tf.reduce_sum(rhs * z0, axes) if multigrid else rr0, rr0])
         out = x * keep + (v * scale + mean) * m
         return out, rr <= bound, i
 
