@@ -19,7 +19,9 @@ parameters: epsilon, gamma, alpha, beta, low, high) and ``"output"`` (``"logit"`
   channel Gather and Stack), ``layernorm`` (LayerNormalization, GroupNormalization; default
   ``layer_norm``, the LN-rule of Ali et al. 2022), ``attention`` (the attention inside a
   MultiHeadAttention layer, whose value and output projections are ``dense``; default ``attention``,
-  the AH-rule of Ali et al. 2022).
+  the AH-rule of Ali et al. 2022), ``custom`` (a layer the user declared affine, ``affine_layers=``;
+  default ``proportional``, the z rule of its map through its own gradient, with the composite's
+  ``epsilon`` as the layer rules get it; input-domain rules (flat, z_box) never reach it).
 
 Unset selectors fall back to :data:`DEFAULTS` (``batchnorm`` falls back to ``linear``): the
 activation of a layer passes relevance unchanged, a ReLU layer masks it (its gradient, as
@@ -44,14 +46,15 @@ from .canonizers import HEADS
 from .rules import RULES, ZBox, make_rule, receiving, rule_params, share_relu_outputs
 
 LINEAR_SELECTORS = ("first", "dense", "conv", "batchnorm", "normalization", "linear")
-OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape", "layernorm", "attention")
+OTHER_SELECTORS = ("relu", "activation", "add", "multiply", "avgpool", "maxpool", "shape", "layernorm", "attention",
+                   "custom")
 SELECTORS = LINEAR_SELECTORS + OTHER_SELECTORS
 KEYS = SELECTORS + ("params", "output")
 OUTPUTS = ("logit", "relu")
 PARAMS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 DEFAULTS = {"normalization": "pass", "relu": "gradient", "activation": "pass", "add": "proportional",
-            "multiply": "signal", "layernorm": "layer_norm", "attention": "attention",
+            "multiply": "signal", "layernorm": "layer_norm", "attention": "attention", "custom": "proportional",
             "avgpool": "proportional", "maxpool": "gradient", "shape": "gradient"}
 
 _DT = {"linear": "z_plus", "batchnorm": "w_square", "relu": "gradient", "add": "gradient",
@@ -174,6 +177,8 @@ def _selectors(node, first):
         return ["layernorm"]
     if k in ir.ATTENTION:
         return ["attention"]
+    if k in ir.CUSTOM:
+        return ["custom"]
     if k in ("AveragePooling2D", "GlobalAveragePooling2D", "GlobalAveragePooling1D") + ir.RESIZE:
         return ["avgpool"]
     if k in ("MaxPooling2D", "GlobalMaxPooling2D", "GlobalMaxPooling1D", "Maximum", "Minimum"):
@@ -210,8 +215,9 @@ def assign(graph, composite, params=None):
         if spec is None:
             raise MethodError(f"composite has no rule for node {node.label()}")
         name, kw = _rule_spec(spec, "composite")
-        # the composite's parameters go to the layer rules; weightless nodes take only their own
-        kw = {**merged, **kw} if sel in LINEAR_SELECTORS else kw
+        # the composite's parameters go to the layer rules (and declared affine layers); weightless nodes
+        # take only their own
+        kw = {**merged, **kw} if sel in LINEAR_SELECTORS + ("custom",) else kw
         if name == "z_box":
             kw = {**kw, **_bounds_at(graph, node, kw.get("low", ZBox.low), kw.get("high", ZBox.high))}
         rules[node.id] = make_rule(name, **kw)

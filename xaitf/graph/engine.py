@@ -26,15 +26,17 @@ from .ir import read_model
 _PREFIX = "graph."
 
 
-def graph_of(model, batchnorm=True):
+def graph_of(model, batchnorm=True, affine=()):
     """The canonized graph of ``model`` (final softmax stripped; BatchNormalization folded unless
-    ``batchnorm=False``), read once per model."""
+    ``batchnorm=False``; the layers named in ``affine`` read as declared affine maps), read once per
+    model."""
     cache = model_cache(model)
-    key = (_PREFIX + "ir", bool(batchnorm))
+    affine = tuple(sorted(set(affine or ())))
+    key = (_PREFIX + "ir", bool(batchnorm), affine)
     if key not in cache:
-        raw = cache.get(_PREFIX + "raw")
+        raw = cache.get((_PREFIX + "raw", affine))
         if raw is None:
-            raw = cache[_PREFIX + "raw"] = read_model(model)
+            raw = cache[(_PREFIX + "raw", affine)] = read_model(model, affine)
         cache[key] = canonize(raw, batchnorm=batchnorm)
     return cache[key]
 
@@ -73,10 +75,10 @@ def propagate(graph, rules, output, x, targets, record=None):
     return relevance.get(graph.input_id, tf.zeros_like(acts[graph.input_id]))
 
 
-def _key(composite, params, batchnorm):
+def _key(composite, params, batchnorm, affine):
     comp = C.canonical(composite) if isinstance(composite, str) else repr(sorted(composite.items(), key=str))
     ps = tuple(sorted((k, repr(np.asarray(v).tolist())) for k, v in (params or {}).items() if v is not None))
-    return (_PREFIX + "lrp", comp, ps, bool(batchnorm))
+    return (_PREFIX + "lrp", comp, ps, bool(batchnorm), tuple(sorted(set(affine or ()))))
 
 
 class Propagator:
@@ -84,8 +86,8 @@ class Propagator:
 
     Use :func:`propagator` (cached per model) rather than the constructor."""
 
-    def __init__(self, model, composite, params=None, batchnorm=True):
-        self.graph = graph_of(model, batchnorm)
+    def __init__(self, model, composite, params=None, batchnorm=True, affine=()):
+        self.graph = graph_of(model, batchnorm, affine)
         self.composite_name = C.canonical(composite) if isinstance(composite, str) else "user composite"
         self.rules, self.output = C.assign(self.graph, composite, params)
         spec = [tf.TensorSpec([None, *input_shape(model)], tf.float32), tf.TensorSpec([None], tf.int32)]
@@ -121,8 +123,9 @@ class Propagator:
                            "eagerly)")
 
 
-def propagator(model, composite, params=None, batchnorm=True, fingerprint=None):
-    """The cached :class:`Propagator` for (model, composite, params, batchnorm). The graphs hold
+def propagator(model, composite, params=None, batchnorm=True, fingerprint=None, affine=()):
+    """The cached :class:`Propagator` for (model, composite, params, batchnorm, affine: the layers
+    declared affine, see :func:`xaitf.graph.ir.read_model`). The graphs hold
     the weights as constants: when the model's weights have changed since they were read
     (:func:`xaitf.keras_bridge.weights_fingerprint`), every graph of the model is read again.
     ``fingerprint``: the model's current fingerprint when the caller has just computed it (an
@@ -134,8 +137,8 @@ def propagator(model, composite, params=None, batchnorm=True, fingerprint=None):
     if cache.get(_PREFIX + "weights", fp) != fp:
         forget(model)
     cache[_PREFIX + "weights"] = fp
-    key = _key(composite, params, batchnorm)
+    key = _key(composite, params, batchnorm, affine)
     prop = cache.get(key)
     if prop is None:
-        prop = cache[key] = Propagator(model, composite, params, batchnorm)
+        prop = cache[key] = Propagator(model, composite, params, batchnorm, affine)
     return prop

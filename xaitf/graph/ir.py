@@ -27,6 +27,14 @@ node) and ``x * y`` (a ``Multiply`` gate); a spatial mean; elementwise activatio
 (``keras.ops.relu(x)``: a ReLU or Activation node); and keras.applications' channel indexing.
 Other operations are refused with one line naming them.
 
+Custom layers (and Keras 3 operations) that the user declares affine maps of their one input
+(``read_model(model, affine=("PatchEncoder", ...))``, by layer name or class name) become ``Affine``
+nodes: a position embedding ``x + p``, a class token prepended, patch extraction, ``x @ W + b``
+written by hand. The node calls the layer itself; its rule gets ``A^T s`` from the layer's own
+gradient (exact for an affine map, whatever ``A``). Reading checks each declared layer on a probe
+input (second differences of ``f`` along random directions vanish only for an affine map) and refuses
+one that is not.
+
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
 model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
 The weights are copied when the graph is read: a graph does not follow later weight changes.
@@ -68,6 +76,9 @@ _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax
 # the attention of a MultiHeadAttention layer (its value and output projections are Dense nodes): inputs
 # (values, query, key), output sum_s A[t, s] v[s] per head, A = softmax(q k^T / sqrt(d)) from query and key
 ATTENTION = ("Attention",)
+# a layer or operation the user declares an affine map of its one input (read_model(affine=...)): computed
+# by calling it, its A^T s read from its own gradient
+CUSTOM = ("Affine",)
 KINDS = ("InputLayer",) + LINEAR + ELEMENTWISE + NORM + UNIT_NORM + POOLING + SHAPE + MERGE + INDEXING + RESIZE + \
     ATTENTION + ("Softmax",)
 # keras.applications' ConvNeXt layers read as built-in kinds: LayerScale (x * gamma per channel) is a
@@ -93,7 +104,7 @@ class Node:
 
     Attributes:
         id: unique integer (the position in the original topological order).
-        kind: one of :data:`KINDS`.
+        kind: one of :data:`KINDS` or :data:`CUSTOM`.
         name: the Keras layer's name (``conv1``; ``conv1/relu`` for a split-off activation).
         inputs: ids of the nodes whose outputs this node consumes, in call order.
         weights: float32 numpy arrays: ``kernel``/``bias`` (kernel kinds), ``scale``/``shift``
@@ -359,6 +370,8 @@ def apply(node, xs):
         return tf.reduce_mean(x, axis=(1, 2) if k.endswith("2D") else 1, keepdims=c["keepdims"])
     if k in ("GlobalMaxPooling2D", "GlobalMaxPooling1D"):
         return tf.reduce_max(x, axis=(1, 2) if k.endswith("2D") else 1, keepdims=c["keepdims"])
+    if k == "Affine":
+        return tf.cast(c["call"](x), tf.float32)
     if k == "Attention":
         return attention_mix(node, attention_weights(node, xs[1], xs[2]), x)
     if k == "Flatten":
@@ -407,10 +420,37 @@ def apply(node, xs):
 STILL_WORK = "grad, ig, sg, inpgrad, occlusion, rise, lime, kernelshap"   # need no model graph
 
 
+def _declare_hint(layer):
+    return (f"; if it computes A x + b of its one input (a position embedding, a class token, patch "
+            f"extraction), declare it affine: affine_layers=[{layer_type(layer)!r}]")
+
+
 def _unsupported(layer, why=""):
     return ModelError(f"native LRP cannot read layer {layer.name!r} ({layer_type(layer)}){why}; "
                       f"supported: {', '.join(SUPPORTED_LAYERS)}, {AUGMENTATION_NOTE}; methods that still work: "
                       f"{STILL_WORK}")
+
+
+def _declared(layer, affine):
+    """True when ``affine`` (names and class names the user declared affine) names this layer."""
+    return bool(affine) and (getattr(layer, "name", None) in affine or layer_type(layer) in affine)
+
+
+def _affine_nodes(layer, inputs):
+    """A layer (or operation) declared affine: one ``Affine`` node that calls it (inference mode
+    where its call takes ``training``)."""
+    import inspect
+
+    if len(inputs) != 1:
+        raise ModelError(f"native LRP: layer {getattr(layer, 'name', layer_type(layer))!r} ({layer_type(layer)}) "
+                         f"was declared affine but takes {len(inputs)} inputs; affine_layers= reads layers of one "
+                         "input only")
+    try:
+        takes_training = "training" in inspect.signature(layer.call).parameters
+    except (AttributeError, TypeError, ValueError):
+        takes_training = False
+    call = (lambda x: layer(x, training=False)) if takes_training else layer
+    return [("Affine", getattr(layer, "name", layer_type(layer)), {}, {"call": call}, False)]
 
 
 def _pair(v):
@@ -485,7 +525,8 @@ def _operation_nodes(op):
     if read is None:
         raise ModelError(f"native LRP cannot read {name!r} ({layer_type(op)}), an operation written in the "
                          f"model's code (keras.ops, or arithmetic on a layer's output), not a layer; it reads "
-                         f"{OPERATIONS_READ}, and {INDEXING_READ}; methods that still work: {STILL_WORK}")
+                         f"{OPERATIONS_READ}, and {INDEXING_READ}{_declare_hint(op)}; methods that still work: "
+                         f"{STILL_WORK}")
     kind = read.pop("kind")
     if kind == "Scalar":       # a number, or one per channel
         return [("Rescaling", name, {"scale": _f32(np.atleast_1d(read["scale"])),
@@ -535,12 +576,15 @@ def _attention_nodes(layer, inputs):
             ("Dense", name, {"kernel": ok.reshape(-1, ok.shape[-1]), "bias": ob}, {}, False, (("node", 1),))]
 
 
-def _layer_nodes(layer, inputs, new_id):
+def _layer_nodes(layer, inputs, affine=()):
     """The node(s) of one layer call: ``[(kind, name, weights, config, fused)]``, each reading
     the one before (the first: the layer's inputs), or ``[(kind, name, weights, config, fused,
     wiring)]`` where ``wiring`` names a node's inputs: ``("in", k)`` the layer's k-th input,
-    ``("node", j)`` the j-th node of this list."""
+    ``("node", j)`` the j-th node of this list. ``affine``: the names and class names of the layers
+    declared affine (read as one ``Affine`` node each)."""
     kind = layer_type(layer)
+    if _declared(layer, affine):
+        return _affine_nodes(layer, inputs)
     if is_operation(layer):                       # a Keras 3 operation node (keras.ops / x + 3.0)
         return _operation_nodes(layer)
     if kind == "CustomScaleLayer":
@@ -719,17 +763,22 @@ def _layer_nodes(layer, inputs, new_id):
         if kind == "Multiply":
             conf = {"signal": _signal_input(layer)}
         return [(kind, layer.name, {}, conf, False)]
-    raise _unsupported(layer)
+    raise _unsupported(layer, _declare_hint(layer))
 
 
-def read_model(model):
+def read_model(model, affine=()):
     """The :class:`Graph` of a tf-keras or Keras 3 model with one input and one output.
 
-    Raises ModelError (one line) naming the first layer it cannot read and its class.
+    ``affine``: names or class names of layers (or Keras 3 operations) to read as ``Affine`` nodes,
+    maps ``A x + b`` of their one input that the user declares (see the module docstring).
+
+    Raises ModelError (one line) naming the first layer it cannot read and its class, a declared
+    name that matches no layer, or a declared layer that is not affine.
     """
     from ..twin import walk_layer_calls      # the walk over layer calls, nested models inlined
 
     model_kind(model)
+    affine = frozenset(affine or ())
     nodes = [Node(0, "InputLayer", "input")]
 
     def visit(layer, args):
@@ -744,7 +793,7 @@ def read_model(model):
         if layer_type(layer) == "InputLayer":       # a nested model's own input layer
             return ids
         prev, made = tuple(ids), []
-        for kind, name, weights, config, fused, *wiring in _layer_nodes(layer, ids, None):
+        for kind, name, weights, config, fused, *wiring in _layer_nodes(layer, ids, affine):
             if wiring:
                 prev = tuple(ids[k] if src == "in" else made[k] for src, k in wiring[0])
             node = Node(len(nodes), kind, name, prev, weights, config, layer, fused)
@@ -760,7 +809,43 @@ def read_model(model):
     if isinstance(out, tuple):
         raise ModelError("native LRP: the model's output is its input (no layers)")
     _mark_self_gated(nodes)
-    return Graph(nodes, 0, out, name=getattr(model, "name", "model"))
+    graph = Graph(nodes, 0, out, name=getattr(model, "name", "model"))
+    if affine:
+        _check_declared(graph, model, affine)
+    return graph
+
+
+AFFINE_TOLERANCE = 1e-3    # of the output's scale: float32 rounding passes, a ReLU or a square does not
+
+
+def _check_declared(graph, model, affine):
+    """Every name in ``affine`` matched a layer, and every ``Affine`` node is affine on a probe: for a
+    random image ``x`` and random directions ``d`` at the scale of the node's input, ``f(a + d) +
+    f(a - d) - 2 f(a)`` and ``f(a + 2d) - 2 f(a + d) + f(a)`` vanish (second differences: 0 for
+    ``A x + b``, of the order of ``f`` itself for a ReLU or a product). ModelError otherwise."""
+    from ..keras_bridge import input_shape
+
+    found = {n.layer for n in graph.nodes if n.kind == "Affine"}
+    names = {getattr(l, "name", None) for l in found} | {layer_type(l) for l in found}
+    missing = sorted(affine - names)
+    if missing:
+        raise ModelError(f"affine_layers names {', '.join(map(repr, missing))}, which is no layer name or class of "
+                         f"model {graph.name!r}")
+    rng = np.random.default_rng(0)
+    acts = graph.activations(rng.uniform(0.0, 1.0, (1, *input_shape(model))).astype(np.float32))
+    for node in graph.nodes:
+        if node.kind != "Affine":
+            continue
+        a = acts[node.inputs[0]]
+        d = tf.constant(rng.standard_normal(a.shape).astype(np.float32)) * (float(tf.math.reduce_std(a)) + 1e-3)
+        f = [apply(node, [a + k * d]) for k in (-1.0, 0.0, 1.0, 2.0)]
+        scale = max(float(tf.reduce_max(tf.abs(v))) for v in f) + 1e-12
+        err = max(float(tf.reduce_max(tf.abs(f[2] + f[0] - 2.0 * f[1]))),
+                  float(tf.reduce_max(tf.abs(f[3] - 2.0 * f[2] + f[1])))) / scale
+        if not err <= AFFINE_TOLERANCE:
+            raise ModelError(f"native LRP: layer {node.name!r} ({layer_type(node.layer)}) was declared affine but is "
+                             f"not: its second differences on a probe input reach {err:.2g} of its output (0 for "
+                             f"A x + b); declare only layers that compute A x + b of their input")
 
 
 # what may stand between x and its gate f(x) in a product x * f(x): elementwise maps of one input

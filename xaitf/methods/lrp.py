@@ -39,6 +39,12 @@ class LRP(Explainer):
             number or one per channel (None: 0.0).
         high: upper input bound of the z^B rule, > low (None: 1.0).
         batchnorm: fold BatchNormalization into the layer before it (True).
+        affine_layers: names or class names of custom layers (or Keras 3 operations) that compute
+            ``A x + b`` of their one input, which native LRP cannot read otherwise: a ViT's
+            position embedding or class token, patch extraction (()). Each is called as it is and
+            takes the selector ``custom`` (default rule ``proportional``: the z rule of its map
+            through its own gradient, with the composite's epsilon); reading checks on a probe
+            input that it is affine.
         **common: batch_size, channel_reduce, seed, progress, output (only "logits") (see
             :class:`xaitf.explainer.Explainer`).
 
@@ -49,9 +55,10 @@ class LRP(Explainer):
     outputs = ("logits",)
 
     def __init__(self, model, *, composite="epsilon", epsilon=None, gamma=None, alpha=None, beta=None,
-                 low=None, high=None, batchnorm=True, **common):
+                 low=None, high=None, batchnorm=True, affine_layers=(), **common):
         super().__init__(model, params=dict(composite=composite, epsilon=epsilon, gamma=gamma, alpha=alpha,
-                                            beta=beta, low=low, high=high, batchnorm=batchnorm), **common)
+                                            beta=beta, low=low, high=high, batchnorm=batchnorm,
+                                            affine_layers=affine_layers), **common)
 
     @staticmethod
     def preset_section(composite="epsilon", **_):
@@ -73,7 +80,7 @@ class LRP(Explainer):
         if not isinstance(p["batchnorm"], (bool, np.bool_)):
             raise MethodError(f"LRP batchnorm must be True or False, got {p['batchnorm']!r}")
         self._prop = propagator(self.model, p["composite"], given, batchnorm=bool(p["batchnorm"]),
-                                fingerprint=self._weights_crc)
+                                fingerprint=self._weights_crc, affine=_layer_names(p["affine_layers"]))
         self._bounds = C.input_bounds(comp, given)
         if self._prop.output == "relu":
             _check_relu_network(self._prop.graph, p["composite"])
@@ -94,6 +101,18 @@ class LRP(Explainer):
                        "or lrp.z")
             warnings.warn(f"{name}: {int(zero.sum())} of {len(r)} maps are all 0: {why}", stacklevel=2)
         return r
+
+
+def _layer_names(names):
+    """``affine_layers`` as a tuple of strings (one name may be given as a string)."""
+    names = (names,) if isinstance(names, str) else names
+    try:
+        out = tuple(names or ())
+    except TypeError:
+        out = (names,)
+    if not all(isinstance(n, str) and n for n in out):
+        raise MethodError(f"LRP affine_layers must be layer names or class names (strings), got {names!r}")
+    return out
 
 
 RELU_LIKE = ("relu", "relu6", "linear", None)
