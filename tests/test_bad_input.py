@@ -58,7 +58,8 @@ CASES = [
     (f"{HM} -hm grad -cl 7", 1, "-cl 7 is out of range: the model has 5 classes (0..4)"),
     ("heatmap -ip {png} -mp {predictions_model} -op {out} -hm gradcam --set gradcam.layer=predictions",
      1, "gradcam: Grad-CAM: layer 'predictions' has a 2-D output (None, 4); Grad-CAM needs a "
-        "convolutional layer with a 4-D (N,h,w,K) output; layers with a 4-D output: conv"),
+        "convolutional layer with a 4-D (N,h,w,K) or token (N,T,K) output; layers with a 4-D output or "
+        "square-grid tokens: conv"),
     # python -m xaitf.studies
     ("studies nosuch --out {out}", 1, "unknown study 'nosuch'; valid: "),
     ("studies center_pixel --quick --out {out} --batch-size 0", 2,

@@ -478,7 +478,7 @@ def test_parameter_and_model_errors(linear_model, cnn28):
         GradCam(linear_model)
     with pytest.raises(ModelError, match="no layer 'nope'"):
         GradCam(cnn28, layer="nope")
-    with pytest.raises(ModelError, match=r"\(N,h,w,K\) output"):
+    with pytest.raises(ModelError, match=r"\(N,h,w,K\) or token \(N,T,K\) output"):
         GradCamPlusPlus(cnn28, layer="fc1")
     with pytest.raises(MethodError, match="postprocess"):
         SmoothGrad(cnn28, postprocess="cube")
@@ -537,12 +537,14 @@ def test_gradcam_layer_names_are_the_users(cnn28, x28):
     out = tfk.layers.Dense(10, activation="softmax", name="predictions")(tfk.layers.Flatten(name="flat")(h))
     model = tfk.Model(inp, out)
     for method, title in (("gradcam", "Grad-CAM"), ("gradcampp", "Grad-CAM++"), ("tfx.gradcam", "tfx.gradcam")):
+        # native Grad-CAM also takes layers of tokens (vision transformers); tf-explain's does not
+        output, layers = (("4-D (N,h,w,K) output", "4-D output") if method.startswith("tfx") else
+                          ("4-D (N,h,w,K) or token (N,T,K) output", "4-D output or square-grid tokens"))
         with pytest.raises(ModelError) as e:
             xaitf.create_explainer(method, model, layer="predictions")
         assert str(e.value) == (f"{title}: layer 'predictions' has a 2-D output (None, 10); {title} needs "
-                                "a convolutional layer with a 4-D (N,h,w,K) output; layers with a 4-D "
-                                "output: conv, pool")
-        with pytest.raises(ModelError, match=r"no layer 'predictions_logits'; layers with a 4-D output: conv, pool$"):
+                                f"a convolutional layer with a {output}; layers with a {layers}: conv, pool")
+        with pytest.raises(ModelError, match=rf"no layer 'predictions_logits'; layers with a {layers}: conv, pool$"):
             xaitf.create_explainer(method, model, layer="predictions_logits")
     from xaitf.methods.cam import resolve_layer
     from xaitf.keras_bridge import logits_model
@@ -551,6 +553,88 @@ def test_gradcam_layer_names_are_the_users(cnn28, x28):
     assert resolve_layer(model, forward, "predictions", "x", rank=2).name == "predictions_logits"
     cam = xaitf.create_explainer("gradcam", model, layer="pool")
     assert cam.layer is model.get_layer("pool") and cam(x28[:2], [1, 2]).shape == (2, 28, 28)
+
+
+def _patch_models(seed=5):
+    """The same patch classifier twice: 4x4 patches (a strided Conv2D), then a token-wise Dense on
+    the 16 tokens (Reshape to (16, 8)) and GlobalAveragePooling1D, or the same map as a 1x1
+    Conv2D on the 4x4 grid and GlobalAveragePooling2D."""
+    k = keras3()
+    L = k.layers
+    k.utils.set_random_seed(seed)
+    inp = k.Input((16, 16, 3))
+    patches = L.Conv2D(8, 4, strides=4, name="patches")
+    h = L.Reshape((16, 8))(patches(inp))
+    tokens = L.Dense(6, activation="relu", name="tokens")
+    head = L.Dense(3, name="head")
+    vit = k.Model(inp, head(L.GlobalAveragePooling1D()(tokens(h))))
+    grid = L.Conv2D(6, 1, activation="relu", name="grid")
+    g = grid(patches(inp))
+    cnn = k.Model(inp, head(L.GlobalAveragePooling2D()(g)))
+    w, b = tokens.get_weights()
+    grid.set_weights([w[None, None], b])
+    return vit, cnn
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+def test_gradcam_on_tokens_equals_the_convolutional_twin(method):
+    """Tokens on their patch grid: Grad-CAM at a token-wise Dense (16 tokens as 4x4, row-major)
+    equals Grad-CAM at the 1x1 Conv2D that computes the same map on the grid. A model whose only
+    convolution is its patch embedding takes its last token layer by default (the CNN keeps its
+    last convolution)."""
+    import xaitf
+
+    vit, cnn = _patch_models()
+    x = np.random.default_rng(2).random((3, 16, 16, 3), dtype=np.float32)
+    t = np.array([0, 1, 2])
+    np.testing.assert_allclose(vit(x).numpy(), cnn(x).numpy(), rtol=1e-5, atol=1e-6)
+    ref = xaitf.create_explainer(method, cnn, layer="grid", progress=False)(x, t)
+    got = xaitf.create_explainer(method, vit, layer="tokens", progress=False)(x, t)
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    given = xaitf.create_explainer(method, vit, layer="tokens", grid=(4, 4), progress=False)(x, t)
+    np.testing.assert_array_equal(given, got)
+    assert xaitf.create_explainer(method, vit).layer.name == "tokens"
+    assert xaitf.create_explainer(method, cnn).layer.name == "grid"
+
+
+def test_gradcam_token_grids_and_refusals():
+    """A class token before a 4x4 grid (17 tokens) is left out; the default layer of a model
+    without a convolution is its last token layer; 15 tokens form no square grid (one line asking
+    for grid=), a grid larger than the tokens and grid= on a convolutional layer are refused."""
+    import xaitf
+
+    k = keras3()
+    L = k.layers
+
+    class ClassToken(L.Layer):
+        def build(self, shape):
+            self.token = self.add_weight(name="token", shape=(1, 1, shape[-1]), initializer="random_normal")
+
+        def call(self, x):
+            return k.ops.concatenate([k.ops.repeat(self.token, k.ops.shape(x)[0], axis=0), x], axis=1)
+
+    inp = k.Input((16, 16, 3))
+    h = L.Reshape((16, 48))(k.ops.image.extract_patches(inp, 4))
+    h = L.Dense(8, activation="relu", name="tokens")(ClassToken(name="cls")(h))
+    model = k.Model(inp, L.Dense(3)(L.GlobalAveragePooling1D()(h)))
+    x = np.random.default_rng(3).random((2, 16, 16, 3), dtype=np.float32)
+    cam = xaitf.create_explainer("gradcam", model, progress=False)
+    assert cam.layer.name == "tokens"
+    auto = cam(x, [0, 1])
+    assert auto.shape == (2, 16, 16) and np.isfinite(auto).all() and auto.max() > 0
+    np.testing.assert_array_equal(xaitf.create_explainer("gradcam", model, grid=(4, 4), progress=False)(x, [0, 1]),
+                                  auto)
+    odd = k.Model(inp, L.Dense(3)(L.GlobalAveragePooling1D()(L.Reshape((15, 4), name="odd")(
+        L.Dense(60)(L.Flatten()(inp))))))
+    with pytest.raises(ModelError, match=r"15 tokens form no square grid .* pass grid=\(h, w\)") as e:
+        xaitf.create_explainer("gradcam", odd, layer="odd")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match=r"grid=\(5, 4\) needs h\*w <= the layer's 17 tokens"):
+        xaitf.create_explainer("gradcam", model, layer="tokens", grid=(5, 4))
+    _, cnn = _patch_models()
+    with pytest.raises(ModelError, match="grid= is for a layer of tokens"):
+        xaitf.create_explainer("gradcam", cnn, grid=(4, 4))
 
 
 @pytest.mark.parametrize("kind", ["tf_keras", "keras3"])

@@ -99,8 +99,8 @@ COSTS = {
     "inpgrad": _const(1, True, "1 gradient"),
     "gb": _const(1, True, "1 modified backward"),
     "deconvnet": _const(1, True, "1 modified backward"),
-    "gradcam": _const(1, True, "1 gradient at the conv layer"),
-    "gradcampp": _const(1, True, "1 gradient at the conv layer"),
+    "gradcam": _const(1, True, "1 gradient at the explained layer"),
+    "gradcampp": _const(1, True, "1 gradient at the explained layer"),
     "deeplift": _const(1, True, "1 modified backward (+ 1 baseline row per chunk)"),
     "deepliftshap": lambda ex: (_backgrounds(ex), True, f"{_backgrounds(ex)} modified backward(s): one per "
                                                         "background image"),

@@ -55,8 +55,9 @@ DEEPLIFTSHAP = {                            # DeepLiftShap (Lundberg & Lee 2017)
     "background": 0.0,                      # baselines: number, per channel, (H,W,C) or a set (K,H,W,C)
     "n_background": None,                   # None: all of them | K drawn (seeded) from the set
 }
-GRADCAM = {"layer": None}                   # Grad-CAM (Selvaraju et al. 2017); None = last conv
-GRADCAMPP = {"layer": None}                 # Grad-CAM++ (Chattopadhyay et al. 2018)
+GRADCAM = {"layer": None,                   # Grad-CAM (Selvaraju et al. 2017); None = last conv (else tokens)
+           "grid": None}                    # (h, w) of a token layer's patch grid; None = square
+GRADCAMPP = {"layer": None, "grid": None}   # Grad-CAM++ (Chattopadhyay et al. 2018)
 
 # Propagation (iNNvestigate backend) -----------------------------------------------------------
 LRP = {"epsilon": 1.0}                      # lrp.epsilon; alpha/beta fixed by the variant name

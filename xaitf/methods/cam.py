@@ -8,11 +8,22 @@ bilinearly to the input size. Maps are (N,H,W), not normalised.
 Parameters (preset sections ``GRADCAM`` / ``GRADCAMPP`` of :mod:`xaitf.settings`):
     layer: name of the layer whose output is ``A``, as the user's model names it (the layer whose
         softmax was replaced in the logits copy is found under its twin, see
-        :func:`resolve_layer`); it must have a 4-D (N,h,w,K) output. ``None`` = the last
-        Conv2D-like layer (``keras_bridge.find_last_conv``). A model without one, an unknown name
-        or a layer with another output rank raises ModelError with one line naming the user's
-        layers that would do.
+        :func:`resolve_layer`); it must have a 4-D (N,h,w,K) output, or a 3-D (N,T,K) output of
+        tokens on a grid (a vision transformer, below). ``None`` = the last Conv2D-like layer
+        (``keras_bridge.find_last_conv``), or the last layer whose tokens form a square grid
+        where one comes after it (a ViT's patch embedding is its only convolution). A model without either, an unknown name or a layer with another
+        output rank raises ModelError with one line naming the user's layers that would do.
+    grid: for a token layer, the (h, w) grid of its last ``h * w`` tokens (row-major; leading
+        tokens beyond them, a class token, are left out). ``None`` = a square grid of all T
+        tokens, or of T - 1 after one class token.
+
+Tokens (a ViT's (N, T, K) sequence) are laid out on their patch grid before the same formula, as
+pytorch-grad-cam's ``reshape_transform`` does for transformers (Gildenblat et al.); Chefer et al.
+2021 ("Transformer Interpretability Beyond Attention Visualization", CVPR) use this Grad-CAM as a
+baseline for ViTs.
 """
+import math
+
 import xaitf  # noqa: F401
 import tensorflow as tf
 
@@ -30,38 +41,95 @@ def _output_shape(layer):
         return None
 
 
-def spatial_layers(model):
-    """Names of the layers of ``model`` with a 4-D (N,h,w,K) output, input layers excluded."""
+def spatial_layers(model, tokens=False):
+    """Names of the layers of ``model`` with a 4-D (N,h,w,K) output (with ``tokens``: or a 3-D
+    (N,T,K) output whose T tokens, or T - 1, form a square grid), input layers excluded."""
     out = []
     for layer in model.layers:
         shape = _output_shape(layer)
-        if shape is not None and len(shape) == 4 and type(layer).__name__ != "InputLayer":
+        if shape is None or type(layer).__name__ == "InputLayer":
+            continue
+        if len(shape) == 4 or (tokens and len(shape) == 3 and square_grid(shape[1]) is not None):
             out.append(layer.name)
     return out
 
 
+def square_grid(tokens):
+    """``(skip, side)``: the T tokens are a side x side grid after ``skip`` leading ones (0, or 1
+    for a class token); None when neither T nor T - 1 is a square (or T is unknown)."""
+    if tokens is None:
+        return None
+    for skip in (0, 1):
+        side = math.isqrt(max(int(tokens) - skip, 0))
+        if side and side * side == int(tokens) - skip:
+            return skip, side
+    return None
+
+
+def token_grid(tokens, grid, method):
+    """``(skip, h, w)`` of a token layer's T tokens: the given ``grid`` (h, w) of the last h*w
+    tokens, or a square grid (:func:`square_grid`); ModelError in one line otherwise."""
+    if grid is None:
+        found = square_grid(tokens)
+        if found is None:
+            raise ModelError(f"{method}: the layer's {tokens} tokens form no square grid (nor do {tokens} - 1 after "
+                             "a class token); pass grid=(h, w), the patch grid of its last h*w tokens")
+        return found[0], found[1], found[1]
+    try:
+        h, w = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        raise ModelError(f"{method}: grid must be (h, w), two positive integers, got {grid!r}") from None
+    if h < 1 or w < 1 or h * w > int(tokens):
+        raise ModelError(f"{method}: grid={grid!r} needs h*w <= the layer's {tokens} tokens, h, w >= 1")
+    return int(tokens) - h * w, h, w
+
+
+def default_layer(model, method):
+    """Grad-CAM's layer when none is named: the last Conv2D-like layer (``find_last_conv``), or a
+    later layer of tokens on a square grid where there is one (a vision transformer whose patch
+    embedding is the model's only convolution); ModelError in one line when there is neither."""
+    try:
+        conv = find_last_conv(model, method)
+    except ModelError:
+        conv = None
+    tokens = [layer for layer in model.layers
+              if len(_output_shape(layer) or ()) == 3 and square_grid(_output_shape(layer)[1]) is not None]
+    order = {id(layer): i for i, layer in enumerate(model.layers)}
+    if tokens and (conv is None or order[id(tokens[-1])] > order.get(id(conv), -1)):
+        return tokens[-1]
+    if conv is None:
+        raise ModelError(f"{method} needs a Conv2D layer or a layer of tokens on a square grid (N,T,K), and the "
+                         "model has neither (use grad, ig, occlusion or another model-agnostic method)")
+    return conv
+
+
 def resolve_layer(model, forward, name, method, rank=4):
     """The layer of ``forward`` (the logits copy of ``model``, or ``model`` itself) that the user's
-    layer ``name`` of ``model`` is, checked to have a ``rank``-D output.
+    layer ``name`` of ``model`` is, checked to have a ``rank``-D output (``rank`` may be a tuple
+    of allowed ranks; 3 admits token layers).
 
     Names are the user's: the copy shares every layer with ``model`` except a last layer whose
     softmax was replaced by a linear twin (``<name>_logits``, :func:`keras_bridge.logits_model`),
-    which is found under its twin here. An unknown name, or a layer whose output is not 4-D,
-    raises ModelError listing the user's layers with a 4-D output.
+    which is found under its twin here. An unknown name, or a layer whose output has another rank,
+    raises ModelError listing the user's layers that would do.
     """
-    choices = spatial_layers(model)
-    hint = (f"layers with a 4-D output: {', '.join(choices)}" if choices
-            else "the model has no layer with a 4-D output (use grad, ig, occlusion or another "
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    tokens = 3 in ranks
+    choices = spatial_layers(model, tokens=tokens)
+    what = "a 4-D output or square-grid tokens" if tokens else "a 4-D output"
+    hint = (f"layers with {what}: {', '.join(choices)}" if choices
+            else f"the model has no layer with {what} (use grad, ig, occlusion or another "
                  "model-agnostic method)")
     try:
         mine = model.get_layer(name)
     except ValueError:
         raise ModelError(f"{method}: the model has no layer {name!r}; {hint}") from None
     shape = _output_shape(mine)
-    if shape is None or len(shape) != rank:
+    if shape is None or len(shape) not in ranks:
         got = "no single output" if shape is None else f"a {len(shape)}-D output {shape}"
+        need = "a 4-D (N,h,w,K) or token (N,T,K)" if tokens else "a 4-D (N,h,w,K)"
         raise ModelError(f"{method}: layer {name!r} has {got}; {method} needs a convolutional "
-                         f"layer with a 4-D (N,h,w,K) output; {hint}")
+                         f"layer with {need} output; {hint}")
     if forward is model:
         return mine
     for candidate in (name, f"{name}_logits"):
@@ -78,28 +146,35 @@ class GradCam(GradientFamily):
     d f_c / d A_ij^k``, upsampled bilinearly to the input size.
 
     Args:
-        model: tf-keras or Keras 3 image classifier with a convolutional layer.
-        layer: name of the layer whose (N,h,w,K) output is ``A``, as the user's model names it;
-            None = the last Conv2D-like layer (None). See the module docstring.
+        model: tf-keras or Keras 3 image classifier with a convolutional layer, or a vision
+            transformer.
+        layer: name of the layer whose (N,h,w,K) output, or (N,T,K) tokens, is ``A``, as the
+            user's model names it; None = the last Conv2D-like layer, or a later layer of
+            tokens on a square grid (None). See the module docstring.
+        grid: (h, w) of a token layer's patch grid; None = square (None). See the module docstring.
         **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
     key = "gradcam"     # the settings preset section (command lines and studies)
     title_name = "Grad-CAM"
 
-    def __init__(self, model, *, layer=None, **common):
-        super().__init__(model, params=dict(layer=layer), **common)
+    def __init__(self, model, *, layer=None, grid=None, **common):
+        super().__init__(model, params=dict(layer=layer, grid=grid), **common)
 
     def setup(self):
         name = self.params["layer"]
         if name is None:
-            layer = find_last_conv(self.forward, self.title_name)
+            layer = default_layer(self.forward, self.title_name)
         else:
-            layer = resolve_layer(self.model, self.forward, name, self.title_name)
+            layer = resolve_layer(self.model, self.forward, name, self.title_name, rank=(3, 4))
         out = output_in(self.forward, layer)
-        if len(out.shape) != 4:
-            raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output; {layer.name!r} "
-                             f"gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
+        if len(out.shape) not in (3, 4):
+            raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output or (N,T,K) tokens; "
+                             f"{layer.name!r} gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
+        grid = token_grid(out.shape[1], self.params["grid"], self.title_name) if len(out.shape) == 3 else None
+        if grid is None and self.params["grid"] is not None:
+            raise ModelError(f"{self.title_name}: grid= is for a layer of tokens (N,T,K); {layer.name!r} gives "
+                             f"{tuple(out.shape)}")
         self.layer = layer
         model = self.forward
         if self.runner is not self.forward:     # the same function without Keras's XLA detour
@@ -116,6 +191,9 @@ class GradCam(GradientFamily):
                     acts, outputs = sub(x, training=False)
                     total = tf.reduce_sum(select(outputs, t))
                 grads = tf.cast(tape.gradient(total, acts), acts.dtype)
+                if grid is not None:            # tokens on their patch grid, leading ones left out
+                    skip, h, w = grid
+                    acts, grads = (tf.reshape(v[:, skip:, :], (-1, h, w, v.shape[-1])) for v in (acts, grads))
                 w = weigh(acts, grads)                                   # (n, 1, 1, K)
                 cam = tf.nn.relu(tf.reduce_sum(w * acts, axis=-1, keepdims=True))
                 cam = tf.image.resize(tf.cast(cam, tf.float32), tf.shape(x)[1:3], method="bilinear")
@@ -123,7 +201,7 @@ class GradCam(GradientFamily):
 
             return fn
 
-        self._fn = self._compiled(model, f"{self.key}:{layer.name}", build)
+        self._fn = self._compiled(model, f"{self.key}:{layer.name}:{grid}", build)
 
     @staticmethod
     def channel_weights(acts, grads):
@@ -142,9 +220,12 @@ class GradCamPlusPlus(GradCam):
     (Chattopadhyay et al. 2018).
 
     Args:
-        model: tf-keras or Keras 3 image classifier with a convolutional layer.
-        layer: name of the layer whose (N,h,w,K) output is ``A``; None = the last Conv2D-like
-            layer (None). See :class:`GradCam`.
+        model: tf-keras or Keras 3 image classifier with a convolutional layer, or a vision
+            transformer.
+        layer: name of the layer whose (N,h,w,K) output, or (N,T,K) tokens, is ``A``; None = the
+            last Conv2D-like layer, or a later token layer on a square grid (None). See
+            :class:`GradCam`.
+        grid: (h, w) of a token layer's patch grid; None = square (None). See :class:`GradCam`.
         **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
