@@ -10,6 +10,7 @@ import pytest
 import xaitf
 import tensorflow as tf
 
+from conftest import run_heatmap
 from xaitf.errors import MethodError, ModelError
 from xaitf.graph.engine import propagate, propagator
 from xaitf.keras_bridge import keras3, tfk
@@ -87,28 +88,37 @@ def test_declared_matmul_gives_the_dense_layers_maps(which, composite):
     np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
 
 
+@keras3().saving.register_keras_serializable(package="xaitf_tests")
+class Patches(keras3().layers.Layer):
+    """keras.io's ViT patches: 4x4 patches of the image as 48-value tokens."""
+
+    def call(self, images):
+        ops = keras3().ops
+        p = ops.image.extract_patches(images, size=4)
+        return ops.reshape(p, (ops.shape(images)[0], -1, 48))
+
+
+@keras3().saving.register_keras_serializable(package="xaitf_tests")
+class PatchEncoder(keras3().layers.Layer):
+    """keras.io's ViT patch encoder: a Dense projection plus an Embedding of the 16 positions."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.projection = keras3().layers.Dense(16)
+        self.position_embedding = keras3().layers.Embedding(input_dim=16, output_dim=16)
+
+    def call(self, patch):
+        ops = keras3().ops
+        positions = ops.expand_dims(ops.arange(start=0, stop=16, step=1), axis=0)
+        return self.projection(patch) + self.position_embedding(positions)
+
+
 def _vit(seed=0):
     """A keras.io-style ViT ("Image classification with Vision Transformer"): a Patches layer
     (keras.ops.image.extract_patches), a PatchEncoder (Dense projection + Embedding of the
     positions), two transformer blocks, a Flatten and Dense head; 16x16x3 images, 4x4 patches."""
     k = keras3()
-    L, ops = k.layers, k.ops
-
-    class Patches(L.Layer):
-        def call(self, images):
-            p = ops.image.extract_patches(images, size=4)
-            return ops.reshape(p, (ops.shape(images)[0], -1, 48))
-
-    class PatchEncoder(L.Layer):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self.projection = L.Dense(16)
-            self.position_embedding = L.Embedding(input_dim=16, output_dim=16)
-
-        def call(self, patch):
-            positions = ops.expand_dims(ops.arange(start=0, stop=16, step=1), axis=0)
-            return self.projection(patch) + self.position_embedding(positions)
-
+    L = k.layers
     k.utils.set_random_seed(seed)
     inp = k.Input((16, 16, 3))
     x = PatchEncoder()(Patches()(inp))
@@ -196,3 +206,24 @@ def test_declared_keras3_operation_and_refusals():
         xaitf.create_explainer("lrp.z", pair, affine_layers=["Pair"])
     with pytest.raises(MethodError, match="affine_layers must be layer names"):
         xaitf.create_explainer("lrp.z", square, affine_layers=[3])
+
+
+def test_command_line_declares_affine_layers(tmp_path, capsys, restore_settings):
+    """heatmap_script on a saved ViT with custom layers: without a declaration lrp.epsilon fails in
+    one line that gives the --set to use; with ``--set lrp_graph.affine_layers=Patches,PatchEncoder``
+    every LRP composite runs (the section is read by all of them) and the figure is written."""
+    from PIL import Image
+
+    path = tmp_path / "vit.keras"
+    _vit().save(path)
+    png = tmp_path / "img.png"
+    Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype(np.uint8)).save(png)
+    common = ["-ip", png, "-mp", path, "-op", tmp_path / "out"]
+    code, _, err = run_heatmap(capsys, *common, "-hm", "lrp.epsilon")
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert code != 0 and "--set lrp_graph.affine_layers=Patches)" in errors[0], err
+    code, out, err = run_heatmap(capsys, *common, "-hm", "lrp.epsilon", "lrp.z",
+                                 "--set", "lrp_graph.affine_layers=Patches,PatchEncoder")
+    assert code == 0, err
+    assert "lrp.z: " in out and "lrp.epsilon: " in out
+    assert len(list((tmp_path / "out").rglob("heatmap_*.png"))) == 1

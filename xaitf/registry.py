@@ -244,6 +244,9 @@ def preset_kwargs(name):
     if section:
         kwargs.update({k: v for k, v in S.section(section).items()
                        if k in accepted and k not in S.STUDY_SWITCHES.get(section, ())})
+    # sections every method of a class reads, whatever its own (native LRP's lrp_graph)
+    for shared in getattr(get_method(key), "shared_sections", ()):
+        kwargs.update({k: v for k, v in S.section(shared).items() if k in accepted})
     return kwargs
 
 

@@ -61,6 +61,9 @@ GRADCAMPP = {"layer": None, "grid": None}   # Grad-CAM++ (Chattopadhyay et al. 2
 
 # Propagation (iNNvestigate backend) -----------------------------------------------------------
 LRP = {"epsilon": 1.0}                      # lrp.epsilon; alpha/beta fixed by the variant name
+# how native LRP reads the model, for every lrp.* / deep_taylor* method: custom layers declared affine
+# maps of their input (names or class names; --set lrp_graph.affine_layers=Patches,PatchEncoder)
+LRP_GRAPH = {"affine_layers": ()}
 DEEP_TAYLOR = {"low": 0.0, "high": 1.0}     # bounds for deep_taylor.bounded
 
 # Perturbation ---------------------------------------------------------------------------------
@@ -242,7 +245,7 @@ SECTIONS = {
     "global": GLOBAL, "grad": GRAD, "inpgrad": INPGRAD, "ig": IG, "sg": SG, "gb": GB,
     "deconvnet": DECONVNET, "deeplift": DEEPLIFT, "deepliftshap": DEEPLIFTSHAP,
     "gradcam": GRADCAM, "gradcampp": GRADCAMPP,
-    "lrp": LRP, "deep_taylor": DEEP_TAYLOR, "occlusion": OCCLUSION, "pda": PDA,
+    "lrp": LRP, "lrp_graph": LRP_GRAPH, "deep_taylor": DEEP_TAYLOR, "occlusion": OCCLUSION, "pda": PDA,
     "shapley": SHAPLEY, "feature_ablation": FEATURE_ABLATION, "feature_permutation": FEATURE_PERMUTATION,
     "mp": MP, "rise": RISE, "lime": LIME, "shap": SHAP,
     "shap_gradient": SHAP_GRADIENT, "shap_deep": SHAP_DEEP, "shap_partition": SHAP_PARTITION,

@@ -422,7 +422,8 @@ STILL_WORK = "grad, ig, sg, inpgrad, occlusion, rise, lime, kernelshap"   # need
 
 def _declare_hint(layer):
     return (f"; if it computes A x + b of its one input (a position embedding, a class token, patch "
-            f"extraction), declare it affine: affine_layers=[{layer_type(layer)!r}]")
+            f"extraction), declare it affine: affine_layers=[{layer_type(layer)!r}] (command lines: --set "
+            f"lrp_graph.affine_layers={layer_type(layer)})")
 
 
 def _unsupported(layer, why=""):

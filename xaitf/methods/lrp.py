@@ -53,6 +53,7 @@ class LRP(Explainer):
     """
 
     outputs = ("logits",)
+    shared_sections = ("lrp_graph",)    # affine_layers, read by every composite (registry.preset_kwargs)
 
     def __init__(self, model, *, composite="epsilon", epsilon=None, gamma=None, alpha=None, beta=None,
                  low=None, high=None, batchnorm=True, affine_layers=(), **common):
@@ -104,8 +105,10 @@ class LRP(Explainer):
 
 
 def _layer_names(names):
-    """``affine_layers`` as a tuple of strings (one name may be given as a string)."""
-    names = (names,) if isinstance(names, str) else names
+    """``affine_layers`` as a tuple of strings (a string may hold several, comma-separated, as
+    ``--set lrp_graph.affine_layers=Patches,PatchEncoder`` gives them)."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
     try:
         out = tuple(names or ())
     except TypeError:
