@@ -1,5 +1,7 @@
 """The native gradient family: analytic oracles, completeness, hand-computed references,
 tf-keras vs Keras 3 agreement, batching, seeds and error messages."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -635,6 +637,43 @@ def test_gradcam_token_grids_and_refusals():
     _, cnn = _patch_models()
     with pytest.raises(ModelError, match="grid= is for a layer of tokens"):
         xaitf.create_explainer("gradcam", cnn, grid=(4, 4))
+
+
+def test_gradcam_default_on_a_class_token_vit_is_the_last_attentions_query():
+    """A ViT whose head reads only the class token: after the last attention no other token
+    reaches the output, so Grad-CAM there is all 0 (and says so, naming the layer); the default
+    layer is the tokens entering the last MultiHeadAttention, which the gradient reaches."""
+    import xaitf
+
+    k = keras3()
+    L = k.layers
+
+    class ClassToken(L.Layer):
+        def build(self, shape):
+            self.token = self.add_weight(name="token", shape=(1, 1, shape[-1]), initializer="random_normal")
+
+        def call(self, x):
+            return k.ops.concatenate([k.ops.repeat(self.token, k.ops.shape(x)[0], axis=0), x], axis=1)
+
+    k.utils.set_random_seed(7)
+    inp = k.Input((16, 16, 3))
+    h = ClassToken()(L.Reshape((16, 8))(L.Conv2D(8, 4, strides=4)(inp)))
+    for block in range(2):
+        q = L.LayerNormalization(name=f"norm{block}")(h)
+        h = L.Add()([h, L.MultiHeadAttention(2, 4, name=f"attention{block}")(q, q)])
+    h = L.LayerNormalization(name="final_norm")(h)
+    model = k.Model(inp, L.Dense(3)(h[:, 0]))
+    x = np.random.default_rng(4).random((2, 16, 16, 3), dtype=np.float32)
+    x, t = np.concatenate([x] * 3), np.repeat([0, 1, 2], 2)
+    cam = xaitf.create_explainer("gradcam", model, progress=False)
+    assert cam.layer.name == "norm1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # the gradient reaches norm1's grid tokens
+        assert np.isfinite(cam(x, t)).all()           # (relu(sum_k alpha_k A_k) may be 0 on random weights)
+    with pytest.warns(UserWarning, match=r"reaches none of the grid tokens of layer 'final_norm' for 6 of 6 "
+                                         r"images.*layer="):
+        late = xaitf.create_explainer("gradcam", model, layer="final_norm", progress=False)(x, t)
+    assert not late.any()
 
 
 @pytest.mark.parametrize("kind", ["tf_keras", "keras3"])

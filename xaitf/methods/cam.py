@@ -10,9 +10,13 @@ Parameters (preset sections ``GRADCAM`` / ``GRADCAMPP`` of :mod:`xaitf.settings`
         softmax was replaced in the logits copy is found under its twin, see
         :func:`resolve_layer`); it must have a 4-D (N,h,w,K) output, or a 3-D (N,T,K) output of
         tokens on a grid (a vision transformer, below). ``None`` = the last Conv2D-like layer
-        (``keras_bridge.find_last_conv``), or the last layer whose tokens form a square grid
-        where one comes after it (a ViT's patch embedding is its only convolution). A model without either, an unknown name or a layer with another
-        output rank raises ModelError with one line naming the user's layers that would do.
+        (``keras_bridge.find_last_conv``), or, where layers of tokens on a square grid come after
+        it (a ViT's patch embedding is its only convolution), the tokens entering the last
+        MultiHeadAttention (its query), else the last token layer. A token layer whose grid the
+        gradient does not reach (a class-token head reads no other token after it) gets a warning.
+        A model without
+        either, an unknown name or a layer with another output rank raises ModelError with one
+        line naming the user's layers that would do.
     grid: for a token layer, the (h, w) grid of its last ``h * w`` tokens (row-major; leading
         tokens beyond them, a class token, are left out). ``None`` = a square grid of all T
         tokens, or of T - 1 after one class token.
@@ -23,6 +27,9 @@ pytorch-grad-cam's ``reshape_transform`` does for transformers (Gildenblat et al
 baseline for ViTs.
 """
 import math
+import warnings
+
+import numpy as np
 
 import xaitf  # noqa: F401
 import tensorflow as tf
@@ -84,10 +91,31 @@ def token_grid(tokens, grid, method):
     return int(tokens) - h * w, h, w
 
 
+def _last_attention_query(model):
+    """The layer whose output is the query of the last MultiHeadAttention call of ``model`` (the
+    tokens entering the last attention: the last block's first normalisation in a pre-norm ViT,
+    the layer pytorch-grad-cam recommends, where a class-token head still reaches every token
+    through the attention), or None."""
+    from ..compat import inbound_node, keras_history, node_inputs
+    from ..keras_bridge import attention_call, layer_type
+
+    for layer in reversed(model.layers):
+        if layer_type(layer) != "MultiHeadAttention":
+            continue
+        call = attention_call(layer)
+        try:
+            hist = None if call is None else keras_history(node_inputs(inbound_node(layer, 0))[call[0][0]])
+        except (AttributeError, IndexError):
+            hist = None
+        return None if hist is None or not any(hist[0] is l for l in model.layers) else hist[0]
+    return None
+
+
 def default_layer(model, method):
-    """Grad-CAM's layer when none is named: the last Conv2D-like layer (``find_last_conv``), or a
-    later layer of tokens on a square grid where there is one (a vision transformer whose patch
-    embedding is the model's only convolution); ModelError in one line when there is neither."""
+    """Grad-CAM's layer when none is named: the last Conv2D-like layer (``find_last_conv``), or,
+    where layers of tokens on a square grid come after it (a vision transformer whose patch
+    embedding is its only convolution), the query of the last MultiHeadAttention if it is one of
+    them, else the last of them; ModelError in one line when there is neither."""
     try:
         conv = find_last_conv(model, method)
     except ModelError:
@@ -96,6 +124,9 @@ def default_layer(model, method):
               if len(_output_shape(layer) or ()) == 3 and square_grid(_output_shape(layer)[1]) is not None]
     order = {id(layer): i for i, layer in enumerate(model.layers)}
     if tokens and (conv is None or order[id(tokens[-1])] > order.get(id(conv), -1)):
+        query = _last_attention_query(model)
+        if query is not None and any(query is t for t in tokens) and order[id(query)] > order.get(id(conv), -1):
+            return query
         return tokens[-1]
     if conv is None:
         raise ModelError(f"{method} needs a Conv2D layer or a layer of tokens on a square grid (N,T,K), and the "
@@ -175,7 +206,7 @@ class GradCam(GradientFamily):
         if grid is None and self.params["grid"] is not None:
             raise ModelError(f"{self.title_name}: grid= is for a layer of tokens (N,T,K); {layer.name!r} gives "
                              f"{tuple(out.shape)}")
-        self.layer = layer
+        self.layer, self._grid = layer, grid
         model = self.forward
         if self.runner is not self.forward:     # the same function without Keras's XLA detour
             same = counterpart(self.runner, layer)
@@ -197,7 +228,7 @@ class GradCam(GradientFamily):
                 w = weigh(acts, grads)                                   # (n, 1, 1, K)
                 cam = tf.nn.relu(tf.reduce_sum(w * acts, axis=-1, keepdims=True))
                 cam = tf.image.resize(tf.cast(cam, tf.float32), tf.shape(x)[1:3], method="bilinear")
-                return cam[..., 0]
+                return cam[..., 0], tf.reduce_any(tf.not_equal(grads, 0), axis=[1, 2, 3])   # reached A
 
             return fn
 
@@ -208,7 +239,14 @@ class GradCam(GradientFamily):
         return tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
 
     def explain_batch(self, x, targets):
-        return self._fn(tf.constant(x), as_int32(targets))
+        maps, reached = self._fn(tf.constant(x), as_int32(targets))
+        missed = int(np.sum(~reached.numpy()))
+        if self._grid is not None and missed:
+            warnings.warn(f"{self.title_name}: the gradient reaches none of the grid tokens of layer "
+                          f"{self.layer.name!r} for {missed} of {len(x)} images, whose maps are all 0: after it the "
+                          "output reads only other tokens (a class token); name a layer before the last attention "
+                          "with layer=", stacklevel=2)
+        return maps.numpy()
 
 
 class GradCamPlusPlus(GradCam):
