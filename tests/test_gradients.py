@@ -578,6 +578,20 @@ def _patch_models(seed=5):
     return vit, cnn
 
 
+def _class_token_layer():
+    """A Keras 3 layer that prepends a learned class token to (N, T, K) tokens."""
+    k = keras3()
+
+    class ClassToken(k.layers.Layer):
+        def build(self, shape):
+            self.token = self.add_weight(name="token", shape=(1, 1, shape[-1]), initializer="random_normal")
+
+        def call(self, x):
+            return k.ops.concatenate([k.ops.repeat(self.token, k.ops.shape(x)[0], axis=0), x], axis=1)
+
+    return ClassToken
+
+
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
 def test_gradcam_on_tokens_equals_the_convolutional_twin(method):
     """Tokens on their patch grid: Grad-CAM at a token-wise Dense (16 tokens as 4x4, row-major)
@@ -608,13 +622,7 @@ def test_gradcam_token_grids_and_refusals():
 
     k = keras3()
     L = k.layers
-
-    class ClassToken(L.Layer):
-        def build(self, shape):
-            self.token = self.add_weight(name="token", shape=(1, 1, shape[-1]), initializer="random_normal")
-
-        def call(self, x):
-            return k.ops.concatenate([k.ops.repeat(self.token, k.ops.shape(x)[0], axis=0), x], axis=1)
+    ClassToken = _class_token_layer()
 
     inp = k.Input((16, 16, 3))
     h = L.Reshape((16, 48))(k.ops.image.extract_patches(inp, 4))
@@ -647,13 +655,7 @@ def test_gradcam_default_on_a_class_token_vit_is_the_last_attentions_query():
 
     k = keras3()
     L = k.layers
-
-    class ClassToken(L.Layer):
-        def build(self, shape):
-            self.token = self.add_weight(name="token", shape=(1, 1, shape[-1]), initializer="random_normal")
-
-        def call(self, x):
-            return k.ops.concatenate([k.ops.repeat(self.token, k.ops.shape(x)[0], axis=0), x], axis=1)
+    ClassToken = _class_token_layer()
 
     k.utils.set_random_seed(7)
     inp = k.Input((16, 16, 3))
