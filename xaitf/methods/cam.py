@@ -14,9 +14,8 @@ Parameters (preset sections ``GRADCAM`` / ``GRADCAMPP`` of :mod:`xaitf.settings`
         it (a ViT's patch embedding is its only convolution), the tokens entering the last
         MultiHeadAttention (its query), else the last token layer. A token layer whose grid the
         gradient does not reach (a class-token head reads no other token after it) gets a warning.
-        A model without
-        either, an unknown name or a layer with another output rank raises ModelError with one
-        line naming the user's layers that would do.
+        A model without either, an unknown name or a layer with another output rank raises
+        ModelError with one line naming the user's layers that would do.
     grid: for a token layer, the (h, w) grid of its last ``h * w`` tokens (row-major; leading
         tokens beyond them, a class token, are left out). ``None`` = a square grid of all T
         tokens, or of T - 1 after one class token.
@@ -120,8 +119,8 @@ def default_layer(model, method):
         conv = find_last_conv(model, method)
     except ModelError:
         conv = None
-    tokens = [layer for layer in model.layers
-              if len(_output_shape(layer) or ()) == 3 and square_grid(_output_shape(layer)[1]) is not None]
+    tokens = [model.get_layer(name) for name in spatial_layers(model, tokens=True)
+              if len(_output_shape(model.get_layer(name))) == 3]
     order = {id(layer): i for i, layer in enumerate(model.layers)}
     if tokens and (conv is None or order[id(tokens[-1])] > order.get(id(conv), -1)):
         query = _last_attention_query(model)
