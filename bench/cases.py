@@ -22,6 +22,9 @@ The cases (``--cases``; the default run takes ``DEFAULT``):
   blocks of LayerNormalization, MultiHeadAttention with 3 heads of 64 and a 768-unit GELU MLP,
   no position embedding or class token, global average pooling; seeded random weights), 8
   CIFAR-10 test images resized to 224x224x3: native LRP on attention against the gradient;
+* ``vit_custom_k3`` (not in the default run): the same ViT with the patch embedding of keras.io's
+  ViT example, two custom layers (``vit_tiny(custom=True)``) that every native LRP row declares
+  affine (``affine_layers``): LRP through custom layers against the gradient;
 * ``center_pixel``: study 1's hand-built 227x227 center-pixel model, 1 image (a CIFAR-10 test
   image in gray, resized to 227x227).
 
@@ -99,6 +102,10 @@ CASES = {
         "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": {}},
         "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": _QUICK_ALL},
     },
+    "vit_custom_k3": {
+        "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": "custom"},
+        "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": "custom"},
+    },
     "center_pixel": {
         "full": {"n_max": 1, "budget": 1, "overrides": {
             "pda": {"values": 16}, "shapley": {"samples": 2}, "rise": {"masks": 1000}}},
@@ -124,21 +131,46 @@ def _cifar_224(n, rng):
     return rng.random((n, 224, 224, 3), dtype=np.float32), f"seeded uniform noise ({why})"
 
 
-def vit_tiny(keras, blocks=6, dim=192, heads=3, mlp=768, patch=16, size=224, classes=1000):
-    """A vision transformer of DeiT-Tiny's size from Keras layers only: patches embedded by a
-    strided Conv2D, ``blocks`` pre-norm blocks (LayerNormalization, MultiHeadAttention, residual;
-    LayerNormalization, Dense GELU MLP, residual), a final LayerNormalization, the tokens' mean and a
-    Dense head. No position embedding or class token (those need custom layers)."""
-    L = keras.layers
+# the custom layers of vit_tiny(custom=True), which native LRP reads when they are declared affine
+VIT_CUSTOM_LAYERS = ("Patches", "PatchEncoder")
+
+
+def vit_tiny(keras, blocks=6, dim=192, heads=3, mlp=768, patch=16, size=224, classes=1000, custom=False):
+    """A vision transformer of DeiT-Tiny's size: patches embedded by a strided Conv2D, ``blocks``
+    pre-norm blocks (LayerNormalization, MultiHeadAttention, residual; LayerNormalization, Dense GELU
+    MLP, residual), a final LayerNormalization, the tokens' mean and a Dense head; from Keras layers
+    only, without position embedding or class token. ``custom=True``: the patch embedding of
+    keras.io's ViT example instead, two custom layers (:data:`VIT_CUSTOM_LAYERS`): ``Patches``
+    (``keras.ops.image.extract_patches``) and ``PatchEncoder`` (a Dense projection plus a learned
+    position embedding)."""
+    L, ops = keras.layers, keras.ops
+    tokens = (size // patch) ** 2
+
+    class Patches(L.Layer):
+        def call(self, images):
+            p = ops.image.extract_patches(images, size=patch)
+            return ops.reshape(p, (ops.shape(images)[0], tokens, patch * patch * 3))
+
+    class PatchEncoder(L.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.projection, self.position_embedding = L.Dense(dim), L.Embedding(tokens, dim)
+
+        def call(self, x):
+            return self.projection(x) + self.position_embedding(ops.expand_dims(ops.arange(0, tokens), 0))
+
     inp = keras.Input((size, size, 3))
-    x = L.Reshape(((size // patch) ** 2, dim))(L.Conv2D(dim, patch, strides=patch)(inp))
+    if custom:
+        x = PatchEncoder()(Patches()(inp))
+    else:
+        x = L.Reshape((tokens, dim))(L.Conv2D(dim, patch, strides=patch)(inp))
     for _ in range(blocks):
         h = L.LayerNormalization(epsilon=1e-6)(x)
         x = L.Add()([x, L.MultiHeadAttention(heads, dim // heads)(h, h)])
         h = L.LayerNormalization(epsilon=1e-6)(x)
         x = L.Add()([x, L.Dense(dim)(L.Dense(mlp, activation="gelu")(h))])
     x = L.GlobalAveragePooling1D()(L.LayerNormalization(epsilon=1e-6)(x))
-    return keras.Model(inp, L.Dense(classes)(x), name="vit_tiny")
+    return keras.Model(inp, L.Dense(classes)(x), name="vit_custom" if custom else "vit_tiny")
 
 
 @dataclass
@@ -277,6 +309,15 @@ def build_case(name, quick=False, seed=0):
         model = vit_tiny(k3)
         x, inputs = _cifar_224(n, rng)
         weights = f"Keras {k3.__version__} layers, DeiT-Tiny-sized ViT, seeded random (not trained)"
+    elif name == "vit_custom_k3":
+        from xaitf.keras_bridge import keras3
+
+        k3 = keras3()
+        k3.utils.set_random_seed(seed)
+        model = vit_tiny(k3, custom=True)
+        x, inputs = _cifar_224(n, rng)
+        weights = (f"Keras {k3.__version__}, DeiT-Tiny-sized ViT with keras.io's custom patch layers, seeded "
+                   "random (not trained)")
     elif name == "center_pixel":
         model = zoo.build_center_pixel()
         ds, why = _dataset("cifar10")
@@ -291,8 +332,15 @@ def build_case(name, quick=False, seed=0):
     else:
         raise KeyError(f"unknown case {name!r}; valid: {', '.join(CASES)}")
     targets = predict(model, x).argmax(1).astype(np.int64)
+    overrides = spec["overrides"]
+    if overrides == "custom":           # every native LRP method declares the custom layers affine
+        from xaitf import registry
+
+        overrides = {**(_QUICK_ALL if quick else {}),
+                     **{m: {"affine_layers": VIT_CUSTOM_LAYERS} for m in registry.list_methods()
+                        if m.startswith(("lrp.", "deep_taylor"))}}
     return Case(name, model, x.astype(np.float32), targets, inputs, weights, spec["n_max"],
-                spec["budget"], spec["overrides"], batch_size=spec.get("batch_size", 256), extra=extra,
+                spec["budget"], overrides, batch_size=spec.get("batch_size", 256), extra=extra,
                 fixed_n=dict(spec.get("n", {})))
 
 
