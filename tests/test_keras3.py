@@ -107,15 +107,36 @@ def _custom_model():
     return k.Model(inp, k.layers.Dense(3, name="out")(h))
 
 
-def test_custom_layer_native_ok_lrp_clear_error():
+class Sorted(keras3().layers.Layer):
+    """A custom layer whose call native LRP cannot read (a sort)."""
+
+    def call(self, x):
+        return keras3().ops.sort(x, axis=-1)
+
+
+def test_custom_layer_native_ok_lrp_reads_its_call_or_refuses_it():
+    """Native methods run on custom layers. Native LRP reads a custom layer through its call when
+    that is Keras layers and operations it reads (Scale: ``2.0 * x``): lrp.z gives the maps of the
+    same model with Rescaling(2.0) in its place. A call it cannot read (a sort) is refused in one
+    line naming the layer and the methods that still work."""
+    k = keras3()
     model = _custom_model()
     x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
     g = xaitf.create_explainer("grad", model)(x, [0, 1])
     assert g.shape == (2, 8, 8) and np.isfinite(g).all() and np.abs(g).sum() > 0
+    inp = k.Input((8, 8, 1))
+    h = k.layers.Rescaling(2.0)(model.get_layer("conv")(inp))
+    plain = k.Model(inp, model.get_layer("out")(k.layers.Flatten()(h)))
+    np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), rtol=1e-6)
+    ref = xaitf.create_explainer("lrp.z", plain)(x, [0, 1])
+    got = xaitf.create_explainer("lrp.z", model)(x, [0, 1])
+    np.testing.assert_allclose(got, ref, atol=1e-6 * np.abs(ref).max())
+    h = Sorted(name="my_sort")(k.layers.Conv2D(3, 3, activation="relu")(inp))
+    sorting = k.Model(inp, k.layers.Dense(3)(k.layers.Flatten()(h)))
     with pytest.raises(ModelError) as err:
-        xaitf.create_explainer("lrp.z", model)(x, [0, 1])
+        xaitf.create_explainer("lrp.z", sorting)(x, [0, 1])
     msg = str(err.value)
-    assert "my_scale" in msg and "\n" not in msg and "grad" in msg
+    assert "'my_sort' (Sorted)" in msg and "\n" not in msg and "grad" in msg
 
 
 def test_user_loaded_keras3_file_works(twins, tmp_path):

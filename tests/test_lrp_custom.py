@@ -1,5 +1,6 @@
-"""Native LRP through custom layers the user declares affine (``affine_layers=``): a layer computing
-``A x + b`` of its one input is called as it is and its ``A^T s`` comes from its own gradient.
+"""Native LRP through custom layers: one whose call is Keras layers and operations is read through
+its call (traced); one the user declares affine (``affine_layers=``), computing ``A x + b`` of its
+one input, is called as it is and its ``A^T s`` comes from its own gradient.
 Checked against the same model written with a Dense layer (identical maps), by conservation on a
 keras.io-style ViT (patch extraction, patch encoder with a position embedding) without biases, by
 the z rule's formula at a position embedding, and by one-line refusals (undeclared, not affine,
@@ -113,6 +114,53 @@ class PatchEncoder(keras3().layers.Layer):
         return self.projection(patch) + self.position_embedding(positions)
 
 
+class MixerBlock(keras3().layers.Layer):
+    """An MLP-Mixer block written as a custom layer: token mixing (LayerNormalization, transpose, a
+    nested Sequential MLP, transpose back, residual) then channel mixing (the same over channels)."""
+
+    def __init__(self, tokens, dim, **kw):
+        super().__init__(**kw)
+        L = keras3().layers
+        self.n1, self.n2 = L.LayerNormalization(epsilon=1e-6), L.LayerNormalization(epsilon=1e-6)
+        self.tok = keras3().Sequential([L.Dense(2 * tokens, activation="gelu"), L.Dense(tokens)])
+        self.ch = keras3().Sequential([L.Dense(2 * dim, activation="gelu"), L.Dense(dim)])
+
+    def call(self, x):
+        ops = keras3().ops
+        y = ops.transpose(self.tok(ops.transpose(self.n1(x), (0, 2, 1))), (0, 2, 1))
+        x = x + y
+        return x + self.ch(self.n2(x))
+
+
+def test_custom_block_is_read_through_its_call():
+    """A custom layer whose call is Keras layers and operations (an MLP-Mixer block) needs no
+    declaration: native LRP reads its call, traced on a symbolic input, as its own sublayers. The
+    graph recomputes the model, and the maps equal those of the same model written as one
+    functional graph with the block's sublayers (Permute for the transposes)."""
+    from xaitf.graph import read_model
+
+    k = keras3()
+    L = k.layers
+    k.utils.set_random_seed(3)
+    inp = k.Input((16, 16, 3))
+    patches = L.Reshape((16, 12))(L.Conv2D(12, 4, strides=4)(inp))
+    block, head = MixerBlock(16, 12, name="mixer"), L.Dense(3)
+    model = k.Model(inp, head(L.GlobalAveragePooling1D()(block(patches))))
+    x = np.random.default_rng(5).random((3, 16, 16, 3), dtype=np.float32)
+    t = np.array([0, 1, 2])
+    np.testing.assert_allclose(read_model(model).forward(x).numpy(), model(x).numpy(), atol=1e-5)
+    y = L.Permute((2, 1))(block.tok(L.Permute((2, 1))(block.n1(patches))))
+    h = L.Add()([patches, y])
+    h = L.Add()([h, block.ch(block.n2(h))])
+    flat = k.Model(inp, head(L.GlobalAveragePooling1D()(h)))
+    np.testing.assert_allclose(flat(x).numpy(), model(x).numpy(), atol=1e-5)
+    for composite in ("lrp.epsilon", "lrp.z"):
+        ref = xaitf.create_explainer(composite, flat, progress=False)(x, t)
+        got = xaitf.create_explainer(composite, model, progress=False)(x, t)
+        assert np.abs(ref).max() > 0
+        np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+
+
 def _vit(seed=0):
     """A keras.io-style ViT ("Image classification with Vision Transformer"): a Patches layer
     (keras.ops.image.extract_patches), a PatchEncoder (Dense projection + Embedding of the
@@ -121,7 +169,7 @@ def _vit(seed=0):
     L = k.layers
     k.utils.set_random_seed(seed)
     inp = k.Input((16, 16, 3))
-    x = PatchEncoder()(Patches()(inp))
+    x = PatchEncoder(name="patch_encoder")(Patches(name="patches")(inp))
     for _ in range(2):
         h = L.LayerNormalization(epsilon=1e-6)(x)
         h = L.MultiHeadAttention(num_heads=2, key_dim=8, dropout=0.1)(h, h)

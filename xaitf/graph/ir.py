@@ -27,6 +27,10 @@ node) and ``x * y`` (a ``Multiply`` gate); a spatial mean; elementwise activatio
 (``keras.ops.relu(x)``: a ReLU or Activation node); and keras.applications' channel indexing.
 Other operations are refused with one line naming them.
 
+A Keras 3 custom layer (the user's class, one input) is read through its ``call``: traced on a
+symbolic input into a functional model of its own sublayers and operations (an MLP-Mixer or
+transformer block written as a layer), inlined where the graph reads all of it
+(:func:`_traced_call`); otherwise it is refused by name, unless declared affine:
 Custom layers (and Keras 3 operations) that the user declares affine maps of their one input
 (``read_model(model, affine=("PatchEncoder", ...))``, by layer name or class name) become ``Affine``
 nodes: a position embedding ``x + p``, a class token prepended, patch extraction, ``x @ W + b``
@@ -782,10 +786,13 @@ def read_model(model, affine=()):
     affine = frozenset(affine or ())
     nodes = [Node(0, "InputLayer", "input")]
 
-    def visit(layer, args):
+    def visit(layer, args, bound=None):
         ids = []
         for a in args:
             if isinstance(a, tuple) and a and a[0] == "input":
+                if bound is not None:                   # the input of a traced custom layer's call
+                    ids.append(bound[a[1]])
+                    continue
                 if a[1] != 0:
                     raise ModelError(f"native LRP needs a model with one input, got input #{a[1]}")
                 ids.append(0)
@@ -793,6 +800,10 @@ def read_model(model, affine=()):
                 ids.append(a)
         if layer_type(layer) == "InputLayer":       # a nested model's own input layer
             return ids
+        traced = None if _declared(layer, affine) else _traced_call(layer)
+        if traced is not None:                      # its sublayers and operations, inlined
+            out = walk_layer_calls(traced, lambda inner, a: visit(inner, a, ids))[0]
+            return [ids[out[1]] if isinstance(out, tuple) else out] * 8
         prev, made = tuple(ids), []
         for kind, name, weights, config, fused, *wiring in _layer_nodes(layer, ids, affine):
             if wiring:
@@ -814,6 +825,39 @@ def read_model(model, affine=()):
     if affine:
         _check_declared(graph, model, affine)
     return graph
+
+
+def _traced_call(layer):
+    """A Keras 3 custom layer (the user's class, one input) whose ``call`` reads as Keras layers
+    and operations: its call traced on a symbolic input of the shape it was called with, as a
+    functional model whose layers are the custom layer's own sublayers (their weights are the
+    model's); None for any other layer, or when the trace fails or its graph cannot be read (the
+    layer is then refused as unsupported). Tracing adds a call node to each sublayer, as building
+    any functional model from them would."""
+    import inspect
+
+    from ..compat import inbound_node, node_inputs
+    from ..keras_bridge import keras3
+
+    if is_keras_layer(layer) or is_operation(layer) or layer_type(layer) in SUPPORTED_LAYERS + CONVNEXT_LAYERS:
+        return None
+    try:
+        k = keras3()
+        if not isinstance(layer, k.layers.Layer) or isinstance(layer, k.Model):
+            return None
+        tensors = node_inputs(inbound_node(layer, 0))
+        if len(tensors) != 1:
+            return None
+        x = k.Input(batch_shape=tuple(tensors[0].shape), dtype=tensors[0].dtype)
+        takes_training = "training" in inspect.signature(layer.call).parameters
+        y = layer.call(x, training=False) if takes_training else layer.call(x)
+        if not isinstance(y, k.KerasTensor):
+            return None
+        traced = k.Model(x, y, name=f"{layer.name}_call")
+        read_model(traced)                        # readable as a whole, or refused as the layer itself
+        return traced
+    except Exception:  # noqa: BLE001 - any failure: the layer is unsupported, refused by name
+        return None
 
 
 AFFINE_TOLERANCE = 1e-3    # of the output's scale: float32 rounding passes, a ReLU or a square does not
