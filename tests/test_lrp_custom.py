@@ -181,25 +181,51 @@ def _vit(seed=0):
     return k.Model(inp, L.Dense(4)(L.Dense(32, activation="gelu")(x)))
 
 
-def test_keras_io_vit_conserves_without_biases_and_refuses_undeclared():
-    """Undeclared, the Patches layer is refused in one line that says how to declare it; declared
-    (with the PatchEncoder), lrp.z with every bias, LayerNorm beta and the position embedding at 0
-    gives maps summing to the explained logit; with them, lrp.epsilon's maps are finite and differ."""
+def test_keras_io_vit_read_through_its_calls_or_declared_conserves_without_biases():
+    """keras.io's ViT needs no declaration: Patches' extract_patches reads as a convolution with an
+    identity kernel and PatchEncoder's position embedding (an Embedding of constant positions, a
+    constant of the tokens' shape) as a per-position shift; the graph recomputes the model. Read so,
+    or with both layers declared affine, lrp.z with every bias, LayerNorm beta and the position
+    embedding at 0 gives maps summing to the explained logit; with them, lrp.epsilon's maps are
+    finite."""
+    from xaitf.graph import read_model
+
     model = _vit()
     x = np.random.default_rng(0).random((3, 16, 16, 3), dtype=np.float32)
     t = np.array([0, 1, 3])
-    with pytest.raises(ModelError, match=r"layer 'patches' \(Patches\);.*affine_layers=\['Patches'\]") as e:
-        xaitf.create_explainer("lrp.epsilon", model)(x, t)
-    assert "\n" not in str(e.value)
+    graph = read_model(model)
+    kinds = [(n.name, n.kind) for n in graph.nodes]
+    assert [k for name, k in kinds if name.startswith("extract_patches")] == ["Conv2D"]
+    assert "Affine" not in {k for _, k in kinds}
+    np.testing.assert_allclose(graph.forward(x).numpy(), model(x).numpy(), atol=1e-5)
     declared = ("Patches", "PatchEncoder")
-    with_bias = xaitf.create_explainer("lrp.epsilon", model, affine_layers=declared)(x, t)
-    assert np.isfinite(with_bias).all() and np.abs(with_bias).max() > 0
+    for kw in ({}, {"affine_layers": declared}):
+        with_bias = xaitf.create_explainer("lrp.epsilon", model, **kw)(x, t)
+        assert np.isfinite(with_bias).all() and np.abs(with_bias).max() > 0
     for w in model.weights:
         if (getattr(w, "path", None) or w.name).rsplit("/", 1)[-1] in ("bias", "beta", "embeddings"):
             w.assign(np.zeros(w.shape, np.float32))
     logits = model(x).numpy()[np.arange(3), t]
-    got = xaitf.create_explainer("lrp.z", model, channel_reduce="none", affine_layers=declared)(x, t)
-    np.testing.assert_allclose(got.reshape(3, -1).sum(1), logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
+    for kw in ({}, {"affine_layers": declared}):
+        got = xaitf.create_explainer("lrp.z", model, channel_reduce="none", **kw)(x, t)
+        np.testing.assert_allclose(got.reshape(3, -1).sum(1), logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
+
+
+@keras3().saving.register_keras_serializable(package="xaitf_tests")
+class Flip(keras3().layers.Layer):
+    """Tokens in reverse order (keras.ops.flip, which native LRP does not read): linear, declarable."""
+
+    def call(self, x):
+        return keras3().ops.flip(x, axis=1)
+
+
+def _flip_model():
+    k = keras3()
+    L = k.layers
+    k.utils.set_random_seed(2)
+    inp = k.Input((16, 16, 3))
+    h = Flip(name="flip")(L.Reshape((16, 48))(L.Conv2D(48, 4, strides=4)(inp)))
+    return k.Model(inp, L.Dense(3)(L.GlobalAveragePooling1D()(L.Dense(8, activation="relu")(h))))
 
 
 @pytest.mark.parametrize("which", list(KERASES))
@@ -226,10 +252,11 @@ def test_position_embedding_takes_the_z_rule_of_its_map(which):
 
 
 def test_declared_keras3_operation_and_refusals():
-    """A Keras 3 operation (keras.ops.image.extract_patches in the model's code) can be declared by
-    its class; lrp.z without biases conserves. Refused in one line each: a declared layer that is
-    not affine, a declared name that is no layer, a declared layer of two inputs, affine_layers
-    that are not strings; an undeclared operation's message says how to declare it."""
+    """A Keras 3 operation (keras.ops.image.extract_patches in the model's code) is read as a
+    convolution with an identity kernel, or, declared by its class, called as it is: lrp.z gives the
+    same maps both ways (the z rule of one linear map) and conserves without biases. Refused in one
+    line each: a declared layer that is not affine, a declared name that is no layer, a declared
+    layer of two inputs, affine_layers that are not strings."""
     k = keras3()
     L = k.layers
     _, _, Square, Pair = _custom_classes(k)
@@ -238,9 +265,9 @@ def test_declared_keras3_operation_and_refusals():
     h = L.GlobalAveragePooling1D()(L.ReLU()(L.Dense(6, use_bias=False)(h)))
     model = k.Model(inp, L.Dense(3, use_bias=False)(h))
     x = np.random.default_rng(3).random((2, 8, 8, 3), dtype=np.float32)
-    with pytest.raises(ModelError, match=r"affine_layers=\['ExtractPatches'\]"):
-        xaitf.create_explainer("lrp.z", model)(x, [0, 1])
+    read = xaitf.create_explainer("lrp.z", model)(x, [0, 1])
     got = xaitf.create_explainer("lrp.z", model, affine_layers="ExtractPatches")(x, [0, 1])
+    np.testing.assert_allclose(read, got, atol=1e-5 * np.abs(got).max())
     logits = model(x).numpy()[[0, 1], [0, 1]]
     np.testing.assert_allclose(got.reshape(2, -1).sum(1), logits, rtol=1e-4)
 
@@ -257,21 +284,22 @@ def test_declared_keras3_operation_and_refusals():
 
 
 def test_command_line_declares_affine_layers(tmp_path, capsys, restore_settings):
-    """heatmap_script on a saved ViT with custom layers: without a declaration lrp.epsilon fails in
-    one line that gives the --set to use; with ``--set lrp_graph.affine_layers=Patches,PatchEncoder``
-    every LRP composite runs (the section is read by all of them) and the figure is written."""
+    """heatmap_script on a saved model with a custom layer native LRP cannot read (a flip): without
+    a declaration lrp.epsilon fails in one line that gives the --set to use; with ``--set
+    lrp_graph.affine_layers=Flip`` every LRP composite runs (the section is read by all of them) and
+    the figure is written."""
     from PIL import Image
 
-    path = tmp_path / "vit.keras"
-    _vit().save(path)
+    path = tmp_path / "flip.keras"
+    _flip_model().save(path)
     png = tmp_path / "img.png"
     Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype(np.uint8)).save(png)
     common = ["-ip", png, "-mp", path, "-op", tmp_path / "out"]
     code, _, err = run_heatmap(capsys, *common, "-hm", "lrp.epsilon")
     errors = [line for line in err.splitlines() if line.startswith("error")]
-    assert code != 0 and "--set lrp_graph.affine_layers=Patches)" in errors[0], err
+    assert code != 0 and "'flip' (Flip)" in errors[0] and "--set lrp_graph.affine_layers=Flip)" in errors[0], err
     code, out, err = run_heatmap(capsys, *common, "-hm", "lrp.epsilon", "lrp.z",
-                                 "--set", "lrp_graph.affine_layers=Patches,PatchEncoder")
+                                 "--set", "lrp_graph.affine_layers=Flip")
     assert code == 0, err
     assert "lrp.z: " in out and "lrp.epsilon: " in out
     assert len(list((tmp_path / "out").rglob("heatmap_*.png"))) == 1

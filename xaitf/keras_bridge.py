@@ -244,6 +244,8 @@ OPERATIONS_READ = ("x + c, x - c, c - x, x * c, x / c for a number c or one per 
                    "maximum and minimum of two tensors, mean or max over axis=(1, 2), concatenate, transpose and "
                    "reshape keeping the batch axis, and elementwise activations (keras.ops.relu, sigmoid, silu, "
                    "gelu, ..., tf.nn.relu in tf-keras)")
+# read by native LRP only: a constant of the tensor's whole shape (a position embedding), patch extraction
+POSITIONAL_READ = "x + c etc. with c of the tensor's shape (a position embedding), keras.ops.image.extract_patches"
 # read by native LRP only (the twin has no tf-keras layer for them)
 INDEXING_READ = ("the channel indexing of keras.applications' preprocess_input (x[..., i], x[..., ::-1], "
                  "stack(..., axis=-1))")
@@ -368,6 +370,42 @@ def named_activation(fn, name):
     return activation
 
 
+def _full_constant(c, shape):
+    """A constant operand of the tensor's whole shape without the batch axis (a learned position
+    embedding added to the tokens: (1, T, D) or (T, D) for (B, T, D)) as float64; else None."""
+    if not hasattr(c, "shape") or not hasattr(c, "dtype") or len(shape) < 2:
+        return None
+    try:
+        arr = np.asarray(c, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    while arr.ndim > len(shape) - 1 and arr.shape[0] == 1:
+        arr = arr[0]
+    known = tuple(shape[1:])          # an axis of unknown size (a reshape to -1) takes the constant's
+    same = arr.ndim == len(known) and all(d is None or int(d) == a for d, a in zip(known, arr.shape))
+    return arr if same else None
+
+
+def _read_patches(op, tensors):
+    """``keras.ops.image.extract_patches(x, size)`` of a 4-D channels-last image: ``{"kind":
+    "ExtractPatches", size, strides, dilation_rate, padding, channels}`` (a convolution with an
+    identity kernel, as Keras computes it); else None."""
+    def pair(v):
+        v = tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+        return tuple(int(d) for d in v)
+
+    if len(tensors) != 1 or len(tensors[0].shape) != 4 or getattr(op, "is_3d", False) or \
+            getattr(op, "data_format", "channels_last") not in (None, "channels_last") or tensors[0].shape[-1] is None:
+        return None
+    padding = str(getattr(op, "padding", "valid")).upper()
+    if padding not in ("VALID", "SAME"):
+        return None
+    size = pair(op.size)
+    return {"kind": "ExtractPatches", "size": size, "strides": pair(op.strides or size),
+            "dilation_rate": pair(getattr(op, "dilation_rate", 1)), "padding": padding,
+            "channels": int(tensors[0].shape[-1])}
+
+
 def _read_layout(kind, op, tensors):
     """keras.ops.concatenate (not on the batch axis), transpose and reshape keeping the batch axis
     first, and ``-x``, as the layers or the scale of the same computation; else None."""
@@ -433,6 +471,8 @@ def read_operation(op):
                 "keepdims": bool(getattr(op, "keepdims", False))}
     if kind in ("Concatenate", "Transpose", "Reshape", "Negative"):
         return _read_layout(kind, op, tensors)
+    if kind == "ExtractPatches":
+        return _read_patches(op, tensors)
     consts = [(i, a) for i, a in enumerate(args) if not any(a is t for t in tensors)]
     if len(args) != 2:
         return None
@@ -441,6 +481,14 @@ def read_operation(op):
     if len(tensors) != 1 or len(consts) != 1 or kind not in _SCALAR_OPS:
         return None
     pos, c = consts[0]
+    full = _full_constant(c, tensors[0].shape)
+    if full is not None and full.size > 1:      # x + P, a constant of the tensor's shape: per position
+        with np.errstate(divide="ignore"):
+            affine = _SCALAR_OPS[kind](full, pos == 0)
+        if affine is None or not all(np.isfinite(v).all() for v in affine):
+            return None
+        scale, shift = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in affine))
+        return {"kind": "Constant", "op": kind, "scale": scale, "shift": shift}
     c = _channel_constant(c)
     channels = tensors[0].shape[-1]
     if c is None or (c.ndim and (len(tensors[0].shape) != 4 or c.size not in (1, channels))):

@@ -211,6 +211,8 @@ def _layer_config(layer, weights=None):
         if read["kind"] == "Activation":      # Keras's activation of the name, or the operation's own function
             return "Activation", {"activation": _activation(layer, read["activation"]) if read["exact"]
                                   else named_activation(read["fn"], read["activation"])}
+        if read["kind"] in ("ExtractPatches", "Constant"):     # native LRP reads them; the twin does not
+            raise _unsupported(layer, f"the twin reads {OPERATIONS_READ}")
         if read["kind"] not in ("Add", "Multiply", "Subtract", "Maximum", "Minimum"):   # channel indexing
             raise _unsupported(layer, f"channel indexing written in the model's code, as keras.applications' "
                                       f"caffe-style preprocess_input does: apply it to the images before the "

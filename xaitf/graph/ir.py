@@ -24,7 +24,10 @@ are elementwise affine maps with a scalar or per-channel constant, ``x + c``, ``
 the input): a Rescaling node (input normalisation where it reads the input; elsewhere LRP passes
 relevance through it, as through Rescaling layers); merges of two tensors, ``x + y`` (an ``Add``
 node) and ``x * y`` (a ``Multiply`` gate); a spatial mean; elementwise activations
-(``keras.ops.relu(x)``: a ReLU or Activation node); and keras.applications' channel indexing.
+(``keras.ops.relu(x)``: a ReLU or Activation node); and keras.applications' channel indexing;
+``x + C`` (or ``-``, ``*``, ``/``) with a constant of the tensor's whole shape, a position embedding
+(a Rescaling node with per-position arrays); ``keras.ops.image.extract_patches`` (a Conv2D with an
+identity kernel, as Keras computes it).
 Other operations are refused with one line naming them.
 
 A Keras 3 custom layer (the user's class, one input) is read through its ``call``: traced on a
@@ -53,6 +56,7 @@ import tensorflow as tf
 
 from ..errors import ModelError
 from ..keras_bridge import (ATTENTION_CALLS, AUGMENTATION_NOTE, INDEXING_READ, INFERENCE_IDENTITY, OPERATIONS_READ,
+                            POSITIONAL_READ,
                             activation_name, attention_call, is_augmentation, is_keras_layer, is_operation, layer_type,
                             model_kind, read_operation, scaled_add, tfk)
 
@@ -530,9 +534,20 @@ def _operation_nodes(op):
     if read is None:
         raise ModelError(f"native LRP cannot read {name!r} ({layer_type(op)}), an operation written in the "
                          f"model's code (keras.ops, or arithmetic on a layer's output), not a layer; it reads "
-                         f"{OPERATIONS_READ}, and {INDEXING_READ}{_declare_hint(op)}; methods that still work: "
+                         f"{OPERATIONS_READ}, {POSITIONAL_READ}, and {INDEXING_READ}{_declare_hint(op)}; methods "
+                         f"that still work: "
                          f"{STILL_WORK}")
     kind = read.pop("kind")
+    if kind == "ExtractPatches":     # a convolution with an identity kernel: patch value (i, j, c) -> (i*w + j)*C + c
+        (ph, pw), channels = read["size"], read["channels"]
+        depth = ph * pw * channels
+        kernel = np.eye(depth, dtype=np.float32).reshape(ph, pw, channels, depth)
+        return [("Conv2D", name, {"kernel": kernel, "bias": np.zeros(depth, np.float32)},
+                 {"strides": read["strides"], "padding": read["padding"], "dilation_rate": read["dilation_rate"]},
+                 False)]
+    if kind == "Constant":     # x * S + P with arrays of the tensor's shape (a position embedding)
+        return [("Rescaling", name, {"scale": _f32(read["scale"]), "shift": _f32(read["shift"])}, {"op": read["op"]},
+                 False)]
     if kind == "Scalar":       # a number, or one per channel
         return [("Rescaling", name, {"scale": _f32(np.atleast_1d(read["scale"])),
                                      "shift": _f32(np.atleast_1d(read["shift"]))}, {"op": read["op"]}, False)]
