@@ -25,6 +25,8 @@ The cases (``--cases``; the default run takes ``DEFAULT``):
 * ``vit_custom_k3`` (not in the default run): the same ViT with the patch embedding of keras.io's
   ViT example, two custom layers (``vit_tiny(custom=True)``) that every native LRP row declares
   affine (``affine_layers``): LRP through custom layers against the gradient;
+  ``vit_custom_read_k3``: the same model with nothing declared, its custom layers read through
+  their calls (the patch extraction as an identity convolution, the position embedding as a shift);
 * ``center_pixel``: study 1's hand-built 227x227 center-pixel model, 1 image (a CIFAR-10 test
   image in gray, resized to 227x227).
 
@@ -105,6 +107,10 @@ CASES = {
     "vit_custom_k3": {
         "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": "custom"},
         "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": "custom"},
+    },
+    "vit_custom_read_k3": {
+        "full": {"n_max": 8, "budget": 1 << 13, "batch_size": 8, "overrides": {}},
+        "quick": {"n_max": 2, "budget": 1 << 13, "batch_size": 2, "overrides": _QUICK_ALL},
     },
     "center_pixel": {
         "full": {"n_max": 1, "budget": 1, "overrides": {
@@ -309,7 +315,7 @@ def build_case(name, quick=False, seed=0):
         model = vit_tiny(k3)
         x, inputs = _cifar_224(n, rng)
         weights = f"Keras {k3.__version__} layers, DeiT-Tiny-sized ViT, seeded random (not trained)"
-    elif name == "vit_custom_k3":
+    elif name in ("vit_custom_k3", "vit_custom_read_k3"):
         from xaitf.keras_bridge import keras3
 
         k3 = keras3()
