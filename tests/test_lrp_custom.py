@@ -89,31 +89,6 @@ def test_declared_matmul_gives_the_dense_layers_maps(which, composite):
     np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
 
 
-@keras3().saving.register_keras_serializable(package="xaitf_tests")
-class Patches(keras3().layers.Layer):
-    """keras.io's ViT patches: 4x4 patches of the image as 48-value tokens."""
-
-    def call(self, images):
-        ops = keras3().ops
-        p = ops.image.extract_patches(images, size=4)
-        return ops.reshape(p, (ops.shape(images)[0], -1, 48))
-
-
-@keras3().saving.register_keras_serializable(package="xaitf_tests")
-class PatchEncoder(keras3().layers.Layer):
-    """keras.io's ViT patch encoder: a Dense projection plus an Embedding of the 16 positions."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.projection = keras3().layers.Dense(16)
-        self.position_embedding = keras3().layers.Embedding(input_dim=16, output_dim=16)
-
-    def call(self, patch):
-        ops = keras3().ops
-        positions = ops.expand_dims(ops.arange(start=0, stop=16, step=1), axis=0)
-        return self.projection(patch) + self.position_embedding(positions)
-
-
 class MixerBlock(keras3().layers.Layer):
     """An MLP-Mixer block written as a custom layer: token mixing (LayerNormalization, transpose, a
     nested Sequential MLP, transpose back, residual) then channel mixing (the same over channels)."""
@@ -162,23 +137,13 @@ def test_custom_block_is_read_through_its_call():
 
 
 def _vit(seed=0):
-    """A keras.io-style ViT ("Image classification with Vision Transformer"): a Patches layer
-    (keras.ops.image.extract_patches), a PatchEncoder (Dense projection + Embedding of the
-    positions), two transformer blocks, a Flatten and Dense head; 16x16x3 images, 4x4 patches."""
-    k = keras3()
-    L = k.layers
-    k.utils.set_random_seed(seed)
-    inp = k.Input((16, 16, 3))
-    x = PatchEncoder(name="patch_encoder")(Patches(name="patches")(inp))
-    for _ in range(2):
-        h = L.LayerNormalization(epsilon=1e-6)(x)
-        h = L.MultiHeadAttention(num_heads=2, key_dim=8, dropout=0.1)(h, h)
-        x = L.Add()([h, x])
-        h = L.LayerNormalization(epsilon=1e-6)(x)
-        h = L.Dense(32, activation="gelu")(h)
-        x = L.Add()([L.Dense(16)(L.Dropout(0.1)(h)), x])
-    x = L.Flatten()(L.LayerNormalization(epsilon=1e-6)(x))
-    return k.Model(inp, L.Dense(4)(L.Dense(32, activation="gelu")(x)))
+    """keras.io's ViT example at toy size (bench.cases.vit_tiny(custom=True): its Patches layer,
+    keras.ops.image.extract_patches, and PatchEncoder, a Dense projection plus an Embedding of the
+    positions; two transformer blocks), 16x16x3 images, 4x4 patches."""
+    from bench.cases import vit_tiny
+
+    keras3().utils.set_random_seed(seed)
+    return vit_tiny(keras3(), blocks=2, dim=16, heads=2, mlp=32, patch=4, size=16, classes=4, custom=True)
 
 
 def test_keras_io_vit_read_through_its_calls_or_declared_conserves_without_biases():
@@ -188,6 +153,7 @@ def test_keras_io_vit_read_through_its_calls_or_declared_conserves_without_biase
     or with both layers declared affine, lrp.z with every bias, LayerNorm beta and the position
     embedding at 0 gives maps summing to the explained logit; with them, lrp.epsilon's maps are
     finite."""
+    from bench.cases import VIT_CUSTOM_LAYERS
     from xaitf.graph import read_model
 
     model = _vit()
@@ -198,7 +164,7 @@ def test_keras_io_vit_read_through_its_calls_or_declared_conserves_without_biase
     assert [k for name, k in kinds if name.startswith("extract_patches")] == ["Conv2D"]
     assert "Affine" not in {k for _, k in kinds}
     np.testing.assert_allclose(graph.forward(x).numpy(), model(x).numpy(), atol=1e-5)
-    declared = ("Patches", "PatchEncoder")
+    declared = VIT_CUSTOM_LAYERS
     for kw in ({}, {"affine_layers": declared}):
         with_bias = xaitf.create_explainer("lrp.epsilon", model, **kw)(x, t)
         assert np.isfinite(with_bias).all() and np.abs(with_bias).max() > 0

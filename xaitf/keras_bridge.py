@@ -482,17 +482,14 @@ def read_operation(op):
         return None
     pos, c = consts[0]
     full = _full_constant(c, tensors[0].shape)
-    if full is not None and full.size > 1:      # x + P, a constant of the tensor's shape: per position
-        with np.errstate(divide="ignore"):
-            affine = _SCALAR_OPS[kind](full, pos == 0)
-        if affine is None or not all(np.isfinite(v).all() for v in affine):
+    positional = full is not None and full.size > 1      # x + P, a constant of the tensor's shape: per position
+    if positional:
+        c = full
+    else:
+        c = _channel_constant(c)
+        channels = tensors[0].shape[-1]
+        if c is None or (c.ndim and (len(tensors[0].shape) != 4 or c.size not in (1, channels))):
             return None
-        scale, shift = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in affine))
-        return {"kind": "Constant", "op": kind, "scale": scale, "shift": shift}
-    c = _channel_constant(c)
-    channels = tensors[0].shape[-1]
-    if c is None or (c.ndim and (len(tensors[0].shape) != 4 or c.size not in (1, channels))):
-        return None
     with np.errstate(divide="ignore"):
         affine = _SCALAR_OPS[kind](c, pos == 0)
     if affine is None or not all(np.isfinite(v).all() for v in affine):
@@ -500,6 +497,8 @@ def read_operation(op):
     if not c.ndim:
         return {"kind": "Scalar", "op": kind, "scale": float(affine[0]), "shift": float(affine[1])}
     scale, shift = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in affine))
+    if positional:
+        return {"kind": "Constant", "op": kind, "scale": scale, "shift": shift}
     return {"kind": "Scalar", "op": kind, "scale": scale.tolist(), "shift": shift.tolist()}
 
 

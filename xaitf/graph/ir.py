@@ -445,20 +445,25 @@ def _declared(layer, affine):
     return bool(affine) and (getattr(layer, "name", None) in affine or layer_type(layer) in affine)
 
 
+def _takes_training(layer):
+    """Whether ``layer.call`` takes a ``training`` argument (declared and traced custom layers are
+    called in inference mode)."""
+    import inspect
+
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def _affine_nodes(layer, inputs):
     """A layer (or operation) declared affine: one ``Affine`` node that calls it (inference mode
     where its call takes ``training``)."""
-    import inspect
-
     if len(inputs) != 1:
         raise ModelError(f"native LRP: layer {getattr(layer, 'name', layer_type(layer))!r} ({layer_type(layer)}) "
                          f"was declared affine but takes {len(inputs)} inputs; affine_layers= reads layers of one "
                          "input only")
-    try:
-        takes_training = "training" in inspect.signature(layer.call).parameters
-    except (AttributeError, TypeError, ValueError):
-        takes_training = False
-    call = (lambda x: layer(x, training=False)) if takes_training else layer
+    call = (lambda x: layer(x, training=False)) if _takes_training(layer) else layer
     return [("Affine", getattr(layer, "name", layer_type(layer)), {}, {"call": call}, False)]
 
 
@@ -817,8 +822,12 @@ def read_model(model, affine=()):
             return ids
         traced = None if _declared(layer, affine) else _traced_call(layer)
         if traced is not None:                      # its sublayers and operations, inlined
-            out = walk_layer_calls(traced, lambda inner, a: visit(inner, a, ids))[0]
-            return [ids[out[1]] if isinstance(out, tuple) else out] * 8
+            first = len(nodes)
+            try:
+                out = walk_layer_calls(traced, lambda inner, a: visit(inner, a, ids))[0]
+                return [ids[out[1]] if isinstance(out, tuple) else out] * 8
+            except ModelError:                      # not all readable: refused as the layer itself
+                del nodes[first:]
         prev, made = tuple(ids), []
         for kind, name, weights, config, fused, *wiring in _layer_nodes(layer, ids, affine):
             if wiring:
@@ -843,14 +852,12 @@ def read_model(model, affine=()):
 
 
 def _traced_call(layer):
-    """A Keras 3 custom layer (the user's class, one input) whose ``call`` reads as Keras layers
-    and operations: its call traced on a symbolic input of the shape it was called with, as a
-    functional model whose layers are the custom layer's own sublayers (their weights are the
-    model's); None for any other layer, or when the trace fails or its graph cannot be read (the
-    layer is then refused as unsupported). Tracing adds a call node to each sublayer, as building
-    any functional model from them would."""
-    import inspect
-
+    """A Keras 3 custom layer (the user's class, one input): its call traced on a symbolic input of
+    the shape it was called with, as a functional model whose layers are the custom layer's own
+    sublayers and operations (their weights are the model's); None for any other layer, or when
+    the trace fails. (:func:`read_model` inlines it, or refuses the layer as unsupported where the
+    traced graph cannot be read.) Tracing adds a call node to each sublayer, as building any
+    functional model from them would."""
     from ..compat import inbound_node, node_inputs
     from ..keras_bridge import keras3
 
@@ -864,13 +871,10 @@ def _traced_call(layer):
         if len(tensors) != 1:
             return None
         x = k.Input(batch_shape=tuple(tensors[0].shape), dtype=tensors[0].dtype)
-        takes_training = "training" in inspect.signature(layer.call).parameters
-        y = layer.call(x, training=False) if takes_training else layer.call(x)
+        y = layer.call(x, training=False) if _takes_training(layer) else layer.call(x)
         if not isinstance(y, k.KerasTensor):
             return None
-        traced = k.Model(x, y, name=f"{layer.name}_call")
-        read_model(traced)                        # readable as a whole, or refused as the layer itself
-        return traced
+        return k.Model(x, y, name=f"{layer.name}_call")
     except Exception:  # noqa: BLE001 - any failure: the layer is unsupported, refused by name
         return None
 

@@ -40,8 +40,9 @@ class LRP(Explainer):
         high: upper input bound of the z^B rule, > low (None: 1.0).
         batchnorm: fold BatchNormalization into the layer before it (True).
         affine_layers: names or class names of custom layers (or Keras 3 operations) that compute
-            ``A x + b`` of their one input, which native LRP cannot read otherwise: a ViT's
-            position embedding or class token, patch extraction (()). Each is called as it is and
+            ``A x + b`` of their one input, which native LRP cannot read through their call (an
+            operation it does not read: a class token made with ``keras.ops.repeat``, a
+            ``keras.ops.flip``) (()). Each is called as it is and
             takes the selector ``custom`` (default rule ``proportional``: the z rule of its map
             through its own gradient, with the composite's epsilon); reading checks on a probe
             input that it is affine.
