@@ -1376,6 +1376,50 @@ def test_explainer_reduces_channels_and_caches(tiny_rgb_cnn):
     np.testing.assert_array_equal(m_default, m_explicit)
 
 
+def _normalised_residual_net(seed):
+    """residual_net(bn=True) nested behind an input BatchNormalization (z_box bounds pass through it)."""
+    inp = tfk.Input((12, 12, 2), name="image")
+    inner = residual_net(seed=seed, bn=True)
+    return _set_random(tfk.Model(inp, inner(tfk.layers.BatchNormalization(name="in_bn")(inp))), seed)
+
+
+def test_new_weights_reload_the_graphs_in_place():
+    """When the model's weights change (MPRT randomises them layer by layer), every composite's
+    explainer gives the maps of a new explainer on a copy with the new weights (1e-6), and its
+    compiled function is not traced again: the graph's tensors are variables, reloaded in place.
+    Composites whose z_box bounds are carried through the input BatchNormalization get new rules
+    (and a new function) when its weights change. Fails if a rule's tensor is made from arrays
+    taken before the change (the maps of the old weights come back)."""
+    model = _normalised_residual_net(seed=11)
+    weights_a = model.get_weights()
+    weights_b = _set_random(_normalised_residual_net(seed=11), 12).get_weights()
+    copy_b = _normalised_residual_net(seed=0)
+    copy_b.set_weights(weights_b)
+    x = np.random.default_rng(2).random((3, 12, 12, 2), dtype=np.float32)
+    t_a, t_b = model(x).numpy().argmax(1), copy_b(x).numpy().argmax(1)
+    for composite in C.COMPOSITES:
+        model.set_weights(weights_a)
+        e = LRP(model, composite=composite, channel_reduce="none", progress=False)
+        before = e(x, t_a)
+        prop = e._prop
+        model.set_weights(weights_b)
+        after = e(x, t_b)
+        want = LRP(copy_b, composite=composite, channel_reduce="none", progress=False)(x, t_b)
+        assert np.abs(want).max() > 0 and _rel_err(before, want) > 1e-3, composite
+        np.testing.assert_allclose(after, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(), err_msg=composite)
+        if C.input_bounds(composite) is None:
+            assert e._prop is prop and prop.fn.experimental_get_tracing_count() == 1, composite
+        else:
+            assert e._prop is not prop, composite
+
+
+def test_graph_reload_refuses_another_structure():
+    g = graph_of(residual_net(seed=1))
+    with pytest.raises(ValueError, match="same structure"):
+        ir.reload(g, graph_of(residual_net(seed=1, bn=True)))
+    assert ir.same_structure(g, graph_of(residual_net(seed=2)))
+
+
 def test_user_dict_composite_equals_rules():
     model = dense_net(seed=5)
     x = np.random.default_rng(0).uniform(-1, 1, (3, 7)).astype(np.float32)

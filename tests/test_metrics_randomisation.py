@@ -93,6 +93,28 @@ def test_independent_randomises_one_layer_at_a_time(images):
     np.testing.assert_allclose(ind.scores["spearman"], res.scores["spearman"])
 
 
+@pytest.mark.parametrize("name", ["grad", "lrp.epsilon_gamma_box"])
+def test_one_explainer_follows_every_randomised_state(cnn, images, name):
+    """MPRT explains every randomised state with one explainer of a method name (it notices the new
+    weights and rebuilds what it copied from them); a user's factory makes a new explainer per
+    state. Both give the same scores, and they move away from 1 (the maps change). Every method's
+    explainer following new weights: tests/test_weight_changes.py."""
+    from xaitf import registry
+
+    calls = []
+
+    def fresh(model):
+        calls.append(model)
+        return registry.create_explainer(name, model, progress=False)
+
+    kw = dict(similarities="spearman", absolute=False, progress=False)
+    reused = R.model_parameter_randomisation(cnn, images, [0, 1, 2], name, **kw)
+    each = R.model_parameter_randomisation(cnn, images, [0, 1, 2], fresh, **kw)
+    assert len(calls) == 5                   # the model, then each of the 4 randomised states
+    np.testing.assert_allclose(reused.scores["spearman"], each.scores["spearman"], atol=1e-6)
+    assert reused.scores["spearman"].min() < 0.9
+
+
 def test_explainer_instances_keep_their_settings(cnn, images):
     ig = xaitf.create_explainer("ig", cnn, steps=4)
     res = R.model_parameter_randomisation(cnn, images[:1], [0], ig, similarities="spearman",

@@ -7,8 +7,8 @@ import pytest
 import xaitf
 from conftest import make_cnn
 
-METHODS = ["grad", "gb", "deeplift", "ig", "gradcam", "occlusion", "rise", "lrp.epsilon", "lrp.alpha_2_beta_1",
-           "deep_taylor"]
+METHODS = ["grad", "gb", "deeplift", "ig", "gradcam", "gradcampp", "occlusion", "rise", "lrp.epsilon",
+           "lrp.alpha_2_beta_1", "lrp.epsilon_gamma_box", "deep_taylor", "inn.lrp.epsilon", "tfx.occlusion"]
 KW = {"ig": {"steps": 4}, "rise": {"masks": 32}, "occlusion": {"window": 4, "stride": 4}}
 
 

@@ -44,7 +44,8 @@ one that is not.
 
 Everything computes in float32 (float64 layers are cast). :meth:`Graph.forward` recomputes the
 model's output from the nodes alone; the tests hold it to ``model(x)`` within 1e-5.
-The weights are copied when the graph is read: a graph does not follow later weight changes.
+The weights are copied when the graph is read: a graph follows later weight changes only through
+:func:`reload` (the engine reloads a model's graphs when its weights change).
 """
 import dataclasses
 from dataclasses import dataclass, field
@@ -131,8 +132,9 @@ class Node:
     layer: object = None
     fused: bool = False
     nonneg_input: object = False      # input >= 0: True by construction, None unknown (the model input)
-    # tensors made from the weights (see const()); not copied by replace()
+    # tensors made from the weights (see const()) and how each is made; not copied by replace()
     consts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    makers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def label(self):
         return f"{self.name!r} ({self.kind})"
@@ -231,14 +233,44 @@ def plain_relu(node):
 def const(node, key, make=None):
     """A float32 tensor made once per node from ``make()`` (default: the weight ``key``).
 
-    Created eagerly even while a ``tf.function`` traces, so that the function captures it by
-    reference instead of embedding a copy of the array in its graph (ResNet50's rules would
-    otherwise embed ~10 copies of its 100 MB of weights, and grappler copies the graph again)."""
+    Held in a variable created eagerly even while a ``tf.function`` traces, so that the function
+    captures it by reference instead of embedding a copy of the array in its graph (ResNet50's
+    rules would otherwise embed ~10 copies of its 100 MB of weights, and grappler copies the graph
+    again), and so that :func:`reload` can give it new values without a new trace. ``make`` must
+    read the weights from ``node`` when called (not from arrays taken before)."""
     if key not in node.consts:
-        arr = np.asarray(make() if make is not None else node.weights[key], np.float32)
-        with tf.init_scope():
-            node.consts[key] = tf.constant(arr)
+        arr = _made(node, key, make)
+        with tf.init_scope():     # not lifted: a tf.function whose trace creates variables traces twice
+            node.consts[key] = tf.Variable(arr, trainable=False, name="lrp_const",
+                                           experimental_enable_variable_lifting=False)
+        node.makers[key] = make
     return node.consts[key]
+
+
+def _made(node, key, make):
+    return np.asarray(make() if make is not None else node.weights[key], np.float32)
+
+
+def same_structure(a, b):
+    """True when graphs ``a`` and ``b`` have the same nodes (ids, kinds, inputs, configurations,
+    weight shapes)."""
+    def shape(g):
+        return [(n.id, n.kind, n.inputs, repr(n.config), sorted((k, np.shape(v)) for k, v in n.weights.items()))
+                for n in g.nodes]
+
+    return (a.input_id, a.output_id) == (b.input_id, b.output_id) and shape(a) == shape(b)
+
+
+def reload(graph, fresh):
+    """Give ``graph``'s nodes the weights of ``fresh`` (the same model read again after its weights
+    changed; :func:`same_structure`), and every tensor made from them (:func:`const`) its new
+    value, in place: the functions traced on ``graph`` compute with the new weights."""
+    if not same_structure(graph, fresh):
+        raise ValueError("reload needs a graph of the same structure")
+    for node, new in zip(graph.nodes, fresh.nodes):
+        node.weights = new.weights
+        for key, var in node.consts.items():
+            var.assign(_made(node, key, node.makers[key]))
 
 
 def _own(node, kernel, bias):

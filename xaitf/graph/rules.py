@@ -169,10 +169,13 @@ class Gamma(Z):
     own_weights = False
 
     def modified(self, node):
-        k, b = weights_of(node)
         g = float(self.gamma)
-        kernel = ir.const(node, ("gamma", g), lambda: k + g * _pos(k))
-        return kernel, (ir.const(node, ("gamma_bias", g), lambda: b + g * _pos(b)) if self.bias else 0.0)
+
+        def plus(a):          # a + gamma a^+ of the node's current weights (kernel or bias)
+            return lambda: weights_of(node)[a] + g * _pos(weights_of(node)[a])
+
+        kernel = ir.const(node, ("gamma", g), plus(0))
+        return kernel, (ir.const(node, ("gamma_bias", g), plus(1)) if self.bias else 0.0)
 
 
 class AlphaBeta(_Linear):

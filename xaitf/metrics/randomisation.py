@@ -114,20 +114,29 @@ def _check_similarities(how):
 def explainer_factory(method, method_kwargs=None):
     """``factory(model) -> explain(x, targets)`` for a method given as a registry name (with
     ``method_kwargs``), an :class:`xaitf.Explainer` (rebuilt on the new model with its own
-    parameters, batch size and seed) or a callable ``factory(model)``."""
+    parameters, batch size and seed) or a callable ``factory(model)``.
+
+    The factories of names and explainers are marked ``follows_weights``: an xaitf explainer
+    notices new weights when called (it compares :func:`xaitf.keras_bridge.weights_fingerprint`)
+    and rebuilds what it copied from them, so one explainer serves every randomised state of a
+    model. A user's factory is called again for each state."""
     from .. import registry
     from ..explainer import Explainer
+
+    def following(factory):
+        factory.follows_weights = True
+        return factory
 
     kw = dict(method_kwargs or {})
     if isinstance(method, str):
         registry.canonical(method)                  # unknown names: one line with the valid ones
-        return lambda model: registry.create_explainer(method, model, **{"progress": False, **kw})
+        return following(lambda model: registry.create_explainer(method, model, **{"progress": False, **kw}))
     if isinstance(method, Explainer):
         if kw:
             raise MethodError("method_kwargs go with a method name, not with an explainer instance")
         common = dict(batch_size=method.batch_size, seed=method.seed, channel_reduce=method.channel_reduce,
                       progress=False)
-        return lambda model: registry.create_explainer(method.name, model, **{**method.params, **common})
+        return following(lambda model: registry.create_explainer(method.name, model, **{**method.params, **common}))
     if callable(method):
         return method
     raise MethodError(f"method must be a method name, an xaitf Explainer or a callable factory(model) -> "
@@ -175,11 +184,10 @@ def randomise_layer(layer, how, seed, index):
     layer.set_weights(new)
 
 
-def _explain(factory, model, x, targets):
-    maps = np.asarray(factory(model)(x, targets), np.float64)
-    if maps.ndim == 4:
-        maps = maps.sum(-1)
-    return maps
+def _maps(explain, x, targets):
+    """``explain``'s maps as float64 (N,H,W), channels summed."""
+    maps = np.asarray(explain(x, targets), np.float64)
+    return maps.sum(-1) if maps.ndim == 4 else maps
 
 
 # -- the tests -----------------------------------------------------------------------------------
@@ -231,7 +239,7 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
     factory = explainer_factory(method, method_kwargs)
     x = as_batch(x, model)
     targets = np.asarray(targets)
-    original = _explain(factory, model, x, targets)
+    original = _maps(factory(model), x, targets)
     check_maps(original, x.shape[:3], name="the method's maps")
     twin = clone(model)
     weighted = randomisable_layers(twin)[::-1]
@@ -246,13 +254,14 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
     if not weighted:
         raise MethodError("the model has no layer with weights to randomise")
     saved = twin.get_weights()
+    reused = factory(twin) if getattr(factory, "follows_weights", False) else None
     scores = {s: [] for s in sims}
     kept = []
     for k, layer in enumerate(_progress(weighted, progress, desc="randomisation")):
         if order == "independent":
             twin.set_weights(saved)
         randomise_layer(layer, randomisation, seed, k)
-        maps = _explain(factory, twin, x, targets)
+        maps = _maps(reused or factory(twin), x, targets)
         sim = similarity(original, maps, sims, absolute, normalise)
         for s in sims:
             scores[s].append(sim[s])
@@ -296,7 +305,4 @@ def random_logit(model, x, targets, method, method_kwargs=None, similarity_name=
     other = np.array([(t[i] + 1 + np.random.default_rng([int(seed), i]).integers(k - 1)) % k
                       for i in range(len(t))])
     explain = factory(model)
-    a = np.asarray(explain(x, t), np.float64)
-    b = np.asarray(explain(x, other), np.float64)
-    a, b = (m.sum(-1) if m.ndim == 4 else m for m in (a, b))
-    return similarity(a, b, similarity_name, absolute, normalise)
+    return similarity(_maps(explain, x, t), _maps(explain, x, other), similarity_name, absolute, normalise)
