@@ -136,6 +136,48 @@ def test_custom_block_is_read_through_its_call():
         np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
 
 
+def test_tf_keras_custom_layers_are_read_through_their_calls():
+    """tf-keras custom layers are traced as Keras 3 ones are (their operations become TFOpLambda
+    layers): a residual MLP block ``x + 0.5 * d2(d1(x))`` and a ``2 * x`` layer give the maps of the
+    same model written with Add and Rescaling layers around the block's own Dense layers; a custom
+    layer calling an operation the graph does not read (a sort) is refused in one line naming it."""
+    L = tfk.layers
+
+    class Block(L.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.d1, self.d2 = L.Dense(8, activation="relu"), L.Dense(4)
+
+        def call(self, x):
+            return x + self.d2(self.d1(x)) * 0.5
+
+    class Double(L.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    class Sorted(L.Layer):
+        def call(self, x):
+            return tf.sort(x, axis=-1)
+
+    tf.keras.utils.set_random_seed(4)
+    inp = tfk.Input((6, 6, 4))
+    block, head = Block(name="blk"), L.Dense(3, name="head")
+    model = tfk.Model(inp, head(L.Flatten()(Double(name="dbl")(block(inp)))))
+    h = L.Add()([inp, L.Rescaling(0.5)(block.d2(block.d1(inp)))])
+    flat = tfk.Model(inp, head(L.Flatten()(L.Rescaling(2.0)(h))))
+    x = np.random.default_rng(2).random((3, 6, 6, 4), dtype=np.float32)
+    np.testing.assert_allclose(flat(x).numpy(), model(x).numpy(), atol=1e-5)
+    for composite in ("lrp.epsilon", "lrp.z"):
+        ref = xaitf.create_explainer(composite, flat, progress=False)(x, [0, 1, 2])
+        got = xaitf.create_explainer(composite, model, progress=False)(x, [0, 1, 2])
+        assert np.abs(ref).max() > 0
+        np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+    sort = tfk.Model(inp, L.Dense(2)(L.Flatten()(Sorted(name="srt")(inp))))
+    with pytest.raises(ModelError) as err:
+        xaitf.create_explainer("lrp.z", sort)
+    assert "'srt'" in str(err.value) and "\n" not in str(err.value)
+
+
 def _vit(seed=0):
     """keras.io's ViT example at toy size (bench.cases.vit_tiny(custom=True): its Patches layer,
     keras.ops.image.extract_patches, and PatchEncoder, a Dense projection plus an Embedding of the

@@ -30,9 +30,9 @@ node) and ``x * y`` (a ``Multiply`` gate); a spatial mean; elementwise activatio
 identity kernel, as Keras computes it).
 Other operations are refused with one line naming them.
 
-A Keras 3 custom layer (the user's class, one input) is read through its ``call``: traced on a
-symbolic input into a functional model of its own sublayers and operations (an MLP-Mixer or
-transformer block written as a layer), inlined where the graph reads all of it
+A custom layer (the user's class, one input; Keras 3 or tf-keras) is read through its ``call``:
+traced on a symbolic input into a functional model of its own sublayers and operations (an
+MLP-Mixer or transformer block written as a layer), inlined where the graph reads all of it
 (:func:`_traced_call`); otherwise it is refused by name, unless declared affine:
 Custom layers (and Keras 3 operations) that the user declares affine maps of their one input
 (``read_model(model, affine=("PatchEncoder", ...))``, by layer name or class name) become ``Affine``
@@ -884,19 +884,20 @@ def read_model(model, affine=()):
 
 
 def _traced_call(layer):
-    """A Keras 3 custom layer (the user's class, one input): its call traced on a symbolic input of
-    the shape it was called with, as a functional model whose layers are the custom layer's own
-    sublayers and operations (their weights are the model's); None for any other layer, or when
-    the trace fails. (:func:`read_model` inlines it, or refuses the layer as unsupported where the
-    traced graph cannot be read.) Tracing adds a call node to each sublayer, as building any
-    functional model from them would."""
-    from ..compat import inbound_node, node_inputs
+    """A custom layer (the user's class, one input; Keras 3 or tf-keras): its call traced on a
+    symbolic input of the shape it was called with, as a functional model whose layers are the
+    custom layer's own sublayers and operations (their weights are the model's; tf-keras writes
+    the operations as TFOpLambda layers); None for any other layer, or when the trace fails.
+    (:func:`read_model` inlines it, or refuses the layer as unsupported where the traced graph
+    cannot be read.) Tracing adds a call node to each sublayer, as building any functional model
+    from them would."""
+    from ..compat import inbound_node, keras_history, node_inputs
     from ..keras_bridge import keras3
 
     if is_keras_layer(layer) or is_operation(layer) or layer_type(layer) in SUPPORTED_LAYERS + CONVNEXT_LAYERS:
         return None
     try:
-        k = keras3()
+        k = tfk if isinstance(layer, tfk.layers.Layer) else keras3()
         if not isinstance(layer, k.layers.Layer) or isinstance(layer, k.Model):
             return None
         tensors = node_inputs(inbound_node(layer, 0))
@@ -904,7 +905,7 @@ def _traced_call(layer):
             return None
         x = k.Input(batch_shape=tuple(tensors[0].shape), dtype=tensors[0].dtype)
         y = layer.call(x, training=False) if _takes_training(layer) else layer.call(x)
-        if not isinstance(y, k.KerasTensor):
+        if keras_history(y) is None:          # not one symbolic tensor (a tuple, a constant...)
             return None
         return k.Model(x, y, name=f"{layer.name}_call")
     except Exception:  # noqa: BLE001 - any failure: the layer is unsupported, refused by name
