@@ -228,7 +228,7 @@ class AlphaBeta(_Linear):
             both = derived(node, "pos_neg")
             z = ir.linear(node, x, both, derived(node, "bias_both") if self.bias else 0.0)   # [z_act, z_inh]
             coef = ir.const(node, ("alpha_beta", alpha, beta),
-                            lambda: np.repeat(np.float32([alpha, -beta]), z.shape[-1] // 2))
+                            lambda: np.repeat(np.float32([alpha, -beta]), weights_of(node)[0].shape[-1]))
             s = safe_div(tf.concat([r, r], -1), z) * coef
             g = ir.linear_transpose(node, s, x, both)
             return x * g

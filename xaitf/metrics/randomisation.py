@@ -261,7 +261,7 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
         if order == "independent":
             twin.set_weights(saved)
         randomise_layer(layer, randomisation, seed, k)
-        maps = _maps(reused or factory(twin), x, targets)
+        maps = _maps(factory(twin) if reused is None else reused, x, targets)
         sim = similarity(original, maps, sims, absolute, normalise)
         for s in sims:
             scores[s].append(sim[s])
