@@ -229,9 +229,13 @@ def test_command_line_scales_defaults_prints_the_estimate_and_keeps_to_the_budge
     assert info["method_defaults_scaled"] == {}
     # above --budget: one line, nothing written
     before = (out / "metrics.csv").read_bytes()
+    # the costliest part is a pixel flipping pair, or a method's maps when its timing probe ran slowly
+    # (a loaded machine: "grad's maps ~2 s" was seen in CI)
     with pytest.raises(Exception, match=r"the estimate ~\d+ s is above --budget 1 s; the costliest part: "
-                                        r"(grad|occlusion) x pixel_flipping ~\d+ s \(4,097 evaluations per image\)"):
+                                        r"((grad|occlusion) x pixel_flipping ~\d+ s \(4,097 evaluations per "
+                                        r"image\)|(grad|occlusion)'s maps ~\d+ s: lower its settings)"):
         xaitf_main(argv + ["--metric-set", "pixel_flipping.features_in_step=1", "--budget", "1s"])
+    assert "(4,097 evaluations per image)" in capsys.readouterr()[0]
     assert (out / "metrics.csv").read_bytes() == before
 
 
