@@ -63,9 +63,11 @@ def forget(model):
 def reload(model):
     """Read ``model``'s weights again into its cached graphs, in place (:func:`xaitf.graph.ir.reload`):
     its propagators keep their compiled functions (Keras 3 MobileNetV2 at 96x96: 0.10 to 0.14 s per
-    weight change, where reading the graphs and tracing again cost 0.75 to 1.6 s). A propagator whose rules depend on the weights (``z_box`` bounds carried through
-    an input normalisation) and now differ is dropped, and everything is when a graph reads
-    differently (not expected: new weights keep the layers)."""
+    weight change, where reading the graphs and tracing again cost 0.75 to 1.6 s). A propagator
+    whose rules depend on the weights (``z_box`` bounds carried through an input normalisation)
+    and now differ is dropped, and everything is when a graph reads differently (not expected:
+    new weights keep the layers). Reading again re-traces the calls of custom layers (one more
+    call node on each of their sublayers per change)."""
     cache = model_cache(model)
     raws = {k: read_model(model, k[1]) for k in _keys(cache, "raw")}
     fresh = {k: canonize(raws[(_PREFIX + "raw", k[2])], batchnorm=k[1]) for k in _keys(cache, "ir")}
