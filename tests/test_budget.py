@@ -1,5 +1,6 @@
 """Cost estimates and the budget check (xaitf.budget), scaled window defaults, and progress lines
 in logs (xaitf.explainer.progress): fast, offline."""
+import types
 import warnings
 
 import numpy as np
@@ -33,6 +34,36 @@ def test_evaluation_counts_and_seconds(tiny_rgb_cnn):
     assert budget.seconds("mp", mp, 1, TIMING)[0] == pytest.approx(1.0 + budget.MARGIN * 7 * 0.035)   # sequential
     shap = xaitf.create_explainer("shapley", tiny_rgb_cnn, samples=3, segments={"name": "grid", "cell": 4})
     assert budget.cost("shapley", shap)[0] == 3 * (4 + 1)                # 4 grid cells, not 64 px
+
+
+def test_repeated_calls_trace_once_and_traced_calls_not_at_all(tiny_rgb_cnn):
+    """``calls`` calls of one explainer: one trace (``traced``: none; ``calls=0``: the trace
+    alone) and the evaluations and segmentation per call."""
+    ig = xaitf.create_explainer("ig", tiny_rgb_cnn, steps=10)
+    one = budget.MARGIN * 2 * 10 * 0.03
+    assert budget.seconds("ig", ig, 2, TIMING, calls=5)[0] == pytest.approx(1.0 + 5 * one)
+    assert budget.seconds("ig", ig, 2, TIMING, calls=5, traced=True)[0] == pytest.approx(5 * one)
+    assert budget.seconds("ig", ig, 2, TIMING, calls=0)[0] == pytest.approx(1.0)
+    lime = xaitf.create_explainer("lime", tiny_rgb_cnn, num_samples=16, segmenter="slic")
+    timing = {**TIMING, "segment": {"lime": 0.7}}
+    assert budget.seconds("lime", lime, 3, timing, calls=4, traced=True)[0] == pytest.approx(
+        4 * budget.seconds("lime", lime, 3, timing, traced=True)[0])
+
+
+def test_randomisation_state_seconds_time_the_similarities_and_the_fingerprints(tiny_rgb_cnn, monkeypatch):
+    """Per randomised state: the similarities of n maps shaped like the image (one map timed, x n)
+    and two weights fingerprints."""
+    from xaitf import keras_bridge
+    from xaitf.metrics import randomisation
+
+    seen = []
+    monkeypatch.setattr(randomisation, "similarity", lambda a, b, how: seen.append((a.shape, how)))
+    monkeypatch.setattr(keras_bridge, "weights_fingerprint", lambda m: seen.append(m is tiny_rgb_cnn))
+    clock = iter([10.0, 10.5, 11.0])        # 0.5 s for the similarities, 0.5 s for one fingerprint
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    s = budget.randomisation_state_seconds(tiny_rgb_cnn, np.zeros((8, 6, 3)), 4, ("ssim",))
+    assert s == pytest.approx(4 * 0.5 + 2 * 0.5)
+    assert seen == [((1, 8, 6), ("ssim",)), True] * 2          # untimed, timed
 
 
 def test_segmentation_time_is_added_per_image(tiny_rgb_cnn, monkeypatch):

@@ -19,6 +19,9 @@ from . import cli
 from .data.sources import RESIZE_CHOICES
 from .errors import ModelError
 
+#: the metrics that explain randomised copies of the model (a new model: its programs are traced)
+RANDOMISED = ("mprt", "mprt_independent")
+
 
 def add_parser(subparsers):
     from .evaluation import METRICS
@@ -279,7 +282,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
     when a method has no cost model."""
     from . import budget
     from .evaluation import metric_cost
-    from .metrics.randomisation import randomisable_layers
+    from .metrics.randomisation import SIMILARITIES, randomisable_layers
 
     costs = {}
     for k, ex in explainers.items():
@@ -291,6 +294,8 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
                             batch_backward=16, warm=True)
     budget.measure_segmentation(explainers.values(), np.asarray(image), timing)
     host = {m: budget.metric_host_seconds(m, metric_kwargs.get(m, {}), image, n) for m in metrics}
+    state = {m: budget.randomisation_state_seconds(model, image, n, metric_kwargs.get(m, {}).get(
+        "similarities", SIMILARITIES)) for m in metrics if m in RANDOMISED}
     layers = len(randomisable_layers(model))
     parts_s = []
     ms = f"{timing['forward'] * 1e3:.3g} ms per image forward" + (
@@ -303,10 +308,14 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
         for m in metrics:
             fwd, expl = metric_cost(m, metric_kwargs.get(m, {}), shape, layers)
             s = n * fwd * timing["forward"] * budget.MARGIN
-            if expl:
-                s = s + expl * maps if maps is not None else None
+            if expl:       # the maps traced the model's programs; a randomised copy traces them once
+                s = s + budget.seconds(k, ex, n, timing, calls=expl, traced=m not in RANDOMISED)[0] \
+                    if costs[k] else None
             what = [f"{fwd:,} evaluations"] if fwd else []
             what += [f"{expl} explanation{'' if expl == 1 else 's'}"] if expl else []
+            if m in state:
+                s = s + expl * state[m] * budget.MARGIN if s is not None else None
+                what[-1] += f" with {state[m] / n * 1e3:.3g} ms of similarities and weight checks each"
             if host[m][1] is not None:                 # work besides the model (ROAD, IROF)
                 s = s + n * host[m][0] * budget.MARGIN if s is not None else None
                 what += [host[m][1]]

@@ -63,21 +63,26 @@ def _explainer(name, model, shape):
     return create_from_presets(name, model, progress=False, **budget.unset_scaled_defaults(name, shape))
 
 
-def estimate_line(model, shape, methods, x):
+def estimate_line(model, shape, methods, x, similarities=("spearman", "ssim", "hog")):
     """One line: the estimated time of the cascading randomisation of every method on ``model``
     (its maps on the trained model and after each of the L randomised layers: L + 1 runs of each
-    method, :func:`xaitf.budget.seconds`), the total and the costliest methods."""
+    method, :func:`xaitf.budget.seconds`, traced on the model and on its randomised copy; L times
+    the ``similarities`` and weight checks, :func:`xaitf.budget.randomisation_state_seconds`), the
+    total and the costliest methods."""
     from .. import budget
     from ..metrics.randomisation import randomisable_layers
 
     timing = budget.measure(model, backward=True, batch=64, batch_backward=16, warm=True)
-    runs = len(randomisable_layers(model)) + 1
+    layers = len(randomisable_layers(model))
+    states = layers * budget.randomisation_state_seconds(model, x[0], len(x), similarities) * budget.MARGIN
+    runs = layers + 1
     est, unknown = {}, []
     for name in methods:
         try:
             ex = _explainer(name, model, shape)
             budget.measure_segmentation([ex], np.asarray(x[0]), timing)
-            est[name] = runs * budget.seconds(name, ex, len(x), timing)[0]
+            est[name] = (budget.seconds(name, ex, len(x), timing, calls=runs)[0] + states
+                         + budget.seconds(name, ex, len(x), timing, calls=0)[0])       # the copy's trace
         except Exception:  # noqa: BLE001 - no cost model, or the method cannot handle the model
             unknown.append(name)
     top = sorted(est.items(), key=lambda kv: -kv[1])[:4]
@@ -116,7 +121,7 @@ def run(args):
         x = x_all[:int(p["images"])]
         targets = predict(model, x).argmax(-1)
         shape = tuple(input_shape(model))
-        say(estimate_line(model, shape, methods, x))
+        say(estimate_line(model, shape, methods, x, sims))
         results, scores, seconds, skipped = {}, {}, {}, {}
         for name in methods:
             if interrupted:
