@@ -208,8 +208,8 @@ def test_faithfulness_correlation_of_a_random_map_is_the_analytic_correlation(li
     rand = np.random.RandomState(3).randn(*exact.shape)
     r = F.faithfulness_correlation(model, x, rand, t, subset_size=8, runs=40, seed=9, **LOGITS)
     want = []
-    for i in range(4):          # the subsets: the 8 smallest of default_rng([seed, i]).random((runs, H*W))
-        u = np.random.default_rng([9, i]).random((40, H * W))
+    for i in range(4):          # the subsets: the 8 smallest of default_rng([seed, i]).random((runs, H*W), float32)
+        u = np.random.default_rng([9, i]).random((40, H * W), dtype=np.float32)
         sub = [np.argsort(row)[:8] for row in u]
         att = [rand[i].ravel()[s].sum() for s in sub]
         drop = [exact[i].ravel()[s].sum() for s in sub]                # exact output drops
