@@ -129,3 +129,22 @@ def test_budget_times_the_runner(monkeypatch):
     monkeypatch.setattr(grouped_conv, "runner", lambda m: (asked.append(m), real(m))[1])
     out = budget.measure(model, backward=True, batch=2, batch_backward=2)
     assert out["forward"] > 0 and out["backward"] > 0 and asked == [model]
+
+
+def test_the_runner_check_prints_no_retracing_warning(caplog):
+    """Keras traces a new XLA function for each grouped convolution it runs; the runner's one check
+    against the model (here 7 grouped layers, ConvNeXtTiny has 18) says nothing about it, and
+    TensorFlow's logger keeps its level."""
+    import logging
+
+    k = keras3()
+    inp = k.Input((8, 8, 4))
+    h = inp
+    for i in range(7):
+        h = k.layers.Conv2D(4, 3, padding="same", groups=4, name=f"dw{i}")(h)
+    model = k.Model(inp, k.layers.Dense(3)(k.layers.Flatten()(h)))
+    level = tf.get_logger().level
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        assert runner(model) is not model
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert tf.get_logger().level == level

@@ -27,7 +27,7 @@ import numpy as np
 import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 import tensorflow as tf
 
-from .keras_bridge import input_shape, keras3, layer_type, model_cache, model_kind
+from .keras_bridge import input_shape, keras3, layer_type, model_cache, model_kind, tf_warnings_off
 
 _KEY = "grouped_conv.runner"
 TOLERANCE = 1e-5        # relative to the output's scale, as the tf-keras twin's check
@@ -117,7 +117,9 @@ def runner(model):
         if model_kind(model) == "keras3" and _has_grouped(model):
             fast = _rebuilt(model)
             probe = np.random.default_rng(0).uniform(0.0, 1.0, (2, *input_shape(model))).astype(np.float32)
-            want, got = np.asarray(model(probe, training=False)), np.asarray(fast(probe, training=False))
+            with tf_warnings_off():     # Keras traces a new XLA function per grouped layer call: "retracing"
+                want = np.asarray(model(probe, training=False))
+            got = np.asarray(fast(probe, training=False))
             if want.shape == got.shape and np.all(np.abs(got - want) <= TOLERANCE * max(1.0, np.abs(want).max())):
                 out = fast
     except Exception:  # noqa: BLE001 - a model the clone cannot rebuild runs as it is

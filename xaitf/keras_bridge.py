@@ -6,6 +6,7 @@ Two Kerases live side by side: tf-keras (Keras 2 API, ``tf.keras`` once xaitf ha
 which kind a model is, loads files through it and builds sub-models through it, so the rest of
 the code never calls ``tf.keras``/``keras`` APIs directly.
 """
+import contextlib
 import os
 import sys
 import zipfile
@@ -19,6 +20,19 @@ from .compat import keras_history
 from .errors import ModelError
 
 tfk = tf.keras  # tf-keras, the Keras 2 API
+
+
+@contextlib.contextmanager
+def tf_warnings_off():
+    """TensorFlow's Python logger at ERROR inside the block (its "frequent retracing" notes, the
+    "compiled metrics have yet to be built" note of a save), its level restored after."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def keras3():

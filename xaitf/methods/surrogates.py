@@ -35,6 +35,7 @@ from .. import segmentation
 from ..compat import eager_gradient_recorder_kept, shap_handler, shap_op_handlers
 from ..errors import MethodError, ModelError
 from ..explainer import Explainer
+from ..keras_bridge import tf_warnings_off
 from ..keras_bridge import kmodule, logits_model
 
 OUTPUTS = ("probabilities", "logits")
@@ -55,15 +56,9 @@ def _numpy_seed(seed):
 def _quiet():
     """Hide shap's Python warnings (TF version notes) and TF's retracing notes for shap's own
     per-output ``tf.function``s during a call."""
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("ERROR")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    with tf_warnings_off(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _shap():

@@ -304,16 +304,11 @@ def save(model, name, path, builder_kwargs=None):
         if entry.save_format == "weights":
             model.save_weights(tmp, save_format="h5")
         else:
-            import tensorflow as tf
+            from ..keras_bridge import tf_warnings_off
 
-            level = tf.get_logger().level
-            tf.get_logger().setLevel("ERROR")   # "compiled metrics have yet to be built": noise
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
-                    model.save(tmp, include_optimizer=False, save_format="h5")
-            finally:
-                tf.get_logger().setLevel(level)
+            with tf_warnings_off(), warnings.catch_warnings():     # "compiled metrics have yet to be built"
+                warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
+                model.save(tmp, include_optimizer=False, save_format="h5")
         with h5py.File(tmp, "a") as f:
             f.attrs[WEIGHTS_ATTR if entry.save_format == "weights" else "xaitf_zoo_name"] = name
             f.attrs[KWARGS_ATTR] = json.dumps(kwargs)
