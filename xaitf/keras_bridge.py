@@ -722,7 +722,8 @@ def model_cache(model):
 def weights_fingerprint(model):
     """A CRC-32 of every weight of ``model`` (trainable or not), in order: what caches that hold
     copies of the weights (native LRP's graph, the tf-keras twin) compare to notice new weights
-    (``set_weights``, training, a randomisation test). ~25 ms per 100 MB of weights."""
+    (``set_weights``, training, a randomisation test). About 0.07 ms per variable and
+    0.45 ms per MB on 2 CPU cores: ResNet50 67 ms, MobileNetV2 22 ms, the CIFAR VGG 30 ms."""
     import zlib
 
     import numpy as np
