@@ -708,6 +708,53 @@ def test_gradcam_on_a_nested_base_model(kind):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("kind", ["tf_keras", "keras3"])
+def test_gradcam_inside_a_classifier_wrapped_with_preprocessing(kind):
+    """A whole classifier nested behind preprocessing (``Model(x, clf(preprocess(x)))``, as a
+    keras.applications model with its preprocess_input put in front): Grad-CAM refused the model
+    ("has neither" a Conv2D nor tokens: the nested model's output is not a feature map). Its
+    default layer is now the last conv inside, a layer inside can be named, and the maps equal
+    Grad-CAM of the same layer objects built flat, with a layer after the nested model too."""
+    import xaitf
+    from xaitf.keras_bridge import keras3
+
+    k = tfk if kind == "tf_keras" else keras3()
+    L = k.layers
+    c1, c2 = L.Conv2D(4, 3, activation="relu", name="c1"), L.Conv2D(5, 3, name="c2")
+    relu, gap, head = L.Activation("relu"), L.GlobalAveragePooling2D(), L.Dense(3, activation="softmax", name="pred")
+    inner_in = k.Input((12, 12, 3))
+    clf = k.Model(inner_in, head(gap(relu(c2(c1(inner_in))))), name="clf")
+    scale, after = L.Rescaling(1 / 255.0, offset=-0.5), L.Dense(3, name="after")
+    x_in = k.Input((12, 12, 3))
+    wrapped = k.Model(x_in, clf(scale(x_in)))
+    flat_in = k.Input((12, 12, 3))
+    flat = k.Model(flat_in, head(gap(relu(c2(c1(scale(flat_in)))))))
+    rs = np.random.RandomState(7)
+    for layer in (c1, c2, head):
+        layer.set_weights([rs.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    x = (np.random.RandomState(4).rand(3, 12, 12, 3) * 255).astype(np.float32)
+    for method in ("gradcam", "gradcampp"):
+        for name in ("c2", "c1"):
+            want = xaitf.create_explainer(method, flat, layer=name, progress=False)(x, [0, 1, 2])
+            assert np.abs(want).max() > 0
+            kw = {} if name == "c2" else {"layer": name}           # c2: the default, found inside
+            got = xaitf.create_explainer(method, wrapped, progress=False, **kw)(x, [0, 1, 2])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # a part after the nested classifier (its probabilities into another Dense)
+    x_in2 = k.Input((12, 12, 3))
+    more = k.Model(x_in2, after(clf(scale(x_in2))))
+    flat_in2 = k.Input((12, 12, 3))
+    flat2 = k.Model(flat_in2, after(head(gap(relu(c2(c1(scale(flat_in2))))))))
+    want = xaitf.create_explainer("gradcam", flat2, layer="c2", progress=False)(x, [0, 1, 2])
+    got = xaitf.create_explainer("gradcam", more, progress=False)(x, [0, 1, 2])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # a connection around the nested classifier: one line, not a graph error
+    x_in3 = k.Input((12, 12, 3))
+    around = k.Model(x_in3, L.Add()([clf(scale(x_in3)), L.Dense(3)(gap(x_in3))]))
+    with pytest.raises(ModelError, match=r"inside the nested model 'clf'.*connection around it"):
+        xaitf.create_explainer("gradcam", around, progress=False)
+
+
 # -- tf-keras and Keras 3 give the same maps ----------------------------------------------------
 def test_tf_keras_and_keras3_agree(cnn28, x28):
     k3 = keras3_cnn((28, 28, 1), 10)

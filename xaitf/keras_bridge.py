@@ -627,15 +627,95 @@ def find_layer(model, name):
 def find_last_conv(model, methods="this method"):
     """The last convolutional layer, searched from the output backwards; in a model without one at
     its top level, the last nested model with a 4-D (N,h,w,K) output (transfer learning,
-    ``Sequential([base, pooling, head])``: the base's feature map)."""
+    ``Sequential([base, pooling, head])``: the base's feature map), else the last convolutional
+    layer of the last nested model that has one (a whole classifier behind preprocessing layers)."""
     for layer in reversed(model.layers):
         if layer_type(layer) in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose"):
             return layer
     for layer in reversed(model.layers):
         if _is_nested(layer) and len(getattr(layer.outputs[0], "shape", ())) == 4:
             return layer
+    for layer in reversed(model.layers):      # a whole classifier nested (behind preprocessing layers)
+        if _is_nested(layer):
+            try:
+                return find_last_conv(layer, methods)
+            except ModelError:
+                continue
     raise ModelError(f"{methods} needs a Conv2D layer, and the model has none "
                      "(use grad, ig, occlusion or another model-agnostic method)")
+
+
+def nested_path(model, layer):
+    """``[model, m1, ..., mk]``: the models nested in one another from ``model`` down to the one
+    whose own layer ``layer`` is (``[model]`` for a layer of ``model`` itself); None when ``layer``
+    is in none of them."""
+    if any(item is layer for item in model.layers):
+        return [model]
+    for item in model.layers:
+        if _is_nested(item):
+            path = nested_path(item, layer)
+            if path is not None:
+                return [model] + path
+    return None
+
+
+def find_layer(model, name):
+    """The layer named ``name`` in ``model`` or, when ``model`` has none, in the models nested in
+    it (depth first, in order); None when there is none."""
+    for item in model.layers:
+        if item.name == name:
+            return item
+    for item in model.layers:
+        if _is_nested(item):
+            found = find_layer(item, name)
+            if found is not None:
+                return found
+    return None
+
+
+def tapped(model, layer):
+    """``f(x, training=False) -> (layer's output, model's output)`` for a ``layer`` of ``model`` or
+    of a model nested in it at any depth (Grad-CAM's feature map inside a classifier wrapped with
+    preprocessing layers). Made of functional models (the public API): for a nested model ``m``,
+    the part of its parent before ``m``, ``m`` itself tapped, and the part after it. ModelError in
+    one line when ``layer`` is not in the model, or a nested model on the way is called more than
+    once, takes several inputs, or is bypassed by a connection around it."""
+    path = nested_path(model, layer)
+    if path is None:
+        raise ModelError(f"layer {layer.name!r} is not part of the model {model.name!r}")
+    if len(path) == 1:
+        return submodel(model, [output_in(model, layer), model.outputs[0]])
+    from .compat import node_inputs, node_outputs
+
+    outer, inner = path[0], path[1]
+    cut = []
+    for node in _call_nodes(inner):
+        ins, outs = node_inputs(node), node_outputs(node)
+        try:
+            submodel(outer, outs[0])
+        except (ValueError, KeyError, AttributeError):
+            continue
+        cut.append((ins, outs))
+    if len(cut) != 1 or len(cut[0][0]) != 1 or len(cut[0][1]) != 1:
+        raise ModelError(f"layer {layer.name!r} is inside the nested model {inner.name!r}, which the model "
+                         f"{outer.name!r} calls {len(cut)} times or with several inputs or outputs; name a layer "
+                         "of the outer model instead")
+    (t_in,), (t_out,) = cut[0]
+    k = kmodule(outer)
+    head = None if t_in is outer.inputs[0] else k.Model(outer.inputs[0], t_in)
+    try:
+        tail = None if t_out is outer.outputs[0] else k.Model(t_out, outer.outputs[0])
+    except ValueError:
+        raise ModelError(f"layer {layer.name!r} is inside the nested model {inner.name!r}, and the model "
+                         f"{outer.name!r} does not pass everything through it (a connection around it); name a "
+                         "layer of the outer model instead") from None
+    inside = tapped(inner, layer)
+
+    def call(x, training=False):
+        acts, y = inside(head(x, training=training) if head is not None else x, training=training)
+        return acts, (tail(y, training=training) if tail is not None else y)
+
+    return call
 
 
 def leaf_layers(model):
@@ -671,19 +751,26 @@ def chain_layers(model):
     return layers, ""
 
 
+def _call_nodes(layer):
+    """Every call node of ``layer`` (:func:`xaitf.compat.inbound_node`), in order."""
+    from .compat import inbound_node
+
+    nodes = []
+    while True:
+        try:
+            nodes.append(inbound_node(layer, len(nodes)))
+        except IndexError:
+            return nodes
+
+
 def output_in(model, layer):
     """``layer``'s output tensor in ``model``'s graph. ``layer.output`` is that of its first call;
     a layer called in more than one graph (a nested model used as a layer: its call in the user's
     model and in a logits copy; layers shared by two models) has one call node per graph: the
     latest call whose output ``model`` can be cut at."""
-    from .compat import inbound_node, node_outputs
+    from .compat import node_outputs
 
-    calls = []
-    while True:
-        try:
-            calls.append(node_outputs(inbound_node(layer, len(calls)))[0])
-        except IndexError:
-            break
+    calls = [node_outputs(node)[0] for node in _call_nodes(layer)]
     if len(calls) < 2 and not _is_nested(layer):
         return layer.output
     for out in reversed(calls):

@@ -6,7 +6,8 @@ default, or what ``output=`` says), sum over channels, keep the positive part an
 bilinearly to the input size. Maps are (N,H,W), not normalised.
 
 Parameters (preset sections ``GRADCAM`` / ``GRADCAMPP`` of :mod:`xaitf.settings`):
-    layer: name of the layer whose output is ``A``, as the user's model names it (the layer whose
+    layer: name of the layer whose output is ``A``, as the user's model names it (also a layer of
+        a model nested in it, at any depth: :func:`xaitf.keras_bridge.tapped`; the layer whose
         softmax was replaced in the logits copy is found under its twin, see
         :func:`resolve_layer`); it must have a 4-D (N,h,w,K) output, or a 3-D (N,T,K) output of
         tokens on a grid (a vision transformer, below). ``None`` = the last Conv2D-like layer
@@ -35,7 +36,7 @@ import tensorflow as tf
 
 from ..errors import ModelError
 from ..grouped_conv import counterpart
-from ..keras_bridge import find_last_conv, output_in, submodel
+from ..keras_bridge import find_last_conv, find_layer, nested_path, output_in, tapped
 from .gradients import INDEX_SPEC, GradientFamily, as_int32, image_spec
 
 
@@ -150,10 +151,9 @@ def resolve_layer(model, forward, name, method, rank=4):
     hint = (f"layers with {what}: {', '.join(choices)}" if choices
             else f"the model has no layer with {what} (use grad, ig, occlusion or another "
                  "model-agnostic method)")
-    try:
-        mine = model.get_layer(name)
-    except ValueError:
-        raise ModelError(f"{method}: the model has no layer {name!r}; {hint}") from None
+    mine = find_layer(model, name)              # nested models searched too
+    if mine is None:
+        raise ModelError(f"{method}: the model has no layer {name!r}; {hint}")
     shape = _output_shape(mine)
     if shape is None or len(shape) not in ranks:
         got = "no single output" if shape is None else f"a {len(shape)}-D output {shape}"
@@ -163,10 +163,9 @@ def resolve_layer(model, forward, name, method, rank=4):
     if forward is model:
         return mine
     for candidate in (name, f"{name}_logits"):
-        try:
-            return forward.get_layer(candidate)
-        except ValueError:
-            continue
+        found = find_layer(forward, candidate)
+        if found is not None:
+            return found
     raise ModelError(f"{method}: layer {name!r} is not part of the explained (pre-softmax) model; "
                      f"{hint}")
 
@@ -197,7 +196,7 @@ class GradCam(GradientFamily):
             layer = default_layer(self.forward, self.title_name)
         else:
             layer = resolve_layer(self.model, self.forward, name, self.title_name, rank=(3, 4))
-        out = output_in(self.forward, layer)
+        out = output_in(self.forward, layer) if nested_path(self.forward, layer) == [self.forward] else layer.output
         if len(out.shape) not in (3, 4):
             raise ModelError(f"{self.title_name} needs a layer with (N,h,w,K) output or (N,T,K) tokens; "
                              f"{layer.name!r} gives {tuple(out.shape)} (name a Conv2D layer with layer=...)")
@@ -206,12 +205,12 @@ class GradCam(GradientFamily):
             raise ModelError(f"{self.title_name}: grid= is for a layer of tokens (N,T,K); {layer.name!r} gives "
                              f"{tuple(out.shape)}")
         self.layer, self._grid = layer, grid
-        model = self.forward
+        model, target = self.forward, layer
         if self.runner is not self.forward:     # the same function without Keras's XLA detour
             same = counterpart(self.runner, layer)
             if same is not None:
-                model, out = self.runner, output_in(self.runner, same)
-        sub = submodel(model, [out, model.outputs[0]])
+                model, target = self.runner, same
+        sub = tapped(model, target)             # (A, outputs); A may be inside a nested model
         weigh, select = self.channel_weights, self.select
 
         def build():
