@@ -155,3 +155,21 @@ def test_bad_input_is_one_line(cnn, images):
                                         progress=False)
     with pytest.raises(InputError, match="targets: expected 3 class indices in 0..3"):
         R.random_logit(cnn, images, [0, 1, 7], "grad")
+
+
+def test_spearman_similarity_is_scipys_on_maps_with_ties():
+    """Average ranks without a stable sort (ties averaged anyway) equal scipy's rankdata, and the
+    Spearman similarity scipy's spearmanr, on maps where half the pixels are exactly 0 (a ReLU
+    network's |gradient|) and on maps with few distinct values."""
+    from scipy.stats import rankdata, spearmanr
+
+    from xaitf.metrics._checks import average_ranks
+    from xaitf.metrics.randomisation import spearman
+
+    rng = np.random.default_rng(3)
+    for a in (np.where(rng.random((40, 40)) < 0.5, 0.0, rng.random((40, 40))),
+              rng.integers(0, 4, (40, 40)).astype(np.float64)):
+        np.testing.assert_array_equal(average_ranks(a.ravel()), rankdata(a.ravel()))
+        b = a + rng.normal(0, 0.3, a.shape)
+        assert spearman(a, b) == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-12)
+    np.testing.assert_array_equal(average_ranks([2.0, 2.0 + 1e-9, 1.0], tol=1e-6), [2.5, 2.5, 1.0])

@@ -61,3 +61,20 @@ def pixel_order(maps):
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.broadcast_to(np.arange(h * w), order.shape), axis=1)
     return rank.reshape(n, h, w).astype(np.int32)
+
+
+def average_ranks(v, tol=0.0):
+    """1-based ranks of the values of the 1-D array ``v``, tied values sharing the mean of their
+    ranks; values within ``tol`` of their neighbour in sorted order form one tie (``tol`` 0:
+    ``scipy.stats.rankdata``'s default ranks). The sort need not be stable (ties are averaged):
+    2 ms against rankdata's 4-5 ms for a 224x224 map."""
+    v = np.asarray(v, np.float64)
+    order = np.argsort(v)
+    new = np.empty(len(v), bool)
+    new[:1] = True
+    np.greater(np.diff(v[order]), tol, out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(v))
+    out = np.empty(len(v))
+    out[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return out

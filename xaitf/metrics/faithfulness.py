@@ -35,6 +35,7 @@ from ..explainer import chunks
 from ..explainer import progress as _progress
 from ..keras_bridge import model_cache
 from ..methods._random import INFIDELITY_NOISE, ROAD_NOISE, hashed_normal, pair_ids
+from ._checks import average_ranks
 from ._common import Curve, fill_image, pixel_order, prepare
 from .imputation import linear_impute_batch, noisy_linear_impute, worth_compiling  # noqa: F401
 
@@ -137,15 +138,7 @@ TIE_RTOL = 1e-5   # model outputs this close (relative to the row's largest scor
 def _rank_ties_within(v, tol):
     """Average ranks (1-based) of each row of ``v``, values within ``tol[row]`` of their neighbour
     in sorted order counted as one tie (``tol`` 0: scipy's ``rankdata``)."""
-    out = np.empty(v.shape, np.float64)
-    for i, (row, t) in enumerate(zip(v, tol)):
-        order = np.argsort(row, kind="stable")
-        s = row[order]
-        group = np.concatenate([[0], np.cumsum(np.diff(s) > t)])
-        first = np.searchsorted(group, group, side="left")
-        last = np.searchsorted(group, group, side="right")
-        out[i, order] = (first + last + 1) / 2.0
-    return out
+    return np.stack([average_ranks(row, t) for row, t in zip(v, tol)])
 
 
 def _correlate(a, b, how, scores=None):
@@ -156,9 +149,7 @@ def _correlate(a, b, how, scores=None):
     input scored in batches of other sizes can differ by an ulp of float32, which would otherwise
     turn a tie into an order and move the result with ``batch_size``."""
     if how == "spearman":
-        from scipy.stats import rankdata
-
-        a = rankdata(a, axis=1)
+        a = _rank_ties_within(a, np.zeros(len(a)))
         tol = np.zeros(len(b)) if scores is None else TIE_RTOL * np.abs(scores).max(axis=1)
         b = _rank_ties_within(np.asarray(b, np.float64), tol)
     a = a - a.mean(axis=1, keepdims=True)

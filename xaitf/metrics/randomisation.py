@@ -26,7 +26,7 @@ import collections
 import numpy as np
 
 from ..errors import InputError, MethodError
-from ._checks import check_int, check_maps
+from ._checks import average_ranks, check_int, check_maps
 
 SIMILARITIES = ("spearman", "ssim", "hog")
 ORDERS = ("cascading", "independent")
@@ -61,9 +61,7 @@ def _pearson(u, v):
 
 def spearman(a, b):
     """Spearman rank correlation of two maps (H,W)."""
-    from scipy.stats import rankdata
-
-    r = _pearson(rankdata(a.ravel()), rankdata(b.ravel()))
+    r = _pearson(average_ranks(a.ravel()), average_ranks(b.ravel()))
     return _degenerate(a, b) if r is None else r
 
 
