@@ -492,9 +492,10 @@ def seconds(name, explainer, n_inputs, timing, calls=1, traced=False):
     return setup + calls * (segment + factor * n_inputs * evals * timing[kind]), evals, note
 
 
-def randomisation_state_seconds(model, image, n, similarities=("spearman", "ssim", "hog")):
+def randomisation_state_seconds(model, image, n, similarities=None):
     """Seconds of a randomisation test's work per randomised state besides the explanations,
-    timed here (after an untimed call): the ``similarities`` of ``n`` maps shaped like ``image``
+    timed here (after an untimed call): the ``similarities`` (None: all of
+    :data:`xaitf.metrics.randomisation.SIMILARITIES`) of ``n`` maps shaped like ``image``
     with the original maps, and a weights fingerprint of ``model`` (an explainer checks its
     model's weights on each call and rebuilds what it copied from them; on a 224x224 MobileNetV2
     with 4 images about 90 ms of similarities and 22 ms for the fingerprint against 110 ms of
@@ -502,8 +503,9 @@ def randomisation_state_seconds(model, image, n, similarities=("spearman", "ssim
     import numpy as np
 
     from .keras_bridge import weights_fingerprint
-    from .metrics.randomisation import similarity
+    from .metrics.randomisation import SIMILARITIES, similarity
 
+    similarities = SIMILARITIES if similarities is None else similarities
     rng = np.random.default_rng(0)
     a, b = (rng.random((1,) + tuple(np.shape(image))[:2]) for _ in range(2))
     similarity(a, b, tuple(similarities))

@@ -282,7 +282,7 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
     when a method has no cost model."""
     from . import budget
     from .evaluation import metric_cost
-    from .metrics.randomisation import SIMILARITIES, randomisable_layers
+    from .metrics.randomisation import randomisable_layers
 
     costs = {}
     for k, ex in explainers.items():
@@ -294,8 +294,8 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
                             batch_backward=16, warm=True)
     budget.measure_segmentation(explainers.values(), np.asarray(image), timing)
     host = {m: budget.metric_host_seconds(m, metric_kwargs.get(m, {}), image, n) for m in metrics}
-    state = {m: budget.randomisation_state_seconds(model, image, n, metric_kwargs.get(m, {}).get(
-        "similarities", SIMILARITIES)) for m in metrics if m in RANDOMISED}
+    state = {m: budget.randomisation_state_seconds(model, image, n, metric_kwargs.get(m, {}).get("similarities"))
+             for m in metrics if m in RANDOMISED}
     layers = len(randomisable_layers(model))
     parts_s = []
     ms = f"{timing['forward'] * 1e3:.3g} ms per image forward" + (

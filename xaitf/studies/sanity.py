@@ -63,12 +63,12 @@ def _explainer(name, model, shape):
     return create_from_presets(name, model, progress=False, **budget.unset_scaled_defaults(name, shape))
 
 
-def estimate_line(model, shape, methods, x, similarities=("spearman", "ssim", "hog")):
+def estimate_line(model, shape, methods, x, similarities=None):
     """One line: the estimated time of the cascading randomisation of every method on ``model``
     (its maps on the trained model and after each of the L randomised layers: L + 1 runs of each
     method, :func:`xaitf.budget.seconds`, traced on the model and on its randomised copy; L times
-    the ``similarities`` and weight checks, :func:`xaitf.budget.randomisation_state_seconds`), the
-    total and the costliest methods."""
+    the ``similarities`` (None: all) and weight checks,
+    :func:`xaitf.budget.randomisation_state_seconds`), the total and the costliest methods."""
     from .. import budget
     from ..metrics.randomisation import randomisable_layers
 
