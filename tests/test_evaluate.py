@@ -323,8 +323,8 @@ def test_estimate_counts_the_layers_mprt_randomises():
 
 def test_estimate_traces_once_per_model_and_adds_the_randomisation_work(monkeypatch):
     """The metrics' explanations reuse the maps' traced programs (max_sensitivity: none); MPRT's
-    randomised copy traces once, not once per layer, and adds the similarities and weight checks
-    of every state."""
+    randomised copy traces once, not once per layer, and adds the similarities of every state and,
+    for an explainer that keeps copies of the weights (gb's clone), its weights check."""
     from xaitf import budget
     from xaitf.evaluation_cli import estimate
     from xaitf.metrics.randomisation import randomisable_layers
@@ -334,14 +334,17 @@ def test_estimate_traces_once_per_model_and_adds_the_randomisation_work(monkeypa
     timing = {"forward": 0.01, "forward_1": 0.01, "trace": 50.0, "backward": 0.02, "backward_1": 0.02,
               "trace_backward": 100.0}
     monkeypatch.setattr(budget, "measure", lambda *a, **k: dict(timing))
-    monkeypatch.setattr(budget, "randomisation_state_seconds", lambda m, image, n, sims: 0.3)
+    monkeypatch.setattr(budget, "randomisation_state_seconds", lambda m, image, n, sims: (0.3, 0.1))
     grad = xaitf.create_explainer("grad", model)
     one = budget.MARGIN * 2 * 0.02                        # grad on 2 images: 1 evaluation each
     total, lines, _ = estimate(model, {"grad": grad}, ["mprt", "max_sensitivity"], {}, (8, 8, 1), 2,
                                np.zeros((8, 8, 1), np.float32))
     mprt = 100.0 + layers * one + layers * 0.3 * budget.MARGIN
     assert total == pytest.approx((100.0 + one) + mprt + 10 * one)
-    assert f"({layers} explanations with 150 ms of similarities and weight checks each per image)" in lines[1]
+    assert f"({layers} explanations with 150 ms of similarities each per image)" in lines[1]   # grad: no check
+    gb = xaitf.create_explainer("gb", model)
+    _, lines, _ = estimate(model, {"gb": gb}, ["mprt"], {}, (8, 8, 1), 2, np.zeros((8, 8, 1), np.float32))
+    assert f"({layers} explanations with 200 ms of similarities and weight checks each per image)" in lines[1]
 
 
 def test_command_line_preprocess_reaches_pda_and_z_box_and_the_settings_are_recorded(tmp_path, capsys,

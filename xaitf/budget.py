@@ -493,13 +493,13 @@ def seconds(name, explainer, n_inputs, timing, calls=1, traced=False):
 
 
 def randomisation_state_seconds(model, image, n, similarities=None):
-    """Seconds of a randomisation test's work per randomised state besides the explanations,
-    timed here (after an untimed call): the ``similarities`` (None: all of
-    :data:`xaitf.metrics.randomisation.SIMILARITIES`) of ``n`` maps shaped like ``image``
-    with the original maps, and a weights fingerprint of ``model`` (an explainer checks its
-    model's weights on each call and rebuilds what it copied from them; on a 224x224 MobileNetV2
-    with 4 images about 90 ms of similarities and 22 ms for the fingerprint against 110 ms of
-    gradients)."""
+    """``(similarities, weights check)``: seconds of a randomisation test's work per randomised
+    state besides the explanations, timed here (after an untimed call): the ``similarities``
+    (None: all of :data:`xaitf.metrics.randomisation.SIMILARITIES`) of ``n`` maps shaped like
+    ``image`` with the original maps, and one weights fingerprint of ``model``, which an
+    explainer that keeps copies of the weights (``copies_weights``: native LRP, clones, twins)
+    takes on each call (a 224x224 MobileNetV2, 4 images: about 90 ms of similarities and 22 ms
+    for the fingerprint against 110 ms of gradients)."""
     import numpy as np
 
     from .keras_bridge import weights_fingerprint
@@ -514,7 +514,13 @@ def randomisation_state_seconds(model, image, n, similarities=None):
     similarity(a, b, tuple(similarities))
     t1 = time.perf_counter()
     weights_fingerprint(model)
-    return n * (t1 - t0) + (time.perf_counter() - t1)
+    return n * (t1 - t0), time.perf_counter() - t1
+
+
+def state_seconds(parts, explainer):
+    """Seconds per randomised state for ``explainer`` from :func:`randomisation_state_seconds`'s
+    ``parts``: the weights check only where the explainer takes it."""
+    return parts[0] + (parts[1] if getattr(explainer, "copies_weights", True) else 0.0)
 
 
 def duration(s):

@@ -314,8 +314,10 @@ def estimate(model, explainers, metrics, metric_kwargs, shape, n, image):
             what = [f"{fwd:,} evaluations"] if fwd else []
             what += [f"{expl} explanation{'' if expl == 1 else 's'}"] if expl else []
             if m in state:
-                s = s + expl * state[m] * budget.MARGIN if s is not None else None
-                what[-1] += f" with {state[m] / n * 1e3:.3g} ms of similarities and weight checks each"
+                per = budget.state_seconds(state[m], ex)
+                s = s + expl * per * budget.MARGIN if s is not None else None
+                what[-1] += (f" with {per / n * 1e3:.3g} ms of similarities"
+                             + (" and weight checks" if per > state[m][0] else "") + " each")
             if host[m][1] is not None:                 # work besides the model (ROAD, IROF)
                 s = s + n * host[m][0] * budget.MARGIN if s is not None else None
                 what += [host[m][1]]

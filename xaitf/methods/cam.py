@@ -184,6 +184,8 @@ class GradCam(GradientFamily):
         **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
+    copies_weights = False      # the model's variables, read live
+
     key = "gradcam"     # the settings preset section (command lines and studies)
     title_name = "Grad-CAM"
 

@@ -135,6 +135,8 @@ class Gradient(GradientFamily):
         **common: batch_size, channel_reduce, seed, progress, output (see :class:`xaitf.explainer.Explainer`).
     """
 
+    copies_weights = False      # the model's variables, read live
+
     key = "grad"
 
     def setup(self):
@@ -214,6 +216,8 @@ class IntegratedGradients(GradientFamily):
     at a time, or one input with its steps split in groups when ``steps > batch_size``.
     """
 
+    copies_weights = False      # the model's variables, read live
+
     key = "ig"     # the settings preset section (command lines and studies)
 
     def __init__(self, model, *, steps=64, baseline=0.0, rule="midpoint", **common):
@@ -287,6 +291,8 @@ class SmoothGrad(GradientFamily):
     or the other inputs. Each call evaluates at most ``batch_size`` noisy images.
     The registry names ``vargrad`` and ``squaregrad`` are this class with ``postprocess`` fixed.
     """
+
+    copies_weights = False      # the model's variables, read live
 
     key = "sg"     # the settings preset section (command lines and studies)
     stochastic = True

@@ -74,14 +74,15 @@ def estimate_line(model, shape, methods, x, similarities=None):
 
     timing = budget.measure(model, backward=True, batch=64, batch_backward=16, warm=True)
     layers = len(randomisable_layers(model))
-    states = layers * budget.randomisation_state_seconds(model, x[0], len(x), similarities) * budget.MARGIN
+    state = budget.randomisation_state_seconds(model, x[0], len(x), similarities)
     runs = layers + 1
     est, unknown = {}, []
     for name in methods:
         try:
             ex = _explainer(name, model, shape)
             budget.measure_segmentation([ex], np.asarray(x[0]), timing)
-            est[name] = (budget.seconds(name, ex, len(x), timing, calls=runs)[0] + states
+            est[name] = (budget.seconds(name, ex, len(x), timing, calls=runs)[0]
+                         + layers * budget.state_seconds(state, ex) * budget.MARGIN
                          + budget.seconds(name, ex, len(x), timing, calls=0)[0])       # the copy's trace
         except Exception:  # noqa: BLE001 - no cost model, or the method cannot handle the model
             unknown.append(name)
