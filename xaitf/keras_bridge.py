@@ -616,14 +616,6 @@ def is_softmax_layer(layer):
     return layer_type(layer) == "Softmax" or activation_name(layer) == "softmax"
 
 
-def find_layer(model, name):
-    try:
-        return model.get_layer(name)
-    except ValueError:
-        names = [l.name for l in model.layers]
-        raise ModelError(f"model has no layer {name!r}; layers: {', '.join(names)}") from None
-
-
 def find_last_conv(model, methods="this method"):
     """The last convolutional layer, searched from the output backwards; in a model without one at
     its top level, the last nested model with a 4-D (N,h,w,K) output (transfer learning,
@@ -661,16 +653,22 @@ def nested_path(model, layer):
 
 def find_layer(model, name):
     """The layer named ``name`` in ``model`` or, when ``model`` has none, in the models nested in
-    it (depth first, in order); None when there is none."""
-    for item in model.layers:
-        if item.name == name:
-            return item
-    for item in model.layers:
-        if _is_nested(item):
-            found = find_layer(item, name)
+    it (depth first, in order); ModelError in one line naming the model's layers when there is
+    none."""
+    def search(m):
+        for item in m.layers:
+            if item.name == name:
+                return item
+        for item in m.layers:
+            found = search(item) if _is_nested(item) else None
             if found is not None:
                 return found
-    return None
+        return None
+
+    found = search(model)
+    if found is None:
+        raise ModelError(f"model has no layer {name!r}; layers: {', '.join(l.name for l in model.layers)}")
+    return found
 
 
 def tapped(model, layer):

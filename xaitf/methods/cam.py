@@ -151,9 +151,10 @@ def resolve_layer(model, forward, name, method, rank=4):
     hint = (f"layers with {what}: {', '.join(choices)}" if choices
             else f"the model has no layer with {what} (use grad, ig, occlusion or another "
                  "model-agnostic method)")
-    mine = find_layer(model, name)              # nested models searched too
-    if mine is None:
-        raise ModelError(f"{method}: the model has no layer {name!r}; {hint}")
+    try:
+        mine = find_layer(model, name)              # nested models searched too
+    except ModelError:
+        raise ModelError(f"{method}: the model has no layer {name!r}; {hint}") from None
     shape = _output_shape(mine)
     if shape is None or len(shape) not in ranks:
         got = "no single output" if shape is None else f"a {len(shape)}-D output {shape}"
@@ -163,9 +164,10 @@ def resolve_layer(model, forward, name, method, rank=4):
     if forward is model:
         return mine
     for candidate in (name, f"{name}_logits"):
-        found = find_layer(forward, candidate)
-        if found is not None:
-            return found
+        try:
+            return find_layer(forward, candidate)
+        except ModelError:
+            continue
     raise ModelError(f"{method}: layer {name!r} is not part of the explained (pre-softmax) model; "
                      f"{hint}")
 
