@@ -138,3 +138,28 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "new"
     p = cli.atomic_write(tmp_path / "keep.txt", lambda t: open(t, "w").write("newer"), overwrite=False)
     assert p.name == "keep_1.txt" and (tmp_path / "keep.txt").read_text() == "new"
+
+
+def test_randomisation_figure_shows_at_most_max_steps_evenly_spaced():
+    """A ResNet50's 53 cascading steps in one row were 54 unreadable panels (6710x266 px): at most
+    ``max_steps`` evenly spaced steps are drawn, the first and last included, each titled with its
+    step number and labelled with its own similarity; the title says how many are shown."""
+    from xaitf.metrics.randomisation import Randomisation
+
+    assert P.randomisation_steps(5, 15) == [0, 1, 2, 3, 4]
+    steps = P.randomisation_steps(53, 15)
+    assert len(steps) == 15 and steps[0] == 0 and steps[-1] == 52 and np.all(np.diff(steps) >= 3)
+    rng = np.random.default_rng(0)
+    layers = [f"layer{i}" for i in range(53)]
+    scores = {"spearman": np.repeat(np.arange(53, dtype=float)[:, None] / 100, 2, axis=1)}
+    res = Randomisation(layers, scores, rng.random((53, 2, 6, 6)), rng.random((2, 6, 6)))
+    fig = P.randomisation_figure({"grad": res, "ig": res}, max_steps=15)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 2 * 16                                   # original + 15 steps, two methods
+    titles = [ax.get_title() for ax in panels[:16]]
+    assert titles[0] == "original" and titles[1] == "1: + layer0" and titles[-1] == "53: + layer52"
+    assert panels[2].get_xlabel() == f"ρ {steps[1] / 100:.2f}"
+    assert "15 of the 53 steps shown" in fig.get_suptitle()
+    few = P.randomisation_figure({"grad": Randomisation(layers[:3], {"spearman": scores["spearman"][:3]},
+                                                        res.maps[:3], res.original)})
+    assert len([ax for ax in few.axes if ax.get_images()]) == 4 and "shown" not in few.get_suptitle()

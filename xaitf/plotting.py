@@ -302,7 +302,15 @@ def save_figure(fig, path, overwrite=False):
                         overwrite=overwrite)
 
 
-def randomisation_figure(results, image_index=0, title=None, dpi=110):
+def randomisation_steps(count, max_steps):
+    """Indices of the randomisation steps a figure shows: all ``count`` when they fit in
+    ``max_steps``, else ``max_steps`` evenly spaced ones, the first and the last included."""
+    if count <= max_steps:
+        return list(range(count))
+    return sorted({int(round(v)) for v in np.linspace(0, count - 1, max_steps)})
+
+
+def randomisation_figure(results, image_index=0, title=None, dpi=110, max_steps=15):
     """The sanity-check figure (Adebayo et al. 2018, fig. 2): one row per method, the original
     map then the maps after each cascading randomisation step (top layer first), |map| / max of
     image ``image_index``; under each panel the mean Spearman similarity to the original over all
@@ -313,18 +321,24 @@ def randomisation_figure(results, image_index=0, title=None, dpi=110):
             :func:`xaitf.metrics.randomisation.model_parameter_randomisation` run with
             ``return_maps`` (True, or the number of images kept); each panel is labelled with the
             mean Spearman similarity (or the first similarity computed when Spearman is not).
+        max_steps: at most this many randomisation steps are shown (15): a ResNet50's 53 steps in
+            one row are panels too small to read; with more, evenly spaced steps, the first and the
+            last included (:func:`randomisation_steps`), and the title says how many.
 
     Returns:
         a :class:`matplotlib.figure.Figure` (:func:`save_figure` writes it).
     """
     rows = list(results.items())
     layers = rows[0][1].layers
-    cols = len(layers) + 1
-    fig = Figure(figsize=(1.35 * cols + 1.9, 1.45 * len(rows) + 1.0), dpi=dpi)
+    steps = randomisation_steps(len(layers), max(2, int(max_steps)))
+    cols = len(steps) + 1
+    head = 0.75 + (0.25 if len(steps) < len(layers) else 0.0)      # inches above the panels
+    height = 1.45 * len(rows) + head + 0.25
+    fig = Figure(figsize=(1.35 * cols + 1.9, height), dpi=dpi)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     im = None
     for r, (label, res) in enumerate(rows):
-        panels = [res.original[image_index]] + [m[image_index] for m in res.maps]
+        panels = [res.original[image_index]] + [res.maps[k][image_index] for k in steps]
         for c, m in enumerate(panels):
             a = np.abs(np.asarray(m, np.float64))
             top = a.max()
@@ -333,15 +347,19 @@ def randomisation_figure(results, image_index=0, title=None, dpi=110):
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title("original" if c == 0 else f"+ {layers[c - 1]}", fontsize=7, rotation=20)
+                ax.set_title("original" if c == 0 else f"{steps[c - 1] + 1}: + {layers[steps[c - 1]]}",
+                             fontsize=7, rotation=20)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
             else:
                 sim = "spearman" if "spearman" in res.scores else next(iter(res.scores))
-                rho = float(np.mean(res.scores[sim][c - 1]))
+                rho = float(np.mean(res.scores[sim][steps[c - 1]]))
                 ax.set_xlabel(f"{'ρ' if sim == 'spearman' else sim} {rho:.2f}", fontsize=7, labelpad=2)
-    fig.suptitle(title or "Cascading model parameter randomisation (top layer first)", fontsize=9)
-    fig.subplots_adjust(left=0.12, right=0.86, top=1 - 0.75 / (1.45 * len(rows) + 1.0), bottom=0.05,
+    title = title or "Cascading model parameter randomisation (top layer first)"
+    if len(steps) < len(layers):
+        title += f"\n{len(steps)} of the {len(layers)} steps shown (step k: the top k layers randomised)"
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.12, right=0.86, top=1 - head / height, bottom=0.05,
                         wspace=0.08, hspace=0.35)
     cax = fig.add_axes([0.89, 0.15, 0.018, 0.6])
     fig.colorbar(im, cax=cax, label="|relevance| / max")
