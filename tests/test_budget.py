@@ -51,19 +51,28 @@ def test_repeated_calls_trace_once_and_traced_calls_not_at_all(tiny_rgb_cnn):
 
 
 def test_randomisation_state_seconds_time_the_similarities_and_the_fingerprints(tiny_rgb_cnn, monkeypatch):
-    """Per randomised state: the similarities of n maps shaped like the image (one map timed, x n)
-    and one weights fingerprint (the check of an explainer that keeps copies of the weights)."""
+    """Per randomised state: the similarities of n maps shaped like the image with a reference
+    prepared once (one map timed, x n) and one weights fingerprint (the check of an explainer that
+    keeps copies of the weights)."""
     from xaitf import keras_bridge
     from xaitf.metrics import randomisation
 
     seen = []
-    monkeypatch.setattr(randomisation, "similarity", lambda a, b, how: seen.append((a.shape, how)))
+
+    class Reference:
+        def __init__(self, a, how):
+            seen.append(("reference", a.shape, how))
+
+        def compare(self, b):
+            seen.append(b.shape)
+
+    monkeypatch.setattr(randomisation, "Reference", Reference)
     monkeypatch.setattr(keras_bridge, "weights_fingerprint", lambda m: seen.append(m is tiny_rgb_cnn))
     clock = iter([10.0, 10.5, 11.0])        # 0.5 s for the similarities, 0.5 s for one fingerprint
     monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     parts = budget.randomisation_state_seconds(tiny_rgb_cnn, np.zeros((8, 6, 3)), 4, ("ssim",))
     assert parts == pytest.approx((4 * 0.5, 0.5))
-    assert seen == [((1, 8, 6), ("ssim",)), True] * 2          # untimed, timed
+    assert seen == [("reference", (1, 8, 6), ("ssim",))] + [(1, 8, 6), True] * 2    # untimed, timed
     # the fingerprint only for explainers that take it on each call
     assert budget.state_seconds(parts, xaitf.create_explainer("grad", tiny_rgb_cnn)) == pytest.approx(2.0)
     assert budget.state_seconds(parts, xaitf.create_explainer("gb", tiny_rgb_cnn)) == pytest.approx(2.5)

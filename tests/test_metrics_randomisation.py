@@ -173,3 +173,19 @@ def test_spearman_similarity_is_scipys_on_maps_with_ties():
         b = a + rng.normal(0, 0.3, a.shape)
         assert spearman(a, b) == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-12)
     np.testing.assert_array_equal(average_ranks([2.0, 2.0 + 1e-9, 1.0], tol=1e-6), [2.5, 2.5, 1.0])
+
+
+def test_a_reference_gives_the_pairwise_similarities():
+    """The original maps prepared once (ranks and HOG features computed once) give, state after
+    state, exactly what comparing the two batches afresh gives."""
+    rng = np.random.default_rng(5)
+    a = np.where(rng.random((3, 20, 20)) < 0.3, 0.0, rng.normal(size=(3, 20, 20)))
+    ref = R.Reference(a, R.SIMILARITIES)
+    for k in range(3):
+        b = a + rng.normal(0, 0.5 * k, a.shape)
+        got, want = ref.compare(b), {s: np.array([R._SIM[s](*pair) for pair in zip(
+            R._prepare(a, True, True), R._prepare(b, True, True))]) for s in R.SIMILARITIES}
+        for s in R.SIMILARITIES:
+            np.testing.assert_array_equal(got[s], want[s])
+    assert R.Reference(a, "hog").compare(a).shape == (3,)
+    np.testing.assert_allclose(R.Reference(a, "hog").compare(a), 1.0)

@@ -59,13 +59,24 @@ def _pearson(u, v):
     return float((u * v).sum() / d) if d > 0 else None
 
 
-def spearman(a, b):
-    """Spearman rank correlation of two maps (H,W)."""
-    r = _pearson(average_ranks(a.ravel()), average_ranks(b.ravel()))
+def _rank_features(a):
+    return average_ranks(a.ravel())
+
+
+def _hog_features(a):
+    from skimage.feature import hog as _hog
+
+    cell = max(2, min(a.shape) // 7)
+    return _hog(a, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+
+
+def spearman(a, b, fa=None, fb=None):
+    """Spearman rank correlation of two maps (H,W) (``fa``/``fb``: their ranks, when known)."""
+    r = _pearson(_rank_features(a) if fa is None else fa, _rank_features(b) if fb is None else fb)
     return _degenerate(a, b) if r is None else r
 
 
-def ssim(a, b):
+def ssim(a, b, fa=None, fb=None):
     """Structural similarity of two maps (H,W); window 7 or the largest odd size that fits."""
     from skimage.metrics import structural_similarity
 
@@ -78,26 +89,45 @@ def ssim(a, b):
     return float(structural_similarity(a, b, win_size=win, data_range=rng))
 
 
-def hog(a, b):
-    """Pearson correlation of the HOG features of two maps (H,W)."""
-    from skimage.feature import hog as _hog
-
-    cell = max(2, min(a.shape) // 7)
-    kw = dict(orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
-    r = _pearson(_hog(a, **kw), _hog(b, **kw))
+def hog(a, b, fa=None, fb=None):
+    """Pearson correlation of the HOG features of two maps (H,W) (``fa``/``fb``: their features,
+    when known)."""
+    r = _pearson(_hog_features(a) if fa is None else fa, _hog_features(b) if fb is None else fb)
     return _degenerate(a, b) if r is None else r
 
 
 _SIM = {"spearman": spearman, "ssim": ssim, "hog": hog}
+_FEATURES = {"spearman": _rank_features, "hog": _hog_features}     # what a reference computes once
+
+
+class Reference:
+    """Maps (N,H,W) to compare other maps with, prepared once: normalised, and the features of the
+    ``how`` similarities that depend on one map only (Spearman's ranks, HOG's histograms) computed
+    once, so that a randomisation test compares each state's maps with the original's at half the
+    cost (224x224: Spearman 2 ms and HOG 4.5 ms a map)."""
+
+    def __init__(self, a, how="spearman", absolute=True, normalise=True):
+        self.sims = _check_similarities(how)
+        self.single = isinstance(how, str)
+        self.absolute, self.normalise = absolute, normalise
+        self.maps = _prepare(check_maps(a, name="a"), absolute, normalise)
+        self.features = {s: [_FEATURES[s](m) for m in self.maps] for s in self.sims if s in _FEATURES}
+
+    def compare(self, b):
+        """Per-image similarity of ``b`` (N,H,W) with the reference maps: (N,) float64, or a dict
+        of them for several similarities."""
+        b = _prepare(check_maps(b, self.maps.shape, name="b"), self.absolute, self.normalise)
+        out = {}
+        for s in self.sims:
+            fa = self.features.get(s)
+            out[s] = np.array([_SIM[s](self.maps[i], b[i], None if fa is None else fa[i])
+                               for i in range(len(b))])
+        return out[self.sims[0]] if self.single else out
 
 
 def similarity(a, b, how="spearman", absolute=True, normalise=True):
     """Per-image similarity of map batches ``a``, ``b`` (N,H,W): (N,) float64 (see the module)."""
-    sims = _check_similarities(how)
-    a = _prepare(check_maps(a, name="a"), absolute, normalise)
-    b = _prepare(check_maps(b, a.shape, name="b"), absolute, normalise)
-    out = {s: np.array([_SIM[s](a[i], b[i]) for i in range(len(a))]) for s in sims}
-    return out[sims[0]] if isinstance(how, str) else out
+    return Reference(a, how, absolute, normalise).compare(b)
 
 
 def _check_similarities(how):
@@ -239,6 +269,7 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
     targets = np.asarray(targets)
     original = _maps(factory(model), x, targets)
     check_maps(original, x.shape[:3], name="the method's maps")
+    reference = Reference(original, sims, absolute, normalise)       # the original's features, once
     twin = clone(model)
     weighted = randomisable_layers(twin)[::-1]
     if layers is not None:
@@ -260,7 +291,7 @@ def model_parameter_randomisation(model, x, targets, method, method_kwargs=None,
             twin.set_weights(saved)
         randomise_layer(layer, randomisation, seed, k)
         maps = _maps(factory(twin) if reused is None else reused, x, targets)
-        sim = similarity(original, maps, sims, absolute, normalise)
+        sim = reference.compare(maps)
         for s in sims:
             scores[s].append(sim[s])
         if return_maps:
