@@ -70,14 +70,15 @@ def _hog_features(a):
     return _hog(a, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
 
 
-def spearman(a, b, fa=None, fb=None):
-    """Spearman rank correlation of two maps (H,W) (``fa``/``fb``: their ranks, when known)."""
-    r = _pearson(_rank_features(a) if fa is None else fa, _rank_features(b) if fb is None else fb)
+def spearman(a, b, fa=None):
+    """Spearman rank correlation of two maps (H,W) (``fa``: the ranks of ``a``, when known)."""
+    r = _pearson(_rank_features(a) if fa is None else fa, _rank_features(b))
     return _degenerate(a, b) if r is None else r
 
 
-def ssim(a, b, fa=None, fb=None):
-    """Structural similarity of two maps (H,W); window 7 or the largest odd size that fits."""
+def ssim(a, b, fa=None):
+    """Structural similarity of two maps (H,W); window 7 or the largest odd size that fits (``fa``:
+    unused, for the common signature)."""
     from skimage.metrics import structural_similarity
 
     win = min(7, min(a.shape) - (1 - min(a.shape) % 2))
@@ -89,10 +90,10 @@ def ssim(a, b, fa=None, fb=None):
     return float(structural_similarity(a, b, win_size=win, data_range=rng))
 
 
-def hog(a, b, fa=None, fb=None):
-    """Pearson correlation of the HOG features of two maps (H,W) (``fa``/``fb``: their features,
+def hog(a, b, fa=None):
+    """Pearson correlation of the HOG features of two maps (H,W) (``fa``: the features of ``a``,
     when known)."""
-    r = _pearson(_hog_features(a) if fa is None else fa, _hog_features(b) if fb is None else fb)
+    r = _pearson(_hog_features(a) if fa is None else fa, _hog_features(b))
     return _degenerate(a, b) if r is None else r
 
 
@@ -145,9 +146,10 @@ def explainer_factory(method, method_kwargs=None):
     parameters, batch size and seed) or a callable ``factory(model)``.
 
     The factories of names and explainers are marked ``follows_weights``: an xaitf explainer
-    notices new weights when called (it compares :func:`xaitf.keras_bridge.weights_fingerprint`)
-    and rebuilds what it copied from them, so one explainer serves every randomised state of a
-    model. A user's factory is called again for each state."""
+    follows new weights (it reads the variables live, or, where its setup keeps copies,
+    ``copies_weights``, compares :func:`xaitf.keras_bridge.weights_fingerprint` when called and
+    rebuilds them), so one explainer serves every randomised state of a model. A user's factory
+    is called again for each state."""
     from .. import registry
     from ..explainer import Explainer
 
