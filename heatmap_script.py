@@ -129,6 +129,19 @@ def load_or_build_model(path, overridden, safe_mode=True):
     return model, f"built in memory ({why}; alpha={g['alpha']}, size={g['image_size']})"
 
 
+def learning_images(src, shape, prep, args):
+    """A labelled source's images (``--set interventional.data=SOURCE``) as model inputs: fitted as
+    ``python -m xaitf run --data`` fits them (the model's size, a zoo model's own rule), divided by
+    the source's scale (255 for integer pixels) or preprocessed as the explained images (``prep``)."""
+    from types import SimpleNamespace
+
+    from xaitf.runs.cli import fit_source
+
+    flags = SimpleNamespace(scale=None if args.scale == 255.0 else args.scale, resize="auto",
+                            preprocess=None if prep == "scale" else prep)
+    return fit_source(flags, src, shape, args.model_path)[0]
+
+
 def probabilities(model, x):
     """Class probabilities of one image and how they were read: the model's softmax or sigmoid
     output as it is, else the softmax (sigmoid for one unit) of its output."""
@@ -329,6 +342,11 @@ def main(argv=None):
     for k in keys:
         try:
             extra = registry.input_range_arguments(k, value_range, set_keys)   # PDA's, LRP's z^B bounds
+            if k == "interventional":     # --set interventional.data=SOURCE: fitted as run --data would
+                extra.update(registry.preset_kwargs(k))
+                learned = cli.interventional_data(extra, lambda src: learning_images(src, shape, prep, args))
+                if learned:
+                    print(learned, flush=True)
             if not center_model:
                 window = budget.unset_scaled_defaults(k, shape, set_keys)
                 if window:

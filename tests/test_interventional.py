@@ -267,6 +267,78 @@ def test_explainer_learns_per_class_and_accepts_graphs(small, learned, tmp_path)
         xaitf.create_explainer("interventional", small, layer_name="fc1")
 
 
+def test_explainer_default_layer_and_what_it_needs(small, learned):
+    x, y, _, _ = learned
+    # the maps' layer defaults to the last Conv2D fed by a Conv2D (LeNet's conv2, study 2's)
+    assert xaitf.create_explainer("interventional", small, data=(x, y)).layer == "conv2"
+    km = tfk
+    inp = km.Input((12, 12, 1))
+    one = km.Model(inp, km.layers.Dense(3)(km.layers.Flatten()(km.layers.Conv2D(2, 3, name="only")(inp))))
+    with pytest.raises(ModelError, match=r"fed by another Conv2D \(layer_name\); this model has none "
+                                         r"\(Conv2D layers: only\)"):
+        xaitf.create_explainer("interventional", one, data=(x, y))
+    with pytest.raises(MethodError, match=r"pass data=\(images, labels\).*--set interventional.data=SOURCE"):
+        xaitf.create_explainer("interventional", small)
+    with pytest.raises(MethodError, match=r"data='d.npz': expected \(images, labels\) arrays"):
+        xaitf.create_explainer("interventional", small, data="d.npz")
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """The small softmax model as .h5, a labelled .npz of 0..255 images (labels = its predictions,
+    so every image is correctly classified), the same images without labels (.npy) and one as a PNG."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("iv_cli")
+    model = build_small(softmax=True)
+    model.save(d / "small.h5")
+    raw = (np.random.RandomState(5).rand(60, 12, 12, 1) * 255).astype(np.uint8)
+    labels = np.asarray(model(raw / np.float32(255))).argmax(1)
+    np.savez(d / "data.npz", x=raw, y=labels)
+    np.save(d / "images.npy", raw)
+    Image.fromarray(raw[0, :, :, 0]).save(d / "one.png")
+    return {"dir": d, "model": d / "small.h5", "raw": raw, "labels": labels, "keras": model}
+
+
+def test_command_lines_learn_the_graphs_from_labelled_data(cli_files, tmp_path, capsys, restore_settings):
+    from conftest import run_heatmap, settings_restored
+    from xaitf.__main__ import main as xaitf_main
+    from xaitf.errors import XaitfError
+
+    f = cli_files
+    x = f["raw"] / np.float32(255)
+    ex = xaitf.create_explainer("interventional", f["keras"], data=(x, f["labels"]), progress=False)
+    # heatmap_script: no data or graph -> one line saying how; --set interventional.data=SOURCE
+    # is fitted as the explained image (/255), so its map equals the API's
+    code, out, err = run_heatmap(capsys, "-ip", f["dir"] / "one.png", "-mp", f["model"], "-hm",
+                                 "interventional", "-op", tmp_path / "hm")
+    assert code == 1 and len(err.splitlines()) == 1 and "--set interventional.data=SOURCE" in err, err
+    with settings_restored():           # --set changes this process's settings
+        code, out, err = run_heatmap(capsys, "-ip", f["dir"] / "one.png", "-mp", f["model"], "-hm",
+                                     "interventional", "-op", tmp_path / "hm", "--save-arrays",
+                                     "--set", f"interventional.data={f['dir'] / 'data.npz'}")
+    assert code == 0, err
+    assert "interventional: graphs learned from" in out and "60 images)" in out
+    hm = np.load(next((tmp_path / "hm" / "one").glob("*.npz")))["interventional"]
+    target = int(np.asarray(f["keras"](x[:1])).argmax())
+    np.testing.assert_allclose(hm, ex(x[:1], [target])[0], rtol=1e-5, atol=1e-7)
+    # run: the graphs are learned from its own --data images and labels by default
+    base = ["run", "--model", str(f["model"]), "--methods", "interventional", "--no-progress",
+            "--index-root", str(tmp_path / "index")]
+    assert xaitf_main(base + ["--data", str(f["dir"] / "data.npz"), "--out", str(tmp_path / "run")]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "run" / "store.h5", "r", locking=False) as h:
+        stored, targets = h["maps"]["interventional"][()], h["targets"][()]
+    np.testing.assert_allclose(stored, ex(x, targets), rtol=1e-5, atol=1e-7)
+    # without labels it says what to give instead
+    with pytest.raises(XaitfError, match="--data has no labels: add --set interventional.data=SOURCE"):
+        xaitf_main(base + ["--data", str(f["dir"] / "images.npy"), "--out", str(tmp_path / "run2")])
+    with pytest.raises(XaitfError, match="interventional.data=.*has no labels"):
+        xaitf_main(base + ["--data", str(f["dir"] / "images.npy"), "--out", str(tmp_path / "run3"),
+                           "--set", f"interventional.data={f['dir'] / 'images.npy'}"])
+
+
 def test_graph_stability_shapes_and_determinism(small, learned, tmp_path):
     x, y, t, g = learned
     betas = [0.0, 0.05, 0.3]

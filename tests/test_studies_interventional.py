@@ -161,6 +161,8 @@ def test_unsupported_dataset_or_model_is_refused_in_one_line(tmp_path, capsys, r
     ("interventional.beta_max=1.5", "expected a number in [0, 1]"),
     ("interventional.layer_name_soft=conv1", "a LeNet layer with a parent weight layer"),
     ("interventional.save_attr=True", "the maps are not pickled"),
+    ("interventional.layer_name=conv1", "node maps need a Conv2D fed by a Conv2D"),
+    ("interventional.data=mnist", "the study learns its graph from LeNet's MNIST test split"),
 ])
 def test_bad_settings_are_refused_in_one_line_before_any_work(setting, words, tmp_path, capsys,
                                                               restore_settings):

@@ -282,6 +282,35 @@ def apply_sets(sets, seed=None, batch_size=None):
     return S.apply_overrides(texts)
 
 
+def interventional_data(kwargs, fit, own=None, data_dir=None):
+    """Resolve the ``interventional`` method's ``data=`` on a command line; ``kwargs`` (its keyword
+    arguments) is updated in place. A string names a labelled image source
+    (:func:`xaitf.data.sources.load_source`: mnist, an .npz with x/y, class sub-folders...), read and
+    fitted by ``fit(source) -> images`` exactly as the command's own images; None without a
+    ``graph``: ``own`` = the command's ``(images, labels)`` where it has them (run, evaluate: study 2
+    learns its graphs from the split it explains). Returns a line for the log, or None."""
+    spec = kwargs.get("data")
+    if isinstance(spec, (str, os.PathLike)):
+        from .data.sources import load_source
+
+        src = load_source(spec, data_dir=data_dir)
+        if src.labels is None:
+            raise CliError(f"interventional.data={spec}: {src.description} has no labels; its graphs "
+                           "are learned from labelled images (class sub-folders, an .npz with y)")
+        kwargs["data"] = (fit(src), src.labels)
+        count = "" if f"{len(src)} images" in src.description else f" ({len(src)} images)"
+        return f"interventional: graphs learned from {src.description}{count}"
+    if spec is None and kwargs.get("graph") is None and own is not None:
+        if own[1] is None:
+            raise CliError("interventional learns a graph per class from labelled images and --data has "
+                           "no labels: add --set interventional.data=SOURCE (labelled) or "
+                           "interventional.graph=GRAPH.json")
+        kwargs["data"] = own
+        return (f"interventional: graphs learned from the {len(own[1])} --data images and their labels "
+                "(as study 2 learns from the split it explains; --set interventional.data= names others)")
+    return None
+
+
 # -- files -------------------------------------------------------------------------------------
 def atomic_write(path, write_fn, overwrite=True):
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
@@ -354,6 +383,8 @@ def _claim(tmp, path):
 
 # -- printing ----------------------------------------------------------------------------------
 def _fmt(v):
+    if isinstance(v, (tuple, list)) and any(hasattr(x, "shape") for x in v):   # interventional data=
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
     if isinstance(v, float):
         return f"{v:.6g}"
     if hasattr(v, "shape") and getattr(v, "size", 0) > 4:

@@ -125,20 +125,18 @@ def main(args):
     cli.quiet_tensorflow()
 
     from . import settings as S
-    from .data.sources import adapt, load_source, zoo_name
+    from .data.sources import load_source
     from .evaluation import evaluate
     from .keras_bridge import input_shape
     from .model_files import load_model
-    from .runs.cli import apply_preprocess, input_range_kwargs
+    from .runs.cli import fit_source, input_range_kwargs
     from .runs.local import explainer_settings
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
     model = load_model(model_path, safe_mode=not args.unsafe_model)
     shape = cli.image_input_shape(input_shape(model), model_path)
     scale = float(args.scale if args.scale is not None else src.default_scale)
-    x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
-                      zoo=zoo_name(model_path))
-    x, policy = apply_preprocess(args, x, policy, scale)
+    x, policy = fit_source(args, src, shape, model_path)
     if args.target == "label":
         if src.labels is None:
             raise cli.CliError(f"--target label: {src.description} has no labels")
@@ -149,6 +147,13 @@ def main(args):
     batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
     ranges = input_range_kwargs(args.preprocess, shape, scale, keys, set_keys)
+    if "interventional" in keys:
+        iv = ranges.setdefault("interventional", {})
+        iv.update(data=S.INTERVENTIONAL["data"], graph=S.INTERVENTIONAL["graph"])
+        note = cli.interventional_data(iv, lambda s: fit_source(args, s, shape, model_path)[0],
+                                       own=(x, src.labels), data_dir=args.data_dir)
+        if note:
+            print(note, flush=True)
     # a method that cannot handle this model (ModelError) is left out, in one line, when others were
     # asked for (--debug stops); a bad setting stops before any work
     explainers, unbuilt = {}, {}

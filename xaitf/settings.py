@@ -144,7 +144,8 @@ SHAP_PARTITION = {"max_evals": 500, "masker": "blur(8,8)", "output": "logits"}
 # Interventional (study 2, config.yaml keys) ---------------------------------------------------
 INTERVENTIONAL = {
     "target_idx": 3, "n_samples": 100, "soft_interventions": True, "graph_stab": True,
-    "layer_name": "conv2", "layer_name_soft": "fc3", "beta": 0.0, "z": 1.65,
+    "layer_name": None,          # node maps' Conv2D (fed by a Conv2D); None: the last one (LeNet: conv2)
+    "layer_name_soft": "fc3", "beta": 0.0, "z": 1.65,
     # study 2's config.yaml switches (read by the study command, which refuses other values with
     # one line). config.yaml ships learn_explainer/gen_attr/vis_attr/eval_attr/baseline_attr False
     # because it loads a saved graph and runs only the stability; here the graph is always learned
@@ -161,6 +162,12 @@ INTERVENTIONAL = {
                                  # images and one scalar u per layer (study 2's code) | fixed: the
                                  # graph's first n_samples images, one u per weight (100% at beta 0)
     "intervention_batch": 4096,  # (unit, sample) pairs per batched forward chunk
+    # command lines (heatmap_script, python -m xaitf run / evaluate): where the graphs come from.
+    # data: a labelled image source to learn each explained class's graph from (mnist, cifar10, an
+    # .npz with x/y, a folder of class sub-folders), fitted and preprocessed as the explained images;
+    # None: run and evaluate use their own --data images and labels. graph: a graph JSON file
+    # (python -m xaitf.studies interventional writes graph_class<k>.json). The study uses neither.
+    "data": None, "graph": None,
 }
 
 # tf-explain backend (its own implementations, wrapped as they are) ----------------------------

@@ -198,6 +198,20 @@ class Chain:
         raise ModelError(f"model has no layer {name!r} in its chain; layers: "
                          f"{', '.join(e.name for e in self.entries)}")
 
+    def map_layer(self, name=None):
+        """Index of the node maps' layer: a Conv2D fed by another Conv2D (the parent whose channels
+        the graph keeps); ``name`` None: the last such layer (LeNet: conv2, study 2's)."""
+        fits = [k for k in self.weights if self.entries[k].role == "conv"
+                and self.parent(k) is not None and self.entries[self.parent(k)].role == "conv"]
+        if name is None and fits:
+            return fits[-1]
+        if name is not None and self.index(name) in fits:
+            return self.index(name)
+        convs = ", ".join(self.entries[k].name for k in self.weights if self.entries[k].role == "conv")
+        what = f"{name!r} is not one" if name is not None else "this model has none"
+        raise ModelError(f"interventional maps are read at a Conv2D fed by another Conv2D (layer_name); "
+                         f"{what} (Conv2D layers: {convs or 'none'})")
+
     def parent(self, k):
         """Index of the weight layer feeding weight layer ``k`` (None for the first one)."""
         pos = self.weights.index(k)
@@ -649,8 +663,9 @@ def learn_graph(model, images, labels, target, n_samples=100, soft=True, beta=0.
 # ----------------------------------------------------------------------------------------------
 # attributions
 # ----------------------------------------------------------------------------------------------
-def node_attributions(model, graph, x, layer_name="conv2", resize=True, batch_size=256):
-    """Per-node maps at conv layer ``layer_name`` (study 2: conv2, the default).
+def node_attributions(model, graph, x, layer_name=None, resize=True, batch_size=256):
+    """Per-node maps at conv layer ``layer_name`` (None: the last Conv2D fed by a Conv2D, see
+    :meth:`Chain.map_layer`; study 2: conv2).
 
     For each effect channel c of ``graph[layer_name]`` and parent channel i::
 
@@ -664,14 +679,9 @@ def node_attributions(model, graph, x, layer_name="conv2", resize=True, batch_si
         ``(maps, channels)``: (N, H, W, n_nodes) float32 and the effect channel of each node.
     """
     chain = model if isinstance(model, Chain) else Chain(model)
-    k = chain.index(layer_name)
-    if chain.entries[k].role != "conv":
-        raise ModelError(f"interventional attributions need a Conv2D layer_name, {layer_name!r} is "
-                         f"{layer_type(chain.entries[k].layer)}")
+    k = chain.map_layer(layer_name)
     p = chain.parent(k)
-    if p is None or chain.entries[p].role != "conv":
-        raise ModelError(f"interventional attributions need a Conv2D before {layer_name!r} "
-                         "(the parent layer whose channels the graph keeps)")
+    layer_name = chain.entries[k].name
     if layer_name not in graph:
         raise MethodError(f"the graph has no layer {layer_name!r} (layers: {', '.join(graph.layers)}); "
                           "learn the graph on this model")
@@ -711,7 +721,7 @@ def _prefix(chain, p, x):
     return h, chain.preact(p, h), None
 
 
-def combined_attribution(model, graph, x, layer_name="conv2", batch_size=256):
+def combined_attribution(model, graph, x, layer_name=None, batch_size=256):
     """The sum of the per-node maps (N, H, W): the single map used for metrics."""
     maps, _ = node_attributions(model, graph, x, layer_name, batch_size=batch_size)
     return maps.sum(-1)
@@ -864,17 +874,22 @@ class Interventional(Explainer):
         n_samples: at most this many correctly classified inputs of a class learn its graph (100).
         soft_interventions: soft interventions ``u ~ U(beta, beta + soft_width)`` per weight
             (True); False: hard, u = 0.
-        layer_name: conv layer of the attributions, fed by another conv layer ("conv2").
+        layer_name: conv layer of the attributions, fed by another conv layer (None: the last
+            such layer, :meth:`Chain.map_layer`; LeNet's conv2, study 2's).
         beta: lower end of the soft draws (0.0).
         z: one-sided z-test threshold of :func:`select_units` (1.65, p = 0.05).
         soft_width: width of the soft draws (0.01).
         fallback: keep the units with ``mean(Y_w / Y_obs - 1) < fallback`` when none passes the
             z-test (-0.001).
         intervention_batch: (unit, sample) pairs per forward chunk of graph learning (4096).
-        data: (images, labels) to draw the correctly classified samples of each class from
-            (None: every explained class needs a ``graph``).
+        data: (images, labels) to draw the correctly classified samples of each class from,
+            preprocessed as the explained inputs (None: every explained class needs a ``graph``).
+            The command lines take a labelled image source here (``--set
+            interventional.data=mnist``, an .npz with x/y, a folder of class sub-folders), fitted
+            and preprocessed as their own images; ``python -m xaitf run`` defaults to its
+            ``--data`` images and labels (study 2 learns from the test split it explains).
         graph: a :class:`CausalGraph`, a JSON path, or ``{class: graph or path}``; classes
-            without one are learned from ``data`` (None).
+            without one are learned from ``data`` (None). Data or a graph is needed.
         **common: batch_size (inputs per attribution chunk), channel_reduce, seed (seeds the soft
             interventions), progress, output (see :class:`xaitf.explainer.Explainer`).
         seed: the soft interventions' draws, keyed by (seed, unit, repeat) (counter-based: independent of batch_size and of the other inputs).
@@ -889,7 +904,7 @@ class Interventional(Explainer):
     outputs = ("logits",)     # the causal effects are measured on the target logit (Chain)
     stochastic = True
 
-    def __init__(self, model, *, n_samples=100, soft_interventions=True, layer_name="conv2",
+    def __init__(self, model, *, n_samples=100, soft_interventions=True, layer_name=None,
                  beta=0.0, z=1.65, soft_width=0.01, fallback=-0.001, intervention_batch=4096,
                  data=None, graph=None, **common):
         super().__init__(model, params=dict(
@@ -899,15 +914,17 @@ class Interventional(Explainer):
 
     def setup(self):
         self.chain = Chain(self.model)
-        layer = self.params["layer_name"]
-        k = self.chain.index(layer)
-        p = self.chain.parent(k)
-        if self.chain.entries[k].role != "conv" or p is None or self.chain.entries[p].role != "conv":
-            raise ModelError(f"interventional layer_name must be a Conv2D fed by another Conv2D; "
-                             f"{layer!r} is not (conv layers: "
-                             f"{', '.join(e.name for e in self.chain.entries if e.role == 'conv')})")
+        self.layer = self.chain.entries[self.chain.map_layer(self.params["layer_name"])].name
         self.graphs = {}
-        g = self.params["graph"]
+        g, data = self.params["graph"], self.params["data"]
+        if g is None and data is None:
+            raise MethodError("interventional learns a causal graph per explained class: pass "
+                              "data=(images, labels) (command lines: --set interventional.data=SOURCE, a "
+                              "labelled source such as mnist or an .npz with x/y) or graph= a learned "
+                              "graph (a JSON file of python -m xaitf.studies interventional)")
+        if isinstance(data, (str, os.PathLike)):
+            raise MethodError(f"interventional data={os.fspath(data)!r}: expected (images, labels) "
+                              "arrays; the command lines load a source named there")
         if g is not None:
             items = g.items() if isinstance(g, dict) else [(None, g)]
             for cls, item in items:
@@ -916,7 +933,6 @@ class Interventional(Explainer):
                     raise MethodError(f"graph must be a CausalGraph or a JSON path, got "
                                       f"{type(item).__name__}")
                 self.graphs[int(graph.target if cls is None else cls)] = graph
-        data = self.params["data"]
         if data is not None:
             if not (isinstance(data, (tuple, list)) and len(data) == 2):
                 raise MethodError("interventional data must be a pair (images, labels)")
@@ -930,7 +946,8 @@ class Interventional(Explainer):
         if target not in self.graphs:
             if self.data is None:
                 raise MethodError(f"interventional needs data=(images, labels) to learn the graph of "
-                                  f"class {target}, or graph= a learned graph for it")
+                                  f"class {target} (graphs given: {', '.join(map(str, sorted(self.graphs)))}; "
+                                  "command lines: --set interventional.data=SOURCE)")
             p = self.params
             self.graphs[target] = learn_graph(
                 self.chain, self.data[0], self.data[1], target, n_samples=p["n_samples"],
@@ -943,6 +960,6 @@ class Interventional(Explainer):
         out = np.zeros(x.shape[:3], np.float32)
         for t in np.unique(targets):
             idx = np.flatnonzero(targets == t)
-            out[idx] = combined_attribution(self.chain, self.graph_for(t), x[idx],
-                                            self.params["layer_name"], batch_size=self.batch_size)
+            out[idx] = combined_attribution(self.chain, self.graph_for(t), x[idx], self.layer,
+                                            batch_size=self.batch_size)
         return out

@@ -175,7 +175,7 @@ def main(args):
 
 def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
     from .. import settings as S
-    from ..data.sources import adapt, load_source, source_info, zoo_name
+    from ..data.sources import load_source, source_info
 
     # ---- data (no TensorFlow yet): one line and nothing written when it is refused ---------------
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
@@ -221,9 +221,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
 
         model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
         shape = cli.image_input_shape(input_shape(model), model_path)
-        x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
-                          zoo=zoo_name(model_path))
-        x, policy = apply_preprocess(args, x, policy, scale)
+        x, policy = fit_source(args, src, shape, model_path)
         meta["resize"] = policy["rule"]
         meta["preprocess"] = policy.get("preprocess_name")
         meta["adapt"] = policy
@@ -232,6 +230,12 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         # the presets (with --set/--seed/--batch-size) become keyword arguments once, here: the
         # explainers, and the Ray workers', are built from them (no worker replays --set)
         method_kwargs = preset_arguments(keys)
+        if "interventional" in method_kwargs:
+            note = cli.interventional_data(method_kwargs["interventional"],
+                                           lambda s: fit_source(args, s, shape, model_path)[0],
+                                           own=(x, src.labels), data_dir=args.data_dir)
+            if note:
+                print(note, file=sys.stderr)
         for k, extra in input_range_kwargs(args.preprocess, shape, scale, keys, set_keys).items():
             method_kwargs[k].update(extra)
         from .. import budget
@@ -368,6 +372,18 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         raise XaitfError(f"{len(session.failures)} method(s) failed (details in {out / 'summary.json'}): "
                          + "; ".join(f"{k}: {v}" for k, v in session.failures.items()))
     return 0
+
+
+def fit_source(args, src, shape, model_path):
+    """A source's images as model inputs under the command's flags: fitted to ``shape`` (``--resize``,
+    a zoo model's own rule) and divided by ``--scale`` (default: the source's) or ``--preprocess``ed.
+    Returns ``(x, policy)``."""
+    from ..data.sources import adapt, zoo_name
+
+    scale = float(args.scale if args.scale is not None else src.default_scale)
+    x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
+                      zoo=zoo_name(model_path))
+    return apply_preprocess(args, x, policy, scale)
 
 
 def apply_preprocess(args, x, policy, scale):

@@ -103,6 +103,8 @@ SETTING_NOTES = {
     "stability_protocol": "original: fresh random images + one scalar u per repeat; fixed: the "
                           "graph's images + u per weight",
     "intervention_batch": "(unit, sample) pairs per forward chunk",
+    "data": "the command lines' interventional method only (the study learns from LeNet's MNIST test split)",
+    "graph": "the command lines' interventional method only (the study learns its graph)",
 }
 
 
@@ -161,7 +163,12 @@ def check_config(c):
     number("fallback", None, 0, what="expected a finite number <= 0 (a mean relative drop)")
     number("beta_max", 0, 1, what="expected a number in [0, 1] (the largest stability beta)")
     number("beta_step", 0, 1, low_open=True, what="expected a number in (0, 1] (the beta step)")
-    one_of("layer_name", MAP_LAYERS, "node maps need a Conv2D fed by a Conv2D: LeNet's conv2")
+    if c["layer_name"] is not None:      # None: the last Conv2D fed by a Conv2D, LeNet's conv2
+        one_of("layer_name", MAP_LAYERS, "node maps need a Conv2D fed by a Conv2D: LeNet's conv2")
+    for key in ("data", "graph"):
+        if c[key] is not None:
+            _refuse(key, c[key], "the study learns its graph from LeNet's MNIST test split (data and "
+                                 "graph are for the command lines' interventional method)")
     one_of("layer_name_soft", SOFT_LAYERS, "a LeNet layer with a parent weight layer")
     one_of("stability_protocol", PROTOCOLS, "see settings.INTERVENTIONAL")
     for key, (value, why) in FIXED_SWITCHES.items():
@@ -181,6 +188,7 @@ def config(quick):
         betas = np.asarray([b for b in QUICK["betas"] if b <= top + 1e-12])
     c["betas"] = [float(b) for b in betas]
     c["repeats_used"] = QUICK["repeats"] if quick else int(c["repeats"])
+    c["layer_name"] = c["layer_name"] or MAP_LAYERS[0]
     return c
 
 
