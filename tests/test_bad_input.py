@@ -254,6 +254,41 @@ def test_import_filter_keeps_other_lines():
     assert filter_lines(text, 2) == "/x/y.py:3: DeprecationWarning: something\n"
 
 
+def test_onednn_fallback_notice_is_dropped_on_the_first_call_only(capfd, monkeypatch):
+    import os
+
+    from xaitf._tfimport import first_call_quiet
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    notice = ("E0000 00:00:1796695064.669488   28941 util.cc:131] oneDNN supports DT_UINT8 only on "
+              "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.\n")
+
+    def op(tag):
+        os.write(2, notice.encode() + f"E0000 00:00:1.0   1 x.cc:1] {tag}\n".encode())
+        return tag
+
+    quiet = first_call_quiet(op)
+    capfd.readouterr()
+    assert quiet("first") == "first"
+    assert capfd.readouterr().err == "E0000 00:00:1.0   1 x.cc:1] first\n"   # other lines stay
+    quiet("second")                                   # TensorFlow prints it once: later calls as they are
+    assert capfd.readouterr().err.startswith(notice)
+
+
+def test_native_lime_and_kernel_shap_print_nothing_on_stderr(tmp_path):
+    code = ("import sys, numpy as np, xaitf\n"
+            "from xaitf.keras_bridge import tfk\n"
+            "inp = tfk.Input((8, 8, 3)); h = tfk.layers.Conv2D(2, 3)(inp)\n"
+            "m = tfk.Model(inp, tfk.layers.Dense(3)(tfk.layers.Flatten()(h)))\n"
+            "x = np.random.default_rng(0).random((2, 8, 8, 3)).astype('float32')\n"
+            "for name, kw in (('lime', {'num_samples': 64}), ('kernelshap', {'nsamples': 256})):\n"
+            "    xaitf.create_explainer(name, m, progress=False, **kw)(x, [0, 1])\n"
+            "print('after', file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=user_env(),
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stderr == "after\n", r.stderr
+
+
 # -- the Python API ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def grad(tiny_cnn):
@@ -295,6 +330,22 @@ def test_api_refuses_bad_common_arguments(tiny_cnn, kwargs, message):
     with pytest.raises(MethodError) as e:
         xaitf.create_explainer("grad", tiny_cnn, **kwargs)
     assert str(e.value) == message or str(e.value).startswith(message), str(e.value)
+
+
+def test_method_warnings_point_at_the_callers_line(tiny_cnn):
+    """Kernel SHAP's rank-deficient regression and LRP's all-zero maps warn from deep inside the
+    package; the warning names the user's line, as the uint8 one does."""
+    import xaitf
+
+    cases = [("kernelshap", {"nsamples": 16}, np.full((1, 8, 8, 1), 0.5, np.float32), "too few coalitions"),
+             ("lrp.epsilon", {"epsilon": 1e6}, np.zeros((1, 8, 8, 1), np.float32), "maps are all 0")]
+    for name, kw, x, words in cases:
+        ex = xaitf.create_explainer(name, tiny_cnn, progress=False, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ex(x, [0])
+        mine = [w for w in caught if words in str(w.message)]
+        assert len(mine) == 1 and mine[0].filename == __file__, (name, [(str(w.message), w.filename) for w in caught])
 
 
 def test_api_uint8_images_warn_once_and_keep_their_values(grad):

@@ -38,14 +38,20 @@ def min_log_level():
         return 0
 
 
-def filter_lines(text, level):
-    """``text`` without absl's pre-initialisation lines that ``level`` hides (see the module doc)."""
+# oneDNN's one-time notice (an "E" line) that it leaves a transpose of integers or booleans to Eigen
+# on CPUs without AVX-512: the same result, nothing for the user to do
+ONEDNN_FALLBACK = re.compile(r"oneDNN supports DT_\w+ only on platforms with AVX-512")
+
+
+def filter_lines(text, level, drop=None):
+    """``text`` without absl's pre-initialisation lines that ``level`` hides (see the module doc)
+    and, at ``level`` >= 1, without the lines matching the regex ``drop``."""
     if level <= 0:
         return text
     kept = []
     for line in text.splitlines(keepends=True):
         bare = line.rstrip("\r\n")
-        if bare == _ABSL_HEADER:
+        if bare == _ABSL_HEADER or (drop is not None and drop.search(bare)):
             continue
         m = _ABSL_LINE.match(bare)
         if m and _LEVELS[m.group(1)] < level and m.group(1) != "F":
@@ -55,7 +61,11 @@ def filter_lines(text, level):
 
 
 class _FilteredStderr:
-    """Redirect file descriptor 2 to a temporary file; on exit write back the filtered text."""
+    """Redirect file descriptor 2 to a temporary file; on exit write back the filtered text
+    (:func:`filter_lines` with ``drop``)."""
+
+    def __init__(self, drop=None):
+        self.drop = drop
 
     def __enter__(self):
         import tempfile
@@ -89,7 +99,7 @@ class _FilteredStderr:
             text = self.tmp.read().decode("utf-8", "replace")
         finally:
             self.tmp.close()
-        out = filter_lines(text, min_log_level())
+        out = filter_lines(text, min_log_level(), self.drop)
         if out:
             data = out.encode("utf-8", "replace")
             while data:
@@ -98,6 +108,25 @@ class _FilteredStderr:
                 except OSError:
                     break
         return False
+
+
+def first_call_quiet(fn):
+    """``fn`` whose first call runs with file descriptor 2 captured and written back without
+    :data:`ONEDNN_FALLBACK`'s notice, which TensorFlow prints the first time a program transposes
+    integers on such a CPU (native LIME's and Kernel SHAP's uint8 masks: the fastest layout)."""
+    import functools
+
+    called = []
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if called:
+            return fn(*args, **kwargs)
+        called.append(True)
+        with _FilteredStderr(ONEDNN_FALLBACK):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class _Loader:

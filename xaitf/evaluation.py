@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from .errors import InputError, MethodError
+from .explainer import _caller_stacklevel
 
 Spec = collections.namedtuple("Spec", "module function form value kwargs")
 
@@ -258,7 +259,7 @@ def _methods(model, methods, x, targets, method_kwargs, failed=None):
                 if zero:
                     warnings.warn(f"{label}: {zero} of {len(x)} maps are all 0 (the explained output gives the "
                                   "method nothing to attribute); their scores say nothing about the method",
-                                  stacklevel=3)
+                                  stacklevel=_caller_stacklevel())
             else:
                 out[label] = (None, check_maps(m, x.shape[:3], name=f"{label} maps"))
         except Exception as e:       # noqa: BLE001 - kept for the caller when it asked to go on

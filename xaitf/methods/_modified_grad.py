@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from .. import grouped_conv
 from ..errors import ModelError
+from ..explainer import _caller_stacklevel
 from ..keras_bridge import (is_operation, kmodule, layer_type, model_cache, model_kind, named_activation,
                             read_operation)
 from ._xla import fused
@@ -340,7 +341,7 @@ def modified_clone(model, rule):
             what = "ReLU" if rule in RELU_RULES else "elementwise nonlinearity"
             warnings.warn(f"model {model.name!r} has no {what}: the {rule} rule changes nothing "
                           "and the map equals the plain gradient (times the input difference)",
-                          stacklevel=3)
+                          stacklevel=_caller_stacklevel())
         cache[key] = clone
     try:
         clone.set_weights(model.get_weights())

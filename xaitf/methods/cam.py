@@ -35,6 +35,7 @@ import xaitf  # noqa: F401
 import tensorflow as tf
 
 from ..errors import ModelError
+from ..explainer import _caller_stacklevel
 from ..grouped_conv import counterpart
 from ..keras_bridge import find_last_conv, find_layer, nested_path, output_in, tapped
 from .gradients import INDEX_SPEC, GradientFamily, as_int32, image_spec
@@ -247,7 +248,7 @@ class GradCam(GradientFamily):
             warnings.warn(f"{self.title_name}: the gradient reaches none of the grid tokens of layer "
                           f"{self.layer.name!r} for {missed} of {len(x)} images, whose maps are all 0: after it the "
                           "output reads only other tokens (a class token); name a layer before the last attention "
-                          "with layer=", stacklevel=2)
+                          "with layer=", stacklevel=_caller_stacklevel())
         return maps.numpy()
 
 

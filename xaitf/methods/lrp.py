@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from ..errors import InputError, MethodError, ModelError
-from ..explainer import Explainer
+from ..explainer import Explainer, _caller_stacklevel
 from ..graph import composites as C
 from ..graph.engine import propagator
 
@@ -101,7 +101,8 @@ class LRP(Explainer):
                 why = ("the relevance vanished on its way to the input (a stabiliser such as epsilon larger than "
                        "the explained logit absorbs all of it; an output of exactly 0); try a smaller epsilon= "
                        "or lrp.z")
-            warnings.warn(f"{name}: {int(zero.sum())} of {len(r)} maps are all 0: {why}", stacklevel=2)
+            warnings.warn(f"{name}: {int(zero.sum())} of {len(r)} maps are all 0: {why}",
+                          stacklevel=_caller_stacklevel())
         return r
 
 

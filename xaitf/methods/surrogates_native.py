@@ -43,8 +43,9 @@ import tensorflow as tf
 
 from .. import segmentation
 from ..compat import quiet_retracing
+from .._tfimport import first_call_quiet
 from ..errors import InputError, MethodError
-from ..explainer import Explainer, as_batch, as_targets
+from ..explainer import Explainer, _caller_stacklevel, as_batch, as_targets
 from ..explainer import progress as _progress
 from ._random import GOLDEN, LIME_BITS, SHAP_PERM, SHAP_SIZE, hash_bits, mul32, stream_key
 from .perturb import _DenseFirst, check_int, split_chain
@@ -175,8 +176,9 @@ def _compose(m, segc, xf, ff):
 
     m: (n,k,S) masks; segc: (n,P) segment of each value (P = H*W*C, the map repeated per channel);
     xf: (n,1,P) images; ff: (1 or n,1,P) fills. Gathering k-long rows of the transposed masks is
-    ~3x faster than gathering on their last axis, and one 3-D select beats a 5-D broadcast (uint8:
-    oneDNN logs an error line for boolean transposes on CPUs without AVX-512).
+    ~3x faster than gathering on their last axis, and one 3-D select beats a 5-D broadcast. uint8
+    masks: float16 ones (which oneDNN transposes without its one-time notice of an Eigen fallback
+    on CPUs without AVX-512, see :func:`xaitf._tfimport.first_call_quiet`) take 1.5x as long.
     """
     keep = tf.gather(tf.transpose(tf.cast(m, tf.uint8), [0, 2, 1]), segc, batch_dims=1)   # (n,P,k)
     return tf.where(tf.cast(tf.transpose(keep, [0, 2, 1]), tf.bool), xf, ff)
@@ -409,8 +411,8 @@ class _Surrogate(SuperpixelMixin, Explainer):
                 tf.TensorSpec([], i32)]
         fn = tf.function(run, input_signature=spec, autograph=False)
         quiet_retracing(fn)
-        self._fns[key] = fn
-        return fn
+        self._fns[key] = first_call_quiet(fn)       # the uint8 transposes' oneDNN notice
+        return self._fns[key]
 
     def _accumulate(self, x, fill, seg, targets, counts, tables, extra, rows):
         """Run ``rows`` samples of each image (rows past an image's own count must weigh 0)."""
@@ -854,7 +856,7 @@ def _shap_solve(sx, sxg, sxx, counts, fx, fnull):
     else:
         warnings.warn(f"kernelshap: too few coalitions for {int(np.max(counts))} segments (the regression is "
                       "rank-deficient): the minimum-norm solution is used; raise nsamples or use fewer segments",
-                      stacklevel=3)
+                      stacklevel=_caller_stacklevel())
         w = tf.linalg.matvec(tf.linalg.pinv(A, rcond=SHAP_RCOND), b)
     w = w * act
     phi = w + tf.one_hot(last, tf.shape(sx)[1], dtype=tf.float64) * (delta - tf.reduce_sum(w, 1))[:, None]

@@ -27,7 +27,7 @@ import numpy as np
 
 import tensorflow as tf
 
-from ..errors import InputError, MethodError
+from ..errors import MethodError, ModelError
 from ..explainer import Explainer
 from ..keras_bridge import find_last_conv, kmodule, logits_model, output_head
 from ..twin import require_tf_keras, tf_keras_twin
@@ -147,8 +147,9 @@ class TfxOcclusion(_TfxBase):
         if p < 1:
             raise MethodError(f"tfx.occlusion needs patch_size >= 1, got {self.params['patch_size']!r}")
         if self.shape[0] != self.shape[1]:
-            raise InputError(f"tfx.occlusion needs square images (tf-explain 0.3.1 swaps height and width), "
-                             f"got {self.shape[:2]}; use the native 'occlusion' method")
+            raise ModelError(f"tfx.occlusion needs a model with square inputs (tf-explain 0.3.1 swaps "
+                             f"height and width), this one takes {self.shape[0]}x{self.shape[1]}; use the "
+                             "native 'occlusion' method")
         self._core = OcclusionSensitivity(batch_size=self.batch_size)
         self._fast = _FastPredict(self.tfx_model, self.batch_size)
 
