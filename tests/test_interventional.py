@@ -129,6 +129,28 @@ def test_chain_strips_softmax_and_matches_keras3(xs):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("km_name", ["tfk", "keras3"])
+def test_input_scaling_layers_run_in_the_chain(km_name):
+    """Rescaling / Normalization at the input (Keras 3 models take 0..255 this way): run as they are,
+    so the chain's logits are the model's and a graph is learned through them."""
+    km = tfk if km_name == "tfk" else keras3()
+    rng = np.random.RandomState(2)
+    inp = km.Input((10, 10, 1))
+    h = km.layers.Rescaling(1 / 255.0)(inp)
+    h = km.layers.Normalization(mean=0.4, variance=0.09)(h)
+    h = km.layers.Conv2D(3, 3, activation="relu")(h)
+    h = km.layers.Conv2D(4, 3, activation="relu")(h)
+    out = km.layers.Dense(3)(km.layers.GlobalAveragePooling2D()(h))
+    m = km.Model(inp, out)
+    x = (rng.rand(40, 10, 10, 1) * 255).astype(np.float32)
+    chain = I.Chain(m)
+    assert [e.role for e in chain.entries][:2] == ["scale", "scale"]
+    np.testing.assert_allclose(chain.forward(x), np.asarray(m(x)), rtol=1e-5, atol=1e-5)
+    y = chain.forward(x).argmax(1)
+    maps = xaitf.create_explainer("interventional", m, data=(x, y), progress=False)(x[:2], y[:2])
+    assert maps.shape == (2, 10, 10) and np.isfinite(maps).all()
+
+
 def test_unsupported_layers_raise_clear_errors():
     inp = tfk.Input((8, 8, 1))
     h = tfk.layers.Conv2D(2, 3)(inp)

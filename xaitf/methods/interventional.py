@@ -69,9 +69,10 @@ _PASS = {  # layers that keep channels (run as they are in the tail)
     "Dropout": "dropout", "SpatialDropout2D": "dropout", "GaussianDropout": "dropout",
     "GaussianNoise": "dropout", "BatchNormalization": "bn",
     "GlobalAveragePooling2D": "gpool", "GlobalMaxPooling2D": "gpool",
+    "Rescaling": "scale", "Normalization": "scale",      # input scaling inside the model
 }
 _SUPPORTED = "Conv2D, Dense, MaxPooling2D, AveragePooling2D, Global*Pooling2D, Flatten, " \
-             "ReLU/Activation/LeakyReLU/ELU, Dropout, BatchNormalization, ZeroPadding2D"
+             "ReLU/Activation/LeakyReLU/ELU, Dropout, BatchNormalization, ZeroPadding2D, Rescaling, Normalization"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ _SUPPORTED = "Conv2D, Dense, MaxPooling2D, AveragePooling2D, Global*Pooling2D, F
 class _Entry:
     layer: object
     name: str
-    role: str                      # dense | conv | pool | act | dropout | bn | gpool | flatten
+    role: str                      # dense | conv | pool | act | dropout | bn | gpool | flatten | scale
     in_shape: tuple = ()
     out_shape: tuple = ()
     kernel: object = None          # tf constant (weight layers)
