@@ -186,7 +186,9 @@ def test_a_failing_method_is_reported_and_the_others_finish(env, reference, tmp_
     monkeypatch.setattr(runs_local, "explain_chunk", flaky)   # where run_local looks it up
     with pytest.raises(XaitfError, match=r"1 method\(s\) failed.*ig: images 8:12: ValueError: "
                                          "synthetic failure"):
-        xaitf_main(argv(env, out))
+        xaitf_main(argv(env, out, "--metrics", "sparseness"))
+    # the methods with every map are scored; the failed one is left out (not all scores lost)
+    assert sorted(json.loads((out / "metrics.json").read_text())) == ["grad", "occlusion"]
     got = read_store(out / "store.h5")
     assert got["done"]["grad"].all() and got["done"]["occlusion"].all()
     assert got["done"]["ig"].tolist() == [True] * 8 + [False] * (N - 8)   # stopped at the failure

@@ -341,17 +341,20 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
 
         # ---- summary, metrics, figure, tracking ----------------------------------------------------
         summary = _summary(store, keys, session, engine, out)
-        complete = all(store.done_count(k) == store.n for k in keys)
+        finished = [k for k in keys if store.done_count(k) == store.n]
+        complete = len(finished) == len(keys)
         metric_values = {}
-        if args.metrics and complete and not session.interrupted:
-            print("metrics:")
-            metric_values = compute_metrics(store, model, keys, args.metrics,
+        if args.metrics and finished and not session.interrupted:
+            # the methods with every map (a failed method does not cost the others their scores)
+            left = [k for k in keys if k not in finished]
+            print("metrics" + (f" ({', '.join(left)} left out: not every map is done)" if left else "") + ":")
+            metric_values = compute_metrics(store, model, finished, args.metrics,
                                             int(S.GLOBAL["batch_size"]))
             for m, vals in metric_values.items():
                 print(f"  {m}: " + ", ".join(f"{k}={v:.4g}" for k, v in vals.items()))
             _write_json(out / "metrics.json", metric_values)
         elif args.metrics:
-            print("metrics: skipped (not every map is done yet)")
+            print("metrics: skipped (" + ("interrupted" if session.interrupted else "no method has every map done yet") + ")")
         if tracker:
             track_session(tracker, store, keys, summary, metric_values, complete, out)
         # ---- report.md / report.html, then the results index ---------------------------------
