@@ -129,17 +129,20 @@ def load_or_build_model(path, overridden, safe_mode=True):
     return model, f"built in memory ({why}; alpha={g['alpha']}, size={g['image_size']})"
 
 
-def learning_images(src, shape, prep, args):
+def learning_images(src, model, shape, resize, args):
     """A labelled source's images (``--set interventional.data=SOURCE``) as model inputs: fitted as
-    ``python -m xaitf run --data`` fits them (the model's size, a zoo model's own rule), divided by
-    the source's scale (255 for integer pixels) or preprocessed as the explained images (``prep``)."""
+    ``python -m xaitf run --data`` fits them (the explained images' filter, else bilinear; a zoo
+    model's own rule at its size), divided by the source's scale (255 for integer pixels) or
+    preprocessed as the explained images."""
     from types import SimpleNamespace
 
+    from xaitf.data.sources import FILTERS
     from xaitf.runs.cli import fit_source
 
-    flags = SimpleNamespace(scale=None if args.scale == 255.0 else args.scale, resize="auto",
-                            preprocess=None if prep == "scale" else prep)
-    return fit_source(flags, src, shape, args.model_path)[0]
+    flags = SimpleNamespace(scale=None if args.scale == 255.0 else args.scale,
+                            resize=resize if resize in FILTERS else "bilinear",
+                            preprocess=None if args.preprocess == "scale" else args.preprocess)
+    return fit_source(flags, src, shape, args.model_path, model)[0]
 
 
 def probabilities(model, x):
@@ -344,7 +347,7 @@ def main(argv=None):
             extra = registry.input_range_arguments(k, value_range, set_keys)   # PDA's, LRP's z^B bounds
             if k == "interventional":     # --set interventional.data=SOURCE: fitted as run --data would
                 extra.update(registry.preset_kwargs(k))
-                learned = cli.interventional_data(extra, lambda src: learning_images(src, shape, prep, args))
+                learned = cli.interventional_data(extra, lambda src: learning_images(src, model, shape, resize, args))
                 if learned:
                     print(learned, flush=True)
             if not center_model:

@@ -348,6 +348,37 @@ def test_preprocess_of_float_unit_data(env, tmp_path):
     np.testing.assert_allclose(read_store(out / "store.h5")["inputs"], unit * 2 - 1, atol=1e-5)
 
 
+def test_model_with_its_own_preprocessing_gets_0_255_values(env, tmp_path, capsys):
+    """A Keras 3 model with Rescaling(1/255) at its input (as keras.applications' EfficientNet):
+    without --preprocess / --scale, run and evaluate give it the 0..255 values as heatmap_script
+    does (they divided by 255 again: inputs of at most 1/255); float [0, 1] data are taken x 255;
+    --scale still divides."""
+    import keras
+
+    inp = keras.Input((28, 28, 1))
+    h = keras.layers.Rescaling(1 / 255.0, name="scaling")(inp)
+    h = keras.layers.Conv2D(2, 3, activation="relu")(h)
+    keras.Model(inp, keras.layers.Dense(4)(keras.layers.Flatten()(h))).save(tmp_path / "own.keras")
+    own = dict(env, model=tmp_path / "own.keras")
+    img = np.asarray(Image.open(env["digits"] / "class_0" / "img_01.png"), np.float32)
+    out = tmp_path / "own"
+    assert xaitf_main(argv(own, out, methods=["grad"])) == 0
+    assert np.array_equal(read_store(out / "store.h5")["inputs"][1, ..., 0], img)
+    fit = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("fit to the model"))
+    assert "the 0..255 values as they are, as the model has its own preprocessing (Rescaling layer 'scaling'" in fit
+    assert xaitf_main(["evaluate", "--model", str(own["model"]), "--data", str(env["digits"]), "--limit", "2",
+                       "--methods", "grad", "--metrics", "sparseness", "--out", str(tmp_path / "ev")]) == 0
+    assert "as the model has its own preprocessing" in capsys.readouterr().out
+    unit = np.random.RandomState(3).rand(3, 28, 28, 1).astype(np.float32)
+    np.save(tmp_path / "unit.npy", unit)
+    out = tmp_path / "unit"
+    assert xaitf_main(argv(own, out, data=tmp_path / "unit.npy", methods=["grad"])) == 0
+    np.testing.assert_allclose(read_store(out / "store.h5")["inputs"], unit * 255, rtol=1e-6)
+    out = tmp_path / "scaled"
+    assert xaitf_main(argv(own, out, "--scale", "255", methods=["grad"])) == 0
+    assert np.array_equal(read_store(out / "store.h5")["inputs"][1, ..., 0], img / np.float32(255))
+
+
 def test_window_defaults_scaled_to_the_input(env, tmp_path, capsys):
     """Not study 1's model: occlusion's window/stride default to max(1, round(min(H,W)/14)) (2 on
     28x28), as heatmap_script.py does; a key given with --set keeps the user's value."""

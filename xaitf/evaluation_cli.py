@@ -40,7 +40,9 @@ def add_parser(subparsers):
     p.add_argument("--limit", type=cli.positive_int, default=64, help="the first N images (default 64)")
     p.add_argument("--resize", choices=RESIZE_CHOICES, default="auto", help="fit image sizes to the model")
     p.add_argument("--scale", type=float, default=None, help="pixel values are divided by this")
-    p.add_argument("--preprocess", default=None, metavar="NAME", help="the model's own input preprocessing")
+    p.add_argument("--preprocess", default=None, metavar="NAME",
+                   help="the model's own input preprocessing, as run's (default: none for a model with a "
+                        "Rescaling/Normalization layer at its input, else divide by --scale)")
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD", help="methods (registry keys)")
     p.add_argument("--metrics", nargs="+", required=True, metavar="METRIC", help="metrics of xaitf.evaluate")
     p.add_argument("--metric-set", action="append", default=[], metavar="METRIC.KEY=VALUE",
@@ -129,14 +131,15 @@ def main(args):
     from .evaluation import evaluate
     from .keras_bridge import input_shape
     from .model_files import load_model
-    from .runs.cli import fit_source, input_range_kwargs
+    from .runs.cli import fit_line, fit_source, input_range_kwargs
     from .runs.local import explainer_settings
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
     model = load_model(model_path, safe_mode=not args.unsafe_model)
     shape = cli.image_input_shape(input_shape(model), model_path)
     scale = float(args.scale if args.scale is not None else src.default_scale)
-    x, policy = fit_source(args, src, shape, model_path)
+    x, policy = fit_source(args, src, shape, model_path, model)
+    print(fit_line(shape, policy, scale), flush=True)
     if args.target == "label":
         if src.labels is None:
             raise cli.CliError(f"--target label: {src.description} has no labels")
@@ -146,11 +149,11 @@ def main(args):
     masks = _masks(args.masks, len(x), shape[:2]) if args.masks else None
     batch_size, seed = int(S.GLOBAL["batch_size"]), int(S.GLOBAL["seed"])
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
-    ranges = input_range_kwargs(args.preprocess, shape, scale, keys, set_keys)
+    ranges = input_range_kwargs(policy.get("preprocess_name"), shape, scale, keys, set_keys)
     if "interventional" in keys:
         iv = ranges.setdefault("interventional", {})
         iv.update(data=S.INTERVENTIONAL["data"], graph=S.INTERVENTIONAL["graph"])
-        note = cli.interventional_data(iv, lambda s: fit_source(args, s, shape, model_path)[0],
+        note = cli.interventional_data(iv, lambda s: fit_source(args, s, shape, model_path, model)[0],
                                        own=(x, src.labels), data_dir=args.data_dir)
         if note:
             print(note, flush=True)

@@ -89,7 +89,8 @@ def add_parser(subparsers):
                    help="the model's own input preprocessing (xaitf.data.preprocess: scale, none, "
                         "caffe, tf, torch, resnet50, vgg16, mobilenet_v2, ...), applied to the "
                         "0..255 values after the fit instead of dividing by --scale (float arrays in "
-                        "[0, 1] are taken as 0..255 / 255)")
+                        "[0, 1] are taken as 0..255 / 255). Default: none for a model with a "
+                        "Rescaling/Normalization layer at its input (without --scale), else scale")
     p.add_argument("--chunk-size", type=cli.positive_int, default=None,
                    help=f"images per stored chunk (default {DEFAULT_CHUNK}, or the store's)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -221,7 +222,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
 
         model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
         shape = cli.image_input_shape(input_shape(model), model_path)
-        x, policy = fit_source(args, src, shape, model_path)
+        x, policy = fit_source(args, src, shape, model_path, model)
         meta["resize"] = policy["rule"]
         meta["preprocess"] = policy.get("preprocess_name")
         meta["adapt"] = policy
@@ -232,11 +233,11 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         method_kwargs = preset_arguments(keys)
         if "interventional" in method_kwargs:
             note = cli.interventional_data(method_kwargs["interventional"],
-                                           lambda s: fit_source(args, s, shape, model_path)[0],
+                                           lambda s: fit_source(args, s, shape, model_path, model)[0],
                                            own=(x, src.labels), data_dir=args.data_dir)
             if note:
                 print(note, file=sys.stderr)
-        for k, extra in input_range_kwargs(args.preprocess, shape, scale, keys, set_keys).items():
+        for k, extra in input_range_kwargs(policy.get("preprocess_name"), shape, scale, keys, set_keys).items():
             method_kwargs[k].update(extra)
         from .. import budget
 
@@ -288,9 +289,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
               f"| model {model_path} (sha256 {model_sha[:12]}) | chunks of {store.chunk} | engine "
               f"{engine}", flush=True)
         print(f"data: {src.description}")
-        print(f"fit to the model {'x'.join(map(str, shape))}: resize {policy['resize']}; channels "
-              f"{policy['channels']}; "
-              + (f"preprocess {policy['preprocess']}" if policy.get("preprocess") else f"divided by {scale:g}"))
+        print(fit_line(shape, policy, scale))
         for note in src.notes if src.kind != "builtin" else []:
             print(f"note: {note}")
         for k, e in explainers.items():
@@ -377,16 +376,35 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
     return 0
 
 
-def fit_source(args, src, shape, model_path):
+def fit_source(args, src, shape, model_path, model=None):
     """A source's images as model inputs under the command's flags: fitted to ``shape`` (``--resize``,
     a zoo model's own rule) and divided by ``--scale`` (default: the source's) or ``--preprocess``ed.
-    Returns ``(x, policy)``."""
+    Without either flag, a ``model`` with its own input preprocessing (a Rescaling or Normalization
+    layer at its input: keras.applications' EfficientNet, MobileNetV3, ConvNeXt;
+    :func:`xaitf.data.preprocess.model_preprocessing`) gets the 0..255 values as they are (float
+    data in [0, 1] times 255), as ``heatmap_script.py`` gives it. Returns ``(x, policy)``."""
+    from ..data.preprocess import model_preprocessing
     from ..data.sources import adapt, zoo_name
 
     scale = float(args.scale if args.scale is not None else src.default_scale)
-    x, policy = adapt(src.images, shape, 1.0 if args.preprocess else scale, resize=args.resize,
+    own = model_preprocessing(model) if model is not None and args.preprocess is None and args.scale is None \
+        else None
+    x, policy = adapt(src.images, shape, 1.0 if args.preprocess or own else scale, resize=args.resize,
                       zoo=zoo_name(model_path))
-    return apply_preprocess(args, x, policy, scale)
+    if not own:
+        return apply_preprocess(args, x, policy, scale)
+    unit = bool(src.default_scale == 1.0 and x.size and x.min() >= 0 and x.max() <= 1)
+    return (x * np.float32(255.0) if unit else x), {
+        **policy, "scale": 1.0, "preprocess_name": "none",
+        "preprocess": f"none: the 0..255 values as they are{' ([0, 1] data x 255)' if unit else ''}, as the "
+                      f"model has its own preprocessing ({own}; --preprocess or --scale say otherwise)"}
+
+
+def fit_line(shape, policy, scale):
+    """What :func:`fit_source` did, on one line."""
+    return (f"fit to the model {'x'.join(map(str, shape))}: resize {policy['resize']}; channels "
+            f"{policy['channels']}; "
+            + (f"preprocess {policy['preprocess']}" if policy.get("preprocess") else f"divided by {scale:g}"))
 
 
 def apply_preprocess(args, x, policy, scale):
