@@ -332,6 +332,21 @@ def test_api_refuses_bad_common_arguments(tiny_cnn, kwargs, message):
     assert str(e.value) == message or str(e.value).startswith(message), str(e.value)
 
 
+def test_a_model_with_two_outputs_says_how_to_explain_one():
+    import xaitf
+    from xaitf.errors import ModelError
+    from xaitf.keras_bridge import tfk
+
+    inp = tfk.Input((8, 8, 1))
+    h = tfk.layers.GlobalAveragePooling2D()(tfk.layers.Conv2D(2, 3)(inp))
+    m = tfk.Model(inp, [tfk.layers.Dense(3, name="cls")(h), tfk.layers.Dense(1, name="box")(h)])
+    with pytest.raises(ModelError, match=r"got 2 outputs \(cls, box\); explain one of them as its own "
+                                         r"model, e.g. Model\(model.inputs, model.outputs\[0\]\) for 'cls'"):
+        xaitf.create_explainer("grad", m)
+    maps = xaitf.create_explainer("grad", tfk.Model(m.inputs, m.outputs[0]))(X, [0, 1])   # the advice works
+    assert maps.shape == (2, 8, 8) and np.abs(maps).max() > 0
+
+
 def test_method_warnings_point_at_the_callers_line(tiny_cnn):
     """Kernel SHAP's rank-deficient regression and LRP's all-zero maps warn from deep inside the
     package; the warning names the user's line, as the uint8 one does."""

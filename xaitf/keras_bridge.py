@@ -220,8 +220,10 @@ def check_classifier(model, source=None):
         raise ModelError(f"{where}expected a model with one image input (N,H,W,C), got input shape "
                          f"{tuple(ins[0].shape)}")
     if len(outs) != 1:
+        names = _tensor_names(outs)
         raise ModelError(f"{where}expected a classifier with one output (N,classes), got "
-                         f"{len(outs)} outputs ({_tensor_names(outs)})")
+                         f"{len(outs)} outputs ({names}); explain one of them as its own model, e.g. "
+                         f"Model(model.inputs, model.outputs[0]) for {names.split(', ')[0]!r}")
     if len(outs[0].shape) != 2:
         raise ModelError(f"{where}expected a classifier with one output (N,classes), got output "
                          f"shape {tuple(outs[0].shape)}")
