@@ -346,8 +346,8 @@ def main(argv=None):
         try:
             extra = registry.input_range_arguments(k, value_range, set_keys)   # PDA's, LRP's z^B bounds
             if k == "interventional":     # --set interventional.data=SOURCE: fitted as run --data would
-                extra.update(registry.preset_kwargs(k))
-                learned = cli.interventional_data(extra, lambda src: learning_images(src, model, shape, resize, args))
+                data, learned = cli.interventional_data(lambda src: learning_images(src, model, shape, resize, args))
+                extra.update(data)
                 if learned:
                     print(learned, flush=True)
             if not center_model:

@@ -151,12 +151,11 @@ def main(args):
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
     ranges = input_range_kwargs(policy.get("preprocess_name"), shape, scale, keys, set_keys)
     if "interventional" in keys:
-        iv = ranges.setdefault("interventional", {})
-        iv.update(data=S.INTERVENTIONAL["data"], graph=S.INTERVENTIONAL["graph"])
-        note = cli.interventional_data(iv, lambda s: fit_source(args, s, shape, model_path, model)[0],
-                                       own=(x, src.labels), data_dir=args.data_dir)
-        if note:
-            print(note, flush=True)
+        data, learned = cli.interventional_data(lambda s: fit_source(args, s, shape, model_path, model)[0],
+                                                own=(x, src.labels), data_dir=args.data_dir)
+        ranges.setdefault("interventional", {}).update(data)
+        if learned:
+            print(learned, flush=True)
     # a method that cannot handle this model (ModelError) is left out, in one line, when others were
     # asked for (--debug stops); a bad setting stops before any work
     explainers, unbuilt = {}, {}

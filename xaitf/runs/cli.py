@@ -232,11 +232,11 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         # explainers, and the Ray workers', are built from them (no worker replays --set)
         method_kwargs = preset_arguments(keys)
         if "interventional" in method_kwargs:
-            note = cli.interventional_data(method_kwargs["interventional"],
-                                           lambda s: fit_source(args, s, shape, model_path, model)[0],
-                                           own=(x, src.labels), data_dir=args.data_dir)
-            if note:
-                print(note, file=sys.stderr)
+            data, learned = cli.interventional_data(lambda s: fit_source(args, s, shape, model_path, model)[0],
+                                                    own=(x, src.labels), data_dir=args.data_dir)
+            method_kwargs["interventional"].update(data)
+            if learned:
+                print(learned, file=sys.stderr)
         for k, extra in input_range_kwargs(policy.get("preprocess_name"), shape, scale, keys, set_keys).items():
             method_kwargs[k].update(extra)
         from .. import budget
@@ -393,11 +393,16 @@ def fit_source(args, src, shape, model_path, model=None):
                       zoo=zoo_name(model_path))
     if not own:
         return apply_preprocess(args, x, policy, scale)
-    unit = bool(src.default_scale == 1.0 and x.size and x.min() >= 0 and x.max() <= 1)
+    unit = _unit_data(x, scale)
     return (x * np.float32(255.0) if unit else x), {
         **policy, "scale": 1.0, "preprocess_name": "none",
         "preprocess": f"none: the 0..255 values as they are{' ([0, 1] data x 255)' if unit else ''}, as the "
                       f"model has its own preprocessing ({own}; --preprocess or --scale say otherwise)"}
+
+
+def _unit_data(x, scale):
+    """Float data in [0, 1] (a source whose values are not divided: scale 1): 0..255 / 255."""
+    return bool(scale == 1.0 and x.size and x.min() >= 0 and x.max() <= 1)
 
 
 def fit_line(shape, policy, scale):
@@ -422,7 +427,7 @@ def apply_preprocess(args, x, policy, scale):
     x = np.asarray(x, np.float32)
     # float data in [0, 1] (a source whose values are not divided: scale 1) are 0..255 / 255: the
     # preprocessing families take 0..255, and x / 127.5 - 1 of [0, 1] data would be ~ -1 everywhere
-    unit = scale == 1.0 and check_name(name) not in ("none", "scale") and x.size and x.min() >= 0 and x.max() <= 1
+    unit = check_name(name) not in ("none", "scale") and _unit_data(x, scale)
     where = "the [0, 1] data x 255" if unit else "the 0..255 values"
     x = np.asarray(preprocess(x * np.float32(255.0) if unit else x, name, scale=scale), np.float32)
     return x, {**policy, "scale": 1.0, "preprocess_name": name,
