@@ -208,9 +208,11 @@ def test_faithfulness_correlation_of_a_random_map_is_the_analytic_correlation(li
     rand = np.random.RandomState(3).randn(*exact.shape)
     r = F.faithfulness_correlation(model, x, rand, t, subset_size=8, runs=40, seed=9, **LOGITS)
     want = []
-    for i in range(4):          # the subsets: the 8 smallest of default_rng([seed, i]).random((runs, H*W), float32)
-        u = np.random.default_rng([9, i]).random((40, H * W), dtype=np.float32)
-        sub = [np.argsort(row)[:8] for row in u]
+    for i in range(4):          # the subsets: the 8 smallest 16-bit keys of default_rng([seed, i]), ties
+        rng = np.random.default_rng([9, i])          # at the 8th broken by a fresh uniform draw per pixel
+        u = rng.integers(0, 1 << 16, (40, H * W), dtype=np.uint16)
+        sub = [np.lexsort((rng.random(H * W), row))[:8] if np.sum(row <= np.sort(row)[7]) > 8
+               else np.argsort(row)[:8] for row in u]
         att = [rand[i].ravel()[s].sum() for s in sub]
         drop = [exact[i].ravel()[s].sum() for s in sub]                # exact output drops
         want.append(np.corrcoef(att, drop)[0, 1])
@@ -228,6 +230,11 @@ def test_subset_masks_hold_exactly_k_pixels_even_with_equal_draws():
     tied = np.array([[0.1, 0.5, 0.5, 0.5, 0.9], [0.5, 0.5, 0.5, 0.5, 0.5]])
     m = _smallest_mask(tied, 2)       # the threshold value drawn 3 (5) times: the first in sorted order
     np.testing.assert_array_equal(m, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])
+    # with a generator, ties are broken at random: each of the 3 (5) tied pixels equally often
+    counts = sum(_smallest_mask(tied, 2, np.random.default_rng(s)) for s in range(3000))
+    assert np.all(counts.sum(axis=1) == 2 * 3000) and counts[0, 0] == 3000 and counts[0, 4] == 0
+    np.testing.assert_allclose(counts[0, 1:4] / 3000, 1 / 3, atol=0.04)
+    np.testing.assert_allclose(counts[1] / 3000, 2 / 5, atol=0.04)
 
 
 def test_spearman_ranks_outputs_equal_within_rounding_as_ties():
