@@ -29,9 +29,29 @@ def test_scores_per_layer_and_the_keep_rule(study):
         assert set(r["scores"][key]) | set(r["skipped"][key]) == set(sanity.QUICK_METHODS)
         for name, s in r["scores"][key].items():
             assert len(s["spearman"]) == len(info["layers"])
-            assert r["keeps"][key][name] == (s["spearman"][-1] >= r["settings"]["keep_threshold"])
+            empty = r["empty_maps"][key][name]
+            if empty == info["images"]:
+                assert r["keeps"][key][name] is None               # every trained map all 0: no verdict
+            elif not empty:
+                assert r["keeps"][key][name] == (s["spearman"][-1] >= r["settings"]["keep_threshold"])
     # the gradient of the CIFAR VGG loses its map once every kernel is random
     assert r["scores"]["cifar_vgg"]["grad"]["spearman"][-1] < 0.5
+
+
+def test_all_zero_trained_maps_give_no_verdict():
+    """An all-0 trained map stays all 0 when the weights are randomised (similarity 1): such images
+    are left out of the verdict, and with no other image there is none."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    original = np.zeros((3, 4, 4))
+    original[1, 2, 2] = 1.0
+    res = SimpleNamespace(original=original, scores={"spearman": np.array([[1.0, 0.1, 1.0]])})
+    assert sanity.keep_verdict(res, 0.5) == (False, 2)          # only image 1 decides: 0.1
+    res.scores["spearman"][0, 1] = 0.9
+    assert sanity.keep_verdict(res, 0.5) == (True, 2)
+    assert sanity.keep_verdict(SimpleNamespace(original=np.zeros((2, 4, 4)),
+                                               scores={"spearman": np.ones((1, 2))}), 0.5) == (None, 2)
 
 
 def test_report_links_exist(study):

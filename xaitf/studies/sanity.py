@@ -11,7 +11,9 @@ compared with the trained model's by Spearman rank correlation of |map| (plus SS
 similarity in the full run).
 
 A method **keeps its map** when the mean Spearman similarity after the last step (every kernel
-random) is at least ``keep_threshold`` (0.5). The paper finds that Guided Backprop and DeconvNet do
+random) is at least ``keep_threshold`` (0.5), over the images whose trained map is not all 0 (an
+all-0 map, e.g. LRP-epsilon's relevance absorbed on a barely trained model, stays all 0 and would
+count as kept; with no other image the verdict is "n/a"). The paper finds that Guided Backprop and DeconvNet do
 (their maps look like edge detectors of the input whatever the weights), and that gradients,
 SmoothGrad and Integrated Gradients do not; methods multiplied by the input (Input x Gradient, IG,
 DeepLIFT, LRP) keep part of the input's structure, so their absolute maps stay correlated where
@@ -123,7 +125,7 @@ def run(args):
         targets = predict(model, x).argmax(-1)
         shape = tuple(input_shape(model))
         say(estimate_line(model, shape, methods, x, sims))
-        results, scores, seconds, skipped = {}, {}, {}, {}
+        results, scores, seconds, skipped, keeps, empty = {}, {}, {}, {}, {}, {}
         for name in methods:
             if interrupted:
                 skipped[name] = f"not run: the study was interrupted at {interrupted}"
@@ -149,13 +151,14 @@ def run(args):
             seconds[name] = time.perf_counter() - t0
             results[name] = res
             scores[name] = {s: [float(v) for v in res.scores[s].mean(axis=1)] for s in sims}
+            keeps[name], empty[name] = keep_verdict(res, float(p["keep_threshold"]))
             say(f"  {name}: Spearman after each step {np.round(scores[name]['spearman'], 2).tolist()} "
-                f"({seconds[name]:.1f} s)")
+                f"({seconds[name]:.1f} s)" + (f"; {empty[name]} of {len(x)} trained maps are all 0" if empty[name] else ""))
         layers = next(iter(results.values())).layers if results else []
-        keeps = {n: bool(s["spearman"][-1] >= float(p["keep_threshold"])) for n, s in scores.items()}
         result["models"][key] = {**{k: v for k, v in info.items() if isinstance(v, (int, float, str, type(None)))},
                                  "label": label, "layers": layers, "images": int(len(x))}
         result["scores"][key], result["keeps"][key] = scores, keeps
+        result.setdefault("empty_maps", {})[key] = empty
         result["skipped"][key], result["seconds"][key] = skipped, seconds
         if results:
             fig = randomisation_figure(results, title=f"{label}: cascading randomisation of the kernels (top layer "
@@ -168,6 +171,17 @@ def run(args):
     C.write_json(folder, "results.json", result)
     write_report(folder, result, p)
     return result
+
+
+def keep_verdict(res, threshold):
+    """``(keeps, empty)``: whether the method keeps its map (mean Spearman with every kernel random
+    >= ``threshold``) over the images whose trained map is not all 0, and how many are all 0. An
+    all-0 map stays all 0 on every randomised model (similarity 1) and says nothing: with no other
+    image the verdict is None ("n/a")."""
+    live = np.abs(res.original).reshape(len(res.original), -1).max(axis=1) > 0
+    if not live.any():
+        return None, int(len(live))
+    return bool(res.scores["spearman"][-1][live].mean() >= threshold), int((~live).sum())
 
 
 def curves_figure(result):
@@ -201,11 +215,16 @@ def write_report(folder, r, p):
     sections = []
     for key, info in r["models"].items():
         t = C.Table(["method"] + ["trained"] + [f"+{l}" for l in info["layers"]] + ["keeps its map"])
+        empty = r.get("empty_maps", {}).get(key, {})
         for name, s in r["scores"][key].items():
-            t.add(name, 1.0, *s["spearman"], "yes" if r["keeps"][key][name] else "no")
+            verdict = {True: "yes", False: "no", None: "n/a"}[r["keeps"][key][name]]
+            if empty.get(name):
+                verdict += f" ({empty[name]} of {info['images']} trained maps all 0{', left out' if r['keeps'][key][name] is not None else ''})"
+            t.add(name, 1.0, *s["spearman"], verdict)
         acc = info.get("accuracy")
         t.note = (f"Mean Spearman ρ of |map| over {info['images']} test images, after each cumulative step. "
-                  f"Keeps its map: ρ >= {p['keep_threshold']} with every kernel random. Model: {info.get('note', '')}"
+                  f"Keeps its map: ρ >= {p['keep_threshold']} with every kernel random, over the images whose trained "
+                  f"map is not all 0 (n/a: every one is). Model: {info.get('note', '')}"
                   + (f"; held-out accuracy {acc:.3f}" if isinstance(acc, float) else "") + ".")
         body = [t]
         if key in r["figures"]:
