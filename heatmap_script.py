@@ -77,9 +77,7 @@ def build_parser():
     crop.add_argument("--no-crop", dest="crop", action="store_false", help="no crop row")
     p.add_argument("--scale", type=float, default=255.0,
                    help="--preprocess scale divides pixel values by this (default 255)")
-    p.add_argument("--unsafe-model", action="store_true",
-                   help="allow the model file to run Python code stored in it (Lambda layers) "
-                        "while it loads; only for files you trust (default: such files are refused)")
+    cli.add_model_args(p)
     cli.add_image_args(p)
     cli.add_common_args(p)
     return p
@@ -293,6 +291,7 @@ def main(argv=None):
     cli.quiet_tensorflow()
 
     overridden = any(sec == "global" and key in CENTER_PIXEL_GLOBALS for sec, key, _ in applied)
+    cli.import_modules(args.imports)
     model, model_source = load_or_build_model(args.model_path, overridden,
                                               safe_mode=not args.unsafe_model)
     shape = cli.image_input_shape(input_shape(model))

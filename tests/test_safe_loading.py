@@ -177,6 +177,30 @@ def test_heatmap_script_refusal_of_keras3_file_is_short(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "res").exists()
 
 
+def test_custom_layer_module_imported_with_the_import_flag(tmp_path, capsys, monkeypatch):
+    """A Keras 3 .keras with a custom layer registered by the user's module: refused in safe mode
+    with the advice to --import it; with --import (the current folder searched) it loads in safe
+    mode and is explained; a missing module is one line."""
+    mod = "xaitf_user_layers_t1"
+    (tmp_path / f"{mod}.py").write_text(
+        "import keras\n\n\n@keras.saving.register_keras_serializable(package='xaitf_test_user')\n"
+        "class Double(keras.layers.Layer):\n    def call(self, x):\n        return x * 2.0\n")
+    build = (f"import keras, {mod}\ninp = keras.Input((8, 8, 1))\nh = {mod}.Double()(inp)\n"
+             "h = keras.layers.Conv2D(2, 3, activation='relu')(h)\n"
+             "keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(h))).save('user.keras')\n")
+    r = subprocess.run([sys.executable, "-c", build], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    monkeypatch.chdir(tmp_path)
+    base = ["-mp", "user.keras", "-hm", "grad", "-op", tmp_path / "out"]
+    code, _, err = run_heatmap(capsys, *base)
+    line = one_error_line(err)
+    assert code == 1 and f"names {mod}.Double" in line and f"--import {mod}" in line, line
+    code, out, err = run_heatmap(capsys, *base, "--import", mod)
+    assert code == 0, err
+    code, _, err = run_heatmap(capsys, *base, "--import", "xaitf_no_such_module")
+    assert code == 1 and "no module named 'xaitf_no_such_module'" in one_error_line(err)
+
+
 def test_unsafe_model_flag_on_every_command_line():
     import heatmap_script
     from xaitf.__main__ import build_parser as xaitf_parser

@@ -169,6 +169,37 @@ def add_common_args(parser):
     return parser
 
 
+def add_model_args(parser):
+    """``--unsafe-model`` and ``--import MODULE`` (see :func:`import_modules`) on a parser of a
+    command that loads a user's model file."""
+    parser.add_argument("--unsafe-model", action="store_true",
+                        help="allow the model file to run Python code stored in it (Lambda layers) "
+                             "while it loads; only for files you trust (default: such files are refused)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this Python module (from the current folder or PYTHONPATH) before "
+                             "the model loads: the module that registers your custom layers with "
+                             "keras.saving.register_keras_serializable; its classes then load in safe "
+                             "mode (repeatable)")
+    return parser
+
+
+def import_modules(names):
+    """``--import``: import each module (the current folder searched first), so that the custom
+    classes it registers with Keras load; one-line CliError for a module that is missing or fails."""
+    import importlib
+
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names or ():
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise CliError(f"--import {name}: no module named {e.name!r} (run from the folder holding "
+                           f"{name.split('.')[0]}.py or add its folder to PYTHONPATH)") from None
+        except Exception as e:  # noqa: BLE001 - the user's module: any failure is one line
+            raise CliError(f"--import {name}: importing it failed ({type(e).__name__}: {one_line(e)})") from None
+
+
 def _flag_type(check):
     """An argparse ``type`` from a validator of :mod:`xaitf.settings` (same check, same words as
     ``--set`` and the Python API)."""

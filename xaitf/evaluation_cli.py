@@ -53,7 +53,7 @@ def add_parser(subparsers):
                    help="class explained and scored (default: the prediction)")
     p.add_argument("--out", default=None, help="output folder (default results/evaluate/<model>-<data>)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
-    p.add_argument("--unsafe-model", action="store_true", help="allow code stored in the model file to run")
+    cli.add_model_args(p)
     p.add_argument("--budget", type=cli.budget_seconds, default=None, metavar="DURATION",
                    help="refuse to start when the estimated time is above this: seconds or 90s / 10m / 1h "
                         "(default none: the estimate is printed, the run starts)")
@@ -135,6 +135,7 @@ def main(args):
     from .runs.local import explainer_settings
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
+    cli.import_modules(args.imports)
     model = load_model(model_path, safe_mode=not args.unsafe_model)
     shape = cli.image_input_shape(input_shape(model), model_path)
     scale = float(args.scale if args.scale is not None else src.default_scale)

@@ -41,6 +41,7 @@ Nothing here imports TensorFlow or Keras at module level, so command lines can c
 import builtins
 import json
 import os
+import sys
 import zipfile
 
 from .errors import ModelError
@@ -236,8 +237,6 @@ def _resolvable(name, custom_objects):
     names = {name, _short_class(name)}
     if custom_objects and names & set(custom_objects):
         return True
-    import sys
-
     for mod in ("tf_keras", "keras"):
         km = sys.modules.get(mod)
         get = getattr(getattr(km, "saving", None), "get_registered_object", None)
@@ -310,6 +309,11 @@ def _refusal(path, found):
         what = f"calls {one_line(why, 60)}, which can reach files or run Python"
     else:
         what = f"names {one_line(why, 60)}, which loading would import and call"
+        module = one_line(why.rsplit(".", 1)[0], 60)
+        if module.split(".")[0] not in sys.stdlib_module_names:   # a user's layer: registering it is safe
+            return (f"model file {path}: {where} {what}; refused in safe mode. Your own layer? Import "
+                    f"{module} first (command lines: --import {module}); if you trust the file, pass "
+                    "safe_mode=False or --unsafe-model")
     return f"model file {path}: {where} {what}; refused in safe mode. {OPT_IN}"
 
 

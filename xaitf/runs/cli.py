@@ -117,9 +117,7 @@ def add_parser(subparsers):
                         "or results/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--chunk-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
-    p.add_argument("--unsafe-model", action="store_true",
-                   help="allow the model file to run Python code stored in it (Lambda layers) "
-                        "while it loads; only for files you trust (default: such files are refused)")
+    cli.add_model_args(p)
     cli.add_common_args(p)
     p.set_defaults(func=main)
     return p
@@ -220,6 +218,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         from ..keras_bridge import input_shape
         from ..model_files import load_model
 
+        cli.import_modules(getattr(args, "imports", ()))
         model = load_model(model_path, safe_mode=not getattr(args, "unsafe_model", False))
         shape = cli.image_input_shape(input_shape(model), model_path)
         x, policy = fit_source(args, src, shape, model_path, model)
@@ -324,7 +323,8 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
                            "model_bytes": model_path.read_bytes(), "model_suffix": model_path.suffix,
                            "model_sha256": model_sha, "method_kwargs": method_kwargs,
                            "keys": keys, "gpus": args.worker_gpus,
-                           "safe_mode": not getattr(args, "unsafe_model", False)}
+                           "safe_mode": not getattr(args, "unsafe_model", False),
+                           "imports": list(getattr(args, "imports", ())), "import_path": os.getcwd()}
                     run_ray(ctx, todo, x, t, write, stop, session)
                 elif todo:
                     run_local(store, explainers, todo, x, t, write, stop, session)

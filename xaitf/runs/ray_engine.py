@@ -29,7 +29,9 @@ class RayWorker:
     (``method_kwargs``, the presets with ``--set`` applied there): no settings are replayed here.
     """
 
-    def __init__(self, model_bytes, suffix, sha256, method_kwargs, keys, x, t, safe_mode=True):
+    def __init__(self, model_bytes, suffix, sha256, method_kwargs, keys, x, t, safe_mode=True,
+                 imports=(), import_path=None):
+        import sys
         import tempfile
 
         for k, v in WORKER_ENV.items():
@@ -37,6 +39,12 @@ class RayWorker:
         import xaitf  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
         from ..model_files import load_model
 
+        if imports:                    # --import: the driver's folder first (a local cluster)
+            from .. import cli
+
+            if import_path and import_path not in sys.path:
+                sys.path.insert(0, import_path)
+            cli.import_modules(imports)
         if hashlib.sha256(model_bytes).hexdigest() != sha256:
             raise StoreError("the model bytes reached the worker damaged (sha256 differs)")
         with tempfile.TemporaryDirectory(prefix="xaitf-ray-") as d:
@@ -71,7 +79,8 @@ def run_ray(ctx, todo, x, t, write, stop, session):
         model_ref = ray.put(ctx["model_bytes"])
         x_ref, t_ref = ray.put(x), ray.put(t)
         actors = [Worker.remote(model_ref, ctx["model_suffix"], ctx["model_sha256"], ctx["method_kwargs"],
-                                ctx["keys"], x_ref, t_ref, safe_mode=ctx.get("safe_mode", True))
+                                ctx["keys"], x_ref, t_ref, safe_mode=ctx.get("safe_mode", True),
+                                imports=ctx.get("imports", ()), import_path=ctx.get("import_path"))
                   for _ in range(n_workers)]
         print(f"ray: {n_workers} worker(s) on {cpus} CPU(s)"
               + (f" at {ctx['address']}" if ctx["address"] else " (local)"), flush=True)
