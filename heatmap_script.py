@@ -345,7 +345,9 @@ def main(argv=None):
         try:
             extra = registry.input_range_arguments(k, value_range, set_keys)   # PDA's, LRP's z^B bounds
             if k == "interventional":     # --set interventional.data=SOURCE: fitted as run --data would
-                data, learned = cli.interventional_data(lambda src: learning_images(src, model, shape, resize, args))
+                from xaitf.runs.cli import interventional_data
+
+                data, learned = interventional_data(lambda src: learning_images(src, model, shape, resize, args))
                 extra.update(data)
                 if learned:
                     print(learned, flush=True)

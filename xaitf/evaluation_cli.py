@@ -131,7 +131,7 @@ def main(args):
     from .evaluation import evaluate
     from .keras_bridge import input_shape
     from .model_files import load_model
-    from .runs.cli import fit_line, fit_source, input_range_kwargs
+    from .runs.cli import fit_line, fit_source, input_range_kwargs, interventional_data
     from .runs.local import explainer_settings
 
     src = load_source(args.data, data_dir=args.data_dir, split=args.split, limit=args.limit)
@@ -152,7 +152,7 @@ def main(args):
     scaled, metric_kwargs = scaled_settings(model, shape, keys, set_keys, args.metrics, metric_kwargs)
     ranges = input_range_kwargs(policy.get("preprocess_name"), shape, scale, keys, set_keys)
     if "interventional" in keys:
-        data, learned = cli.interventional_data(lambda s: fit_source(args, s, shape, model_path, model)[0],
+        data, learned = interventional_data(lambda s: fit_source(args, s, shape, model_path, model)[0],
                                                 own=(x, src.labels), data_dir=args.data_dir)
         ranges.setdefault("interventional", {}).update(data)
         if learned:

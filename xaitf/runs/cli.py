@@ -231,7 +231,7 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         # explainers, and the Ray workers', are built from them (no worker replays --set)
         method_kwargs = preset_arguments(keys)
         if "interventional" in method_kwargs:
-            data, learned = cli.interventional_data(lambda s: fit_source(args, s, shape, model_path, model)[0],
+            data, learned = interventional_data(lambda s: fit_source(args, s, shape, model_path, model)[0],
                                                     own=(x, src.labels), data_dir=args.data_dir)
             method_kwargs["interventional"].update(data)
             if learned:
@@ -374,6 +374,37 @@ def _run(args, keys, model_path, out, engine, set_keys=frozenset()):
         raise XaitfError(f"{len(session.failures)} method(s) failed (details in {out / 'summary.json'}): "
                          + "; ".join(f"{k}: {v}" for k, v in session.failures.items()))
     return 0
+
+
+def interventional_data(fit, own=None, data_dir=None):
+    """Where a command line's ``interventional`` method learns its graphs: ``(kwargs, line)``, the
+    keyword arguments to add (``{}`` or ``{"data": (images, labels)}``) and a line for the log (or
+    None). ``--set interventional.data=SOURCE`` names a labelled image source
+    (:func:`xaitf.data.sources.load_source`: mnist, an .npz with x/y, class sub-folders...), read and
+    fitted by ``fit(source) -> images`` exactly as the command's own images; with neither data nor
+    ``interventional.graph`` set, ``own`` = the command's ``(images, labels)`` where it has them
+    (run, evaluate: study 2 learns its graphs from the split it explains)."""
+    from .. import settings as S
+
+    spec = S.INTERVENTIONAL["data"]
+    if isinstance(spec, (str, os.PathLike)):
+        from ..data.sources import load_source
+
+        src = load_source(spec, data_dir=data_dir)
+        if src.labels is None:
+            raise cli.CliError(f"interventional.data={spec}: {src.description} has no labels; its graphs "
+                           "are learned from labelled images (class sub-folders, an .npz with y)")
+        count = "" if f"{len(src)} images" in src.description else f" ({len(src)} images)"
+        return {"data": (fit(src), src.labels)}, f"interventional: graphs learned from {src.description}{count}"
+    if spec is None and S.INTERVENTIONAL["graph"] is None and own is not None:
+        if own[1] is None:
+            raise cli.CliError("interventional learns a graph per class from labelled images and --data has "
+                           "no labels: add --set interventional.data=SOURCE (labelled) or "
+                           "interventional.graph=GRAPH.json")
+        return {"data": own}, (f"interventional: graphs learned from the {len(own[1])} --data images and their "
+                               "labels (as study 2 learns from the split it explains; --set "
+                               "interventional.data= names others)")
+    return {}, None
 
 
 def fit_source(args, src, shape, model_path, model=None):
