@@ -73,6 +73,20 @@ def test_model_preprocessing_detects_rescaling_and_normalization():
     out = keras.layers.Dense(3)(keras.layers.Flatten()(norm(inp)))
     assert model_preprocessing(keras.Model(inp, out)) == "Normalization layer 'norm'"
     assert model_preprocessing(make_cnn()) is None            # a plain CNN: needs preprocessing
+    # layers whose numbers say they expect [0, 1] values: the model needs /255 ("scale"), both Kerases
+    from xaitf.keras_bridge import tfk
+
+    rng = np.random.default_rng(0)
+    for km in (keras, tfk):
+        L = km.layers
+        unit, byte = L.Normalization(), L.Normalization()
+        unit.adapt(rng.random((16, 8, 8, 3)).astype(np.float32))               # x / 255 data
+        byte.adapt((rng.random((16, 8, 8, 3)) * 255).astype(np.float32))      # 0..255 data
+        for layer, found in [(L.Rescaling(2.0, offset=-1.0), False), (L.Rescaling(1 / 127.5, offset=-1.0), True),
+                             (L.Normalization(mean=0.5, variance=0.08), False), (unit, False), (byte, True)]:
+            inp = km.Input((8, 8, 3))
+            m = km.Model(inp, km.layers.Dense(2)(km.layers.Flatten()(layer(inp))))
+            assert (model_preprocessing(m) is not None) == found, (km.__name__, layer.name)
     # deep in the network (not "near the input") does not count
     inp = keras.Input((4, 4, 1))
     h = inp

@@ -127,16 +127,36 @@ def preprocess(x, name, scale=255.0):
     return np.asarray(out, dtype=np.float32)
 
 
+def takes_0_255(layer):
+    """Whether an input Rescaling / Normalization layer expects 0..255 pixel values rather than
+    [0, 1] ones, from its numbers: a Rescaling scale of at most 0.05 (1/255, 1/127.5), a
+    Normalization mean or standard deviation above 1.5 (keras.applications' ConvNeXt: 0.485 * 255;
+    [0, 1] data have mean <= 1 and std <= 0.5). Numbers it cannot read: True (0..255)."""
+    from ..keras_bridge import layer_type
+
+    try:
+        if layer_type(layer) == "Rescaling":
+            return float(np.max(np.abs(np.asarray(layer.scale, np.float64)))) <= 0.05
+        mean, var = getattr(layer, "mean", None), getattr(layer, "variance", None)
+        if mean is None or var is None:
+            return True
+        mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+        return bool(np.max(np.abs(mean)) > 1.5 or np.sqrt(np.max(var)) > 1.5)
+    except (TypeError, ValueError, AttributeError):
+        return True
+
+
 def model_preprocessing(model, depth=4):
     """The preprocessing layer a model records near its input, or None.
 
     Looks at the first ``depth`` layers after the input layer(s) (nested models entered) for a
     Keras ``Rescaling`` or ``Normalization`` layer, as keras.applications' EfficientNet,
     MobileNetV3 and ConvNeXt have (``include_preprocessing``). Such a model takes 0..255 pixels:
-    it needs the preprocessing ``"none"``.
+    it needs the preprocessing ``"none"``, unless the layer's own numbers say it expects [0, 1]
+    values (:func:`takes_0_255`: a Rescaling by 2 then -1, a Normalization adapted on x / 255).
 
     Returns:
-        ``"<Class> layer '<name>'"`` of the first one found, else None.
+        ``"<Class> layer '<name>'"`` of the first one found when it takes 0..255 values, else None.
     """
     from ..keras_bridge import layer_type
 
@@ -146,7 +166,7 @@ def model_preprocessing(model, depth=4):
         if kind == "InputLayer":
             continue
         if kind in PREPROCESSING_LAYERS:
-            return f"{kind} layer {layer.name!r}"
+            return f"{kind} layer {layer.name!r}" if takes_0_255(layer) else None
         if hasattr(layer, "layers"):          # a nested model: look inside it first
             found = model_preprocessing(layer, depth - seen)
             if found:
