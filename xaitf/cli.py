@@ -270,8 +270,8 @@ def add_image_args(parser, budget="10m"):
                         help="how 0..255 pixels become model inputs: scale (/ --scale), none, a "
                              "keras.applications family (its preprocess_input), or a mode "
                              f"(caffe, tf, torch); valid: {', '.join(PREPROCESS_NAMES)}. Default: "
-                             "none for a model with a Rescaling/Normalization layer at its input, "
-                             "else scale")
+                             "none for a model with a Rescaling/Normalization layer at its input "
+                             "that takes 0..255 values (by its numbers), else scale")
     parser.add_argument("--resize", type=resize_policy, default=None,
                         metavar="{" + ",".join(RESIZE_POLICIES) + "}",
                         help="how an image is fitted to the model's input size: pil (uint8, "

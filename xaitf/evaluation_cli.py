@@ -42,7 +42,8 @@ def add_parser(subparsers):
     p.add_argument("--scale", type=float, default=None, help="pixel values are divided by this")
     p.add_argument("--preprocess", default=None, metavar="NAME",
                    help="the model's own input preprocessing, as run's (default: none for a model with a "
-                        "Rescaling/Normalization layer at its input, else divide by --scale)")
+                        "Rescaling/Normalization layer at its input that takes 0..255 values, else divide by "
+                        "--scale)")
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD", help="methods (registry keys)")
     p.add_argument("--metrics", nargs="+", required=True, metavar="METRIC", help="metrics of xaitf.evaluate")
     p.add_argument("--metric-set", action="append", default=[], metavar="METRIC.KEY=VALUE",

@@ -90,7 +90,8 @@ def add_parser(subparsers):
                         "caffe, tf, torch, resnet50, vgg16, mobilenet_v2, ...), applied to the "
                         "0..255 values after the fit instead of dividing by --scale (float arrays in "
                         "[0, 1] are taken as 0..255 / 255). Default: none for a model with a "
-                        "Rescaling/Normalization layer at its input (without --scale), else scale")
+                        "Rescaling/Normalization layer at its input that takes 0..255 values (without "
+                        "--scale), else scale")
     p.add_argument("--chunk-size", type=cli.positive_int, default=None,
                    help=f"images per stored chunk (default {DEFAULT_CHUNK}, or the store's)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
