@@ -78,6 +78,9 @@ def build_parser():
     p.add_argument("--scale", type=float, default=255.0,
                    help="--preprocess scale divides pixel values by this (default 255)")
     cli.add_model_args(p)
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the offline .npz files of mnist/cifar10 for --set "
+                        "interventional.data=mnist (default $XAITF_DATA_DIR)")
     cli.add_image_args(p)
     cli.add_common_args(p)
     return p
@@ -347,7 +350,8 @@ def main(argv=None):
             if k == "interventional":     # --set interventional.data=SOURCE: fitted as run --data would
                 from xaitf.runs.cli import interventional_data
 
-                data, learned = interventional_data(lambda src: learning_images(src, model, shape, resize, args))
+                data, learned = interventional_data(lambda src: learning_images(src, model, shape, resize, args),
+                                                    data_dir=args.data_dir)
                 extra.update(data)
                 if learned:
                     print(learned, flush=True)
