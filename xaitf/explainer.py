@@ -315,6 +315,18 @@ class Explainer:
         self._weights_crc = weights_fingerprint(model) if self.copies_weights else None
         self.setup()
 
+    def fixed_shape(self):
+        """The model's input ``(H, W, C)``; ModelError (one line) for a model that takes any size
+        (``keras.Input((None, None, C))``), which a method with masks, windows or a superpixel
+        layout of one size cannot explain."""
+        if len(self.shape) != 3 or any(d is None for d in self.shape):
+            from .errors import ModelError
+
+            raise ModelError(f"{type(self).__name__} needs a model with a fixed input size (H, W, C), this one "
+                             f"takes {tuple(self.shape)}: build it on keras.Input((H, W, C)) (the gradient, "
+                             "DeepLIFT, LRP, Grad-CAM and occlusion methods take any size)")
+        return tuple(int(d) for d in self.shape)
+
     @property
     def runner(self):
         """``forward``'s function, to call (:attr:`xaitf.outputs.Output.runner`)."""

@@ -33,6 +33,10 @@ from .gradients import (INDEX_SPEC, GradientFamily, as_int32, cached_function, i
                         parse_baseline)
 
 
+# a model of any input size: the baseline's recorded references are kept for this many sizes
+MAX_SIZES = 8
+
+
 class DeepLift(GradientFamily):
     """DeepLIFT rescale (Shrikumar et al. 2017): ``a = (x - x0) * m``, m the rescale multiplier of
     ``f_c`` (see the module docstring); ``sum(a) = f_c(x) - f_c(x0)`` on networks of linear layers
@@ -54,7 +58,11 @@ class DeepLift(GradientFamily):
     def setup(self):
         self._baseline = parse_baseline(self.params["baseline"], self.shape, "DeepLift")
         self._shared = len(self._baseline) == 1
+        self._by_size = None
         if self._shared:
+            if any(d is None for d in self.shape):   # a model of any input size: the baseline's
+                self._by_size = {}                   # references per size, on first use
+                return
             self._fn, self._x0, self._refs = self._shared_pass(self._baseline)
             return
         clone = modified_clone(self.forward, "rescale_pairs")
@@ -75,17 +83,19 @@ class DeepLift(GradientFamily):
 
         self._fn = cached_function(clone, "deeplift.pairs", build_pairs)
 
-    def _shared_pass(self, baseline, clone=None):
+    def _shared_pass(self, baseline, clone=None, shape=None):
         """``(fn, x0, refs)`` of one baseline shared by every input: the rescale clone's
         pre-activations at the baseline (``refs``, one forward pass of one row) and the cached
         tf.function ``fn(x, x0, targets, refs) -> (x - x0) * m`` (shared by every baseline of this
         model: the references are its argument). Used by :class:`DeepLiftShap` once per background
-        image (``clone``: the rescale clone, when the caller has it already)."""
+        image (``clone``: the rescale clone, when the caller has it already). ``shape``: the
+        inputs' (H, W, C) (None: the model's)."""
         clone = clone or modified_clone(self.forward, "rescale")
-        spec = image_spec(self.shape)
-        record = cached_function(clone, "deeplift.references", lambda: tf.function(
+        shape = tuple(self.shape if shape is None else shape)
+        spec = image_spec(shape)
+        record = cached_function(clone, f"deeplift.references.{shape}", lambda: tf.function(
             lambda x0: record_references(clone, x0), input_signature=[spec], autograph=False))
-        x0 = np.broadcast_to(baseline, (1, *self.shape)).astype(np.float32)
+        x0 = np.broadcast_to(baseline, (1, *shape)).astype(np.float32)
         refs = record(tf.constant(x0))
         # a uniform baseline enters (x - x0) as a scalar (a broadcast image costs a pass more),
         # a zero baseline not at all
@@ -105,7 +115,7 @@ class DeepLift(GradientFamily):
                 return (x if zero else x - x0) * tape.gradient(total, x)
 
             return fn
-        fn = cached_function(clone, f"deeplift.shared.{'zero' if zero else 'any'}", build)
+        fn = cached_function(clone, f"deeplift.shared.{'zero' if zero else 'any'}.{shape}", build)
         return fn, tf.constant(x0.flat[0] if uniform else x0), refs
 
     def chunk_size(self):
@@ -114,6 +124,14 @@ class DeepLift(GradientFamily):
         return max(1, self.batch_size // 2)
 
     def explain_batch(self, x, targets):
+        if self._shared and self._by_size is not None:
+            size = tuple(int(d) for d in x.shape[1:])
+            if size not in self._by_size:
+                if len(self._by_size) >= MAX_SIZES:          # keep the newest few sizes
+                    self._by_size.pop(next(iter(self._by_size)))
+                self._by_size[size] = self._shared_pass(self._baseline, shape=size)
+            fn, x0, refs = self._by_size[size]
+            return fn(tf.constant(x), x0, as_int32(targets), refs)
         if self._shared:
             return self._fn(tf.constant(x), self._x0, as_int32(targets), self._refs)
         start, stop = self._take(len(x))
@@ -169,6 +187,7 @@ class DeepLiftShap(DeepLift):
         from .. import params as _params
         from ..errors import MethodError
 
+        self.fixed_shape()               # background images of the model's one size
         p = self.params
         bg = _params.full_baseline(p["background"], self.shape, name="background", owner="DeepLiftShap")
         if p["n_background"] is not None:

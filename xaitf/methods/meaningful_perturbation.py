@@ -184,9 +184,7 @@ class MeaningfulPerturbation(Explainer):
         self.category_coeff = _number(p, "category_coeff", float, 0.0, owner=name)
         self.blur_size = _number(p, "blur_size", int, 1, owner=name)
         self.mask_scale = _number(p, "mask_scale", int, 1, owner=name)
-        h, w = self.shape[:2]
-        if h is None or w is None:
-            raise MethodError(f"{name} needs a model with a fixed input size (H and W)")
+        h, w = self.fixed_shape()[:2]
         if h % self.mask_scale or w % self.mask_scale:
             raise MethodError(f"{name} mask_scale must divide the image size {h}x{w}, got {self.mask_scale} "
                               "(use 1 for a full-resolution mask)")

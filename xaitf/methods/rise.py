@@ -123,9 +123,7 @@ class Rise(Explainer):
         self.n_masks = _number(self.params, "masks", int, 1)
         self.cell = _number(self.params, "cell", int, 1)
         self.p = _number(self.params, "p", float, 0.0, 1.0, low_open=True)
-        h, w = self.shape[:2]
-        if h is None or w is None:
-            raise MethodError("Rise needs a model with a fixed input size (H and W)")
+        h, w = self.fixed_shape()[:2]
         if self.cell > min(h, w):
             raise MethodError(f"Rise cell must be at most the image side {min(h, w)}, got {self.cell}")
         self.cell_h, self.cell_w = math.ceil(h / self.cell), math.ceil(w / self.cell)

@@ -140,8 +140,7 @@ class _LibraryExplainer(SuperpixelMixin, Explainer):
     outputs = OUTPUTS
 
     def setup(self):
-        if any(d is None for d in self.shape):
-            raise MethodError(f"{type(self).__name__} needs a model with a fixed input shape")
+        self.fixed_shape()
         fwd, probs, sigmoid = self.runner, self.output == "probabilities", self.logit_activation == "sigmoid"
 
         def scores(z):

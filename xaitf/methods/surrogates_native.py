@@ -267,9 +267,7 @@ class _Surrogate(SuperpixelMixin, Explainer):
         return fill[lo:lo + n]
 
     def setup(self):
-        if len(self.shape) != 3 or any(d is None for d in self.shape):
-            raise MethodError(f"{type(self).__name__} needs an image model with a fixed input shape "
-                              f"(H,W,C), got {self.shape}")
+        self.fixed_shape()
         self._fns = {}
         self.xla = False
         self._check_jit()
