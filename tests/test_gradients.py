@@ -795,8 +795,9 @@ def test_hashed_uniforms_fused_equal_plain():
 def test_models_of_any_input_size():
     """A fully convolutional model built on Input((None, None, C)): DeepLIFT records its shared
     baseline's references per input size and equals DeepLIFT on the same weights built at that
-    size (two sizes through one explainer, both Kerases); methods with masks or superpixels of one
-    size refuse it with one ModelError line saying what to do."""
+    size (two sizes through one explainer, both Kerases), as does tf-explain's Grad-CAM (its maps
+    resized to the input's size); methods with masks or superpixels of one size refuse it with one
+    ModelError line saying what to do."""
     for km in (tfk, keras3()):
         L = km.layers
 
@@ -809,14 +810,15 @@ def test_models_of_any_input_size():
         anysize = build(None, None)
         anysize.set_weights([np.random.default_rng(i).normal(0, 0.5, w.shape).astype(np.float32)
                              for i, w in enumerate(anysize.get_weights())])
-        ex = xaitf.create_explainer("deeplift", anysize, baseline=0.1)
-        for h, w in [(9, 12), (6, 6), (9, 12)]:
-            x = np.random.default_rng(h).random((2, h, w, 3)).astype(np.float32)
-            fixed = build(h, w)
-            fixed.set_weights(anysize.get_weights())
-            want = xaitf.create_explainer("deeplift", fixed, baseline=0.1)(x, [0, 2])
-            np.testing.assert_allclose(ex(x, [0, 2]), want, rtol=1e-5, atol=1e-6)
-        for name in ("lime", "kernelshap", "rise", "mp", "deepliftshap"):
+        for name, kw in (("deeplift", {"baseline": 0.1}), ("tfx.gradcam", {})):
+            ex = xaitf.create_explainer(name, anysize, **kw)
+            for h, w in [(9, 12), (6, 6), (9, 12)]:
+                x = np.random.default_rng(h).random((2, h, w, 3)).astype(np.float32)
+                fixed = build(h, w)
+                fixed.set_weights(anysize.get_weights())
+                want = xaitf.create_explainer(name, fixed, **kw)(x, [0, 2])
+                np.testing.assert_allclose(ex(x, [0, 2]), want, rtol=1e-5, atol=1e-6, err_msg=name)
+        for name in ("lime", "kernelshap", "rise", "mp", "deepliftshap", "tfx.occlusion"):
             with pytest.raises(ModelError, match=r"needs a model with a fixed input size \(H, W, C\), this one "
                                                  r"takes \(None, None, 3\): build it on keras.Input"):
                 xaitf.create_explainer(name, anysize)

@@ -115,7 +115,7 @@ class TfxGradCam(_TfxBase):
         outputs, grads = self._core.get_gradients_and_filters(
             self.tfx_model, x, self.layer_name, class_index, bool(self.params["use_guided_grads"]))
         cams = tf.stack(self._core.generate_ponderated_output(outputs, grads))[..., None]
-        return tf.image.resize(cams, self.shape[:2], method="bilinear")[..., 0].numpy()
+        return tf.image.resize(cams, np.shape(x)[1:3], method="bilinear")[..., 0].numpy()   # any input size
 
 
 class TfxOcclusion(_TfxBase):
@@ -146,6 +146,7 @@ class TfxOcclusion(_TfxBase):
         p = int(self.params["patch_size"])
         if p < 1:
             raise MethodError(f"tfx.occlusion needs patch_size >= 1, got {self.params['patch_size']!r}")
+        self.fixed_shape()          # its patches are laid out for one size
         if self.shape[0] != self.shape[1]:
             raise ModelError(f"tfx.occlusion needs a model with square inputs (tf-explain 0.3.1 swaps "
                              f"height and width), this one takes {self.shape[0]}x{self.shape[1]}; use the "
