@@ -822,3 +822,30 @@ def test_models_of_any_input_size():
             with pytest.raises(ModelError, match=r"needs a model with a fixed input size \(H, W, C\), this one "
                                                  r"takes \(None, None, 3\): build it on keras.Input"):
                 xaitf.create_explainer(name, anysize)
+
+
+def test_channels_first_models_are_refused_with_a_wrapper_that_works():
+    """A model whose first convolution reads the input channels_first (a PyTorch-style port) would
+    give maps of the wrong axes: refused in one line that gives the Permute wrapper, and through
+    that wrapper the maps equal those of the same weights built channels_last (gradient, Grad-CAM
+    and Grad-CAM++ reading the channels_first feature maps)."""
+    k = keras3()
+    L = k.layers
+    inp = k.Input((3, 10, 12))
+    cf = k.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D(data_format="channels_first")(
+        L.Conv2D(4, 3, activation="relu", data_format="channels_first")(inp))))
+    cf.set_weights([np.random.default_rng(i).normal(0, 0.5, w.shape).astype(np.float32)
+                    for i, w in enumerate(cf.get_weights())])
+    with pytest.raises(ModelError, match=r"reads the input channels_first, \(3, 10, 12\); xaitf explains "
+                                         r"\(N,H,W,C\) images: wrap the model, inp = keras.Input\(\(10, 12, 3\)\)"):
+        xaitf.create_explainer("grad", cf)
+    hwc = k.Input((10, 12, 3))
+    wrapped = k.Model(hwc, cf(L.Permute((3, 1, 2))(hwc)))
+    inp = k.Input((10, 12, 3))
+    last = k.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(L.Conv2D(4, 3, activation="relu")(inp))))
+    last.set_weights(cf.get_weights())
+    x = np.random.default_rng(0).random((2, 10, 12, 3)).astype(np.float32)
+    for name in ("grad", "gradcam", "gradcampp"):
+        np.testing.assert_allclose(xaitf.create_explainer(name, wrapped)(x, [0, 2]),
+                                   xaitf.create_explainer(name, last)(x, [0, 2]), rtol=1e-5, atol=1e-7,
+                                   err_msg=name)

@@ -227,6 +227,28 @@ def check_classifier(model, source=None):
     if len(outs[0].shape) != 2:
         raise ModelError(f"{where}expected a classifier with one output (N,classes), got output "
                          f"shape {tuple(outs[0].shape)}")
+    first = _first_spatial_layer(model)
+    if first is not None and getattr(first, "data_format", None) == "channels_first":
+        h, w, c = (tuple(ins[0].shape)[2:] + tuple(ins[0].shape)[1:2])
+        raise ModelError(f"{where}layer {first.name!r} ({layer_type(first)}) reads the input channels_first, "
+                         f"{tuple(ins[0].shape)[1:]}; xaitf explains (N,H,W,C) images: wrap the model, "
+                         f"inp = keras.Input(({h}, {w}, {c})); keras.Model(inp, model(keras.layers.Permute((3, 1, 2))(inp)))")
+
+
+# layers after which the input's layout is the model's business (a Permute of channels_first
+# models wrapped for xaitf, say): the channels_first check stops there
+_LAYOUT_LAYERS = ("Permute", "Reshape", "Lambda", "TFOpLambda")
+
+
+def _first_spatial_layer(model):
+    """The first layer, in order, with a ``data_format`` (a convolution or pooling), or None when a
+    layer that may change the layout (:data:`_LAYOUT_LAYERS`, a Keras op) comes first."""
+    for layer in leaf_layers(model):
+        if layer_type(layer) in _LAYOUT_LAYERS or is_operation(layer):
+            return None
+        if isinstance(getattr(layer, "data_format", None), str):
+            return layer
+    return None
 
 
 def output_units(model):

@@ -210,6 +210,8 @@ class GradCam(GradientFamily):
             raise ModelError(f"{self.title_name}: grid= is for a layer of tokens (N,T,K); {layer.name!r} gives "
                              f"{tuple(out.shape)}")
         self.layer, self._grid = layer, grid
+        # a channels_first layer (a model wrapped behind a Permute): its (N,K,h,w) maps read as (N,h,w,K)
+        first = len(out.shape) == 4 and getattr(layer, "data_format", None) == "channels_first"
         model, target = self.forward, layer
         if self.runner is not self.forward:     # the same function without Keras's XLA detour
             same = counterpart(self.runner, layer)
@@ -225,6 +227,8 @@ class GradCam(GradientFamily):
                     acts, outputs = sub(x, training=False)
                     total = tf.reduce_sum(select(outputs, t))
                 grads = tf.cast(tape.gradient(total, acts), acts.dtype)
+                if first:
+                    acts, grads = (tf.transpose(v, (0, 2, 3, 1)) for v in (acts, grads))
                 if grid is not None:            # tokens on their patch grid, leading ones left out
                     skip, h, w = grid
                     acts, grads = (tf.reshape(v[:, skip:, :], (-1, h, w, v.shape[-1])) for v in (acts, grads))
@@ -235,7 +239,7 @@ class GradCam(GradientFamily):
 
             return fn
 
-        self._fn = self._compiled(model, f"{self.key}:{layer.name}:{grid}", build)
+        self._fn = self._compiled(model, f"{self.key}:{layer.name}:{grid}:{first}", build)
 
     @staticmethod
     def channel_weights(acts, grads):

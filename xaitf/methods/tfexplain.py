@@ -109,7 +109,11 @@ class TfxGradCam(_TfxBase):
             name = find_last_conv(self.twin, "tfx.gradcam").name
         from .cam import resolve_layer     # the user's layer names, looked up in the explained copy
 
-        self.layer_name = resolve_layer(self.twin, self.tfx_model, name, "tfx.gradcam").name
+        layer = resolve_layer(self.twin, self.tfx_model, name, "tfx.gradcam")
+        if getattr(layer, "data_format", None) == "channels_first":
+            raise ModelError(f"tfx.gradcam: layer {layer.name!r} is channels_first, which tf-explain reads as "
+                             "channels_last; use the native gradcam")
+        self.layer_name = layer.name
 
     def explain_class(self, x, class_index):
         outputs, grads = self._core.get_gradients_and_filters(
