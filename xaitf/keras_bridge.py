@@ -229,7 +229,7 @@ def check_classifier(model, source=None):
                          f"shape {tuple(outs[0].shape)}")
     first = _first_spatial_layer(model)
     if first is not None and getattr(first, "data_format", None) == "channels_first":
-        h, w, c = (tuple(ins[0].shape)[2:] + tuple(ins[0].shape)[1:2])
+        c, h, w = tuple(ins[0].shape)[1:]
         raise ModelError(f"{where}layer {first.name!r} ({layer_type(first)}) reads the input channels_first, "
                          f"{tuple(ins[0].shape)[1:]}; xaitf explains (N,H,W,C) images: wrap the model, "
                          f"inp = keras.Input(({h}, {w}, {c})); keras.Model(inp, model(keras.layers.Permute((3, 1, 2))(inp)))")
