@@ -87,6 +87,16 @@ def test_model_preprocessing_detects_rescaling_and_normalization():
             inp = km.Input((8, 8, 3))
             m = km.Model(inp, km.layers.Dense(2)(km.layers.Flatten()(layer(inp))))
             assert (model_preprocessing(m) is not None) == found, (km.__name__, layer.name)
+    # preprocess_input called inside the model (its operations, both Kerases): x / 127.5 - 1 and
+    # caffe's BGR mean subtraction take 0..255; x * 2 - 1 takes [0, 1]
+    for km in (keras, tfk):
+        for fn, found in [(km.applications.mobilenet_v2.preprocess_input, "x * 0.007843 + 0"),
+                          (km.applications.resnet50.preprocess_input, "x * 1 + [-103.9, -116.8, -123.7]"),
+                          (lambda t: t * 2.0 - 1.0, None)]:
+            inp = km.Input((8, 8, 3))
+            m = km.Model(inp, km.layers.Dense(2)(km.layers.Flatten()(fn(inp))))
+            got = model_preprocessing(m)
+            assert (got is None) if found is None else got.endswith(f": {found})"), (km.__name__, got)
     # deep in the network (not "near the input") does not count
     inp = keras.Input((4, 4, 1))
     h = inp

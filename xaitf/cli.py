@@ -271,7 +271,8 @@ def add_image_args(parser, budget="10m"):
                              "keras.applications family (its preprocess_input), or a mode "
                              f"(caffe, tf, torch); valid: {', '.join(PREPROCESS_NAMES)}. Default: "
                              "none for a model with a Rescaling/Normalization layer at its input "
-                             "that takes 0..255 values (by its numbers), else scale")
+                             "that takes 0..255 values (by its numbers) or a preprocess_input "
+                             "called inside it, else scale")
     parser.add_argument("--resize", type=resize_policy, default=None,
                         metavar="{" + ",".join(RESIZE_POLICIES) + "}",
                         help="how an image is fitted to the model's input size: pil (uint8, "

@@ -146,12 +146,38 @@ def takes_0_255(layer):
         return True
 
 
+# operations that only move values (channel indexing, stacking): caffe's BGR reversal
+_LAYOUT_KINDS = ("Gather", "Stack", "Concatenate", "Transpose", "Reshape", "Permute")
+
+
+def _operation(layer):
+    """What an operation written in a model's code computes (keras_bridge.read_operation), or None
+    for a layer."""
+    from ..keras_bridge import is_operation, read_operation
+
+    return read_operation(layer) if is_operation(layer) else None
+
+
+def _scalar_operation(op):
+    """``{"scale": [...], "shift": [...]}`` of an operation ``x * a + b`` (:func:`_operation`;
+    ``preprocess_input`` inside a Keras 3 model, ``x / 127.5 - 1``), else None."""
+    if not op or op.get("kind") != "Scalar":
+        return None
+    return {k: [float(v) for v in np.ravel(op[k])] for k in ("scale", "shift")}
+
+
+def _short(values):
+    return f"{values[0]:.4g}" if len(set(values)) == 1 else "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
 def model_preprocessing(model, depth=4):
     """The preprocessing layer a model records near its input, or None.
 
     Looks at the first ``depth`` layers after the input layer(s) (nested models entered) for a
     Keras ``Rescaling`` or ``Normalization`` layer, as keras.applications' EfficientNet,
-    MobileNetV3 and ConvNeXt have (``include_preprocessing``). Such a model takes 0..255 pixels:
+    MobileNetV3 and ConvNeXt have (``include_preprocessing``), or an operation ``x * a + b`` in the
+    model's code (a ``preprocess_input`` called inside a Keras 3 model: ``x / 127.5 - 1``, caffe's
+    mean subtraction; 0..255 when |a| <= 0.05 or |b| > 1.5). Such a model takes 0..255 pixels:
     it needs the preprocessing ``"none"``, unless the layer's own numbers say it expects [0, 1]
     values (:func:`takes_0_255`: a Rescaling by 2 then -1, a Normalization adapted on x / 255).
 
@@ -161,12 +187,23 @@ def model_preprocessing(model, depth=4):
     from ..keras_bridge import layer_type
 
     seen = 0
-    for layer in getattr(model, "layers", []):
+    # Keras 3 lists the operations of a model's code (x / 127.5) in ``operations``, not ``layers``
+    for layer in getattr(model, "operations", None) or getattr(model, "layers", []):
         kind = layer_type(layer)
         if kind == "InputLayer":
             continue
         if kind in PREPROCESSING_LAYERS:
             return f"{kind} layer {layer.name!r}" if takes_0_255(layer) else None
+        op = _operation(layer)
+        if op is not None and op.get("kind") in _LAYOUT_KINDS:
+            continue                          # caffe's channel reversal: not counted in ``depth``
+        scalar = _scalar_operation(op)
+        if scalar is not None:                # x / 127.5 - 1 or a mean subtracted, in the model's code
+            big = max(abs(v) for v in scalar["shift"]) > 1.5
+            if big or max(abs(v) for v in scalar["scale"]) <= 0.05:
+                return (f"preprocessing operation {layer.name!r} ({kind}: x * {_short(scalar['scale'])} + "
+                        f"{_short(scalar['shift'])})")
+            return None
         if hasattr(layer, "layers"):          # a nested model: look inside it first
             found = model_preprocessing(layer, depth - seen)
             if found:
