@@ -127,16 +127,24 @@ def preprocess(x, name, scale=255.0):
     return np.asarray(out, dtype=np.float32)
 
 
+def _affine_takes_0_255(scale, shift):
+    """Whether ``x * scale + shift`` at a model's input expects 0..255 values: a scale of at most
+    0.05 (1/255, 1/127.5) or a shift above 1.5 (caffe's mean subtraction, ~104)."""
+    return bool(np.max(np.abs(np.asarray(scale, np.float64))) <= 0.05
+                or np.max(np.abs(np.asarray(shift, np.float64))) > 1.5)
+
+
 def takes_0_255(layer):
     """Whether an input Rescaling / Normalization layer expects 0..255 pixel values rather than
-    [0, 1] ones, from its numbers: a Rescaling scale of at most 0.05 (1/255, 1/127.5), a
-    Normalization mean or standard deviation above 1.5 (keras.applications' ConvNeXt: 0.485 * 255;
-    [0, 1] data have mean <= 1 and std <= 0.5). Numbers it cannot read: True (0..255)."""
+    [0, 1] ones, from its numbers: a Rescaling as an operation ``x * scale + offset``
+    (:func:`_affine_takes_0_255`), a Normalization mean or standard deviation above 1.5
+    (keras.applications' ConvNeXt: 0.485 * 255; [0, 1] data have mean <= 1 and std <= 0.5).
+    Numbers it cannot read: True (0..255)."""
     from ..keras_bridge import layer_type
 
     try:
         if layer_type(layer) == "Rescaling":
-            return float(np.max(np.abs(np.asarray(layer.scale, np.float64)))) <= 0.05
+            return _affine_takes_0_255(layer.scale, getattr(layer, "offset", 0.0))
         mean, var = getattr(layer, "mean", None), getattr(layer, "variance", None)
         if mean is None or var is None:
             return True
@@ -199,8 +207,7 @@ def model_preprocessing(model, depth=4):
             continue                          # caffe's channel reversal: not counted in ``depth``
         scalar = _scalar_operation(op)
         if scalar is not None:                # x / 127.5 - 1 or a mean subtracted, in the model's code
-            big = max(abs(v) for v in scalar["shift"]) > 1.5
-            if big or max(abs(v) for v in scalar["scale"]) <= 0.05:
+            if _affine_takes_0_255(scalar["scale"], scalar["shift"]):
                 return (f"preprocessing operation {layer.name!r} ({kind}: x * {_short(scalar['scale'])} + "
                         f"{_short(scalar['shift'])})")
             return None
